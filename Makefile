@@ -1,0 +1,39 @@
+# Hounsfield: `make demo` runs the end-to-end demo, `make test` the test suite.
+# Both install what is missing first: Debian packages and the .venv with the project.
+
+VENV          := .venv
+PYTHON        ?= python3
+STAMP         := $(VENV)/.installed
+APT_PACKAGES  := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools
+SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test setup system-deps lint clean
+
+demo: setup
+	$(VENV)/bin/hounsfield demo
+
+test: setup
+	$(VENV)/bin/pytest
+
+setup: system-deps $(STAMP)
+
+system-deps:
+	@if ! command -v redis-server >/dev/null || ! [ -x /usr/sbin/Orthanc ] || ! [ -x /usr/bin/storescu ] \
+	    || ! command -v dciodvfy >/dev/null || ! [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
+	  echo "installing Debian packages: $(APT_PACKAGES)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	# The CPU build of PyTorch; any other spec pulls a multi-GB CUDA build.
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check services operators tests
+
+clean:
+	rm -rf $(VENV) .hounsfield .pytest_cache

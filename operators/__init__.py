@@ -1,0 +1,1 @@
+"""Hounsfield MONAI Deploy operators and applications."""

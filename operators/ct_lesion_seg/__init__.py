@@ -1,0 +1,1 @@
+"""CT lesion segmentation: synthetic phantoms, preprocessing, training and the MONAI Deploy application."""

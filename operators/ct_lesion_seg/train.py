@@ -1,0 +1,304 @@
+"""Seeded training and held-out evaluation of the CT lesion segmentation network.
+
+Run ``python -m operators.ct_lesion_seg.train --out operators/ct_lesion_seg/models`` to train
+a small 3D UNet on synthetic phantoms (:mod:`operators.ct_lesion_seg.phantom`), save it as
+TorchScript (``model.ts``) and write ``training_report.json`` with held-out metrics.  Training
+phantoms use seeds from :data:`TRAIN_SEED_START`; held-out phantoms use the disjoint range
+from :data:`HELD_OUT_SEED_START`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+from monai.networks.nets import UNet
+
+from operators.ct_lesion_seg.phantom import make_phantom
+from operators.ct_lesion_seg.preprocessing import NUM_CLASSES, OVERLAP, ROI_SIZE, SW_BATCH_SIZE, network_input_from_zyx
+
+__all__ = [
+    "TRAIN_SEED_START",
+    "HELD_OUT_SEED_START",
+    "build_network",
+    "segment",
+    "evaluate",
+    "train",
+    "main",
+]
+
+logger = logging.getLogger(__name__)
+
+TRAIN_SEED_START = 1000
+"""First training phantom seed; training uses ``TRAIN_SEED_START + i``."""
+
+HELD_OUT_SEED_START = 90000
+"""First held-out phantom seed; never used for training."""
+
+_LESION_CENTRED_FRACTION = 0.7
+TRAIN_PATCH_SIZE = (48, 48, 32)
+"""Training crops in ``(x, y, z)``; smaller than ROI_SIZE for speed (the network is fully convolutional)."""
+
+
+def build_network() -> UNet:
+    """Build the (untrained) segmentation network.
+
+    Returns
+    -------
+    monai.networks.nets.UNet
+        3D UNet, 1 input channel, :data:`NUM_CLASSES` output channels (logits).
+    """
+    return UNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=NUM_CLASSES,
+        channels=(16, 32, 64, 128),
+        strides=(2, 2, 2),
+        num_res_units=1,
+    )
+
+
+def segment(model: torch.nn.Module, hu_zyx: np.ndarray) -> np.ndarray:
+    """Segment one volume exactly as the deployed application does.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Network returning logits ``(N, NUM_CLASSES, x, y, z)``.
+    hu_zyx : numpy.ndarray
+        Volume in HU, ``(z, y, x)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8`` label map ``(z, y, x)``; 1 marks lesion voxels.
+    """
+    inputs = torch.from_numpy(network_input_from_zyx(hu_zyx))[None]
+    with torch.no_grad():
+        logits = sliding_window_inference(inputs, ROI_SIZE, SW_BATCH_SIZE, model, overlap=OVERLAP)
+    return logits[0].argmax(dim=0).numpy().astype(np.uint8).T
+
+
+def _dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Dice coefficient of two boolean masks (1.0 when both are empty)."""
+    denominator = int(prediction.sum()) + int(truth.sum())
+    return 1.0 if denominator == 0 else 2.0 * int((prediction & truth).sum()) / denominator
+
+
+def evaluate(model_path: Path, seeds: Sequence[int]) -> dict:
+    """Evaluate a TorchScript model on phantoms generated from ``seeds``.
+
+    Parameters
+    ----------
+    model_path : pathlib.Path
+        TorchScript file, as written by :func:`train`.
+    seeds : sequence of int
+        Phantom seeds (must not overlap the training seeds for an honest estimate).
+
+    Returns
+    -------
+    dict
+        ``cases`` (per seed: lesion count, truth and predicted voxels, Dice),
+        ``mean_dice_lesion_cases`` (mean Dice over cases with lesions), ``global_dice``
+        (Dice of all cases pooled), ``false_positive_voxels_lesion_free_cases`` (predicted
+        voxels summed over cases without lesions) and ``n_lesion_cases`` / ``n_lesion_free_cases``.
+    """
+    model = torch.jit.load(str(model_path), map_location="cpu").eval()
+    cases = []
+    intersection = total = 0
+    for seed in seeds:
+        phantom = make_phantom(int(seed))
+        prediction = segment(model, phantom.hu) > 0
+        truth = phantom.lesion_mask
+        intersection += int((prediction & truth).sum())
+        total += int(prediction.sum()) + int(truth.sum())
+        cases.append(
+            {
+                "seed": int(seed),
+                "n_lesions": len(phantom.lesions),
+                "truth_voxels": int(truth.sum()),
+                "predicted_voxels": int(prediction.sum()),
+                "dice": _dice(prediction, truth),
+            }
+        )
+    lesion_cases = [case for case in cases if case["n_lesions"] > 0]
+    free_cases = [case for case in cases if case["n_lesions"] == 0]
+    return {
+        "cases": cases,
+        "n_lesion_cases": len(lesion_cases),
+        "n_lesion_free_cases": len(free_cases),
+        "mean_dice_lesion_cases": float(np.mean([c["dice"] for c in lesion_cases])) if lesion_cases else float("nan"),
+        "global_dice": 2.0 * intersection / total if total else 1.0,
+        "false_positive_voxels_lesion_free_cases": int(sum(c["predicted_voxels"] for c in free_cases)),
+    }
+
+
+def _random_patch(
+    rng: np.random.Generator, image: np.ndarray, label: np.ndarray, lesion_voxels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop a TRAIN_PATCH_SIZE patch (biased to lesions) with random flips from a ``(1, x, y, z)`` image."""
+    shape = np.array(label.shape)
+    roi = np.array(TRAIN_PATCH_SIZE)
+    pad = np.maximum(roi - shape, 0)
+    if pad.any():
+        widths = [(0, int(p)) for p in pad]
+        image = np.pad(image, [(0, 0), *widths], constant_values=0.0)
+        label = np.pad(label, widths)
+        shape = np.array(label.shape)
+    if len(lesion_voxels) and rng.uniform() < _LESION_CENTRED_FRACTION:
+        centre = lesion_voxels[rng.integers(len(lesion_voxels))] + rng.integers(-roi // 4, roi // 4 + 1)
+        start = np.clip(centre - roi // 2, 0, shape - roi)
+    else:
+        start = np.array([rng.integers(0, s - r + 1) for s, r in zip(shape, roi)])
+    window = tuple(slice(int(a), int(a + r)) for a, r in zip(start, roi))
+    image_patch, label_patch = image[(slice(None), *window)], label[window]
+    for axis in range(3):
+        if rng.uniform() < 0.5:
+            image_patch = np.flip(image_patch, axis=axis + 1)
+            label_patch = np.flip(label_patch, axis=axis)
+    return np.ascontiguousarray(image_patch), np.ascontiguousarray(label_patch)
+
+
+def train(
+    out_dir: Path,
+    *,
+    n_train: int = 120,
+    steps: int = 3000,
+    batch_size: int = 4,
+    learning_rate: float = 2e-3,
+    seed: int = 0,
+    held_out: Sequence[int] = tuple(range(HELD_OUT_SEED_START, HELD_OUT_SEED_START + 20)),
+) -> dict:
+    """Train the network, save ``model.ts`` and ``training_report.json`` in ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : pathlib.Path
+        Output directory (created if needed).
+    n_train : int
+        Number of training phantoms (seeds ``TRAIN_SEED_START ...``).
+    steps : int
+        Optimisation steps.
+    batch_size : int
+        Patches per step.
+    learning_rate : float
+        Initial Adam learning rate (cosine-annealed to zero).
+    seed : int
+        Seed of the patch sampler and of torch.
+    held_out : sequence of int
+        Seeds of the held-out evaluation phantoms.
+
+    Returns
+    -------
+    dict
+        The training report.
+    """
+    train_seeds = list(range(TRAIN_SEED_START, TRAIN_SEED_START + n_train))
+    if set(train_seeds) & set(held_out):
+        raise ValueError("held-out seeds overlap the training seeds")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    rng = np.random.default_rng(seed)
+    started = time.perf_counter()
+
+    cache = []
+    for phantom_seed in train_seeds:
+        phantom = make_phantom(phantom_seed)
+        label = np.ascontiguousarray(phantom.lesion_mask.T).astype(np.int64)
+        cache.append((network_input_from_zyx(phantom.hu), label, np.argwhere(label > 0)))
+    logger.info("generated %d training phantoms in %.1f s", n_train, time.perf_counter() - started)
+
+    model = build_network()
+    loss_function = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    model.train()
+    running = 0.0
+    for step in range(1, steps + 1):
+        patches = [_random_patch(rng, *cache[rng.integers(len(cache))]) for _ in range(batch_size)]
+        images = torch.from_numpy(np.stack([p[0] for p in patches]))
+        labels = torch.from_numpy(np.stack([p[1] for p in patches]))[:, None]
+        optimizer.zero_grad()
+        loss = loss_function(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        running += loss.item()
+        if step % 50 == 0:
+            logger.info("step %d/%d loss %.4f (%.0f s)", step, steps, running / 50, time.perf_counter() - started)
+            running = 0.0
+    train_seconds = time.perf_counter() - started
+
+    model.eval()
+    model_path = out_dir / "model.ts"
+    torch.jit.script(model).save(str(model_path))
+    metrics = evaluate(model_path, held_out)
+    report = {
+        "model": "monai.networks.nets.UNet(spatial_dims=3, in_channels=1, out_channels=2, "
+        "channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1)",
+        "input_layout": "(N, 1, x, y, z); HU window clipped and scaled to [0, 1]; no resampling",
+        "roi_size_xyz": list(ROI_SIZE),
+        "overlap": OVERLAP,
+        "sw_batch_size": SW_BATCH_SIZE,
+        "train_seeds": [train_seeds[0], train_seeds[-1]],
+        "n_train_phantoms": n_train,
+        "held_out_seeds": [int(s) for s in held_out],
+        "steps": steps,
+        "batch_size": batch_size,
+        "epochs_equivalent": steps * batch_size / n_train,
+        "learning_rate": learning_rate,
+        "torch_seed": seed,
+        "train_wall_time_s": round(train_seconds, 1),
+        "total_wall_time_s": round(time.perf_counter() - started, 1),
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "held_out": metrics,
+    }
+    (out_dir / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point: train, save, and print the held-out summary."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "models", help="output directory")
+    parser.add_argument("--n-train", type=int, default=120, help="number of training phantoms")
+    parser.add_argument("--steps", type=int, default=3000, help="optimisation steps")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    torch.set_num_threads(args.threads)
+    report = train(
+        args.out,
+        n_train=args.n_train,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        seed=args.seed,
+    )
+    held_out = report["held_out"]
+    print(
+        f"held-out mean Dice (lesion cases, n={held_out['n_lesion_cases']}): {held_out['mean_dice_lesion_cases']:.4f}; "
+        f"global Dice {held_out['global_dice']:.4f}; false-positive voxels on "
+        f"{held_out['n_lesion_free_cases']} lesion-free cases: {held_out['false_positive_voxels_lesion_free_cases']}; "
+        f"training {report['train_wall_time_s']:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

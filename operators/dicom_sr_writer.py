@@ -1,0 +1,289 @@
+"""TID 1500 Measurement Report (Comprehensive 3D SR) for the lesions, and its App SDK operator.
+
+Content, per IHE AI Results:
+
+* Procedure Reported: the study's Procedure Code Sequence when present, otherwise
+  (25045-6, LN, "CT unspecified body region") from CID 100 (for non-CT modalities the
+  matching "unspecified body region" code).
+* Observer: the algorithm as a device observer (Device UID, manufacturer, model name).
+* One TID 1411 volumetric measurement group per lesion: Tracking Identifier "Lesion N" and the
+  same Tracking UID as the SEG segment, a Referenced Segment (SEG instance, segment N, source
+  series), finding Lesion, finding site Abdomen, and measurements with TID 4019 algorithm
+  identification:
+
+  - Volume (118565006, SCT) in mL (``ml``);
+  - Long axis (103339001, SCT) in mm: the longest axial diameter. CID 7470 offers both
+    Diameter (81827009, SCT) and Long axis; Diameter presumes a circular cross-section,
+    whereas Long axis is the concept for the longest in-plane extent of a lesion (as in
+    RECIST), which is what is measured;
+  - Attenuation Coefficient (112031, DCM) with derivation Mean (373098007, SCT) in
+    ``[hnsf'U]``, as in highdicom's examples;
+  - qualitative evaluation Presence of property (121052, DCM) = Present (52101004, SCT).
+
+* With no lesion: one TID 1501 group "Lesion assessment", finding Lesion, Presence of
+  property = Absent (272519000, SCT), and no SEG reference.
+
+Importing this module imports ``monai.deploy`` (see :mod:`operators.runtime_support`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import highdicom as hd
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from operators.dicom_seg_writer import LesionSegResult, lesion_tracking_id, lesion_tracking_uid
+from operators.lesion_measurement import LesionMeasurement
+from operators.result_context import ResultContext
+
+__all__ = [
+    "FINDING_SITE",
+    "LESION_ASSESSMENT_ID",
+    "MILLILITER",
+    "SR_FILENAME",
+    "LesionSRWriterOperator",
+    "build_lesion_report",
+    "procedure_reported",
+]
+
+logger = logging.getLogger(__name__)
+
+#: File name of the Structured Report in the output folder.
+SR_FILENAME = "sr.dcm"
+
+#: Finding site of every lesion (the model is trained on abdominal CT).
+FINDING_SITE = codes.SCT.Abdomen
+
+#: UCUM millilitre (not in pydicom's code dictionary).
+MILLILITER = hd.sr.CodedConcept(value="ml", scheme_designator="UCUM", meaning="milliliter")
+
+#: Tracking Identifier of the study-level group written when no lesion is found.
+LESION_ASSESSMENT_ID = "Lesion assessment"
+
+_UNSPECIFIED_REGION_BY_MODALITY = {
+    "CT": codes.cid100.CTUnspecifiedBodyRegion,
+    "MR": codes.cid100.MRIUnspecifiedBodyRegion,
+    "PT": codes.cid100.PETUnspecifiedBodyRegion,
+    "NM": codes.cid100.NMUnspecifiedBodyRegion,
+}
+
+
+def procedure_reported(source_image: Dataset) -> list[hd.sr.CodedConcept]:
+    """Procedure Reported codes for the analysed imaging procedure.
+
+    Parameters
+    ----------
+    source_image : pydicom.dataset.Dataset
+        Any image of the analysed series.
+
+    Returns
+    -------
+    list of highdicom.sr.CodedConcept
+        The items of the image's Procedure Code Sequence when present, else the CID 100
+        "unspecified body region" code of its modality (CT when unknown).
+    """
+    items = source_image.get("ProcedureCodeSequence") or []
+    codes_found = [hd.sr.CodedConcept.from_dataset(item) for item in items]
+    if codes_found:
+        return codes_found
+    modality = str(source_image.get("Modality", "CT"))
+    code = _UNSPECIFIED_REGION_BY_MODALITY.get(modality, codes.cid100.CTUnspecifiedBodyRegion)
+    return [hd.sr.CodedConcept.from_code(code)]
+
+
+def _lesion_group(
+    lesion: LesionMeasurement,
+    segmentation: hd.seg.Segmentation,
+    context: ResultContext,
+    algorithm: hd.sr.AlgorithmIdentification,
+    source_series_uid: str,
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    measurements = [
+        hd.sr.Measurement(
+            name=codes.SCT.Volume, value=round(lesion.volume_ml, 4), unit=MILLILITER, algorithm_id=algorithm
+        ),
+        hd.sr.Measurement(
+            name=codes.SCT.LongAxis,
+            value=round(lesion.longest_axial_diameter_mm, 2),
+            unit=codes.UCUM.Millimeter,
+            algorithm_id=algorithm,
+        ),
+        hd.sr.Measurement(
+            name=codes.DCM.AttenuationCoefficient,
+            value=round(lesion.mean_hu, 1),
+            unit=codes.UCUM.HounsfieldUnit,
+            derivation=codes.SCT.Mean,
+            algorithm_id=algorithm,
+        ),
+    ]
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=lesion_tracking_uid(context, lesion.index, source_series_uid),
+            identifier=lesion_tracking_id(lesion.index),
+        ),
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=segmentation.SOPClassUID,
+            sop_instance_uid=segmentation.SOPInstanceUID,
+            segment_number=lesion.index,
+            source_series=hd.sr.SourceSeriesForSegmentation(source_series_uid),
+        ),
+        finding_type=codes.SCT.Lesion,
+        algorithm_id=algorithm,
+        finding_sites=[hd.sr.FindingSite(FINDING_SITE)],
+        measurements=measurements,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.DCM.PresenceOfProperty, codes.SCT.Present)],
+    )
+
+
+def build_lesion_report(result: LesionSegResult, context: ResultContext) -> hd.sr.Comprehensive3DSR:
+    """Build the TID 1500 Comprehensive 3D SR for one analysed series.
+
+    Parameters
+    ----------
+    result : LesionSegResult
+        Lesions, source images and (when lesions were found) the SEG.
+    context : ResultContext
+        Identity of the algorithm and job.
+
+    Returns
+    -------
+    highdicom.sr.Comprehensive3DSR
+
+    Raises
+    ------
+    ValueError
+        When lesions were found but no SEG is given.
+    """
+    source_images: Sequence[Dataset] = result.source_images
+    source_series_uid = str(source_images[0].SeriesInstanceUID)
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=context.model_name,
+        version=context.model_version,
+        family=codes.cid7162.ArtificialIntelligence,
+        manufacturer=context.manufacturer,
+    )
+    observation_context = hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=str(context.device_uid),
+                name=context.model_name,
+                manufacturer_name=context.manufacturer,
+                model_name=context.model_name,
+            ),
+        )
+    )
+    groups: list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations]
+    evidence: list[Dataset] = list(source_images)
+    if result.lesions.lesions:
+        if result.segmentation is None:
+            raise ValueError("Lesions were found but no Segmentation was given to reference.")
+        groups = [
+            _lesion_group(lesion, result.segmentation, context, algorithm, source_series_uid)
+            for lesion in result.lesions.lesions
+        ]
+        evidence.append(result.segmentation)
+    else:
+        groups = [
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=context.uid(f"tracking/{LESION_ASSESSMENT_ID}", source_series_uid),
+                    identifier=LESION_ASSESSMENT_ID,
+                ),
+                finding_type=codes.SCT.Lesion,
+                algorithm_id=algorithm,
+                finding_sites=[hd.sr.FindingSite(FINDING_SITE)],
+                qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.DCM.PresenceOfProperty, codes.SCT.Absent)],
+            )
+        ]
+    report = hd.sr.MeasurementReport(
+        observation_context=observation_context,
+        procedure_reported=procedure_reported(source_images[0]),
+        imaging_measurements=groups,
+    )
+    return hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=context.uid("sr/series", source_series_uid),
+        series_number=context.series_number_sr,
+        sop_instance_uid=context.uid("sr/instance", source_series_uid),
+        instance_number=1,
+        manufacturer=context.manufacturer,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        contributing_equipment=[context.contributing_equipment()],
+        series_description=context.series_description("SR"),
+        manufacturer_model_name=context.model_name,
+        software_versions=context.model_version,
+        device_serial_number=str(context.device_uid),
+        series_date=result.created.date(),
+        series_time=result.created.time(),
+        content_date=result.created.date(),
+        content_time=result.created.time(),
+    )
+
+
+class LesionSRWriterOperator(Operator):
+    """Write the TID 1500 lesion report ``sr.dcm``.
+
+    Named input:
+        ``lesion_result``: :class:`~operators.dicom_seg_writer.LesionSegResult` from
+        :class:`~operators.dicom_seg_writer.LesionSegWriterOperator`.
+
+    File output:
+        ``<output_folder>/sr.dcm``, always (also when no lesion was found).
+    """
+
+    def __init__(
+        self, fragment: Fragment, *args: object, output_folder: Path, result_context: ResultContext, **kwargs: object
+    ) -> None:
+        """Configure the writer.
+
+        Parameters
+        ----------
+        fragment : Fragment
+            The application.
+        output_folder : pathlib.Path
+            Folder for ``sr.dcm``.
+        result_context : ResultContext
+            Identity of the algorithm and job.
+        """
+        self.output_folder = Path(output_folder)
+        self.result_context = result_context
+        self.input_name_result = "lesion_result"
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        """Declare the port."""
+        spec.input(self.input_name_result)
+
+    def compute(self, op_input, op_output, context) -> None:  # holoscan's InputContext, OutputContext, ExecutionContext
+        """Receive the lesion result and write the SR."""
+        result = op_input.receive(self.input_name_result)
+        if not isinstance(result, LesionSegResult):
+            raise TypeError(f"Expected a LesionSegResult on {self.input_name_result!r}, got {type(result).__name__}.")
+        self.write_sr(result)
+
+    def write_sr(self, result: LesionSegResult) -> Path:
+        """Build and write ``sr.dcm`` (framework-free core of :meth:`compute`).
+
+        Returns
+        -------
+        pathlib.Path
+            The written file.
+        """
+        report = build_lesion_report(result, self.result_context)
+        self.output_folder.mkdir(parents=True, exist_ok=True)
+        path = self.output_folder / SR_FILENAME
+        partial = path.with_name(path.name + ".partial")
+        report.save_as(partial, enforce_file_format=True)
+        os.replace(partial, path)
+        logger.info("Wrote %s (SOP Instance UID %s)", path, report.SOPInstanceUID)
+        return path

@@ -1,0 +1,235 @@
+"""Settings for every Hounsfield process: one YAML file plus ``HOUNSFIELD_*`` environment variables.
+
+Environment variables win over the YAML file; nested keys use ``__``
+(``HOUNSFIELD_LISTENER__PORT=11113``). Every model forbids unknown keys so that a typo fails at
+start-up with the key's name instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from services.router.rules import Rule
+
+__all__ = [
+    "ConfigError",
+    "DeploymentSettings",
+    "DestinationSettings",
+    "ListenerSettings",
+    "RegistrySettings",
+    "Settings",
+    "WorkerSettings",
+    "load_settings",
+]
+
+ENV_PREFIX = "HOUNSFIELD_"
+CONFIG_ENV = "HOUNSFIELD_CONFIG"
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash or control
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_ae_title(value: str) -> str:
+    if not _AE_TITLE.match(value) or not value.strip():
+        raise ValueError("an AE title is 1-16 printable characters without backslash")
+    return value
+
+
+class ListenerSettings(_Strict):
+    """The DICOM listener (storage SCP)."""
+
+    ae_title: str = "HOUNSFIELD"
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=1, le=65535)
+    complete_on_release: bool = True
+    """Declare a study complete when the association that sent it is released."""
+    quiet_period_s: float = Field(30.0, gt=0)
+    """Fallback for senders that spread a study over several associations (or abort)."""
+    acse_timeout_s: float = Field(30.0, gt=0)
+    network_timeout_s: float = Field(60.0, gt=0)
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+
+class DestinationSettings(_Strict):
+    """A PACS (or other DICOM node) that receives results over C-STORE."""
+
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    clinical: bool = True
+    """Clinical destinations never receive results of shadow deployments."""
+    retries: int = Field(4, ge=0, le=20)
+    retry_backoff_s: float = Field(2.0, ge=0)
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+
+class DeploymentSettings(_Strict):
+    """One model version bound to a routing rule, destinations and a mode."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
+    app: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    """The App SDK Application class, ``package.module:ClassName``."""
+    model_path: Path
+    model_name: str
+    model_version: str = Field(pattern=r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
+    manufacturer: str = "Hounsfield"
+    mode: Literal["shadow", "research", "clinical"] = "research"
+    rule: Rule
+    destinations: list[str] = Field(default_factory=list)
+    queue: Literal["stat", "routine", "batch"] = "routine"
+    timeout_s: float = Field(600.0, gt=0)
+
+
+class WorkerSettings(_Strict):
+    """The Celery worker."""
+
+    queues: list[Literal["stat", "routine", "batch"]] = ["stat", "routine", "batch"]
+    dciodvfy: str = "dciodvfy"
+    keep_workspaces: bool = False
+
+
+class RegistrySettings(_Strict):
+    """The registry HTTP API."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8470, ge=1, le=65535)
+
+
+class Settings(BaseSettings):
+    """Everything one Hounsfield process needs; build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True)
+
+    data_dir: Path = Path(".hounsfield")
+    database_url: str | None = None
+    """SQLAlchemy URL; SQLite in ``data_dir`` when unset."""
+    redis_url: str | None = None
+    """Broker URL; when unset ``hounsfield up`` starts a local redis-server."""
+    local_redis_port: int = Field(6390, ge=1, le=65535)
+    uid_root: str = Field("1.2.826.0.1.3680043.10.1392.", pattern=r"^([0-9]+\.)+$", max_length=40)
+    listener: ListenerSettings = Field(default_factory=ListenerSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    destinations: dict[str, DestinationSettings] = Field(default_factory=dict)
+    deployments: list[DeploymentSettings] = Field(default_factory=list)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first: it overrides the YAML file, which arrives as init arguments.
+        return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Settings:
+        names = [d.name for d in self.deployments]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"deployment names must be unique: {', '.join(duplicated)}")
+        for i, deployment in enumerate(self.deployments):
+            for destination in deployment.destinations:
+                if destination not in self.destinations:
+                    raise ValueError(
+                        f"deployments[{i}] ({deployment.name}): unknown destination "
+                        f"{destination!r}; configured: {sorted(self.destinations) or 'none'}"
+                    )
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL, SQLite under ``data_dir`` by default."""
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'hounsfield.db'}"
+
+    @property
+    def broker_url(self) -> str:
+        """The Redis URL, the local redis-server's when none is configured."""
+        return self.redis_url or f"redis://127.0.0.1:{self.local_redis_port}/0"
+
+    def deployment(self, name: str) -> DeploymentSettings:
+        """The deployment called ``name``; :class:`KeyError` when there is none."""
+        for deployment in self.deployments:
+            if deployment.name == name:
+                return deployment
+        raise KeyError(f"no deployment named {name!r}")
+
+
+def _format_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def _unknown_env_keys(environ: dict[str, str]) -> list[str]:
+    known = {name.upper() for name in Settings.model_fields} | {"CONFIG"}
+    unknown = []
+    for key in environ:
+        if key.startswith(ENV_PREFIX):
+            head = key[len(ENV_PREFIX) :].split("__", 1)[0]
+            if head not in known:
+                unknown.append(key)
+    return sorted(unknown)
+
+
+def load_settings(config_path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Read the YAML file (``config_path`` or ``$HOUNSFIELD_CONFIG``) and the environment.
+
+    Raises
+    ------
+    ConfigError
+        With one line per bad key, e.g. ``listener.port: Input should be less than or equal to 65535``.
+    """
+    path = config_path or os.environ.get(CONFIG_ENV)
+    data: dict[str, Any] = {}
+    source = "defaults and environment"
+    if path:
+        path = Path(path)
+        source = f"{path} and environment"
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"configuration file {path} must hold a mapping at the top level")
+        data = loaded or {}
+        base = path.parent.resolve()
+        for deployment in data.get("deployments") or []:
+            if isinstance(deployment, dict) and "model_path" in deployment:
+                model_path = Path(str(deployment["model_path"]))
+                if not model_path.is_absolute():
+                    deployment["model_path"] = str(base / model_path)
+    unknown = _unknown_env_keys(dict(os.environ))
+    if unknown:
+        raise ConfigError(f"invalid configuration ({source}):\n" + "\n".join(f"  {k}: unknown key" for k in unknown))
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, source)) from exc

@@ -1,0 +1,1 @@
+"""The demo: a local Orthanc as the PACS, Hounsfield on embedded defaults, a synthetic CT study."""

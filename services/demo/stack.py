@@ -1,0 +1,183 @@
+"""Hounsfield started as ``hounsfield up`` in a child process, and a modality that sends to it.
+
+Used by ``hounsfield demo`` and by the end-to-end tests: everything real (redis-server, the
+Celery worker, the pynetdicom listener, dcmtk ``storescu``), nothing mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+import operators.ct_lesion_seg as ct_lesion_seg
+from services.demo.orthanc import LocalOrthanc, free_port
+
+__all__ = ["CT_LESION_DEPLOYMENT", "HounsfieldStack", "StackError", "storescu"]
+
+CT_LESION_MODEL = Path(ct_lesion_seg.__file__).parent / "models" / "model.ts"
+CT_LESION_DEPLOYMENT: dict[str, Any] = {
+    "name": "ct-lesion-seg",
+    "app": "operators.ct_lesion_seg.app:CTLesionSegApp",
+    "model_path": str(CT_LESION_MODEL),
+    "model_name": "CT lesion segmentation",
+    "model_version": "1.0.0",
+    "mode": "research",
+    "queue": "routine",
+    "rule": {
+        "kind": "all",
+        "rules": [
+            {"kind": "modality", "in": ["CT"]},
+            {"kind": "instance_count", "min": 8},
+            {"kind": "not", "rule": {"kind": "series_description", "regex": "(?i)scout|localizer|topogram"}},
+        ],
+    },
+    "destinations": ["pacs"],
+}
+
+
+class StackError(RuntimeError):
+    """The stack did not start or did not answer in time."""
+
+
+def storescu(files: Sequence[Path], *, host: str, port: int, called_ae: str, calling_ae: str) -> float:
+    """Send files with dcmtk's ``storescu`` as a modality would; returns the seconds it took."""
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    argv = ["/usr/bin/storescu", "-aet", calling_ae, "-aec", called_ae, host, str(port), *map(str, files)]
+    start = time.perf_counter()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
+    if proc.returncode != 0:
+        raise StackError(f"storescu failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    return time.perf_counter() - start
+
+
+class HounsfieldStack:
+    """``hounsfield up`` with a generated configuration, sending results to ``pacs``."""
+
+    def __init__(
+        self,
+        folder: Path,
+        pacs: LocalOrthanc,
+        *,
+        deployments: list[dict[str, Any]] | None = None,
+        quiet_period_s: float = 5.0,
+    ) -> None:
+        self.folder = folder
+        self.pacs = pacs
+        self.listener_port = free_port()
+        self.registry_port = free_port()
+        self.redis_port = free_port()
+        self.config_path = folder / "hounsfield.yaml"
+        self.config: dict[str, Any] = {
+            "data_dir": str(folder / "data"),
+            "local_redis_port": self.redis_port,
+            "listener": {"host": "127.0.0.1", "port": self.listener_port, "quiet_period_s": quiet_period_s},
+            "registry": {"port": self.registry_port},
+            "destinations": {
+                "pacs": {
+                    "ae_title": pacs.aet,
+                    "host": "127.0.0.1",
+                    "port": pacs.dicom_port,
+                    "retries": 3,
+                    "retry_backoff_s": 1.0,
+                }
+            },
+            "deployments": deployments if deployments is not None else [CT_LESION_DEPLOYMENT],
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.registry_port}"
+
+    def start(self, timeout: float = 240.0) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HOUNSFIELD_")}
+        log = (self.folder / "hounsfield.log").open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "up", "--config", str(self.config_path)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        checks = {"registry": self._registry_up, "listener": self._listener_up, "worker": self._worker_up}
+        while checks and time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise StackError(
+                    f"hounsfield up exited ({self.process.returncode}); see {self.folder / 'hounsfield.log'}"
+                )
+            for name in [n for n, check in checks.items() if check()]:
+                del checks[name]
+            time.sleep(0.5)
+        if checks:
+            raise StackError(
+                f"not ready after {timeout:.0f} s: {', '.join(checks)}; see {self.folder / 'hounsfield.log'}"
+            )
+
+    def _registry_up(self) -> bool:
+        try:
+            return httpx.get(f"{self.api}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _listener_up(self) -> bool:
+        ae = AE(ae_title="HF-PROBE")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", self.listener_port, ae_title="HOUNSFIELD")
+        if not assoc.is_established:
+            return False
+        status = assoc.send_c_echo()
+        assoc.release()
+        return bool(status) and status.Status == 0
+
+    def _worker_up(self) -> bool:
+        from celery import Celery
+
+        app = Celery(broker=f"redis://127.0.0.1:{self.redis_port}/0")
+        try:
+            return bool(app.control.ping(timeout=1.0))
+        except Exception:  # the broker itself may still be starting
+            return False
+        finally:
+            app.close()
+
+    def send(self, files: Sequence[Path], calling_ae: str = "DEMO-CT") -> float:
+        return storescu(files, host="127.0.0.1", port=self.listener_port, called_ae="HOUNSFIELD", calling_ae=calling_ae)
+
+    def study(self, study_uid: str) -> dict[str, Any] | None:
+        response = httpx.get(f"{self.api}/studies/{study_uid}", timeout=10)
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return dict(response.json())
+
+    def wait_for_study(self, study_uid: str, *, timeout: float = 300.0) -> dict[str, Any]:
+        """Wait until the study is routed and each of its jobs has finished (done or failed)."""
+        deadline = time.monotonic() + timeout
+        study: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            study = self.study(study_uid)
+            done = study is not None and study["state"] in ("routed", "no_route")
+            if study is not None and done and all(job["state"] in ("done", "failed") for job in study["jobs"]):
+                return study
+            time.sleep(0.5)
+        raise StackError(f"study not finished within {timeout:.0f} s (last seen: {study and study['state']})")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()

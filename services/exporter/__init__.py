@@ -1,0 +1,1 @@
+"""The exporter: the validation gate and the destinations results leave through."""

@@ -1,0 +1,1 @@
+"""The DICOM listener: C-ECHO and C-STORE, durable storage, indexing and study completeness."""

@@ -1,0 +1,92 @@
+"""When is a study complete? On association release, or after a quiet period.
+
+The tracker remembers, per association, which studies it delivered, and per study when its last
+instance arrived. It hands :class:`~services.contracts.StudyComplete` events to a callback that
+must return quickly (the listener puts them on the router's queue).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from services.contracts import CompletionTrigger, StudyComplete
+
+__all__ = ["CompletenessTracker"]
+
+logger = logging.getLogger(__name__)
+
+
+class CompletenessTracker:
+    """Association-release and quiet-period completion of studies."""
+
+    def __init__(
+        self,
+        on_complete: Callable[[StudyComplete], None],
+        *,
+        complete_on_release: bool,
+        quiet_period_s: float,
+    ) -> None:
+        self._on_complete = on_complete
+        self._complete_on_release = complete_on_release
+        self._quiet_period_s = quiet_period_s
+        self._lock = threading.Lock()
+        self._by_assoc: dict[int, set[str]] = {}
+        self._last_seen: dict[str, tuple[float, str]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="completeness", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def instance_received(self, assoc: Any, study_uid: str) -> None:
+        calling_ae = assoc.requestor.ae_title.strip()
+        with self._lock:
+            self._by_assoc.setdefault(id(assoc), set()).add(study_uid)
+            self._last_seen[study_uid] = (time.monotonic(), calling_ae)
+
+    def association_released(self, assoc: Any) -> None:
+        with self._lock:
+            studies = self._by_assoc.pop(id(assoc), set())
+            if not self._complete_on_release:
+                return
+            for uid in studies:
+                self._last_seen.pop(uid, None)
+        calling_ae = assoc.requestor.ae_title.strip()
+        for uid in sorted(studies):
+            self._emit(uid, "association-release", calling_ae)
+
+    def association_aborted(self, assoc: Any) -> None:
+        # What arrived stays; the quiet period decides when the study is complete.
+        with self._lock:
+            self._by_assoc.pop(id(assoc), None)
+
+    def _emit(self, study_uid: str, trigger: CompletionTrigger, calling_ae: str) -> None:
+        try:
+            self._on_complete(StudyComplete(study_instance_uid=study_uid, trigger=trigger, calling_ae=calling_ae))
+        except Exception:  # the callback belongs to another room: never kill the tracker
+            logger.exception("study completion handler failed")
+
+    def _watch(self) -> None:
+        tick = min(1.0, self._quiet_period_s / 4)
+        while not self._stop.wait(tick):
+            now = time.monotonic()
+            with self._lock:
+                busy = {uid for uids in self._by_assoc.values() for uid in uids}
+                due = [
+                    (uid, ae)
+                    for uid, (seen, ae) in self._last_seen.items()
+                    if now - seen >= self._quiet_period_s and uid not in busy
+                ]
+                for uid, _ in due:
+                    del self._last_seen[uid]
+            for uid, ae in due:
+                self._emit(uid, "quiet-period", ae)

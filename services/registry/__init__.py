@@ -1,0 +1,1 @@
+"""The registry: the HTTP API over studies, jobs and results."""

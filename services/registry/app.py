@@ -1,0 +1,104 @@
+"""The registry's HTTP API (read-only in this release): health, studies, jobs, results."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+import redis
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from services import __version__
+from services.config import Settings
+from services.db import Database, JobState, StudyState
+from services.registry import queries
+from services.registry.schemas import JobPublic, ResultPublic, StudyDetail, StudyPublic
+
+__all__ = ["create_app"]
+
+
+def _session(request: Request) -> Iterator[Session]:
+    with request.app.state.db.session() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(_session)]
+Limit = Annotated[int, Query(ge=1, le=500)]
+Offset = Annotated[int, Query(ge=0)]
+
+health = APIRouter(tags=["health"])
+studies = APIRouter(prefix="/studies", tags=["studies"])
+jobs = APIRouter(prefix="/jobs", tags=["jobs"])
+results = APIRouter(prefix="/results", tags=["results"])
+
+
+@health.get("/health")
+def get_health(request: Request, session: SessionDep) -> dict[str, str]:
+    """Liveness of the API and its dependencies (database, broker)."""
+    session.execute(text("SELECT 1"))
+    settings: Settings = request.app.state.settings
+    try:
+        redis.Redis.from_url(settings.broker_url, socket_connect_timeout=1).ping()
+        broker = "ok"
+    except redis.RedisError:
+        broker = "unreachable"
+    return {"status": "ok", "database": "ok", "broker": broker, "version": __version__}
+
+
+@studies.get("", response_model=list[StudyPublic])
+def list_studies(
+    session: SessionDep, state: StudyState | None = None, limit: Limit = 100, offset: Offset = 0
+) -> list[StudyPublic]:
+    return [
+        StudyPublic.model_validate(s) for s in queries.list_studies(session, state=state, limit=limit, offset=offset)
+    ]
+
+
+@studies.get("/{study_uid}", response_model=StudyDetail)
+def get_study(study_uid: str, session: SessionDep) -> StudyDetail:
+    detail = queries.get_study(session, study_uid=study_uid)
+    if detail is None:
+        raise HTTPException(status_code=404, detail="no study with this Study Instance UID")
+    return detail
+
+
+@jobs.get("", response_model=list[JobPublic])
+def list_jobs(
+    session: SessionDep,
+    state: JobState | None = None,
+    study_uid: str | None = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> list[JobPublic]:
+    found = queries.list_jobs(session, state=state, study_uid=study_uid, limit=limit, offset=offset)
+    return [JobPublic.model_validate(j) for j in found]
+
+
+@jobs.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, session: SessionDep) -> JobPublic:
+    job = queries.get_job(session, job_id=job_id)
+    if job is None:
+        raise HTTPException(status_code=404, detail="no job with this id")
+    return JobPublic.model_validate(job)
+
+
+@results.get("", response_model=list[ResultPublic])
+def list_results(
+    session: SessionDep, job_id: str | None = None, limit: Limit = 100, offset: Offset = 0
+) -> list[ResultPublic]:
+    return [
+        ResultPublic.model_validate(r) for r in queries.list_results(session, job_id=job_id, limit=limit, offset=offset)
+    ]
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The API for ``settings``; the database schema is created when missing."""
+    app = FastAPI(title="Hounsfield registry", version=__version__)
+    app.state.settings = settings
+    app.state.db = Database(settings.sqlalchemy_url)
+    app.state.db.create_schema()
+    for router in (health, studies, jobs, results):
+        app.include_router(router)
+    return app

@@ -1,0 +1,1 @@
+"""The router: routing rules x deployments -> jobs on the Celery queues."""

@@ -1,0 +1,140 @@
+"""From a complete study to jobs: evaluate every deployment's rule on every series."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from services.config import DeploymentSettings, Settings
+from services.contracts import StudyComplete
+from services.db import Database, Job, Study, StudyState
+from services.db.index import add_event, complete_study, series_facts_rows
+from services.db.jobs import create_job, idempotency_key
+from services.router.rules import Match, SeriesFacts
+
+__all__ = ["Decision", "Router", "RouterThread", "evaluate_deployment"]
+
+logger = logging.getLogger(__name__)
+
+Enqueue = Callable[[Job], None]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Which series of a study a deployment takes, and why."""
+
+    deployment: str
+    series_instance_uids: tuple[str, ...]
+    explanations: dict[str, Match]
+
+    @property
+    def matched(self) -> bool:
+        return bool(self.series_instance_uids)
+
+
+def evaluate_deployment(deployment: DeploymentSettings, facts: list[SeriesFacts]) -> Decision:
+    explanations = {f.series_instance_uid: deployment.rule.evaluate(f) for f in facts}
+    chosen = tuple(uid for uid, match in explanations.items() if match.matched)
+    return Decision(deployment.name, chosen, explanations)
+
+
+class Router:
+    """Turns :class:`StudyComplete` events into job rows and queue messages."""
+
+    def __init__(self, settings: Settings, db: Database, enqueue: Enqueue) -> None:
+        self._settings = settings
+        self._db = db
+        self._enqueue = enqueue
+
+    def on_study_complete(self, event: StudyComplete) -> list[Job]:
+        """Route one study; returns the jobs created (none for no route or a repeat)."""
+        uid = event.study_instance_uid
+        created: list[Job] = []
+        with self._db.session() as session:
+            if not complete_study(session, uid, event.trigger):
+                logger.info("study already routed or unknown; ignoring %s trigger", event.trigger)
+                return []
+            add_event(session, uid, "listener", "study-complete", trigger=event.trigger)
+            study = session.get(Study, uid)
+            assert study is not None  # complete_study matched it
+            facts = [
+                SeriesFacts(
+                    series_instance_uid=series.series_instance_uid,
+                    instance_count=count,
+                    calling_ae=series.calling_ae,
+                    called_ae=series.called_ae,
+                    tags=series.tags,
+                )
+                for series, count in series_facts_rows(session, uid)
+            ]
+            matched_any = False
+            for deployment in self._settings.deployments:
+                decision = evaluate_deployment(deployment, facts)
+                if not decision.matched:
+                    continue
+                matched_any = True
+                key = idempotency_key(uid, decision.series_instance_uids, deployment.name, deployment.model_version)
+                job, is_new = create_job(
+                    session,
+                    idempotency_key=key,
+                    study_instance_uid=uid,
+                    series_instance_uids=list(decision.series_instance_uids),
+                    deployment=deployment.name,
+                    model_name=deployment.model_name,
+                    model_version=deployment.model_version,
+                    mode=deployment.mode,
+                    queue=deployment.queue,
+                    timings={"completeness": (study.completed_at - study.first_received_at).total_seconds()}
+                    if study.completed_at
+                    else {},
+                )
+                if is_new:
+                    created.append(job)
+                    add_event(session, uid, "router", "job-queued", job_id=job.id, deployment=deployment.name)
+                else:
+                    add_event(session, uid, "router", "job-exists", job_id=job.id, deployment=deployment.name)
+            study.state = StudyState.ROUTED if matched_any else StudyState.NO_ROUTE
+            if not matched_any:
+                add_event(session, uid, "router", "no-route", series=len(facts))
+        for job in created:
+            self._enqueue(job)
+        logger.info("study routed (%s): %d new job(s)", event.trigger, len(created))
+        return created
+
+
+class RouterThread:
+    """Runs the router off the listener's association threads, one study at a time."""
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+        self._queue: queue.Queue[StudyComplete | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="router", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, event: StudyComplete) -> None:
+        self._queue.put(event)
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def join_idle(self, timeout: float = 30.0) -> None:
+        """Wait until every submitted study was routed (for orderly shutdown and tests)."""
+        self._queue.join()
+
+    def _run(self) -> None:
+        while True:
+            event = self._queue.get()
+            try:
+                if event is None:
+                    return
+                self._router.on_study_complete(event)
+            except Exception:  # keep routing the next study; this one is logged with its cause
+                logger.exception("routing failed for a study (trigger %s)", event.trigger if event else "")
+            finally:
+                self._queue.task_done()

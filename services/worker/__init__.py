@@ -1,0 +1,1 @@
+"""The worker: Celery tasks that run MONAI Deploy applications on studies."""

@@ -1,0 +1,46 @@
+"""The Celery application: Redis broker, one queue per priority, late acknowledgement."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from services.config import Settings
+from services.db import Job
+
+__all__ = ["QUEUES", "RUN_JOB_TASK", "Enqueuer", "make_celery"]
+
+QUEUES = ("stat", "routine", "batch")
+RUN_JOB_TASK = "hounsfield.run_job"
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app configured for ``settings`` (no connection is made until it is used)."""
+    longest = max((d.timeout_s for d in settings.deployments), default=600.0)
+    app = Celery("hounsfield", broker=settings.broker_url, include=["services.worker.tasks"])
+    app.conf.update(
+        task_queues=[Queue(name) for name in QUEUES],
+        task_default_queue="routine",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": int(longest * 2 + 300)},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    app.conf.hounsfield_settings = settings
+    return app
+
+
+class Enqueuer:
+    """Puts jobs on their priority queue (the router's side of the broker)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._app = make_celery(settings)
+
+    def __call__(self, job: Job) -> None:
+        self._app.send_task(RUN_JOB_TASK, args=[job.id], queue=job.queue)

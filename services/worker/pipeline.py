@@ -1,0 +1,182 @@
+"""One job, start to finish: workspace, pre-flight, application, validation gate, export.
+
+Framework-free: the Celery task is a thin adapter around :func:`execute_job`. Every state change
+is written to the database as it happens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.config import Settings
+from services.db import Database, Instance, Job, JobState, Series
+from services.db.index import add_event
+from services.db.jobs import claim_job, finish_job, record_result, set_job_state
+from services.exporter.cstore import ExportFailed, send_files
+from services.exporter.validation import ValidationFailed, ValidationReport, validate_object
+from services.store import StudyStore
+from services.worker.preflight import BadInput, check_series
+from services.worker.runtime import AppFailed, InProcessRuntime
+
+__all__ = ["WorkerContext", "execute_job"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerContext:
+    """What a worker process keeps between jobs."""
+
+    settings: Settings
+    db: Database
+    store: StudyStore
+    runtime: InProcessRuntime = field(default_factory=InProcessRuntime)
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, stage: str) -> float:
+        now = time.perf_counter()
+        self.timings[stage] = now - self._t
+        self._t = now
+        return self.timings[stage]
+
+
+def _inputs(session: Session, job: Job) -> list[tuple[Series, list[Path]]]:
+    out = []
+    for uid in job.series_instance_uids:
+        series = session.get(Series, uid)
+        if series is None:
+            raise BadInput(f"series {uid} is no longer indexed")
+        paths = session.scalars(
+            select(Instance.path).where(Instance.series_instance_uid == uid).order_by(Instance.instance_number)
+        ).all()
+        out.append((series, [Path(p) for p in paths]))
+    return out
+
+
+def execute_job(ctx: WorkerContext, job_id: str, *, redelivered: bool = False) -> JobState | None:
+    """Run one job; returns its final state, or None when it was not ours to run."""
+    settings = ctx.settings
+    with ctx.db.session() as session:
+        job = claim_job(session, job_id, redelivered=redelivered)
+        if job is None:
+            logger.info("job %s is finished or owned by another worker; skipping", job_id)
+            return None
+        queue_wait = (job.started_at - job.created_at).total_seconds() if job.started_at else 0.0
+        job.timings = {**job.timings, "queue_wait": round(queue_wait, 3)}
+        add_event(session, job.study_instance_uid, "worker", "job-running", job_id=job_id)
+        inputs = _inputs(session, job)
+        deployment_name = job.deployment
+    watch = _Stopwatch()
+    try:
+        deployment = settings.deployment(deployment_name)
+    except KeyError:
+        return _fail(ctx, job_id, f"deployment {deployment_name!r} is no longer configured", watch)
+    workspace = ctx.store.workspace(job_id)
+    try:
+        for series, paths in inputs:
+            check_series(series.series_instance_uid, series.series_description, paths)
+            ctx.store.link_into(paths, workspace.input)
+        (workspace.work / "result_context.json").write_text(
+            json.dumps(
+                {
+                    "model_name": deployment.model_name,
+                    "model_version": deployment.model_version,
+                    "manufacturer": deployment.manufacturer,
+                    "deployment_mode": deployment.mode,
+                    "uid_root": settings.uid_root,
+                    "job_key": job.idempotency_key,
+                }
+            )
+        )
+        watch.lap("load")
+        ctx.runtime.run(
+            deployment.app,
+            input_dir=workspace.input,
+            output_dir=workspace.output,
+            model_path=deployment.model_path,
+            workdir=workspace.work,
+        )
+        watch.lap("inference")
+        produced = sorted(workspace.output.rglob("*.dcm"))
+        if not produced:
+            raise AppFailed("the application finished without writing any DICOM object")
+        reports = [validate_object(path, dciodvfy=settings.worker.dciodvfy) for path in produced]
+        watch.lap("validate")
+    except (BadInput, AppFailed, ValidationFailed) as exc:
+        return _fail(ctx, job_id, str(exc), watch)
+    except OSError as exc:
+        return _fail(ctx, job_id, f"workspace error: {exc}", watch)
+
+    kept = _keep_results(ctx, job_id, reports)
+    with ctx.db.session() as session:
+        set_job_state(session, job_id, JobState.EXPORTING, watch.timings)
+    try:
+        exported = _export(ctx, deployment.destinations, deployment.mode, kept)
+    except ExportFailed as exc:
+        return _fail(ctx, job_id, str(exc), watch)
+    watch.lap("export")
+    with ctx.db.session() as session:
+        for result_path, destinations in exported.items():
+            for result in session.get(Job, job_id).results:  # type: ignore[union-attr]
+                if result.path == str(result_path):
+                    result.exported_to = destinations
+        finish_job(session, job_id, JobState.DONE, watch.timings)
+    if not settings.worker.keep_workspaces:
+        ctx.store.remove_workspace(job_id)
+    logger.info("job %s done in %.2f s", job_id, sum(watch.timings.values()))
+    return JobState.DONE
+
+
+def _keep_results(ctx: WorkerContext, job_id: str, reports: list[ValidationReport]) -> list[Path]:
+    """Move validated objects out of the workspace into the store's results folder and record them."""
+    folder = ctx.store.root / "results" / job_id
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = []
+    with ctx.db.session() as session:
+        for report in reports:
+            target = folder / f"{report.kind.lower()}-{report.sop_instance_uid}.dcm"
+            report.path.replace(target)
+            kept.append(target)
+            record_result(
+                session,
+                job_id=job_id,
+                kind=report.kind,
+                sop_class_uid=report.sop_class_uid,
+                sop_instance_uid=report.sop_instance_uid,
+                series_instance_uid=report.series_instance_uid,
+                path=str(target),
+                summary={"validator_warnings": report.warnings},
+            )
+    return kept
+
+
+def _export(ctx: WorkerContext, names: list[str], mode: str, paths: list[Path]) -> dict[Path, list[str]]:
+    sent: dict[Path, list[str]] = {p: [] for p in paths}
+    for name in names:
+        destination = ctx.settings.destinations[name]
+        if mode == "shadow" and destination.clinical:
+            logger.info("shadow results are never sent to clinical destination %s", name)
+            continue
+        send_files(paths, destination, calling_ae=ctx.settings.listener.ae_title)
+        for path in paths:
+            sent[path].append(name)
+    return sent
+
+
+def _fail(ctx: WorkerContext, job_id: str, reason: str, watch: _Stopwatch) -> JobState:
+    logger.warning("job %s failed: %s", job_id, reason)
+    with ctx.db.session() as session:
+        finish_job(session, job_id, JobState.FAILED, watch.timings, error=reason)
+    return JobState.FAILED

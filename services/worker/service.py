@@ -1,0 +1,35 @@
+"""The worker process: a Celery worker that keeps the deployed applications warm."""
+
+from __future__ import annotations
+
+import logging
+
+from services.config import Settings
+from services.db import Database
+from services.worker.celery_app import make_celery
+from services.worker.runtime import InProcessRuntime
+
+__all__ = ["run"]
+
+logger = logging.getLogger(__name__)
+
+
+def run(settings: Settings) -> None:
+    """Serve jobs until stopped (solo pool: one job at a time per process, the app kept warm)."""
+    Database(settings.sqlalchemy_url).create_schema()
+    app = make_celery(settings)
+    runtime = InProcessRuntime()
+    for reference in sorted({d.app for d in settings.deployments}):
+        logger.info("warming application %s", reference)
+        runtime.warm(reference)
+    app.worker_main(
+        [
+            "worker",
+            "--pool=solo",
+            f"--queues={','.join(settings.worker.queues)}",
+            f"--loglevel={settings.log_level}",
+            "--without-gossip",
+            "--without-mingle",
+            "--hostname=hounsfield-worker@%h",
+        ]
+    )

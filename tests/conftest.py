@@ -1,0 +1,43 @@
+"""Shared fixtures: settings on a temporary data folder, synthetic studies on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from services.config import Settings, load_settings
+from services.demo.orthanc import free_port
+from tests.support import CT_RULE
+
+os.environ.setdefault("TCP_NODELAY", "1")
+
+
+@pytest.fixture(autouse=True)
+def _no_hounsfield_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("HOUNSFIELD_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings with one CT deployment and a free listener port (no services started)."""
+    return load_settings(
+        None,
+        data_dir=tmp_path / "data",
+        listener={"host": "127.0.0.1", "port": free_port(), "quiet_period_s": 1.0},
+        destinations={"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": 1}},
+        deployments=[
+            {
+                "name": "ct-lesion-seg",
+                "app": "operators.ct_lesion_seg.app:CTLesionSegApp",
+                "model_path": "operators/ct_lesion_seg/models/model.ts",
+                "model_name": "CT lesion segmentation",
+                "model_version": "1.0.0",
+                "rule": CT_RULE,
+                "destinations": ["pacs"],
+            }
+        ],
+    )

@@ -1,0 +1,214 @@
+"""The whole path with real services: dcmtk storescu -> Hounsfield -> Orthanc.
+
+redis-server, the Celery worker running the CT lesion MAP in-process, the listener and the
+registry all run as ``hounsfield up`` does; Orthanc is the PACS. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from orthanc_api_client import OrthancApiClient
+
+from operators.ct_lesion_seg.phantom import Phantom, make_phantom, write_dicom_series
+from services.demo.findings import lesion_findings
+from services.demo.orthanc import LocalOrthanc
+from services.demo.stack import CT_LESION_DEPLOYMENT, HounsfieldStack
+from tests.e2e.raising_app import MESSAGE
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _deployments() -> list[dict]:
+    raise_rule = {"kind": "series_description", "regex": "^RAISE"}
+    ct = dict(CT_LESION_DEPLOYMENT)
+    ct["rule"] = {"kind": "all", "rules": [CT_LESION_DEPLOYMENT["rule"], {"kind": "not", "rule": raise_rule}]}
+    raising = {
+        **CT_LESION_DEPLOYMENT,
+        "name": "raising-model",
+        "app": "tests.e2e.raising_app:RaisingApp",
+        "model_name": "Exploding model",
+        "rule": {"kind": "all", "rules": [{"kind": "modality", "in": ["CT"]}, raise_rule]},
+    }
+    return [ct, raising]
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOrthanc]:
+    orthanc = LocalOrthanc(tmp_path_factory.mktemp("orthanc"), aet="TESTPACS")
+    orthanc.start()
+    yield orthanc
+    orthanc.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, pacs: LocalOrthanc) -> Iterator[HounsfieldStack]:
+    os.environ["PYTHONPATH"] = str(REPO)  # the worker imports tests.e2e.raising_app
+    running = HounsfieldStack(tmp_path_factory.mktemp("hounsfield"), pacs, deployments=_deployments())
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+        log = running.folder / "hounsfield.log"
+        if log.exists():
+            sys.stderr.write(log.read_text()[-4000:])
+
+
+def _series(folder: Path, seed: int, **kwargs) -> tuple[Phantom, str, list[Path]]:
+    phantom = make_phantom(seed, n_lesions=kwargs.pop("n_lesions", 2))
+    files = write_dicom_series(phantom, folder, uid_seed=f"e2e-{seed}", **kwargs)
+    return phantom, str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID), files
+
+
+def _dciodvfy_errors(data: bytes, tmp_path: Path, name: str) -> list[str]:
+    path = tmp_path / name
+    path.write_bytes(data)
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+def _seg_mask_zyx(seg: hd.seg.Segmentation, source: list[pydicom.Dataset]) -> np.ndarray:
+    """The union of all segments, on the source slices' grid, slices in z order."""
+    ordered = sorted(source, key=lambda ds: float(ds.ImagePositionPatient[2]))
+    uids = [str(ds.SOPInstanceUID) for ds in ordered]
+    volume = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, ignore_spatial_locations=True, assert_missing_frames_are_empty=True
+    )
+    return volume.any(axis=-1)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * np.logical_and(a, b).sum() / (a.sum() + b.sum()))
+
+
+def test_ct_study_results_reach_the_pacs(stack: HounsfieldStack, pacs: LocalOrthanc, tmp_path: Path) -> None:
+    phantom, study_uid, files = _series(tmp_path / "ct", seed=424242)
+    stack.send(files)
+    study = stack.wait_for_study(study_uid)
+    assert study["state"] == "routed" and study["completion_trigger"] == "association-release"
+    (job,) = study["jobs"]
+    assert job["state"] == "done", job["error"]
+    assert job["deployment"] == "ct-lesion-seg" and job["model_version"] == "1.0.0"
+    assert {"completeness", "queue_wait", "load", "inference", "validate", "export"} <= set(job["timings"])
+    kinds = sorted(r["kind"] for r in job["results"])
+    assert kinds == ["SEG", "SR"]
+
+    orthanc = OrthancApiClient(pacs.url)
+    source = [pydicom.dcmread(p) for p in files]
+    source_series = str(source[0].SeriesInstanceUID)
+    objects = {}
+    for result in job["results"]:
+        instance_id = orthanc.instances.lookup(result["sop_instance_uid"])
+        assert instance_id, f"{result['kind']} is not in Orthanc"
+        data = orthanc.instances.get_file(instance_id)
+        assert _dciodvfy_errors(data, tmp_path, f"{result['kind']}.dcm") == []
+        objects[result["kind"]] = pydicom.dcmread(io.BytesIO(data))
+
+    seg_ds, sr_ds = objects["SEG"], objects["SR"]
+    for ds in (seg_ds, sr_ds):
+        assert ds.StudyInstanceUID == study_uid
+        assert "NOT FOR DIAGNOSTIC USE" in ds.SeriesDescription.upper()
+        equipment = ds.ContributingEquipmentSequence[0]
+        assert equipment.ManufacturerModelName == "CT lesion segmentation"
+        assert "1.0.0" in str(equipment.SoftwareVersions)
+    seg = hd.seg.Segmentation.from_dataset(seg_ds)
+    assert seg_ds.ReferencedSeriesSequence[0].SeriesInstanceUID == source_series
+    assert seg_ds.FrameOfReferenceUID == source[0].FrameOfReferenceUID
+    dice = _dice(_seg_mask_zyx(seg, source), phantom.lesion_mask)
+    print(f"end-to-end SEG Dice vs phantom truth: {dice:.3f}")
+    assert dice >= 0.85
+
+    findings = lesion_findings(sr_ds)
+    assert len(findings) == len(phantom.lesions)
+    segment_numbers = {int(s.SegmentNumber) for s in seg_ds.SegmentSequence}
+    for finding in findings:
+        assert finding["segment_number"] in segment_numbers
+        assert finding["segmentation_sop_instance_uid"] == seg_ds.SOPInstanceUID
+    measured = sorted(f["measurements"][_volume_name(f)]["value"] for f in findings)
+    truth = sorted(t.volume_ml for t in phantom.lesions)
+    for m, t in zip(measured, truth, strict=True):
+        assert abs(m - t) <= 0.15 * t, f"SR volume {m:.2f} mL vs truth {t:.2f} mL"
+
+    # The second, identical send makes no second result set.
+    before = len(orthanc.studies.get_instances_ids(orthanc.studies.lookup(study_uid)))
+    stack.send(files)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        events = [e["kind"] for e in stack.study(study_uid)["events"]]
+        if "job-exists" in events:
+            break
+        time.sleep(0.5)
+    again = stack.wait_for_study(study_uid)
+    assert "job-exists" in [e["kind"] for e in again["events"]]
+    assert len(again["jobs"]) == 1
+    time.sleep(2)
+    assert len(orthanc.studies.get_instances_ids(orthanc.studies.lookup(study_uid))) == before
+
+
+def _volume_name(finding: dict) -> str:
+    (name,) = [n for n in finding["measurements"] if "volume" in n.lower()]
+    return name
+
+
+def test_mr_study_is_kept_with_no_route(stack: HounsfieldStack, pacs: LocalOrthanc, tmp_path: Path) -> None:
+    _, study_uid, files = _series(tmp_path / "mr", seed=515151, modality="MR", n_lesions=1)
+    stack.send(files, calling_ae="MR-SCANNER")
+    study = stack.wait_for_study(study_uid)
+    assert study["state"] == "no_route"
+    assert study["jobs"] == []
+    assert study["series"][0]["instance_count"] == len(files)
+    assert "no-route" in [e["kind"] for e in study["events"]]
+    assert OrthancApiClient(pacs.url).studies.lookup(study_uid) is None
+
+
+def test_failures_are_recorded_and_the_worker_goes_on(
+    stack: HounsfieldStack, pacs: LocalOrthanc, tmp_path: Path
+) -> None:
+    _, broken_uid, broken = _series(tmp_path / "broken", seed=616161, drop_pixel_data_at=5)
+    _, raising_uid, raising = _series(tmp_path / "raising", seed=717171, series_description="RAISE me")
+    _, good_uid, good = _series(tmp_path / "good", seed=818181, n_lesions=1)
+    for files in (broken, raising, good):
+        stack.send(files)
+
+    (broken_job,) = stack.wait_for_study(broken_uid)["jobs"]
+    assert broken_job["state"] == "failed"
+    assert "instance number 6 has no pixel data" in broken_job["error"]
+    (raising_job,) = stack.wait_for_study(raising_uid)["jobs"]
+    assert raising_job["state"] == "failed" and raising_job["deployment"] == "raising-model"
+    assert MESSAGE in raising_job["error"]
+    (good_job,) = stack.wait_for_study(good_uid)["jobs"]
+    assert good_job["state"] == "done", good_job["error"]
+    orthanc = OrthancApiClient(pacs.url)
+    assert orthanc.studies.lookup(broken_uid) is None and orthanc.studies.lookup(raising_uid) is None
+
+
+def test_demo_command_prints_one_json_summary() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOUNSFIELD_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.cli", "demo", "--json"], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    (job,) = summary["jobs"]
+    assert job["state"] == "done" and job["model"] == {
+        "name": "CT lesion segmentation",
+        "version": "1.0.0",
+        "mode": "research",
+    }
+    assert sorted(r["kind"] for r in job["results"]) == ["SEG", "SR"]
+    assert all(r["orthanc_instance"] and r["url"].startswith("http://127.0.0.1:") for r in job["results"])
+    assert summary["study"]["instances"] > 0 and summary["timings_s"]["time_to_result"] > 0

@@ -1,0 +1,172 @@
+"""The listener as a sender sees it: dcmtk storescu and pynetdicom SCUs against a running SCP."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from sqlalchemy import func, select
+
+from services.config import Settings
+from services.db import Event, Instance, Job, Study, StudyState
+from services.demo.stack import storescu
+from services.listener.server import Listener
+from tests.support import write_study
+
+
+@pytest.fixture
+def listener(settings: Settings) -> Iterator[tuple[Listener, list[Job]]]:
+    queued: list[Job] = []
+    running = Listener(settings, queued.append)
+    running.start()
+    yield running, queued
+    running.stop()
+
+
+def _send(settings: Settings, files: list[Path], calling_ae: str = "MODALITY") -> None:
+    storescu(files, host="127.0.0.1", port=settings.listener.port, called_ae="HOUNSFIELD", calling_ae=calling_ae)
+
+
+def _wait(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def test_echo_answers_with_dcmtk(listener: tuple[Listener, list[Job]], settings: Settings) -> None:
+    proc = subprocess.run(
+        ["/usr/bin/echoscu", "-aec", "HOUNSFIELD", "127.0.0.1", str(settings.listener.port)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_ct_study_is_stored_indexed_and_routed_on_release(
+    listener: tuple[Listener, list[Job]], settings: Settings, tmp_path: Path
+) -> None:
+    running, queued = listener
+    study_uid, files = write_study(tmp_path / "ct", seed=3)
+    _send(settings, files)
+    _wait(lambda: len(queued) == 1)
+    with running.db.session() as session:
+        study = session.get(Study, study_uid)
+        assert study is not None and study.state is StudyState.ROUTED
+        assert study.completion_trigger == "association-release"
+        stored = session.scalars(select(Instance)).all()
+        assert len(stored) == len(files)
+        for instance in stored:
+            on_disk = pydicom.dcmread(instance.path)
+            assert on_disk.SOPInstanceUID == instance.sop_instance_uid
+        kinds = [
+            e.kind
+            for e in session.scalars(select(Event).where(Event.study_instance_uid == study_uid).order_by(Event.id))
+        ]
+    assert kinds == ["study-complete", "job-queued"]
+    job = queued[0]
+    assert job.deployment == "ct-lesion-seg" and job.study_instance_uid == study_uid
+    assert job.timings["completeness"] >= 0
+
+
+def test_mr_study_is_stored_and_recorded_as_no_route(
+    listener: tuple[Listener, list[Job]], settings: Settings, tmp_path: Path
+) -> None:
+    running, queued = listener
+    study_uid, files = write_study(tmp_path / "mr", seed=4, modality="MR")
+    _send(settings, files)
+
+    def routed() -> bool:
+        with running.db.session() as session:
+            study = session.get(Study, study_uid)
+            return study is not None and study.state is StudyState.NO_ROUTE
+
+    _wait(routed)
+    assert queued == []
+    with running.db.session() as session:
+        assert session.scalar(select(func.count()).select_from(Instance)) == len(files)
+        assert session.scalar(select(func.count()).select_from(Job)) == 0
+
+
+def test_resending_the_same_study_makes_no_second_job(
+    listener: tuple[Listener, list[Job]], settings: Settings, tmp_path: Path
+) -> None:
+    running, queued = listener
+    study_uid, files = write_study(tmp_path / "ct", seed=5)
+    _send(settings, files)
+    _wait(lambda: len(queued) == 1)
+    _send(settings, files)
+
+    def repeat_seen() -> bool:
+        with running.db.session() as session:
+            return (
+                "job-exists" in session.scalars(select(Event.kind).where(Event.study_instance_uid == study_uid)).all()
+            )
+
+    _wait(repeat_seen)
+    assert len(queued) == 1
+    with running.db.session() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 1
+        assert session.scalar(select(func.count()).select_from(Instance)) == len(files)
+
+
+def _bare_ct(**overrides: object) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "CT"
+    for key, value in overrides.items():
+        if value is None:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("overrides", "status"),
+    [({"StudyInstanceUID": None}, 0xA900), ({"SeriesInstanceUID": "not-a-uid"}, 0xA900)],
+)
+def test_instances_without_valid_uids_are_refused(
+    listener: tuple[Listener, list[Job]], settings: Settings, overrides: dict, status: int
+) -> None:
+    running, _ = listener
+    ae = AE(ae_title="BADSCU")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", settings.listener.port, ae_title="HOUNSFIELD")
+    assert assoc.is_established
+    response = assoc.send_c_store(_bare_ct(**overrides))
+    good = assoc.send_c_store(_bare_ct())
+    assoc.release()
+    assert response.Status == status
+    assert good.Status == 0x0000, "the association keeps serving after a refused instance"
+    with running.db.session() as session:
+        assert session.scalar(select(func.count()).select_from(Instance)) == 1
+
+
+def test_quiet_period_completes_a_study_after_an_abort(
+    listener: tuple[Listener, list[Job]], settings: Settings, tmp_path: Path
+) -> None:
+    running, queued = listener
+    study_uid, files = write_study(tmp_path / "ct", seed=6)
+    ae = AE(ae_title="ABORTER")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", settings.listener.port, ae_title="HOUNSFIELD")
+    for path in files:
+        assert assoc.send_c_store(pydicom.dcmread(path)).Status == 0
+    assoc.abort()
+    _wait(lambda: len(queued) == 1, timeout=10)
+    with running.db.session() as session:
+        assert session.get(Study, study_uid).completion_trigger == "quiet-period"
