@@ -26,10 +26,10 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, 
 __all__ = [
     "LesionTruth",
     "Phantom",
+    "hu_to_mr",
+    "longest_axial_diameter_mm",
     "make_phantom",
     "write_dicom_series",
-    "longest_axial_diameter_mm",
-    "hu_to_mr",
 ]
 
 logger = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def _gaussian_filter_fft(volume: np.ndarray, sigma_zyx_vox: tuple[float, float, 
     """Gaussian smoothing with periodic boundaries, computed in the Fourier domain."""
     spectrum = np.fft.rfftn(volume)
     transfer = np.ones(spectrum.shape, dtype=np.float64)
-    for axis, (size, sigma) in enumerate(zip(volume.shape, sigma_zyx_vox)):
+    for axis, (size, sigma) in enumerate(zip(volume.shape, sigma_zyx_vox, strict=False)):
         freqs = np.fft.rfftfreq(size) if axis == volume.ndim - 1 else np.fft.fftfreq(size)
         shape = [1] * volume.ndim
         shape[axis] = freqs.size
@@ -270,7 +270,7 @@ def make_phantom(
             lesion = _ellipsoid_mask(grid, lesion_center, radii, angle)
             if lesion.sum() < 8 or (lesion & ~organ).any():
                 continue
-            lesion_hu = rng.uniform(-5.0, 20.0) if rng.uniform() < 0.6 else rng.uniform(110.0, 160.0)
+            lesion_hu = rng.uniform(-10.0, 15.0) if rng.uniform() < 0.6 else rng.uniform(115.0, 165.0)
             clean[lesion] = lesion_hu
             labels[lesion] = len(placed) + 1
             placed.append((lesion_center, radii, angle))
@@ -283,8 +283,10 @@ def make_phantom(
     image = _gaussian_filter_fft(clean, (0.3, 0.6, 0.6))
     bias_amplitude = rng.uniform(0.0, 10.0)
     phase = rng.uniform(0.0, 2.0 * np.pi, size=2)
-    bias = bias_amplitude * np.cos(np.pi * (gy - center[1]) / fov[1] + phase[0]) * np.cos(
-        np.pi * (gx - center[2]) / fov[2] + phase[1]
+    bias = (
+        bias_amplitude
+        * np.cos(np.pi * (gy - center[1]) / fov[1] + phase[0])
+        * np.cos(np.pi * (gx - center[2]) / fov[2] + phase[1])
     )
     image += np.where(body, bias, 0.0)
     noise_sigma = rng.uniform(10.0, 20.0)

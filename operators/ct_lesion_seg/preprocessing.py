@@ -23,13 +23,13 @@ from monai.transforms import (
 
 __all__ = [
     "HU_WINDOW",
+    "NUM_CLASSES",
+    "OVERLAP",
     "ROI_SIZE",
     "SW_BATCH_SIZE",
-    "OVERLAP",
-    "NUM_CLASSES",
-    "network_input_from_zyx",
-    "inference_pre_transforms",
     "inference_post_transforms",
+    "inference_pre_transforms",
+    "network_input_from_zyx",
 ]
 
 HU_WINDOW: tuple[float, float] = (-150.0, 250.0)

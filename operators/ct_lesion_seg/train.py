@@ -22,18 +22,19 @@ import torch
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
+from scipy import ndimage
 
-from operators.ct_lesion_seg.phantom import make_phantom
+from operators.ct_lesion_seg.phantom import Phantom, make_phantom
 from operators.ct_lesion_seg.preprocessing import NUM_CLASSES, OVERLAP, ROI_SIZE, SW_BATCH_SIZE, network_input_from_zyx
 
 __all__ = [
-    "TRAIN_SEED_START",
     "HELD_OUT_SEED_START",
+    "TRAIN_SEED_START",
     "build_network",
-    "segment",
     "evaluate",
-    "train",
     "main",
+    "segment",
+    "train",
 ]
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,9 @@ TRAIN_SEED_START = 1000
 
 HELD_OUT_SEED_START = 90000
 """First held-out phantom seed; never used for training."""
+VALIDATION_SEED_START = 80000
+"""First validation phantom seed: picks the decision threshold, never trained on, never reported."""
+THRESHOLDS = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 
 _LESION_CENTRED_FRACTION = 0.7
 TRAIN_PATCH_SIZE = (48, 48, 32)
@@ -88,10 +92,77 @@ def segment(model: torch.nn.Module, hu_zyx: np.ndarray) -> np.ndarray:
     return logits[0].argmax(dim=0).numpy().astype(np.uint8).T
 
 
+class CalibratedSegmenter(torch.nn.Module):
+    """The network with its lesion decision threshold folded into the logits.
+
+    ``argmax`` over the returned logits picks lesion exactly when the lesion probability exceeds
+    ``threshold``, so the application's softmax + argmax post-transforms apply it unchanged.
+    """
+
+    def __init__(self, network: torch.nn.Module, threshold: float) -> None:
+        super().__init__()
+        self.network = network
+        offset = float(np.log(threshold / (1.0 - threshold)))
+        self.register_buffer("background_offset", torch.tensor([offset, 0.0]).reshape(1, 2, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x) + self.background_offset
+
+
+def calibrate(model: torch.nn.Module, seeds: Sequence[int]) -> dict:
+    """Choose the lesion probability threshold whose lesion volumes are closest to the truth.
+
+    Networks trained with Dice+CE under-segment small structures at 0.5. The report states
+    lesion volumes, so the threshold minimises the mean absolute relative volume error per lesion
+    on validation phantoms, disjoint from both training and held-out seeds.
+    """
+    errors: dict[float, list[float]] = {t: [] for t in THRESHOLDS}
+    scores: dict[float, list[float]] = {t: [] for t in THRESHOLDS}
+    for seed in seeds:
+        phantom = make_phantom(int(seed))
+        if not phantom.lesions:
+            continue
+        inputs = torch.from_numpy(network_input_from_zyx(phantom.hu))[None]
+        with torch.no_grad():
+            logits = sliding_window_inference(inputs, ROI_SIZE, SW_BATCH_SIZE, model, overlap=OVERLAP)
+        probability = torch.softmax(logits[0], dim=0)[1].numpy().T
+        for threshold in THRESHOLDS:
+            prediction = probability > threshold
+            errors[threshold] += _lesion_volume_errors(prediction, phantom)
+            scores[threshold].append(_dice(prediction, phantom.lesion_mask))
+    table = {
+        str(t): {
+            "mean_abs_volume_error": float(np.mean(np.abs(errors[t]))),
+            "fraction_within_15_percent": float(np.mean(np.abs(errors[t]) <= 0.15)),
+            "mean_dice": float(np.mean(scores[t])),
+        }
+        for t in THRESHOLDS
+    }
+    best = min(THRESHOLDS, key=lambda t: np.mean(np.abs(errors[t])))
+    return {
+        "threshold": best,
+        "criterion": "mean absolute lesion volume error",
+        "validation_seeds": [int(s) for s in seeds],
+        "sweep": table,
+    }
+
+
 def _dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     """Dice coefficient of two boolean masks (1.0 when both are empty)."""
     denominator = int(prediction.sum()) + int(truth.sum())
     return 1.0 if denominator == 0 else 2.0 * int((prediction & truth).sum()) / denominator
+
+
+def _lesion_volume_errors(prediction: np.ndarray, phantom: Phantom) -> list[float]:
+    """Relative volume error per true lesion, against the predicted components that touch it."""
+    components, _ = ndimage.label(prediction, structure=np.ones((3, 3, 3)))
+    errors = []
+    for lesion in phantom.lesions:
+        truth = phantom.lesion_labels == lesion.index
+        touching = np.unique(components[truth])
+        predicted = np.isin(components, touching[touching > 0]).sum()
+        errors.append(float(predicted) / float(truth.sum()) - 1.0)
+    return errors
 
 
 def evaluate(model_path: Path, seeds: Sequence[int]) -> dict:
@@ -114,11 +185,13 @@ def evaluate(model_path: Path, seeds: Sequence[int]) -> dict:
     """
     model = torch.jit.load(str(model_path), map_location="cpu").eval()
     cases = []
+    volume_errors: list[float] = []
     intersection = total = 0
     for seed in seeds:
         phantom = make_phantom(int(seed))
         prediction = segment(model, phantom.hu) > 0
         truth = phantom.lesion_mask
+        volume_errors += _lesion_volume_errors(prediction, phantom)
         intersection += int((prediction & truth).sum())
         total += int(prediction.sum()) + int(truth.sum())
         cases.append(
@@ -139,6 +212,10 @@ def evaluate(model_path: Path, seeds: Sequence[int]) -> dict:
         "mean_dice_lesion_cases": float(np.mean([c["dice"] for c in lesion_cases])) if lesion_cases else float("nan"),
         "global_dice": 2.0 * intersection / total if total else 1.0,
         "false_positive_voxels_lesion_free_cases": int(sum(c["predicted_voxels"] for c in free_cases)),
+        "lesion_volume_errors": [round(e, 4) for e in volume_errors],
+        "fraction_lesion_volumes_within_15_percent": float(np.mean(np.abs(volume_errors) <= 0.15))
+        if volume_errors
+        else float("nan"),
     }
 
 
@@ -158,8 +235,8 @@ def _random_patch(
         centre = lesion_voxels[rng.integers(len(lesion_voxels))] + rng.integers(-roi // 4, roi // 4 + 1)
         start = np.clip(centre - roi // 2, 0, shape - roi)
     else:
-        start = np.array([rng.integers(0, s - r + 1) for s, r in zip(shape, roi)])
-    window = tuple(slice(int(a), int(a + r)) for a, r in zip(start, roi))
+        start = np.array([rng.integers(0, s - r + 1) for s, r in zip(shape, roi, strict=False)])
+    window = tuple(slice(int(a), int(a + r)) for a, r in zip(start, roi, strict=False))
     image_patch, label_patch = image[(slice(None), *window)], label[window]
     for axis in range(3):
         if rng.uniform() < 0.5:
@@ -172,11 +249,12 @@ def train(
     out_dir: Path,
     *,
     n_train: int = 120,
-    steps: int = 3000,
+    steps: int = 4000,
     batch_size: int = 4,
     learning_rate: float = 2e-3,
     seed: int = 0,
     held_out: Sequence[int] = tuple(range(HELD_OUT_SEED_START, HELD_OUT_SEED_START + 20)),
+    validation: Sequence[int] = tuple(range(VALIDATION_SEED_START, VALIDATION_SEED_START + 24)),
 ) -> dict:
     """Train the network, save ``model.ts`` and ``training_report.json`` in ``out_dir``.
 
@@ -203,8 +281,8 @@ def train(
         The training report.
     """
     train_seeds = list(range(TRAIN_SEED_START, TRAIN_SEED_START + n_train))
-    if set(train_seeds) & set(held_out):
-        raise ValueError("held-out seeds overlap the training seeds")
+    if set(train_seeds) & set(held_out) or set(validation) & (set(train_seeds) | set(held_out)):
+        raise ValueError("training, validation and held-out seeds must be disjoint")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -241,8 +319,10 @@ def train(
     train_seconds = time.perf_counter() - started
 
     model.eval()
+    calibration = calibrate(model, validation)
+    logger.info("decision threshold %.2f (validation sweep %s)", calibration["threshold"], calibration["sweep"])
     model_path = out_dir / "model.ts"
-    torch.jit.script(model).save(str(model_path))
+    torch.jit.script(CalibratedSegmenter(model, calibration["threshold"])).save(str(model_path))
     metrics = evaluate(model_path, held_out)
     report = {
         "model": "monai.networks.nets.UNet(spatial_dims=3, in_channels=1, out_channels=2, "
@@ -264,6 +344,7 @@ def train(
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "machine": platform.machine(),
+        "calibration": calibration,
         "held_out": metrics,
     }
     (out_dir / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -275,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "models", help="output directory")
     parser.add_argument("--n-train", type=int, default=120, help="number of training phantoms")
-    parser.add_argument("--steps", type=int, default=3000, help="optimisation steps")
+    parser.add_argument("--steps", type=int, default=4000, help="optimisation steps")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)

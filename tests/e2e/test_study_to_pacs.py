@@ -121,9 +121,13 @@ def test_ct_study_results_reach_the_pacs(stack: HounsfieldStack, pacs: LocalOrth
     for ds in (seg_ds, sr_ds):
         assert ds.StudyInstanceUID == study_uid
         assert "NOT FOR DIAGNOSTIC USE" in ds.SeriesDescription.upper()
-        equipment = ds.ContributingEquipmentSequence[0]
-        assert equipment.ManufacturerModelName == "CT lesion segmentation"
-        assert "1.0.0" in str(equipment.SoftwareVersions)
+        (algorithm,) = [
+            item
+            for item in ds.ContributingEquipmentSequence
+            if item.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"  # IHE AIR: Processing Algorithm
+        ]
+        assert algorithm.ManufacturerModelName == "CT lesion segmentation"
+        assert str(algorithm.SoftwareVersions) == "1.0.0" and algorithm.DeviceUID
     seg = hd.seg.Segmentation.from_dataset(seg_ds)
     assert seg_ds.ReferencedSeriesSequence[0].SeriesInstanceUID == source_series
     assert seg_ds.FrameOfReferenceUID == source[0].FrameOfReferenceUID
