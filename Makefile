@@ -33,7 +33,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: setup
-	$(VENV)/bin/ruff check services operators tests
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy services operators
 
 clean:
 	rm -rf $(VENV) .hounsfield .pytest_cache

@@ -195,7 +195,7 @@ def make_phantom(
         pixel = round(float(rng.uniform(1.5, 3.0)), 2)
         spacing = (round(float(rng.uniform(1.5, 3.0)), 2), pixel, pixel)
     else:
-        spacing = tuple(float(s) for s in spacing_zyx_mm)
+        spacing = (float(spacing_zyx_mm[0]), float(spacing_zyx_mm[1]), float(spacing_zyx_mm[2]))
     if n_lesions is None:
         n_lesions = int(rng.choice(len(_LESION_COUNT_PROBABILITIES), p=_LESION_COUNT_PROBABILITIES))
 
@@ -301,8 +301,8 @@ def make_phantom(
         truths.append(
             LesionTruth(
                 index=index,
-                center_zyx_mm=tuple(float(c) for c in lesion_center),
-                radii_zyx_mm=tuple(float(r) for r in radii),
+                center_zyx_mm=(float(lesion_center[0]), float(lesion_center[1]), float(lesion_center[2])),
+                radii_zyx_mm=(float(radii[0]), float(radii[1]), float(radii[2])),
                 mean_hu=float(hu[lesion].mean()),
                 volume_ml=float(lesion.sum() * sz * sy * sx / 1000.0),
                 longest_axial_diameter_mm=longest_axial_diameter_mm(lesion, spacing),

@@ -88,7 +88,7 @@ def inference_pre_transforms(reader: ImageReader, key: str = "image") -> Compose
     lo, hi = HU_WINDOW
     return Compose(
         [
-            LoadImaged(keys=key, reader=reader),
+            LoadImaged(keys=key, reader=reader),  # type: ignore[arg-type]  # MONAI also takes reader instances
             EnsureChannelFirstd(keys=key),
             ScaleIntensityRanged(keys=key, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True),
             EnsureTyped(keys=key),

@@ -13,7 +13,6 @@ from typing import Any
 import pydicom
 from orthanc_api_client import OrthancApiClient
 from rich.console import Console
-from rich.table import Table
 
 from operators.ct_lesion_seg.phantom import make_phantom, write_dicom_series
 from services.demo.findings import lesion_findings
@@ -24,6 +23,7 @@ __all__ = ["DEMO_SEED", "DemoError", "print_summary", "run_demo"]
 
 DEMO_SEED = 20261127
 REQUIRED_TOOLS = ("/usr/bin/storescu", "redis-server", "dciodvfy")
+UNITS = {"ml": "mL", "[hnsf'U]": "HU"}
 
 
 class DemoError(RuntimeError):
@@ -173,19 +173,20 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         console.print(
             f"\n[bold]{model['name']} {model['version']}[/bold] ({job['deployment']}, {model['mode']}): {job['state']}"
         )
-        stages = Table("stage", "seconds", title="timings per stage")
-        for stage, seconds in job["timings_s"].items():
-            stages.add_row(stage, f"{seconds:.3f}")
-        console.print(stages)
-        where = Table("object", "series description", "Orthanc series", "URL", title="results in the PACS")
+        timings = ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in job["timings_s"].items())
+        console.print(f"  seconds per stage: {timings}", highlight=False)
+        console.print("  [bold]results in the PACS[/bold]")
         for obj in job["results"]:
-            where.add_row(obj["kind"], obj["series_description"], obj["orthanc_series"], obj["url"])
-        console.print(where)
+            console.print(f"    {obj['kind']:<4} '{obj['series_description']}'", highlight=False)
+            console.print(f"         Orthanc series {obj['orthanc_series']}", highlight=False)
+            console.print(f"         {obj['url']}", highlight=False, soft_wrap=True)
         for obj in job["results"]:
             for finding in obj.get("findings", []):
                 values = ", ".join(
-                    f"{name} {m['value']:.1f} {m['unit']}" for name, m in finding["measurements"].items()
+                    f"{name.lower()} {m['value']:.1f} {UNITS.get(m['unit'], m['unit'])}"
+                    for name, m in finding["measurements"].items()
                 )
-                console.print(f"  {finding['tracking_identifier']}: {values}")
-    truth = ", ".join(f"lesion {x['lesion']} {x['volume_ml']} mL" for x in study["truth"])
-    console.print(f"\nphantom truth: {truth}")
+                console.print(f"  {finding['tracking_identifier']}: {values}", highlight=False)
+    largest_first = sorted(study["truth"], key=lambda x: -x["volume_ml"])
+    truth = ", ".join(f"{x['volume_ml']} mL, {x['longest_axial_diameter_mm']} mm" for x in largest_first)
+    console.print(f"  phantom truth, largest first: {truth}", highlight=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -71,8 +72,10 @@ class HounsfieldStack:
         *,
         deployments: list[dict[str, Any]] | None = None,
         quiet_period_s: float = 5.0,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.folder = folder
+        self.extra_env = extra_env or {}
         self.pacs = pacs
         self.listener_port = free_port()
         self.registry_port = free_port()
@@ -103,7 +106,7 @@ class HounsfieldStack:
     def start(self, timeout: float = 240.0) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HOUNSFIELD_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HOUNSFIELD_")} | self.extra_env
         log = (self.folder / "hounsfield.log").open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "up", "--config", str(self.config_path)],
@@ -131,6 +134,9 @@ class HounsfieldStack:
             return False
 
     def _listener_up(self) -> bool:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", self.listener_port)) != 0:
+                return False  # not listening yet; spare pynetdicom's connection-refused errors
         ae = AE(ae_title="HF-PROBE")
         ae.add_requested_context(Verification)
         assoc = ae.associate("127.0.0.1", self.listener_port, ae_title="HOUNSFIELD")

@@ -66,8 +66,11 @@ def _inputs(session: Session, job: Job) -> list[tuple[Series, list[Path]]]:
 
 
 def execute_job(ctx: WorkerContext, job_id: str, *, redelivered: bool = False) -> JobState | None:
-    """Run one job; returns its final state, or None when it was not ours to run."""
-    settings = ctx.settings
+    """Run one job; returns its final state, or None when it was not ours to run.
+
+    Anything unexpected is recorded as the job's failure reason before it propagates, so that no
+    job is left running without a worker.
+    """
     with ctx.db.session() as session:
         job = claim_job(session, job_id, redelivered=redelivered)
         if job is None:
@@ -76,15 +79,24 @@ def execute_job(ctx: WorkerContext, job_id: str, *, redelivered: bool = False) -
         queue_wait = (job.started_at - job.created_at).total_seconds() if job.started_at else 0.0
         job.timings = {**job.timings, "queue_wait": round(queue_wait, 3)}
         add_event(session, job.study_instance_uid, "worker", "job-running", job_id=job_id)
-        inputs = _inputs(session, job)
-        deployment_name = job.deployment
     watch = _Stopwatch()
     try:
-        deployment = settings.deployment(deployment_name)
+        return _run_claimed(ctx, job, watch)
+    except Exception as exc:  # the task boundary: record, then let Celery log it
+        _fail(ctx, job_id, f"internal error: {type(exc).__name__}: {exc}", watch)
+        raise
+
+
+def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
+    settings, job_id = ctx.settings, job.id
+    try:
+        deployment = settings.deployment(job.deployment)
     except KeyError:
-        return _fail(ctx, job_id, f"deployment {deployment_name!r} is no longer configured", watch)
+        return _fail(ctx, job_id, f"deployment {job.deployment!r} is no longer configured", watch)
     workspace = ctx.store.workspace(job_id)
     try:
+        with ctx.db.session() as session:
+            inputs = _inputs(session, job)
         for series, paths in inputs:
             check_series(series.series_instance_uid, series.series_description, paths)
             ctx.store.link_into(paths, workspace.input)

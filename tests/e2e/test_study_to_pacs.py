@@ -55,8 +55,12 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOrthanc]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, pacs: LocalOrthanc) -> Iterator[HounsfieldStack]:
-    os.environ["PYTHONPATH"] = str(REPO)  # the worker imports tests.e2e.raising_app
-    running = HounsfieldStack(tmp_path_factory.mktemp("hounsfield"), pacs, deployments=_deployments())
+    running = HounsfieldStack(
+        tmp_path_factory.mktemp("hounsfield"),
+        pacs,
+        deployments=_deployments(),
+        extra_env={"PYTHONPATH": str(REPO)},  # the worker imports tests.e2e.raising_app
+    )
     try:
         running.start()
         yield running
