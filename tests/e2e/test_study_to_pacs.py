@@ -98,7 +98,9 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * np.logical_and(a, b).sum() / (a.sum() + b.sum()))
 
 
-def test_ct_study_results_reach_the_pacs(stack: HounsfieldStack, pacs: LocalOrthanc, tmp_path: Path) -> None:
+def test_ct_study_results_reach_the_pacs(
+    stack: HounsfieldStack, pacs: LocalOrthanc, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     phantom, study_uid, files = _series(tmp_path / "ct", seed=424242)
     stack.send(files)
     study = stack.wait_for_study(study_uid)
@@ -136,7 +138,8 @@ def test_ct_study_results_reach_the_pacs(stack: HounsfieldStack, pacs: LocalOrth
     assert seg_ds.ReferencedSeriesSequence[0].SeriesInstanceUID == source_series
     assert seg_ds.FrameOfReferenceUID == source[0].FrameOfReferenceUID
     dice = _dice(_seg_mask_zyx(seg, source), phantom.lesion_mask)
-    print(f"end-to-end SEG Dice vs phantom truth: {dice:.3f}")
+    with capsys.disabled():
+        print(f"\nend-to-end SEG Dice vs phantom truth: {dice:.3f}")
     assert dice >= 0.85
 
     findings = lesion_findings(sr_ds)
