@@ -123,10 +123,6 @@ class RouterThread:
         self._queue.put(None)
         self._thread.join(timeout=30)
 
-    def join_idle(self, timeout: float = 30.0) -> None:
-        """Wait until every submitted study was routed (for orderly shutdown and tests)."""
-        self._queue.join()
-
     def _run(self) -> None:
         while True:
             event = self._queue.get()

@@ -85,6 +85,9 @@ def execute_job(ctx: WorkerContext, job_id: str, *, redelivered: bool = False) -
     except Exception as exc:  # the task boundary: record, then let Celery log it
         _fail(ctx, job_id, f"internal error: {type(exc).__name__}: {exc}", watch)
         raise
+    finally:
+        if not ctx.settings.worker.keep_workspaces:
+            ctx.store.remove_workspace(job_id)
 
 
 def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
@@ -145,8 +148,6 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
                 if result.path == str(result_path):
                     result.exported_to = destinations
         finish_job(session, job_id, JobState.DONE, watch.timings)
-    if not settings.worker.keep_workspaces:
-        ctx.store.remove_workspace(job_id)
     logger.info("job %s done in %.2f s", job_id, sum(watch.timings.values()))
     return JobState.DONE
 

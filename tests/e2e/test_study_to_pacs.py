@@ -204,6 +204,7 @@ def test_failures_are_recorded_and_the_worker_goes_on(
     assert good_job["state"] == "done", good_job["error"]
     orthanc = OrthancApiClient(pacs.url)
     assert orthanc.studies.lookup(broken_uid) is None and orthanc.studies.lookup(raising_uid) is None
+    assert list((stack.folder / "data" / "jobs").iterdir()) == [], "no workspace is left behind, failed or not"
 
 
 def test_demo_command_prints_one_json_summary() -> None:
