@@ -60,6 +60,8 @@ class ListenerSettings(_Strict):
     """Fallback for senders that spread a study over several associations (or abort)."""
     acse_timeout_s: float = Field(30.0, gt=0)
     network_timeout_s: float = Field(60.0, gt=0)
+    min_free_disk_mb: int = Field(1024, ge=0)
+    """Refuse instances (0xA700, out of resources) rather than fill the study store's disk."""
 
     _ae = field_validator("ae_title")(_check_ae_title)
 

@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["InvalidUID", "StoredInstance", "StudyStore", "Workspace", "check_uid"]
+__all__ = ["InvalidUID", "StoreFull", "StoredInstance", "StudyStore", "Workspace", "check_uid"]
 
 logger = logging.getLogger(__name__)
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -37,6 +37,10 @@ def check_uid(value: object, name: str) -> str:
     if len(uid) > 64 or not _UID.match(uid):
         raise InvalidUID(f"{name} is not a valid UID")
     return uid
+
+
+class StoreFull(OSError):
+    """Writing would take the store's disk below its configured floor; nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -76,8 +80,9 @@ def _sha256_file(path: Path) -> str:
 class StudyStore:
     """Files on local (or shared, ReadWriteMany) disk."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, min_free_bytes: int = 0) -> None:
         self.root = root
+        self.min_free_bytes = min_free_bytes
         self.studies = root / "studies"
         self.jobs = root / "jobs"
 
@@ -101,6 +106,11 @@ class StudyStore:
             revision += 1
             path = self.instance_path(study_uid, series_uid, sop_uid, revision)
         path.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        if free - len(data) < self.min_free_bytes:
+            raise StoreFull(
+                f"free disk space {free // 2**20} MiB would fall below the floor of {self.min_free_bytes // 2**20} MiB"
+            )
         fd, tmp_name = tempfile.mkstemp(prefix=".incoming-", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as handle:

@@ -84,7 +84,12 @@ class HounsfieldStack:
         self.config: dict[str, Any] = {
             "data_dir": str(folder / "data"),
             "local_redis_port": self.redis_port,
-            "listener": {"host": "127.0.0.1", "port": self.listener_port, "quiet_period_s": quiet_period_s},
+            "listener": {
+                "host": "127.0.0.1",
+                "port": self.listener_port,
+                "quiet_period_s": quiet_period_s,
+                "min_free_disk_mb": 64,  # a demo on a small disk still runs
+            },
             "registry": {"port": self.registry_port},
             "destinations": {
                 "pacs": {

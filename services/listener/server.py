@@ -44,7 +44,7 @@ class Listener:
     def __post_init__(self) -> None:
         self.db = Database(self.settings.sqlalchemy_url)
         self.db.create_schema()
-        self.store = StudyStore(self.settings.data_dir)
+        self.store = StudyStore(self.settings.data_dir, min_free_bytes=self.settings.listener.min_free_disk_mb * 2**20)
         self.router_thread = RouterThread(Router(self.settings, self.db, self.enqueue))
         self.tracker = CompletenessTracker(
             self._study_complete,

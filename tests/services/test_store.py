@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from services.store import InvalidUID, StudyStore
+from services.store import InvalidUID, StoreFull, StudyStore
 
 
 def test_write_is_durable_and_idempotent(tmp_path: Path) -> None:
@@ -39,3 +39,10 @@ def test_workspace_is_fresh(tmp_path: Path) -> None:
     assert list(ws.output.iterdir()) == []
     with pytest.raises(ValueError):
         store.workspace("../../x")
+
+
+def test_a_disk_below_the_floor_refuses_before_writing(tmp_path: Path) -> None:
+    store = StudyStore(tmp_path, min_free_bytes=2**62)
+    with pytest.raises(StoreFull, match="would fall below the floor"):
+        store.write_instance("1.2.3", "1.2.3.4", "1.2.3.4.5", b"abc")
+    assert not list(tmp_path.rglob("*.dcm")) and not list(tmp_path.rglob(".incoming-*"))

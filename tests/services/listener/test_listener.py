@@ -170,3 +170,41 @@ def test_quiet_period_completes_a_study_after_an_abort(
     _wait(lambda: len(queued) == 1, timeout=10)
     with running.db.session() as session:
         assert session.get(Study, study_uid).completion_trigger == "quiet-period"
+
+
+def test_full_disk_answers_out_of_resources_and_keeps_nothing(settings: Settings, tmp_path: Path) -> None:
+    tight = settings.model_copy(update={"listener": settings.listener.model_copy(update={"min_free_disk_mb": 2**40})})
+    running = Listener(tight, [].append)
+    running.start()
+    try:
+        ae = AE(ae_title="FULLDISK")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", tight.listener.port, ae_title="HOUNSFIELD")
+        assert assoc.send_c_store(_bare_ct()).Status == 0xA700
+        assoc.release()
+        with running.db.session() as session:
+            assert session.scalar(select(func.count()).select_from(Instance)) == 0
+        assert not list((tight.data_dir / "studies").rglob("*.dcm"))
+    finally:
+        running.stop()
+
+
+def test_same_instance_twice_is_idempotent_and_changed_bytes_are_kept(
+    listener: tuple[Listener, list[Job]], settings: Settings
+) -> None:
+    running, _ = listener
+    ae = AE(ae_title="RESENDER")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    ds = _bare_ct()
+    assoc = ae.associate("127.0.0.1", settings.listener.port, ae_title="HOUNSFIELD")
+    assert assoc.send_c_store(ds).Status == 0
+    assert assoc.send_c_store(ds).Status == 0
+    ds.SeriesDescription = "changed"
+    assert assoc.send_c_store(ds).Status == 0
+    assoc.release()
+    files = sorted((settings.data_dir / "studies").rglob("*.dcm"))
+    assert [f.name for f in files] == [f"{ds.SOPInstanceUID}.dcm", f"{ds.SOPInstanceUID}.r1.dcm"]
+    assert pydicom.dcmread(files[0]).get("SeriesDescription") is None, "the first copy is never overwritten"
+    with running.db.session() as session:
+        (instance,) = session.scalars(select(Instance)).all()
+        assert instance.revision == 1 and instance.path == str(files[1])
