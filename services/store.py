@@ -106,7 +106,7 @@ class StudyStore:
             revision += 1
             path = self.instance_path(study_uid, series_uid, sop_uid, revision)
         path.parent.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(path.parent).free
+        free = shutil.disk_usage(path.parent).free if self.min_free_bytes else len(data)
         if free - len(data) < self.min_free_bytes:
             raise StoreFull(
                 f"free disk space {free // 2**20} MiB would fall below the floor of {self.min_free_bytes // 2**20} MiB"

@@ -137,7 +137,7 @@ def _gaussian_filter_fft(volume: np.ndarray, sigma_zyx_vox: tuple[float, float, 
     """Gaussian smoothing with periodic boundaries, computed in the Fourier domain."""
     spectrum = np.fft.rfftn(volume)
     transfer = np.ones(spectrum.shape, dtype=np.float64)
-    for axis, (size, sigma) in enumerate(zip(volume.shape, sigma_zyx_vox, strict=False)):
+    for axis, (size, sigma) in enumerate(zip(volume.shape, sigma_zyx_vox, strict=True)):
         freqs = np.fft.rfftfreq(size) if axis == volume.ndim - 1 else np.fft.fftfreq(size)
         shape = [1] * volume.ndim
         shape[axis] = freqs.size

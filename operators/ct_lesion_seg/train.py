@@ -86,10 +86,14 @@ def segment(model: torch.nn.Module, hu_zyx: np.ndarray) -> np.ndarray:
     numpy.ndarray
         ``uint8`` label map ``(z, y, x)``; 1 marks lesion voxels.
     """
+    return _logits(model, hu_zyx).argmax(dim=0).numpy().astype(np.uint8).T
+
+
+def _logits(model: torch.nn.Module, hu_zyx: np.ndarray) -> torch.Tensor:
+    """Sliding-window logits ``(NUM_CLASSES, x, y, z)`` with the application's settings."""
     inputs = torch.from_numpy(network_input_from_zyx(hu_zyx))[None]
     with torch.no_grad():
-        logits = sliding_window_inference(inputs, ROI_SIZE, SW_BATCH_SIZE, model, overlap=OVERLAP)
-    return logits[0].argmax(dim=0).numpy().astype(np.uint8).T
+        return sliding_window_inference(inputs, ROI_SIZE, SW_BATCH_SIZE, model, overlap=OVERLAP)[0]
 
 
 class CalibratedSegmenter(torch.nn.Module):
@@ -122,10 +126,7 @@ def calibrate(model: torch.nn.Module, seeds: Sequence[int]) -> dict:
         phantom = make_phantom(int(seed))
         if not phantom.lesions:
             continue
-        inputs = torch.from_numpy(network_input_from_zyx(phantom.hu))[None]
-        with torch.no_grad():
-            logits = sliding_window_inference(inputs, ROI_SIZE, SW_BATCH_SIZE, model, overlap=OVERLAP)
-        probability = torch.softmax(logits[0], dim=0)[1].numpy().T
+        probability = torch.softmax(_logits(model, phantom.hu), dim=0)[1].numpy().T
         for threshold in THRESHOLDS:
             prediction = probability > threshold
             errors[threshold] += _lesion_volume_errors(prediction, phantom)
@@ -235,8 +236,8 @@ def _random_patch(
         centre = lesion_voxels[rng.integers(len(lesion_voxels))] + rng.integers(-roi // 4, roi // 4 + 1)
         start = np.clip(centre - roi // 2, 0, shape - roi)
     else:
-        start = np.array([rng.integers(0, s - r + 1) for s, r in zip(shape, roi, strict=False)])
-    window = tuple(slice(int(a), int(a + r)) for a, r in zip(start, roi, strict=False))
+        start = np.array([rng.integers(0, s - r + 1) for s, r in zip(shape, roi, strict=True)])
+    window = tuple(slice(int(a), int(a + r)) for a, r in zip(start, roi, strict=True))
     image_patch, label_patch = image[(slice(None), *window)], label[window]
     for axis in range(3):
         if rng.uniform() < 0.5:

@@ -18,7 +18,7 @@ from services.db import Database
 from services.db.index import IndexedInstance, record_instance
 from services.listener.completeness import CompletenessTracker
 from services.router.rules import INDEXED_TAGS
-from services.store import InvalidUID, StoreFull, StudyStore, check_uid
+from services.store import InvalidUID, StudyStore, check_uid
 
 __all__ = ["STATUS", "StoreContext", "handle_store"]
 
@@ -78,11 +78,8 @@ def handle_store(event: Event, context: StoreContext) -> int:
 
     try:
         stored = context.store.write_instance(study_uid, series_uid, sop_uid, event.encoded_dataset())
-    except StoreFull as exc:
-        logger.error("C-STORE refused (out of resources): %s", exc)
-        return STATUS["out_of_resources"]
-    except OSError as exc:
-        logger.error("C-STORE refused: cannot write to the study store (%s)", exc.strerror)
+    except OSError as exc:  # StoreFull included: the disk floor was reached, nothing was written
+        logger.error("C-STORE refused (out of resources): %s", exc.strerror or exc)
         return STATUS["out_of_resources"]
 
     assoc = event.assoc

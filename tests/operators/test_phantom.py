@@ -122,7 +122,7 @@ def test_drop_pixel_data_at(tmp_path: Path) -> None:
     phantom = make_phantom(15, shape_zyx=SMALL_SHAPE)
     intact = _read_series(write_dicom_series(phantom, tmp_path / "intact"))
     broken = _read_series(write_dicom_series(phantom, tmp_path / "broken", drop_pixel_data_at=4))
-    for k, (good, bad) in enumerate(zip(intact, broken, strict=False)):
+    for k, (good, bad) in enumerate(zip(intact, broken, strict=True)):
         if k == 4:
             assert "PixelData" not in bad and "PixelData" in good
             del good.PixelData
