@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,8 +24,11 @@ __all__ = [
     "DeploymentSettings",
     "DestinationSettings",
     "ListenerSettings",
+    "QueryRetrieveSettings",
     "RegistrySettings",
     "Settings",
+    "SourceSettings",
+    "TLSSettings",
     "WorkerSettings",
     "load_settings",
 ]
@@ -48,6 +52,65 @@ def _check_ae_title(value: str) -> str:
     return value
 
 
+class QueryRetrieveSettings(_Strict):
+    """How to query and retrieve from a source PACS (C-FIND, then C-MOVE or C-GET)."""
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+    ae_title: str | None = None
+    """The PACS's own (called) AE title; the source's calling AE title when unset."""
+    retrieve: Literal["c-move", "c-get"] = "c-move"
+    move_destination: str | None = None
+    """The AE title the PACS knows this listener by, for C-MOVE; the listener's AE title when unset."""
+    count_completeness: bool = True
+    """Complete a study as soon as the received count equals the source's NumberOfStudyRelatedInstances."""
+    timeout_s: float = Field(30.0, gt=0)
+
+    _ae = field_validator("ae_title", "move_destination")(
+        lambda value: None if value is None else _check_ae_title(value)
+    )
+
+
+class SourceSettings(_Strict):
+    """A sender the listener accepts: its calling AE title and, optionally, where it may call from."""
+
+    ae_title: str
+    networks: list[IPv4Network | IPv6Network] = Field(default_factory=list)
+    """Addresses (``10.1.2.3`` or CIDR ``10.1.0.0/16``) it may call from; any when empty."""
+    called_ae_titles: list[str] = Field(default_factory=list)
+    """Called AE titles it may use; the listener's own AE title when empty."""
+    query: QueryRetrieveSettings | None = None
+    """Set when the source is a PACS that Hounsfield may query and retrieve from."""
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+    @field_validator("called_ae_titles")
+    @classmethod
+    def _check_called(cls, values: list[str]) -> list[str]:
+        return [_check_ae_title(value) for value in values]
+
+
+class TLSSettings(_Strict):
+    """DICOM over TLS (TLS 1.2 or later) on a second port."""
+
+    port: int = Field(2762, ge=1, le=65535)
+    certificate: Path
+    """The server certificate chain (PEM)."""
+    private_key: Path
+    """The server's private key (PEM)."""
+    client_ca: Path | None = None
+    """CA bundle (PEM) for client certificates; set it to verify them."""
+    require_client_certificate: bool = False
+    """Refuse TLS clients without a certificate signed by ``client_ca``."""
+    minimum_version: Literal["1.2", "1.3"] = "1.2"
+
+    @model_validator(mode="after")
+    def _client_ca_needed(self) -> TLSSettings:
+        if self.require_client_certificate and self.client_ca is None:
+            raise ValueError("require_client_certificate needs client_ca")
+        return self
+
+
 class ListenerSettings(_Strict):
     """The DICOM listener (storage SCP)."""
 
@@ -62,8 +125,19 @@ class ListenerSettings(_Strict):
     network_timeout_s: float = Field(60.0, gt=0)
     min_free_disk_mb: int = Field(1024, ge=0)
     """Refuse instances (0xA700, out of resources) rather than fill the study store's disk."""
+    sources: dict[str, SourceSettings] = Field(default_factory=dict)
+    """Who may send, by name. Associations from anyone else are rejected unless ``open_mode`` is on."""
+    open_mode: bool = False
+    """Accept (and log) unknown callers: for a first installation, while the sources are being listed."""
+    tls: TLSSettings | None = None
 
     _ae = field_validator("ae_title")(_check_ae_title)
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ListenerSettings:
+        if self.tls is not None and self.tls.port == self.port:
+            raise ValueError(f"tls.port must differ from port ({self.port})")
+        return self
 
 
 class DestinationSettings(_Strict):

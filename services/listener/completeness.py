@@ -1,8 +1,9 @@
 """When is a study complete? On association release, or after a quiet period.
 
-The tracker remembers, per association, which studies it delivered, and per study when its last
-instance arrived. It hands :class:`~services.contracts.StudyComplete` events to a callback that
-must return quickly (the listener puts them on the router's queue).
+The tracker remembers, per association (or STOW-RS request: any hashable key), which studies it
+delivered, and per study when its last instance arrived. It hands
+:class:`~services.contracts.StudyComplete` events to a callback that must return quickly (the
+listener puts them on the router's queue).
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Hashable
 
 from services.contracts import CompletionTrigger, StudyComplete
 
@@ -34,7 +34,7 @@ class CompletenessTracker:
         self._complete_on_release = complete_on_release
         self._quiet_period_s = quiet_period_s
         self._lock = threading.Lock()
-        self._by_assoc: dict[int, set[str]] = {}
+        self._by_assoc: dict[Hashable, set[str]] = {}
         self._last_seen: dict[str, tuple[float, str]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="completeness", daemon=True)
@@ -47,27 +47,25 @@ class CompletenessTracker:
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 
-    def instance_received(self, assoc: Any, study_uid: str) -> None:
-        calling_ae = assoc.requestor.ae_title.strip()
+    def instance_received(self, key: Hashable, study_uid: str, calling_ae: str) -> None:
         with self._lock:
-            self._by_assoc.setdefault(id(assoc), set()).add(study_uid)
+            self._by_assoc.setdefault(key, set()).add(study_uid)
             self._last_seen[study_uid] = (time.monotonic(), calling_ae)
 
-    def association_released(self, assoc: Any) -> None:
+    def association_released(self, key: Hashable, calling_ae: str) -> None:
         with self._lock:
-            studies = self._by_assoc.pop(id(assoc), set())
+            studies = self._by_assoc.pop(key, set())
             if not self._complete_on_release:
                 return
             for uid in studies:
                 self._last_seen.pop(uid, None)
-        calling_ae = assoc.requestor.ae_title.strip()
         for uid in sorted(studies):
             self._emit(uid, "association-release", calling_ae)
 
-    def association_aborted(self, assoc: Any) -> None:
+    def association_aborted(self, key: Hashable) -> None:
         # What arrived stays; the quiet period decides when the study is complete.
         with self._lock:
-            self._by_assoc.pop(id(assoc), None)
+            self._by_assoc.pop(key, None)
 
     def _emit(self, study_uid: str, trigger: CompletionTrigger, calling_ae: str) -> None:
         try:

@@ -16,7 +16,7 @@ from services.config import Settings
 from services.contracts import StudyComplete
 from services.db import Database, Job, JobState
 from services.listener.completeness import CompletenessTracker
-from services.listener.storage import StoreContext, handle_store
+from services.listener.storage import Origin, StoreContext, receive_instance
 from services.router.routing import Router, RouterThread
 from services.store import StudyStore
 
@@ -27,6 +27,24 @@ logger = logging.getLogger(__name__)
 
 def _handle_echo(event: evt.Event) -> int:
     return 0x0000
+
+
+def _origin(assoc: Any) -> Origin:
+    return Origin(id(assoc), assoc.requestor.ae_title.strip(), assoc.acceptor.ae_title.strip())
+
+
+def _handle_store(event: evt.Event, context: StoreContext) -> int:
+    """pynetdicom's C-STORE event, handed to the transport-neutral receiver."""
+    request = event.request
+    received = receive_instance(
+        context,
+        event.encoded_dataset(include_meta=False),
+        str(event.context.transfer_syntax),
+        _origin(event.assoc),
+        expected_sop_instance_uid=str(getattr(request, "AffectedSOPInstanceUID", "") or ""),
+        expected_sop_class_uid=str(getattr(request, "AffectedSOPClassUID", "") or ""),
+    )
+    return received.status
 
 
 def _log_association(event: evt.Event) -> None:
@@ -89,10 +107,10 @@ class Listener:
         context = StoreContext(self.store, self.db, self.tracker)
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, _handle_echo),
-            (evt.EVT_C_STORE, handle_store, [context]),
+            (evt.EVT_C_STORE, _handle_store, [context]),
             (evt.EVT_ACCEPTED, _log_association),
-            (evt.EVT_RELEASED, lambda e: self.tracker.association_released(e.assoc)),
-            (evt.EVT_ABORTED, lambda e: self.tracker.association_aborted(e.assoc)),
+            (evt.EVT_RELEASED, lambda e: self.tracker.association_released(id(e.assoc), _origin(e.assoc).calling_ae)),
+            (evt.EVT_ABORTED, lambda e: self.tracker.association_aborted(id(e.assoc))),
         ]
         self._server = self._build_ae().start_server((cfg.host, cfg.port), block=False, evt_handlers=handlers)
         logger.info("listening as %s on %s:%d", cfg.ae_title, cfg.host, cfg.port)
