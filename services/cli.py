@@ -91,6 +91,46 @@ def registry(
     )
 
 
+@app.command()
+def fetch(
+    source: Annotated[str, typer.Option("--source", "-s", help="A source in listener.sources with query settings.")],
+    accession: Annotated[str | None, typer.Option("--accession", help="Accession number.")] = None,
+    patient_id: Annotated[str | None, typer.Option("--patient-id", help="Patient ID.")] = None,
+    study_date: Annotated[
+        str | None, typer.Option("--study-date", help="Study date, YYYYMMDD or YYYYMMDD-YYYYMMDD.")
+    ] = None,
+    study_uid: Annotated[str | None, typer.Option("--study-uid", help="Study Instance UID.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Query and compare; retrieve nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="Handle at most this many of the matching studies.")] = 100,
+    wait: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait for the listener to complete C-MOVEd studies.")
+    ] = 10.0,
+    config: ConfigOption = None,
+) -> None:
+    """Find studies on a source PACS (C-FIND) and retrieve here what is missing (C-MOVE or C-GET)."""
+    from services.listener.retrieve import FetchFailed, render_report, run_fetch
+
+    settings = _settings(config, "fetch")
+    try:
+        report = run_fetch(
+            settings, source, dry_run=dry_run, limit=limit, wait_s=wait,
+            accession_number=accession, patient_id=patient_id, study_date=study_date, study_instance_uid=study_uid,
+        )  # fmt: skip
+    except FetchFailed as exc:
+        if as_json:
+            typer.echo(json.dumps({"ok": False, "error": str(exc)}))
+        err.print(f"[red]fetch failed:[/red] {exc}", highlight=False)
+        raise typer.Exit(exc.exit_code) from exc
+    if as_json:
+        typer.echo(json.dumps(report.as_dict()))
+    else:
+        Console().print(render_report(report))
+    for problem in report.problems:
+        err.print(f"[red]{problem}[/red]", highlight=False)
+    raise typer.Exit(0 if report.ok else 1)
+
+
 @app.command("config")
 def show_config(config: ConfigOption = None) -> None:
     """Validate the configuration and print it as JSON."""

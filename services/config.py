@@ -184,6 +184,10 @@ class RegistrySettings(_Strict):
 
     host: str = "127.0.0.1"
     port: int = Field(8470, ge=1, le=65535)
+    stow_enabled: bool = True
+    """Accept DICOM instances over STOW-RS at ``/dicomweb/studies`` (stored and indexed like C-STORE)."""
+    max_stow_body_mb: int = Field(2048, ge=1)
+    """Largest STOW-RS request body; a bigger one is answered 413 (parts complete before it stay stored)."""
 
 
 class Settings(BaseSettings):

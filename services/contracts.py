@@ -8,7 +8,10 @@ from pydantic import BaseModel, ConfigDict
 
 __all__ = ["CompletionTrigger", "StudyComplete"]
 
-CompletionTrigger = Literal["association-release", "quiet-period", "manual"]
+CompletionTrigger = Literal["association-release", "quiet-period", "source-count", "retrieve", "manual"]
+"""Why a study was declared complete: its association was released; nothing arrived for the quiet
+period; the index holds as many instances as the source PACS reports (C-FIND
+NumberOfStudyRelatedInstances); a retrieve that Hounsfield started (C-GET) finished; or by hand."""
 
 
 class StudyComplete(BaseModel):

@@ -4,6 +4,7 @@ Layout under ``root``::
 
     studies/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
     jobs/<job id>/{input,output,work}
+    spool/.spool-*.dcm      (large incoming datasets while they arrive; never acknowledged yet)
 
 Paths are built only from validated UIDs, so a hostile UID cannot escape the store.
 """
@@ -19,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["InvalidUID", "StoreFull", "StoredInstance", "StudyStore", "Workspace", "check_uid"]
+__all__ = ["InvalidUID", "StoreFull", "StoredInstance", "StudyStore", "Workspace", "check_uid", "sha256_file"]
 
 logger = logging.getLogger(__name__)
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -69,7 +70,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's content, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -85,26 +87,37 @@ class StudyStore:
         self.min_free_bytes = min_free_bytes
         self.studies = root / "studies"
         self.jobs = root / "jobs"
+        self.spool_dir = root / "spool"
 
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str, revision: int = 0) -> Path:
         parts = [check_uid(study_uid, "StudyInstanceUID"), check_uid(series_uid, "SeriesInstanceUID")]
         name = check_uid(sop_uid, "SOPInstanceUID") + (f".r{revision}" if revision else "") + ".dcm"
         return self.studies.joinpath(*parts, name)
 
-    def write_instance(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> StoredInstance:
+    def _target(self, study_uid: str, series_uid: str, sop_uid: str, digest: str, size: int) -> tuple[Path, int, bool]:
+        """Where content with ``digest`` goes: (path, revision, already stored there)."""
+        path = self.instance_path(study_uid, series_uid, sop_uid)
+        revision = 0
+        while True:
+            try:
+                existing = path.stat().st_size
+            except FileNotFoundError:
+                return path, revision, False
+            if existing == size and sha256_file(path) == digest:
+                return path, revision, True
+            revision += 1
+            path = self.instance_path(study_uid, series_uid, sop_uid, revision)
+
+    def write_instance(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes | bytearray) -> StoredInstance:
         """Write ``data`` durably: temp file, fsync, rename, fsync of the folder.
 
         A second copy with identical bytes is a no-op; different bytes become a new revision file
         beside the first, so that nothing already accepted is overwritten.
         """
         digest = hashlib.sha256(data).hexdigest()
-        path = self.instance_path(study_uid, series_uid, sop_uid)
-        revision = 0
-        while path.exists():
-            if path.stat().st_size == len(data) and _sha256_file(path) == digest:
-                return StoredInstance(path, digest, len(data), revision, duplicate=True)
-            revision += 1
-            path = self.instance_path(study_uid, series_uid, sop_uid, revision)
+        path, revision, duplicate = self._target(study_uid, series_uid, sop_uid, digest, len(data))
+        if duplicate:
+            return StoredInstance(path, digest, len(data), revision, duplicate=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(path.parent).free if self.min_free_bytes else len(data)
         if free - len(data) < self.min_free_bytes:
@@ -125,6 +138,38 @@ class StudyStore:
         if revision:
             logger.warning("instance stored again with different content; kept as revision %d", revision)
         return StoredInstance(path, digest, len(data), revision, duplicate=False)
+
+    def adopt_instance(
+        self, study_uid: str, series_uid: str, sop_uid: str, spooled: Path, *, sha256: str, size: int
+    ) -> StoredInstance:
+        """Move a complete spool file (under :attr:`spool_dir`) into place: fsync, rename, fsync folder.
+
+        The caller wrote it (and checked the disk floor while it grew) and gives its digest and size;
+        duplicates and revisions are handled as by :meth:`write_instance`. A duplicate leaves the spool
+        file where it is for the caller to delete.
+        """
+        path, revision, duplicate = self._target(study_uid, series_uid, sop_uid, sha256, size)
+        if duplicate:
+            return StoredInstance(path, sha256, size, revision, duplicate=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(spooled, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(spooled, path)
+        _fsync_dir(path.parent)
+        if revision:
+            logger.warning("instance stored again with different content; kept as revision %d", revision)
+        return StoredInstance(path, sha256, size, revision, duplicate=False)
+
+    def clear_spool(self) -> int:
+        """Remove spool files left by an earlier run (never acknowledged); returns how many."""
+        removed = 0
+        for leftover in self.spool_dir.glob(".spool-*"):
+            leftover.unlink(missing_ok=True)
+            removed += 1
+        return removed
 
     def workspace(self, job_id: str) -> Workspace:
         """A fresh, empty workspace for one job run (an earlier attempt's leftovers are removed)."""

@@ -27,7 +27,13 @@ def settings(tmp_path: Path) -> Settings:
     return load_settings(
         None,
         data_dir=tmp_path / "data",
-        listener={"host": "127.0.0.1", "port": free_port(), "quiet_period_s": 1.0, "min_free_disk_mb": 64},
+        listener={
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "quiet_period_s": 1.0,
+            "min_free_disk_mb": 64,
+            "open_mode": True,  # tests send from many made-up AE titles; the policy has its own tests
+        },
         destinations={"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": 1}},
         deployments=[
             {

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.db.models import Base, Event, Instance, Job, JobState, Result, Series, Study, StudyState, utcnow
@@ -27,22 +27,30 @@ __all__ = [
 ]
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, synchronous: str) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets the listener, worker and registry processes read while one writes.
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute(f"PRAGMA synchronous={synchronous}")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
 
 class Database:
-    """One engine and session factory per process."""
+    """One engine and session factory per process.
 
-    def __init__(self, url: str) -> None:
+    ``synchronous`` is SQLite's commit durability. ``FULL`` (the default) fsyncs the WAL at every
+    commit. The listener opens its index with ``NORMAL``: in WAL mode a commit then survives a crash
+    of any process (kill -9 included) but not an operating-system crash or power loss, which may
+    lose the last commits. It does so because it commits once per instance, and because the instance
+    files themselves are fsynced before Success: a row lost that way is rebuilt from its file (the
+    store is the record; the index can be re-derived from it).
+    """
+
+    def __init__(self, url: str, *, synchronous: Literal["FULL", "NORMAL"] = "FULL") -> None:
         self.url = url
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        kwargs: dict[str, Any] = {"pool_pre_ping": not url.startswith("sqlite")}  # a SQLite file never hangs up
         if url.startswith("sqlite"):
             database = make_url(url).database
             if database and database != ":memory:":
@@ -50,7 +58,7 @@ class Database:
             kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", lambda connection, _record: _sqlite_pragmas(connection, synchronous))
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def create_schema(self) -> None:
@@ -62,6 +70,12 @@ class Database:
         """A session that commits on success and rolls back on error."""
         with self._sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A Core connection in a transaction (commit on success): no ORM session to set up."""
+        with self.engine.begin() as connection:
+            yield connection
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -1,4 +1,9 @@
-"""Job rows: creation with an idempotency key, claiming, state changes written as they happen."""
+"""Job rows: creation with an idempotency key, claiming, state changes written as they happen.
+
+A study that is re-evaluated (more series arrived after it was routed) gets a new job per deployment
+whose series set changed; the new job supersedes the earlier one, and once it is done the earlier
+job's results are marked superseded: a new version, never a duplicate.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,16 @@ from sqlalchemy.orm import Session
 from services.db.index import add_event
 from services.db.models import Job, JobState, Result, utcnow
 
-__all__ = ["claim_job", "create_job", "finish_job", "idempotency_key", "record_result", "set_job_state"]
+__all__ = [
+    "claim_job",
+    "create_job",
+    "finish_job",
+    "idempotency_key",
+    "record_result",
+    "set_job_state",
+    "supersede_earlier_jobs",
+    "supersede_results",
+]
 
 
 def idempotency_key(study_uid: str, series_uids: Sequence[str], deployment: str, model_version: str) -> str:
@@ -91,3 +105,60 @@ def record_result(session: Session, **fields: Any) -> Result:
     result = Result(**fields)
     session.add(result)
     return result
+
+
+def supersede_earlier_jobs(session: Session, job: Job) -> list[Job]:
+    """Mark the current job(s) of ``job``'s study and deployment as superseded by ``job``.
+
+    A superseded job that has not started is finished as ``superseded`` (a worker will not claim
+    it); one that is running finishes, and its results are superseded when ``job`` is done.
+    """
+    earlier = session.scalars(
+        select(Job)
+        .where(
+            Job.study_instance_uid == job.study_instance_uid,
+            Job.deployment == job.deployment,
+            Job.id != job.id,
+            Job.superseded_by.is_(None),
+        )
+        .order_by(Job.created_at)
+    ).all()
+    for old in earlier:
+        old.superseded_by = job.id
+        if old.state is JobState.QUEUED:
+            old.state, old.finished_at = JobState.SUPERSEDED, utcnow()
+        add_event(session, job.study_instance_uid, "router", "job-superseded", job_id=old.id, by=job.id)
+    if earlier:
+        job.supersedes = earlier[-1].id
+    return list(earlier)
+
+
+def supersede_results(session: Session, job_id: str) -> int:
+    """``job_id`` is done: mark older results of its study and deployment superseded by it.
+
+    Also marks the job's own results superseded when a newer job of the same study and deployment
+    finished first. Returns how many results were marked.
+    """
+    job = session.get(Job, job_id)
+    if job is None:
+        raise KeyError(job_id)
+    same = (Job.study_instance_uid == job.study_instance_uid, Job.deployment == job.deployment, Job.id != job.id)
+    older = select(Job.id).where(*same, Job.created_at < job.created_at)
+    marked = 0
+    for result in session.scalars(select(Result).where(Result.job_id.in_(older), Result.superseded_by.is_(None))).all():
+        result.superseded_by = job.id
+        marked += 1
+    newer = session.scalar(
+        select(Job.id)
+        .where(*same, Job.created_at > job.created_at, Job.state == JobState.DONE)
+        .order_by(Job.created_at.desc())
+        .limit(1)
+    )
+    if newer is not None:
+        for result in job.results:
+            if result.superseded_by is None:
+                result.superseded_by = newer
+                marked += 1
+    if marked:
+        add_event(session, job.study_instance_uid, "worker", "results-superseded", job_id=job.id, results=marked)
+    return marked

@@ -33,10 +33,12 @@ class JobState(enum.StrEnum):
     EXPORTING = "exporting"
     DONE = "done"
     FAILED = "failed"
+    SUPERSEDED = "superseded"
+    """Replaced by a newer job for the same study and deployment before it ran; it never will."""
 
     @property
     def final(self) -> bool:
-        return self in (JobState.DONE, JobState.FAILED)
+        return self in (JobState.DONE, JobState.FAILED, JobState.SUPERSEDED)
 
 
 class Study(Base):
@@ -103,6 +105,10 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    supersedes: Mapped[str | None] = mapped_column(String(36))
+    """The job of the same study and deployment that this one replaces (the study was re-evaluated)."""
+    superseded_by: Mapped[str | None] = mapped_column(String(36), index=True)
+    """The newer job that replaces this one; its results are superseded once that job is done."""
     results: Mapped[list[Result]] = relationship(back_populates="job", order_by="Result.id")
 
 
@@ -120,6 +126,8 @@ class Result(Base):
     summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
     exported_to: Mapped[list[Any]] = mapped_column(default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    superseded_by: Mapped[str | None] = mapped_column(String(36))
+    """The job whose results replace this one (a new version, with new SOP Instance UIDs)."""
     job: Mapped[Job] = relationship(back_populates="results")
 
 

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -22,15 +23,26 @@ def free_port() -> int:
 
 
 class LocalOrthanc:
-    """Orthanc on loopback with storage in ``folder``; C-STORE SCP and REST API."""
+    """Orthanc on loopback with storage in ``folder``; C-STORE SCP and REST API.
+
+    ``modalities`` (name -> AE title, host, port) are the DICOM nodes Orthanc knows: they may query
+    and retrieve from it (C-FIND, C-MOVE, C-GET), and be a C-MOVE destination.
+    """
 
     def __init__(
-        self, folder: Path, *, aet: str = "ORTHANC", http_port: int | None = None, dicom_port: int | None = None
+        self,
+        folder: Path,
+        *,
+        aet: str = "ORTHANC",
+        http_port: int | None = None,
+        dicom_port: int | None = None,
+        modalities: Mapping[str, tuple[str, str, int]] | None = None,
     ) -> None:
         self.folder = folder
         self.aet = aet
         self.http_port = http_port or free_port()
         self.dicom_port = dicom_port or free_port()
+        self.modalities = dict(modalities or {})
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -54,6 +66,7 @@ class LocalOrthanc:
             "DicomCheckCalledAet": False,
             "DicomAlwaysAllowStore": True,
             "StableAge": 2,
+            "DicomModalities": {name: list(node) for name, node in self.modalities.items()},
             "Plugins": [],
         }
         config_path = self.folder / "orthanc.json"

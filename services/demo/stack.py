@@ -89,6 +89,13 @@ class HounsfieldStack:
                 "port": self.listener_port,
                 "quiet_period_s": quiet_period_s,
                 "min_free_disk_mb": 64,  # a demo on a small disk still runs
+                # Only known callers may send: the demo modality, the readiness probe, and the MR scanner
+                # the end-to-end tests send from.
+                "sources": {
+                    "demo-ct": {"ae_title": "DEMO-CT", "networks": ["127.0.0.1/32"]},
+                    "demo-mr": {"ae_title": "MR-SCANNER", "networks": ["127.0.0.1/32"]},
+                    "probe": {"ae_title": "HF-PROBE", "networks": ["127.0.0.1/32"]},
+                },
             },
             "registry": {"port": self.registry_port},
             "destinations": {

@@ -1,9 +1,13 @@
-"""When is a study complete? On association release, or after a quiet period.
+"""When is a study complete? On association release, after a quiet period, or by the source's count.
 
 The tracker remembers, per association (or STOW-RS request: any hashable key), which studies it
 delivered, and per study when its last instance arrived. It hands
 :class:`~services.contracts.StudyComplete` events to a callback that must return quickly (the
 listener puts them on the router's queue).
+
+With a :class:`~services.listener.source_count.SourceCounter`, studies sent by a source PACS that
+can be queried are also complete as soon as the index holds as many instances as the source reports
+(trigger ``source-count``); the counter does its C-FINDs on its own thread.
 """
 
 from __future__ import annotations
@@ -11,9 +15,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
+from typing import TYPE_CHECKING
 
 from services.contracts import CompletionTrigger, StudyComplete
+
+if TYPE_CHECKING:
+    from services.listener.source_count import SourceCounter
 
 __all__ = ["CompletenessTracker"]
 
@@ -21,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 class CompletenessTracker:
-    """Association-release and quiet-period completion of studies."""
+    """Association-release, quiet-period and source-count completion of studies."""
 
     def __init__(
         self,
@@ -29,8 +37,10 @@ class CompletenessTracker:
         *,
         complete_on_release: bool,
         quiet_period_s: float,
+        source_counts: SourceCounter | None = None,
     ) -> None:
         self._on_complete = on_complete
+        self._source_counts = source_counts
         self._complete_on_release = complete_on_release
         self._quiet_period_s = quiet_period_s
         self._lock = threading.Lock()
@@ -41,9 +51,13 @@ class CompletenessTracker:
 
     def start(self) -> None:
         self._thread.start()
+        if self._source_counts is not None:
+            self._source_counts.start(self._source_count_reached)
 
     def stop(self) -> None:
         self._stop.set()
+        if self._source_counts is not None:
+            self._source_counts.stop()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 
@@ -51,6 +65,8 @@ class CompletenessTracker:
         with self._lock:
             self._by_assoc.setdefault(key, set()).add(study_uid)
             self._last_seen[study_uid] = (time.monotonic(), calling_ae)
+        if self._source_counts is not None:
+            self._source_counts.watch(study_uid, calling_ae)
 
     def association_released(self, key: Hashable, calling_ae: str) -> None:
         with self._lock:
@@ -62,12 +78,34 @@ class CompletenessTracker:
         for uid in sorted(studies):
             self._emit(uid, "association-release", calling_ae)
 
+    def resume(self, studies: Iterable[tuple[str, str]]) -> None:
+        """Watch studies an earlier run left receiving: ``(StudyInstanceUID, calling AE title)`` pairs.
+
+        After a restart no association is open, so only the quiet period can complete them; each gets
+        a full one from now (a sender retrying after the outage still belongs to the same study).
+        Called by start-up recovery (:mod:`services.listener.recovery`).
+        """
+        now = time.monotonic()
+        with self._lock:
+            for study_uid, calling_ae in studies:
+                self._last_seen.setdefault(study_uid, (now, calling_ae))
+
     def association_aborted(self, key: Hashable) -> None:
         # What arrived stays; the quiet period decides when the study is complete.
         with self._lock:
             self._by_assoc.pop(key, None)
 
+    def _source_count_reached(self, study_uid: str, calling_ae: str) -> None:
+        # Complete now; the study's release or quiet period, still ahead, would only repeat it.
+        with self._lock:
+            self._last_seen.pop(study_uid, None)
+            for studies in self._by_assoc.values():
+                studies.discard(study_uid)
+        self._emit(study_uid, "source-count", calling_ae)
+
     def _emit(self, study_uid: str, trigger: CompletionTrigger, calling_ae: str) -> None:
+        if self._source_counts is not None and trigger != "source-count":
+            self._source_counts.forget(study_uid)
         try:
             self._on_complete(StudyComplete(study_instance_uid=study_uid, trigger=trigger, calling_ae=calling_ae))
         except Exception:  # the callback belongs to another room: never kill the tracker

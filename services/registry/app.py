@@ -1,8 +1,9 @@
-"""The registry's HTTP API (read-only in this release): health, studies, jobs, results."""
+"""The registry's HTTP API: health, studies, jobs, results (read-only), and STOW-RS intake."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 import redis
@@ -12,8 +13,8 @@ from sqlalchemy.orm import Session
 
 from services import __version__
 from services.config import Settings
-from services.db import Database, JobState, StudyState
-from services.registry import queries
+from services.db import Database, Job, JobState, StudyState
+from services.registry import queries, stow
 from services.registry.schemas import JobPublic, ResultPublic, StudyDetail, StudyPublic
 
 __all__ = ["create_app"]
@@ -93,12 +94,41 @@ def list_results(
     ]
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The API for ``settings``; the database schema is created when missing."""
-    app = FastAPI(title="Hounsfield registry", version=__version__)
+def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = None) -> FastAPI:
+    """The API for ``settings``; the database schema is created when missing.
+
+    With ``registry.stow_enabled`` the app also takes STOW-RS at ``/dicomweb/studies``; its lifespan
+    then runs a completeness tracker and a router that hands jobs to ``enqueue`` (the Celery
+    enqueuer when not given).
+    """
+    db = Database(settings.sqlalchemy_url)
+    db.create_schema()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.registry.stow_enabled:
+            yield
+            return
+        if enqueue is None:
+            from services.worker.celery_app import Enqueuer
+
+            intake = stow.StowIntake(settings, db, Enqueuer(settings))
+        else:
+            intake = stow.StowIntake(settings, db, enqueue)
+        intake.start()
+        app.state.stow = intake
+        try:
+            yield
+        finally:
+            app.state.stow = None
+            intake.stop()
+
+    app = FastAPI(title="Hounsfield registry", version=__version__, lifespan=lifespan)
     app.state.settings = settings
-    app.state.db = Database(settings.sqlalchemy_url)
-    app.state.db.create_schema()
+    app.state.db = db
+    app.state.stow = None
     for router in (health, studies, jobs, results):
         app.include_router(router)
+    if settings.registry.stow_enabled:
+        app.include_router(stow.router)
     return app

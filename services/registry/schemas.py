@@ -45,6 +45,8 @@ class ResultPublic(_Public):
     exported_to: list[str]
     summary: dict[str, Any]
     created_at: datetime
+    superseded_by: str | None = None
+    """The job whose results replace this one (a later series set of the same study)."""
 
 
 class JobPublic(_Public):
@@ -62,6 +64,8 @@ class JobPublic(_Public):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    supersedes: str | None = None
+    superseded_by: str | None = None
     results: list[ResultPublic] = []
 
 

@@ -1,4 +1,10 @@
-"""From a complete study to jobs: evaluate every deployment's rule on every series."""
+"""From a complete study to jobs: evaluate every deployment's rule on every series.
+
+A study can complete more than once: series that arrive after it was routed set it back to
+receiving, and its next completion re-evaluates it ("re-evaluated" in its events, with the trigger).
+A deployment whose chosen series set changed gets a new job that supersedes the earlier one; an
+unchanged set finds its existing job (same idempotency key), so nothing is duplicated.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sqlalchemy import select
+
 from services.config import DeploymentSettings, Settings
 from services.contracts import StudyComplete
 from services.db import Database, Job, Study, StudyState
 from services.db.index import add_event, complete_study, series_facts_rows
-from services.db.jobs import create_job, idempotency_key
+from services.db.jobs import create_job, idempotency_key, supersede_earlier_jobs
 from services.router.rules import Match, SeriesFacts
 
 __all__ = ["Decision", "Router", "RouterThread", "evaluate_deployment"]
@@ -54,10 +62,18 @@ class Router:
         uid = event.study_instance_uid
         created: list[Job] = []
         with self._db.session() as session:
+            earlier = session.execute(
+                select(Study.completed_at, Study.completion_trigger).where(Study.study_instance_uid == uid)
+            ).one_or_none()
             if not complete_study(session, uid, event.trigger):
                 logger.info("study already routed or unknown; ignoring %s trigger", event.trigger)
                 return []
-            add_event(session, uid, "listener", "study-complete", trigger=event.trigger)
+            actor = "fetch" if event.trigger == "retrieve" else "listener"
+            if earlier is not None and earlier.completed_at is not None:
+                previous = earlier.completion_trigger
+                add_event(session, uid, actor, "re-evaluated", trigger=event.trigger, previous_trigger=previous)
+            else:
+                add_event(session, uid, actor, "study-complete", trigger=event.trigger)
             study = session.get(Study, uid)
             assert study is not None  # complete_study matched it
             facts = [
@@ -94,6 +110,7 @@ class Router:
                 if is_new:
                     created.append(job)
                     add_event(session, uid, "router", "job-queued", job_id=job.id, deployment=deployment.name)
+                    supersede_earlier_jobs(session, job)
                 else:
                     add_event(session, uid, "router", "job-exists", job_id=job.id, deployment=deployment.name)
             study.state = StudyState.ROUTED if matched_any else StudyState.NO_ROUTE

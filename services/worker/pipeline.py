@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from services.config import Settings
 from services.db import Database, Instance, Job, JobState, Series
 from services.db.index import add_event
-from services.db.jobs import claim_job, finish_job, record_result, set_job_state
+from services.db.jobs import claim_job, finish_job, record_result, set_job_state, supersede_results
 from services.exporter.cstore import ExportFailed, send_files
 from services.exporter.validation import ValidationFailed, ValidationReport, validate_object
 from services.store import StudyStore
@@ -147,6 +147,7 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
             for result in session.get(Job, job_id).results:  # type: ignore[union-attr]
                 if result.path == str(result_path):
                     result.exported_to = destinations
+        supersede_results(session, job_id)  # a re-evaluated study: this job's results are the new version
         finish_job(session, job_id, JobState.DONE, watch.timings)
     logger.info("job %s done in %.2f s", job_id, sum(watch.timings.values()))
     return JobState.DONE

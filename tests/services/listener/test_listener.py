@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 from sqlalchemy import func, select
 
@@ -18,7 +17,7 @@ from services.config import Settings
 from services.db import Event, Instance, Job, Study, StudyState
 from services.demo.stack import storescu
 from services.listener.server import Listener
-from tests.support import write_study
+from tests.support import bare_ct, wait_for, write_study
 
 
 @pytest.fixture
@@ -32,15 +31,6 @@ def listener(settings: Settings) -> Iterator[tuple[Listener, list[Job]]]:
 
 def _send(settings: Settings, files: list[Path], calling_ae: str = "MODALITY") -> None:
     storescu(files, host="127.0.0.1", port=settings.listener.port, called_ae="HOUNSFIELD", calling_ae=calling_ae)
-
-
-def _wait(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def test_echo_answers_with_dcmtk(listener: tuple[Listener, list[Job]], settings: Settings) -> None:
@@ -57,7 +47,7 @@ def test_ct_study_is_stored_indexed_and_routed_on_release(
     running, queued = listener
     study_uid, files = write_study(tmp_path / "ct", seed=3)
     _send(settings, files)
-    _wait(lambda: len(queued) == 1)
+    wait_for(lambda: len(queued) == 1)
     with running.db.session() as session:
         study = session.get(Study, study_uid)
         assert study is not None and study.state is StudyState.ROUTED
@@ -89,7 +79,7 @@ def test_mr_study_is_stored_and_recorded_as_no_route(
             study = session.get(Study, study_uid)
             return study is not None and study.state is StudyState.NO_ROUTE
 
-    _wait(routed)
+    wait_for(routed)
     assert queued == []
     with running.db.session() as session:
         assert session.scalar(select(func.count()).select_from(Instance)) == len(files)
@@ -102,7 +92,7 @@ def test_resending_the_same_study_makes_no_second_job(
     running, queued = listener
     study_uid, files = write_study(tmp_path / "ct", seed=5)
     _send(settings, files)
-    _wait(lambda: len(queued) == 1)
+    wait_for(lambda: len(queued) == 1)
     _send(settings, files)
 
     def repeat_seen() -> bool:
@@ -111,7 +101,7 @@ def test_resending_the_same_study_makes_no_second_job(
                 "job-exists" in session.scalars(select(Event.kind).where(Event.study_instance_uid == study_uid)).all()
             )
 
-    _wait(repeat_seen)
+    wait_for(repeat_seen)
     assert len(queued) == 1
     with running.db.session() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 1
@@ -119,12 +109,7 @@ def test_resending_the_same_study_makes_no_second_job(
 
 
 def _bare_ct(**overrides: object) -> Dataset:
-    ds = Dataset()
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "CT"
+    ds = bare_ct()
     for key, value in overrides.items():
         if value is None:
             delattr(ds, key)
@@ -167,7 +152,7 @@ def test_quiet_period_completes_a_study_after_an_abort(
     for path in files:
         assert assoc.send_c_store(pydicom.dcmread(path)).Status == 0
     assoc.abort()
-    _wait(lambda: len(queued) == 1, timeout=10)
+    wait_for(lambda: len(queued) == 1, timeout=10)
     with running.db.session() as session:
         assert session.get(Study, study_uid).completion_trigger == "quiet-period"
 

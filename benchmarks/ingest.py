@@ -1,0 +1,594 @@
+"""Ingest benchmark: Hounsfield's listener against dcmtk's storescp, on the same machine, in the same run.
+
+Every scenario is sent with dcmtk's ``storescu`` (``TCP_NODELAY=1``) to both receivers in turn:
+
+* ``storescp`` (dcmtk), bit-preserving (``+B``: it writes the dataset as received, as Hounsfield
+  does), one association at a time (its design without ``--fork``). It never fsyncs.
+* ``hounsfield listener``, started through the CLI with a configuration in the benchmark's folder
+  (no deployments: nothing is queued). Before each Success it fsyncs the file and its folder and
+  commits the index row.
+
+Scenarios (targets are Hounsfield's throughput over storescp's, or a memory ceiling):
+
+a. 300 CT slices of 512 x 512 x 16 bit, one association (target >= 0.8x)
+b. 2,000 instances of 64 x 64 x 16 bit, one association (>= 0.5x)
+c. 8 concurrent associations of 500 such small instances each, aggregate throughput (>= 1.0x)
+d. a 2 GiB study (8 multi-frame instances of 512 frames of 512 x 512 x 16 bit): the listener's
+   resident memory stays under 300 MB while it receives
+
+Each scenario runs ``--runs`` times (receivers alternate which goes first); medians are reported,
+every run checks that each receiver stored every instance (the index's rows for Hounsfield, the
+output folder for storescp). The table is printed and written to ``docs/benchmarks.md``.
+
+Run it from the repository root::
+
+    .venv/bin/python -m benchmarks.ingest --runs 3
+    .venv/bin/python -m benchmarks.ingest --quick --runs 1 --out /tmp/bench.md   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pydicom
+import yaml
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+__all__ = ["QUICK", "SCENARIOS", "Scenario", "main"]
+
+REPO = Path(__file__).resolve().parents[1]
+STORESCU, STORESCP, ECHOSCU = "/usr/bin/storescu", "/usr/bin/storescp", "/usr/bin/echoscu"
+MB = 1_000_000
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What is sent: ``associations`` concurrent storescu processes of ``instances`` files each."""
+
+    key: str
+    title: str
+    associations: int
+    instances: int
+    rows: int
+    columns: int
+    frames: int = 1
+    min_ratio: float | None = None
+    """Hounsfield's throughput over storescp's must reach this."""
+    max_rss_mb: float | None = None
+    """Hounsfield's peak resident memory while receiving must stay under this."""
+
+    @property
+    def total_instances(self) -> int:
+        return self.associations * self.instances
+
+    @property
+    def target(self) -> str:
+        if self.min_ratio is not None:
+            return f">= {self.min_ratio:.1f}x"
+        return f"RSS < {self.max_rss_mb:.0f} MB"
+
+
+SCENARIOS = {
+    "a": Scenario("a", "300 x 512x512 CT, 1 association", 1, 300, 512, 512, min_ratio=0.8),
+    "b": Scenario("b", "2,000 x 64x64, 1 association", 1, 2000, 64, 64, min_ratio=0.5),
+    "c": Scenario("c", "8 associations x 500 x 64x64, concurrent", 8, 500, 64, 64, min_ratio=1.0),
+    "d": Scenario("d", "2 GiB study: 8 x 512 frames of 512x512", 1, 8, 512, 512, frames=512, max_rss_mb=300),
+}
+QUICK = {
+    "a": Scenario("a", "10 x 128x128 CT, 1 association (quick)", 1, 10, 128, 128, min_ratio=0.8),
+    "b": Scenario("b", "40 x 32x32, 1 association (quick)", 1, 40, 32, 32, min_ratio=0.5),
+    "c": Scenario("c", "3 associations x 15 x 32x32 (quick)", 3, 15, 32, 32, min_ratio=1.0),
+    "d": Scenario("d", "2 x 16 frames of 128x128 (quick)", 1, 2, 128, 128, frames=16, max_rss_mb=300),
+}
+
+
+@dataclass
+class Measurement:
+    """One receiver, one run of one scenario."""
+
+    seconds: float
+    stored: int
+    expected: int
+    peak_rss_mb: float
+    sender_failures: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.stored == self.expected and not self.sender_failures
+
+
+@dataclass
+class ScenarioResult:
+    scenario: Scenario
+    bytes_sent: int
+    runs: dict[str, list[Measurement]] = field(default_factory=lambda: {"storescp": [], "hounsfield": []})
+
+    def median_s(self, receiver: str) -> float:
+        return statistics.median(m.seconds for m in self.runs[receiver])
+
+    def mb_per_s(self, receiver: str) -> float:
+        return self.bytes_sent / MB / self.median_s(receiver)
+
+    @property
+    def ratio(self) -> float:
+        return self.median_s("storescp") / self.median_s("hounsfield")
+
+    @property
+    def peak_rss_mb(self) -> float:
+        return max(m.peak_rss_mb for m in self.runs["hounsfield"])
+
+    @property
+    def all_stored(self) -> bool:
+        return all(m.complete for ms in self.runs.values() for m in ms)
+
+    @property
+    def passed(self) -> bool:
+        if not self.all_stored:
+            return False
+        if self.scenario.min_ratio is not None:
+            return self.ratio >= self.scenario.min_ratio
+        assert self.scenario.max_rss_mb is not None
+        return self.peak_rss_mb < self.scenario.max_rss_mb
+
+
+# --- Test data ---------------------------------------------------------------------------------
+
+
+def _write_series(folder: Path, scenario: Scenario, association: int) -> None:
+    """One study per association: ``scenario.instances`` files of the scenario's image size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(association)
+    pixels = rng.integers(0, 4096, (scenario.frames, scenario.rows, scenario.columns), dtype=np.uint16).tobytes()
+    study_uid, series_uid = generate_uid(), generate_uid()
+    for number in range(1, scenario.instances + 1):
+        ds = Dataset()
+        ds.SOPClassUID = EnhancedCTImageStorage if scenario.frames > 1 else CTImageStorage
+        ds.SOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.PatientName, ds.PatientID = "Bench^Ingest", f"BENCH{association:02d}"
+        ds.StudyDate, ds.AccessionNumber, ds.Modality = "20240115", f"B{association:04d}", "CT"
+        ds.SeriesNumber, ds.InstanceNumber, ds.SeriesDescription = 1, number, "ingest benchmark"
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, float(number)], [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness = [0.7, 0.7], 1.0
+        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = (
+            scenario.rows, scenario.columns, 1, "MONOCHROME2"
+        )  # fmt: skip
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        if scenario.frames > 1:
+            ds.NumberOfFrames = scenario.frames
+        ds.PixelData = pixels
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        pydicom.dcmwrite(folder / f"{number:05d}.dcm", ds, enforce_file_format=True)
+
+
+def generate(scenario: Scenario, cache: Path) -> list[Path]:
+    """The scenario's folders (one per association), written once and reused within the cache."""
+    s = scenario
+    root = cache / f"{s.key}-{s.associations}x{s.instances}-{s.rows}x{s.columns}x{s.frames}"
+    folders = [root / f"assoc{i}" for i in range(scenario.associations)]
+    if not (root / ".complete").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        for index, folder in enumerate(folders):
+            _write_series(folder, scenario, index)
+        (root / ".complete").touch()
+    return folders
+
+
+def _folder_bytes(folders: Sequence[Path]) -> int:
+    return sum(p.stat().st_size for folder in folders for p in folder.glob("*.dcm"))
+
+
+# --- Processes -----------------------------------------------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOUNSFIELD_")}
+    env["TCP_NODELAY"] = "1"
+    return env
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_echo(port: int, called_ae: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{called_ae} exited with {proc.returncode} before it answered C-ECHO")
+        echo = subprocess.run(
+            [ECHOSCU, "-aet", "BENCHECHO", "-aec", called_ae, "-to", "2", "127.0.0.1", str(port)],
+            env=_env(), capture_output=True, timeout=30, check=False,
+        )  # fmt: skip
+        if echo.returncode == 0:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{called_ae} did not answer C-ECHO within {timeout:.0f} s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+class Receiver:
+    """A storage SCP under test: started fresh for every run, on its own empty folder."""
+
+    name = ""
+    called_ae = ""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stored(self) -> int:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+
+
+class StoreSCP(Receiver):
+    name, called_ae = "storescp", "STORESCP"
+
+    def start(self) -> None:
+        self.output = self.folder / "received"
+        self.output.mkdir(parents=True)
+        argv = [STORESCP, "+B", "-od", str(self.output), "-aet", self.called_ae, "-ta", "600", str(self.port)]
+        with (self.folder / "storescp.log").open("wb") as log:
+            self.proc = subprocess.Popen(argv, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+        _wait_for_echo(self.port, self.called_ae, self.proc)
+
+    def stored(self) -> int:
+        return sum(1 for p in self.output.iterdir() if p.is_file())
+
+
+class Hounsfield(Receiver):
+    name, called_ae = "hounsfield", "HOUNSFIELD"
+
+    def start(self) -> None:
+        self.data_dir = self.folder / "data"
+        config = {
+            "data_dir": str(self.data_dir),
+            "log_level": "WARNING",
+            "listener": {
+                "host": "127.0.0.1",
+                "port": self.port,
+                "ae_title": self.called_ae,
+                "open_mode": True,
+                "quiet_period_s": 3600.0,
+                "min_free_disk_mb": 256,
+            },
+        }
+        path = self.folder / "hounsfield.yaml"
+        path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        argv = [sys.executable, "-m", "services.cli", "listener", "--config", str(path)]
+        with (self.folder / "listener.log").open("wb") as log:
+            self.proc = subprocess.Popen(argv, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+        _wait_for_echo(self.port, self.called_ae, self.proc)
+
+    def stored(self) -> int:
+        from sqlalchemy import func, select
+
+        from services.db import Database, Instance
+
+        db = Database(f"sqlite:///{self.data_dir.resolve() / 'hounsfield.db'}")
+        try:
+            with db.session() as session:
+                return int(session.scalar(select(func.count()).select_from(Instance)) or 0)
+        finally:
+            db.dispose()
+
+
+class RssSampler:
+    """Peak resident memory of one process, sampled every 20 ms on a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self._process = psutil.Process(pid)
+        self._stop = threading.Event()
+        self.peak = self._process.memory_info().rss
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            with contextlib.suppress(psutil.Error):
+                self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def send(folders: Sequence[Path], called_ae: str, port: int) -> tuple[float, int]:
+    """storescu, one process per folder, all at once; (seconds until the last exits, failures)."""
+    started = time.perf_counter()
+    procs = []
+    for index, folder in enumerate(folders):
+        argv = [STORESCU, "-aet", f"BENCH{index}", "-aec", called_ae, "-ta", "600", "+sd"]
+        argv += ["127.0.0.1", str(port), str(folder)]
+        procs.append(subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    failures = 0
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=3600)
+        if proc.returncode != 0 or b"E: " in stderr or b"F: " in stderr:
+            failures += 1
+            print(f"storescu failed ({proc.returncode}): {stderr.decode(errors='replace')[-400:]}", file=sys.stderr)
+    return time.perf_counter() - started, failures
+
+
+def measure(receiver: Receiver, folders: Sequence[Path], expected: int) -> Measurement:
+    receiver.start()
+    try:
+        assert receiver.proc is not None
+        with RssSampler(receiver.proc.pid) as rss:
+            seconds, failures = send(folders, receiver.called_ae, receiver.port)
+        return Measurement(seconds, receiver.stored(), expected, rss.peak / MB, failures)
+    finally:
+        receiver.stop()
+
+
+def run_scenario(scenario: Scenario, runs: int, workdir: Path, progress: bool = True) -> ScenarioResult:
+    folders = generate(scenario, workdir / "cache")
+    result = ScenarioResult(scenario, _folder_bytes(folders))
+    for run in range(runs):
+        order: list[type[Receiver]] = [StoreSCP, Hounsfield] if run % 2 == 0 else [Hounsfield, StoreSCP]
+        for kind in order:
+            folder = Path(tempfile.mkdtemp(prefix=f"{scenario.key}-{kind.name}-", dir=workdir))
+            try:
+                measurement = measure(kind(folder), folders, scenario.total_instances)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            result.runs[kind.name].append(measurement)
+            if progress:
+                print(
+                    f"  ({scenario.key}) run {run + 1}/{runs} {kind.name:<10} {measurement.seconds:8.2f} s  "
+                    f"stored {measurement.stored}/{measurement.expected}  peak RSS {measurement.peak_rss_mb:.0f} MB",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    return result
+
+
+# --- Report --------------------------------------------------------------------------------------
+
+
+def table(results: Sequence[ScenarioResult]) -> str:
+    lines = [
+        "| Scenario | Instances | MB sent | storescp s | Hounsfield s | storescp MB/s | Hounsfield MB/s "
+        "| Hounsfield/storescp | Hounsfield peak RSS | Target | Stored (both) | Result |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
+    ]
+    for r in results:
+        s = r.scenario
+        stored = "all" if r.all_stored else "MISSING"
+        lines.append(
+            f"| {s.key}. {s.title} | {s.total_instances} | {r.bytes_sent / MB:.1f} "
+            f"| {r.median_s('storescp'):.2f} | {r.median_s('hounsfield'):.2f} "
+            f"| {r.mb_per_s('storescp'):.1f} | {r.mb_per_s('hounsfield'):.1f} | {r.ratio:.2f}x "
+            f"| {r.peak_rss_mb:.0f} MB | {s.target} | {stored} | {'pass' if r.passed else 'FAIL'} |"
+        )
+    return "\n".join(lines)
+
+
+def _first_line(argv: list[str]) -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False).stdout
+        return next((line.strip("$ ") for line in out.splitlines() if line.strip()), "")
+    return "unknown"
+
+
+def machine() -> dict[str, str]:
+    import pynetdicom
+
+    import services
+
+    cpu = ""
+    with contextlib.suppress(OSError):
+        cpu = next(
+            (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("model name")), "",
+        )  # fmt: skip
+    return {
+        "cores": str(os.cpu_count()),
+        "cpu": cpu or platform.processor() or "unknown",
+        "memory": f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "hounsfield": services.__version__,
+        "pydicom": pydicom.__version__,
+        "pynetdicom": pynetdicom.__version__,
+        "dcmtk": _first_line([STORESCP, "--version"]).removeprefix("dcmtk: "),
+        "load average at start (1 min)": f"{os.getloadavg()[0]:.2f}",
+    }
+
+
+def fsync_floor_ms(folder: Path, files: int = 200, size: int = 8192) -> float:
+    """Milliseconds per file for the durable write alone (write, fsync, rename, fsync of the folder).
+
+    What any receiver that keeps its promise pays per instance on this disk; storescp skips it.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = os.urandom(size)
+    started = time.perf_counter()
+    for index in range(files):
+        temporary = folder / f".tmp-{index}"
+        with temporary.open("wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, folder / f"{index}.dcm")
+        directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    elapsed = time.perf_counter() - started
+    shutil.rmtree(folder, ignore_errors=True)
+    return elapsed / files * 1000
+
+
+def markdown(results: Sequence[ScenarioResult], runs: int, quick: bool, info: dict[str, str]) -> str:
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    per_run = []
+    for r in results:
+        for receiver, measurements in r.runs.items():
+            times = ", ".join(f"{m.seconds:.2f}" for m in measurements)
+            per_run.append(f"- ({r.scenario.key}) {receiver}: {times} s")
+    return "\n".join(
+        [
+            "# Ingest benchmark",
+            "",
+            f"Generated by `benchmarks/ingest.py` on {when}{' (quick smoke sizes)' if quick else ''}; "
+            f"medians of {runs} run(s) per scenario and receiver. Do not edit by hand: rerun it.",
+            "",
+            "## Machine",
+            "",
+            *(f"- {key}: {value}" for key, value in info.items()),
+            "",
+            "## Results",
+            "",
+            table(results),
+            "",
+            "Ratio: Hounsfield's throughput over storescp's (storescp's median time over Hounsfield's).",
+            "",
+            "Every run of every scenario is checked: each receiver stored every instance (Hounsfield's index rows,",
+            "storescp's output files).",
+            "",
+            "### Every run (seconds)",
+            "",
+            *per_run,
+            "",
+            "## How it is measured",
+            "",
+            "- Same machine, same run: for each scenario both receivers get the same files from dcmtk `storescu`",
+            "  (one process per association, all started at once), with `TCP_NODELAY=1` for every dcmtk tool.",
+            "  Which receiver goes first alternates between runs. Time: from starting the senders until the last",
+            "  exits.",
+            "- storescp: `storescp +B -od DIR -aet STORESCP PORT`, bit-preserving (writes the dataset as received),",
+            "  one association at a time (no `--fork`). dcmtk has no option to fsync the files it writes: its",
+            "  numbers do not include durable storage.",
+            "- Hounsfield: `hounsfield listener` with a generated configuration (SQLite index, no deployments).",
+            "  Every Success is sent only after the file and its folder are fsynced and the index row is committed.",
+            "- Peak RSS: the listener process's resident memory, sampled every 20 ms while it receives.",
+            "",
+            "## Rerun",
+            "",
+            "```",
+            ".venv/bin/python -m benchmarks.ingest --runs 3            # all scenarios, writes docs/benchmarks.md",
+            ".venv/bin/python -m benchmarks.ingest --scenario d        # one scenario",
+            ".venv/bin/python -m benchmarks.ingest --quick --runs 1 --out /tmp/bench.md   # smoke run",
+            "```",
+            "",
+        ]
+    )
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs per scenario and receiver (default 3)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not a measurement")
+    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS), help="only these (repeatable)")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md", help="markdown report")
+    parser.add_argument("--json", type=Path, help="also write the raw results as JSON here")
+    parser.add_argument("--workdir", type=Path, help="folder for test data and receivers (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (generated data is reused)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed, not only on loss")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    return args
+
+
+@contextlib.contextmanager
+def _workdir(path: Path | None, keep: bool) -> Iterator[Path]:
+    folder = path or Path(tempfile.mkdtemp(prefix="hounsfield-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    finally:
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    for tool in (STORESCU, STORESCP, ECHOSCU):
+        if not Path(tool).exists():
+            print(f"{tool} is missing: install dcmtk", file=sys.stderr)
+            return 2
+    catalogue = QUICK if args.quick else SCENARIOS
+    keys = args.scenario or sorted(catalogue)
+    results = []
+    info = machine()
+    with _workdir(args.workdir, args.keep) as workdir:
+        for key in keys:
+            print(f"scenario {key}: {catalogue[key].title}", file=sys.stderr, flush=True)
+            results.append(run_scenario(catalogue[key], args.runs, workdir))
+        info["durable write floor (8 KB file: write, fsync, rename, fsync folder)"] = (
+            f"{fsync_floor_ms(workdir / 'fsync-floor'):.2f} ms per file"
+        )
+    report = table(results)
+    print(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(markdown(results, args.runs, args.quick, info), encoding="utf-8")
+    if args.json:
+        payload = [
+            {
+                "scenario": asdict(r.scenario),
+                "bytes_sent": r.bytes_sent,
+                "runs": {k: [asdict(m) for m in ms] for k, ms in r.runs.items()},
+                "ratio": r.ratio,
+                "peak_rss_mb": r.peak_rss_mb,
+                "all_stored": r.all_stored,
+                "passed": r.passed,
+            }
+            for r in results
+        ]
+        args.json.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    if not all(r.all_stored for r in results):
+        print("instances were lost or refused: see the Stored column", file=sys.stderr)
+        return 1
+    return 1 if args.strict and not all(r.passed for r in results) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,562 @@
+"""One connection's association, as an :class:`asyncio.Protocol` (the acceptor side of PS3.8).
+
+States: waiting for the A-ASSOCIATE-RQ (ARTIM running), established, releasing, closed. Bytes are
+framed into PDUs as they arrive; a PDU header is checked before its body is collected, so a header
+that claims gigabytes is refused at once. P-DATA fragments are collected per message (command, then
+dataset); a complete C-STORE goes to the thread pool for the store's blocking work and its
+response is sent when that finishes. One association's messages are handled strictly in order;
+other associations keep flowing while a store fsyncs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from services.listener.engine.dimse import (
+    C_CANCEL_RQ,
+    C_ECHO_RQ,
+    C_STORE_RQ,
+    Command,
+    CommandError,
+    decode_command,
+    encode_response,
+)
+from services.listener.engine.pdu import (
+    APPLICATION_CONTEXT,
+    HEADER,
+    AbortReason,
+    AssociateRequest,
+    ContextResult,
+    NegotiatedContext,
+    PDUType,
+    ProtocolError,
+    decode_associate_rq,
+    encode_abort,
+    encode_associate_ac,
+    encode_associate_rj,
+    encode_pdata,
+    encode_release_rp,
+    iter_pdvs,
+)
+from services.listener.engine.spool import DatasetSink
+from services.listener.policy import AssociationPolicy
+from services.listener.storage import STATUS, Origin, Received, SpooledDataset, StoreContext, receive_instance
+
+if TYPE_CHECKING:
+    from services.listener.engine.server import EngineConfig
+
+__all__ = ["Association", "EngineState", "negotiate_contexts"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_CONTROL_PDU = 1 << 20
+"""Largest non-P-DATA PDU accepted (an A-ASSOCIATE-RQ with 128 contexts is ~15 KiB)."""
+_ABSURD_PDU = 256 << 20
+_UNRECOGNIZED_OPERATION = 0x0211
+_SOP_CLASS_NOT_SUPPORTED = 0x0122
+
+
+@dataclass
+class EngineState:
+    """What every association of one server shares: settings, collaborators, the live set."""
+
+    config: EngineConfig
+    policy: AssociationPolicy
+    store: StoreContext
+    executor: concurrent.futures.Executor
+    abstract_syntaxes: frozenset[str]
+    transfer_syntaxes: tuple[str, ...]
+    live: set[Association] = field(default_factory=set)
+    established: int = 0
+    keys: itertools.count[int] = field(default_factory=itertools.count)
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.store.store.spool_dir
+
+
+def negotiate_contexts(
+    request: AssociateRequest, abstract_syntaxes: frozenset[str], transfer_syntaxes: tuple[str, ...]
+) -> list[NegotiatedContext]:
+    """Accept each context whose abstract syntax we serve, with the first proposed syntax we support."""
+    supported = set(transfer_syntaxes)
+    answers = []
+    for proposed in request.contexts:
+        if proposed.abstract_syntax not in abstract_syntaxes:
+            answers.append(
+                NegotiatedContext(
+                    proposed.context_id, proposed.abstract_syntax, ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED
+                )
+            )
+            continue
+        chosen = next((syntax for syntax in proposed.transfer_syntaxes if syntax in supported), "")
+        result = ContextResult.ACCEPTANCE if chosen else ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED
+        answers.append(NegotiatedContext(proposed.context_id, proposed.abstract_syntax, result, chosen))
+    return answers
+
+
+@dataclass
+class _Message:
+    """One DIMSE message as it is being received or waits for its turn."""
+
+    context: NegotiatedContext
+    command: Command
+    sink: DatasetSink | None = None
+    dataset: bytearray | SpooledDataset | None = None
+
+
+class Association(asyncio.Protocol):
+    """The acceptor's side of one connection (plain TCP or TLS, ``transport_name`` says which)."""
+
+    def __init__(self, state: EngineState, transport_name: Literal["dimse", "dimse-tls"]) -> None:
+        self._state = state
+        self._config = state.config
+        self._transport_name: Literal["dimse", "dimse-tls"] = transport_name
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._phase: Literal["request", "established", "releasing", "closed"] = "request"
+        self._peer = "?"
+        self._request: AssociateRequest | None = None
+        self._contexts: dict[int, NegotiatedContext] = {}
+        self._peer_max_pdu = 0
+        self._origin: Origin | None = None
+        self._receiving: _Message | None = None
+        self._command = bytearray()
+        self._command_context = 0
+        self._queue: deque[_Message] = deque()
+        self._busy = False
+        self._paused = False
+        self._release_requested = False
+        self._closing = False
+        self._ended = False
+        self._end_notice: Literal["released", "aborted"] | None = None
+        self._last_rx = self._loop.time()
+        self._artim: asyncio.TimerHandle | None = None
+        self._idle: asyncio.TimerHandle | None = None
+        self.instances = 0
+
+    # -- transport callbacks -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if peer else "?"
+        self._state.live.add(self)
+        self._artim = self._loop.call_later(self._config.acse_timeout_s, self._artim_expired)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_rx = self._loop.time()
+        if self._closing:
+            return  # after A-ASSOCIATE-RJ, A-ABORT or A-RELEASE-RP nothing more is read
+        try:
+            if self._buffer:
+                self._buffer += data
+                consumed = self._parse(self._buffer)
+                del self._buffer[:consumed]
+            else:
+                consumed = self._parse(data)
+                if consumed < len(data):
+                    self._buffer += memoryview(data)[consumed:]
+        except ProtocolError as exc:
+            self.abort(str(exc), exc.reason)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was = self._phase
+        self._phase = "closed"
+        self._closing = True
+        for timer in (self._artim, self._idle):
+            if timer is not None:
+                timer.cancel()
+        self._state.live.discard(self)
+        if self._receiving is not None and self._receiving.sink is not None:
+            self._receiving.sink.discard()
+        self._receiving = None
+        for message in self._queue:
+            _discard(message)
+        self._queue.clear()
+        if was in ("established", "releasing"):
+            self._state.established -= 1
+            if self._end_notice is None:
+                self._end_notice = "aborted"
+                logger.info("association from %s (%s) ended without release", self._calling, self._peer)
+        self._notify_end()
+
+    # -- framing ---------------------------------------------------------------------------------------
+
+    def _parse(self, data: bytes | bytearray) -> int:
+        """Handle every whole PDU in ``data``; returns the bytes consumed."""
+        offset, end = 0, len(data)
+        with memoryview(data) as view:
+            while end - offset >= 6 and not self._closing:
+                pdu_type, length = HEADER.unpack_from(view, offset)
+                self._check_length(pdu_type, length)
+                if end - offset - 6 < length:
+                    break
+                body = view[offset + 6 : offset + 6 + length]
+                try:
+                    if pdu_type == PDUType.P_DATA_TF:
+                        self._on_pdata(body)
+                    else:
+                        self._on_control(pdu_type, view[offset : offset + 6 + length])
+                finally:
+                    body.release()
+                offset += 6 + length
+        return offset
+
+    def _check_length(self, pdu_type: int, length: int) -> None:
+        if length > _ABSURD_PDU:
+            raise ProtocolError(f"PDU claims {length} bytes", AbortReason.INVALID_PDU_PARAMETER)
+        if pdu_type == PDUType.P_DATA_TF:
+            # Peers count the maximum length differently (PDV items or PDU body): allow some slack.
+            if length > 2 * self._config.max_pdu + 1024:
+                raise ProtocolError(
+                    f"P-DATA-TF of {length} bytes exceeds the negotiated maximum {self._config.max_pdu}",
+                    AbortReason.INVALID_PDU_PARAMETER,
+                )
+        elif length > _MAX_CONTROL_PDU:
+            raise ProtocolError(f"PDU type {pdu_type:#04x} claims {length} bytes", AbortReason.INVALID_PDU_PARAMETER)
+
+    def _on_control(self, pdu_type: int, pdu: memoryview) -> None:
+        if pdu_type == PDUType.ASSOCIATE_RQ:
+            if self._phase != "request":
+                raise ProtocolError("A-ASSOCIATE-RQ on an established association", AbortReason.UNEXPECTED_PDU)
+            self._on_associate(decode_associate_rq(bytes(pdu)))
+        elif pdu_type == PDUType.RELEASE_RQ:
+            if self._phase != "established":
+                raise ProtocolError("A-RELEASE-RQ outside an association", AbortReason.UNEXPECTED_PDU)
+            self._on_release()
+        elif pdu_type == PDUType.ABORT_RQ:
+            logger.info("association from %s (%s) aborted by the peer", self._calling, self._peer)
+            self._close()
+        elif pdu_type in (PDUType.ASSOCIATE_AC, PDUType.ASSOCIATE_RJ, PDUType.RELEASE_RP):
+            raise ProtocolError(f"unexpected PDU type {pdu_type:#04x} for an acceptor", AbortReason.UNEXPECTED_PDU)
+        else:
+            raise ProtocolError(f"unrecognized PDU type {pdu_type:#04x}", AbortReason.UNRECOGNIZED_PDU)
+
+    # -- association establishment ---------------------------------------------------------------------
+
+    @property
+    def _calling(self) -> str:
+        return self._request.calling_ae if self._request is not None else "?"
+
+    def _on_associate(self, request: AssociateRequest) -> None:
+        if self._artim is not None:
+            self._artim.cancel()
+            self._artim = None
+        self._request = request
+        if not request.protocol_version & 0x0001:
+            self._reject(1, 2, 2, "protocol version not supported")
+            return
+        if request.application_context != APPLICATION_CONTEXT:
+            self._reject(1, 1, 2, "application context name not supported")
+            return
+        if self._state.established >= self._config.max_associations:
+            self._reject(2, 3, 2, f"local limit of {self._config.max_associations} associations reached")
+            return
+        decision = self._state.policy.decide(request.calling_ae, request.called_ae, self._peer)
+        if not decision.accepted:
+            assert decision.rejection is not None
+            self._reject(1, 1, int(decision.rejection), decision.reason)
+            return
+        contexts = negotiate_contexts(request, self._state.abstract_syntaxes, self._state.transfer_syntaxes)
+        self._contexts = {c.context_id: c for c in contexts if c.accepted}
+        self._peer_max_pdu = request.max_pdu
+        key = (self._transport_name, next(self._state.keys))
+        self._origin = Origin(key, request.calling_ae, request.called_ae, self._transport_name)
+        self._send(
+            encode_associate_ac(
+                request,
+                contexts,
+                max_pdu=self._config.max_pdu,
+                implementation_class_uid=self._config.implementation_class_uid,
+                implementation_version_name=self._config.implementation_version_name,
+            )
+        )
+        self._phase = "established"
+        self._state.established += 1
+        self._schedule_idle()
+        logger.info(
+            "association from %s (%s) to %s accepted over %s: %d of %d presentation contexts (%s)",
+            request.calling_ae, self._peer, request.called_ae, self._transport_name,
+            len(self._contexts), len(contexts), decision.reason,
+        )  # fmt: skip
+
+    def _reject(self, result: int, source: int, reason: int, why: str) -> None:
+        logger.warning(
+            "association from %s (%s) to %s rejected (result %d, source %d, reason %d): %s",
+            self._calling, self._peer, self._request.called_ae if self._request else "?", result, source, reason, why,
+        )  # fmt: skip
+        self._send(encode_associate_rj(result, source, reason))
+        self._close(linger=True)
+
+    # -- P-DATA ----------------------------------------------------------------------------------------
+
+    def _on_pdata(self, body: memoryview) -> None:
+        if self._phase != "established":
+            raise ProtocolError("P-DATA-TF outside an established association", AbortReason.UNEXPECTED_PDU)
+        for context_id, control, fragment in iter_pdvs(body):
+            context = self._contexts.get(context_id)
+            if context is None:
+                raise ProtocolError(f"P-DATA on presentation context {context_id}, which is not accepted")
+            if control & 0x01:
+                self._on_command_fragment(context, fragment, last=bool(control & 0x02))
+            else:
+                self._on_dataset_fragment(context, fragment, last=bool(control & 0x02))
+
+    def _on_command_fragment(self, context: NegotiatedContext, fragment: memoryview, *, last: bool) -> None:
+        if self._receiving is not None:
+            raise ProtocolError("a command fragment arrived while a dataset was expected")
+        if self._command and context.context_id != self._command_context:
+            raise ProtocolError("command fragments on different presentation contexts")
+        self._command_context = context.context_id
+        self._command += fragment
+        if len(self._command) > _MAX_CONTROL_PDU:
+            raise ProtocolError("command set larger than 1 MiB")
+        if not last:
+            return
+        try:
+            command = decode_command(self._command)
+        except CommandError as exc:
+            raise ProtocolError(f"undecodable command set: {exc}") from exc
+        self._command = bytearray()
+        message = _Message(context, command)
+        if command.has_dataset:
+            message.sink = self._sink(context, command)
+            self._receiving = message
+        else:
+            self._dispatch(message)
+
+    def _sink(self, context: NegotiatedContext, command: Command) -> DatasetSink:
+        store = self._state.store.store
+
+        def prefix() -> bytes:
+            from services.listener.storage import part10_prefix
+
+            return part10_prefix(
+                sop_class_uid=command.affected_sop_class_uid,
+                sop_instance_uid=command.affected_sop_instance_uid,
+                transfer_syntax=context.transfer_syntax,
+            )
+
+        # Only a C-STORE's dataset is kept; anything else (a C-FIND identifier) is counted and dropped.
+        threshold = self._config.spool_threshold if command.command_field == C_STORE_RQ else 0
+        return DatasetSink(
+            spool_dir=self._state.spool_dir,
+            threshold=threshold,
+            min_free_bytes=store.min_free_bytes,
+            prefix=prefix if command.command_field == C_STORE_RQ else _no_prefix,
+        )
+
+    def _on_dataset_fragment(self, context: NegotiatedContext, fragment: memoryview, *, last: bool) -> None:
+        message = self._receiving
+        if message is None or message.sink is None:
+            raise ProtocolError("a dataset fragment arrived without a command that announced one")
+        if context.context_id != message.context.context_id:
+            raise ProtocolError("dataset fragments on a different presentation context than their command")
+        if message.command.command_field == C_STORE_RQ:
+            message.sink.write(fragment)
+        else:
+            message.sink.received += len(fragment)
+        if last:
+            self._receiving = None
+            if message.command.command_field == C_STORE_RQ:
+                message.dataset = message.sink.finish()
+            self._dispatch(message)
+
+    # -- messages, in order ----------------------------------------------------------------------------
+
+    def _dispatch(self, message: _Message) -> None:
+        self._queue.append(message)
+        if self._busy and not self._paused and self._transport is not None:
+            # The peer sends before our answer (async operations were not negotiated): stop reading
+            # until the queue drains, so that a pipelining sender cannot fill our memory.
+            self._transport.pause_reading()
+            self._paused = True
+        self._next()
+
+    def _next(self) -> None:
+        while self._queue and not self._busy and not self._closing:
+            message = self._queue.popleft()
+            command = message.command
+            field_ = command.command_field
+            if field_ == C_STORE_RQ:
+                self._store(message)
+            elif field_ == C_ECHO_RQ:
+                self._respond(message, 0x0000)
+            elif field_ == C_CANCEL_RQ or not command.is_request:
+                logger.debug("ignored DIMSE command %#06x from %s", field_, self._calling)
+            else:
+                logger.info("unsupported DIMSE command %#06x from %s answered 0x0211", field_, self._calling)
+                self._respond(message, _UNRECOGNIZED_OPERATION, "only C-STORE and C-ECHO are served")
+        if self._queue or self._busy or self._closing:
+            return
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+        if self._release_requested:
+            self._finish_release()
+
+    def _store(self, message: _Message) -> None:
+        command, context = message.command, message.context
+        if message.dataset is None:
+            failure = message.sink.failure if message.sink is not None else ""
+            if failure:
+                self._respond(message, STATUS["out_of_resources"], failure)
+            else:
+                self._respond(message, STATUS["processing_failure"], "C-STORE-RQ without a dataset")
+            return
+        if command.affected_sop_class_uid != context.abstract_syntax:
+            _discard(message)
+            self._respond(message, _SOP_CLASS_NOT_SUPPORTED, "Affected SOP Class differs from the presentation context")
+            return
+        assert self._origin is not None
+        self._busy = True
+        job = partial(_receive, self._state.store, message, self._origin)
+        future = self._loop.run_in_executor(self._state.executor, job)
+        future.add_done_callback(partial(self._stored, message))
+
+    def _stored(self, message: _Message, future: asyncio.Future[Received]) -> None:
+        self._busy = False
+        self.instances += 1
+        try:
+            received = future.result()
+        except Exception:  # the store's own failures are statuses; anything else is a bug, answered 0x0110
+            logger.exception("storing an instance failed unexpectedly")
+            received = Received(STATUS["processing_failure"], "internal error while storing")
+        if self._closing:
+            self._notify_end()
+            return
+        self._respond(message, received.status, received.reason)
+        self._next()
+
+    def _respond(self, message: _Message, status: int, reason: str = "") -> None:
+        response = encode_response(message.command, status, error_comment=reason)
+        pdus = encode_pdata(message.context.context_id, response, command=True, max_pdu=self._peer_max_pdu)
+        self._send(b"".join(pdus))
+
+    # -- release, abort, timers ------------------------------------------------------------------------
+
+    def _on_release(self) -> None:
+        if self._receiving is not None or self._command:
+            raise ProtocolError("A-RELEASE-RQ in the middle of a message", AbortReason.UNEXPECTED_PDU)
+        self._release_requested = True
+        self._phase = "releasing"
+        self._next()
+
+    def _finish_release(self) -> None:
+        self._send(encode_release_rp())
+        self._end_notice = "released"
+        logger.info("association from %s (%s) released after %d instance(s)", self._calling, self._peer, self.instances)
+        self._close(linger=True)
+
+    def _notify_end(self) -> None:
+        """Tell the completeness tracker, once no store job of this association can still report."""
+        if self._busy or self._ended or self._end_notice is None or self._origin is None:
+            return
+        self._ended = True
+        tracker = self._state.store.tracker
+        if self._end_notice == "released":
+            tracker.association_released(self._origin.key, self._origin.calling_ae)
+        else:
+            tracker.association_aborted(self._origin.key)
+
+    def abort(self, why: str, reason: int = AbortReason.NOT_SPECIFIED, *, source: int = 2) -> None:
+        """Send an A-ABORT and close; what is being received is dropped, nothing of it acknowledged."""
+        if self._closing:
+            return
+        logger.warning("association from %s (%s) aborted: %s", self._calling, self._peer, why)
+        self._send(encode_abort(source, reason))
+        self._close(linger=True)
+
+    def _close(self, *, linger: bool = False) -> None:
+        """Close the connection; with ``linger``, leave the closing to the peer for a moment.
+
+        After A-ASSOCIATE-RJ, A-RELEASE-RP or A-ABORT the requestor closes the transport (PS3.8
+        state Sta13, ARTIM running). Closing first can turn our last PDU into a TCP reset that
+        the peer never reads, so the peer gets :data:`_LINGER_S` seconds to close; its EOF closes ours.
+        """
+        self._closing = True
+        if self._transport is None or self._transport.is_closing():
+            return
+        if linger:
+            if self._artim is not None:
+                self._artim.cancel()
+            self._artim = self._loop.call_later(_LINGER_S, self._linger_expired)
+            return
+        self._transport.close()  # flushes what was written, then connection_lost()
+
+    def _linger_expired(self) -> None:
+        self._artim = None
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def _send(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _artim_expired(self) -> None:
+        self._artim = None
+        if self._phase == "request":
+            logger.warning("no A-ASSOCIATE-RQ from %s within %.0f s: closed", self._peer, self._config.acse_timeout_s)
+            if self._transport is not None:
+                self._transport.abort()
+
+    def _schedule_idle(self) -> None:
+        interval = min(self._config.network_timeout_s / 4, 5.0)
+        self._idle = self._loop.call_later(interval, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._idle = None
+        if self._closing:
+            return
+        waiting_for_peer = not self._busy and not self._queue
+        if waiting_for_peer and self._loop.time() - self._last_rx > self._config.network_timeout_s:
+            self.abort(f"nothing received for {self._config.network_timeout_s:.0f} s")
+            return
+        self._schedule_idle()
+
+
+_LINGER_S = 2.0
+"""How long the peer has to close the transport after our last PDU (the ARTIM timer of Sta13)."""
+
+
+def _no_prefix() -> bytes:
+    return b""
+
+
+def _discard(message: _Message) -> None:
+    if message.sink is not None:
+        message.sink.discard()
+    if isinstance(message.dataset, SpooledDataset):
+        message.dataset.path.unlink(missing_ok=True)
+
+
+def _receive(context: StoreContext, message: _Message, origin: Origin) -> Received:
+    """The blocking part of a C-STORE, run in the thread pool."""
+    dataset = message.dataset
+    assert dataset is not None
+    try:
+        return receive_instance(
+            context,
+            dataset,
+            message.context.transfer_syntax,
+            origin,
+            expected_sop_instance_uid=message.command.affected_sop_instance_uid,
+            expected_sop_class_uid=message.command.affected_sop_class_uid,
+        )
+    finally:
+        if isinstance(dataset, SpooledDataset):
+            dataset.path.unlink(missing_ok=True)  # adopted (renamed away) unless refused

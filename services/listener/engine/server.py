@@ -1,0 +1,225 @@
+"""The engine's server: one asyncio loop in its own thread, a plain port and optionally a TLS port.
+
+:meth:`DicomServer.start` binds the ports (raising at once when it cannot) and returns; every
+association then runs on the loop, and the blocking store work on a thread pool. :meth:`stop`
+aborts what is still connected, lets store jobs already running finish, and joins the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import ssl
+import threading
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydicom._uid_dict import UID_dictionary
+from pydicom.uid import MediaStorageDirectoryStorage
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    _NON_PATIENT_OBJECT_CLASSES,
+    _STORAGE_CLASSES,
+    Verification,
+)
+
+from services.config import ListenerSettings, TLSSettings
+from services.listener.engine.association import Association, EngineState
+from services.listener.policy import AssociationPolicy
+from services.listener.storage import StoreContext
+
+__all__ = ["DicomServer", "EngineConfig", "tls_context"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine serves: ports, timeouts, limits, and how it introduces itself."""
+
+    ae_title: str
+    host: str
+    port: int
+    implementation_class_uid: str
+    implementation_version_name: str
+    acse_timeout_s: float = 30.0
+    network_timeout_s: float = 60.0
+    max_associations: int = 32
+    max_pdu: int = 1 << 20
+    """The largest P-DATA-TF we accept (advertised as Maximum Length Received)."""
+    spool_threshold: int = 2 << 20
+    """Datasets larger than this are written to a spool file while they arrive (bounded memory per
+    association whatever the size); smaller ones (most images) stay in memory and are written in the
+    thread pool, so that the loop never waits on the file system for them."""
+    workers: int = 8
+    """Threads for the blocking store work (fsync waits, mostly)."""
+    tls: TLSSettings | None = None
+
+    @classmethod
+    def from_settings(cls, listener: ListenerSettings, *, uid_root: str, version: str) -> EngineConfig:
+        return cls(
+            ae_title=listener.ae_title,
+            host=listener.host,
+            port=listener.port,
+            implementation_class_uid=f"{uid_root}0.1",
+            implementation_version_name=f"HOUNSFIELD_{version}"[:16],
+            acse_timeout_s=listener.acse_timeout_s,
+            network_timeout_s=listener.network_timeout_s,
+            tls=listener.tls,
+        )
+
+
+def tls_context(tls: TLSSettings) -> ssl.SSLContext:
+    """The server side of DICOM TLS: our certificate, TLS >= the minimum, client certificates checked."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.minimum_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.certificate, tls.private_key)
+    if tls.client_ca is not None:
+        context.load_verify_locations(cafile=str(tls.client_ca))
+        context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL
+    return context
+
+
+def _storage_syntaxes() -> frozenset[str]:
+    """Verification and every storage SOP class, retired ones included (old modalities still send them).
+
+    pynetdicom's storage classes plus every "... Storage" SOP class in pydicom's UID dictionary,
+    less the Media Storage Directory (DICOMDIR, never sent by C-STORE) and the non-patient objects
+    (hanging protocols, palettes, implant templates...), which carry no study to store.
+    """
+    excluded = {str(MediaStorageDirectoryStorage), *map(str, _NON_PATIENT_OBJECT_CLASSES.values())}
+    syntaxes = {str(Verification), *map(str, _STORAGE_CLASSES.values())}
+    for context in AllStoragePresentationContexts:
+        assert context.abstract_syntax is not None
+        syntaxes.add(str(context.abstract_syntax))
+    for key, (name, kind, *_rest) in UID_dictionary.items():
+        if kind == "SOP Class" and name.endswith("Storage"):
+            syntaxes.add(str(key))
+    return frozenset(syntaxes - excluded)
+
+
+class _DropCodecTracebacks(logging.Filter):
+    """pynetdicom's codecs log a traceback for each non-ASCII AE title or UID they decode.
+
+    The engine reports the malformed PDU itself, in one line with the peer's address, so those
+    records would only repeat it (and could echo the peer's bytes into the log).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], UnicodeError))
+
+
+def _quiet_codec_logs() -> None:
+    codec_logger = logging.getLogger("pynetdicom.utils")
+    if not any(isinstance(f, _DropCodecTracebacks) for f in codec_logger.filters):
+        codec_logger.addFilter(_DropCodecTracebacks())
+
+
+class DicomServer:
+    """The listener's DICOM ports, served by :class:`Association` protocols on a private loop."""
+
+    def __init__(self, config: EngineConfig, policy: AssociationPolicy, store: StoreContext) -> None:
+        self.config = config
+        self._policy = policy
+        self._store = store
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._servers: list[asyncio.Server] = []
+        self._state: EngineState | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    @property
+    def ports(self) -> list[int]:
+        """The bound ports (the plain one first), useful when the configuration asked for port 0."""
+        return [server.sockets[0].getsockname()[1] for server in self._servers if server.sockets]
+
+    def start(self) -> None:
+        """Bind and serve in a background thread; raises :class:`OSError` when a port cannot be bound."""
+        tls = tls_context(self.config.tls) if self.config.tls is not None else None
+        _quiet_codec_logs()
+        self._executor = concurrent.futures.ThreadPoolExecutor(self.config.workers, thread_name_prefix="dicom-store")
+        self._loop = asyncio.new_event_loop()
+        self._loop.set_exception_handler(_quiet_exceptions)
+        self._thread = threading.Thread(target=self._loop.run_forever, name="dicom-engine", daemon=True)
+        self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self._serve(tls), self._loop).result(timeout=30)
+        except BaseException:
+            self.stop()
+            raise
+
+    async def _serve(self, tls: ssl.SSLContext | None) -> None:
+        assert self._executor is not None
+        self._state = EngineState(
+            config=self.config,
+            policy=self._policy,
+            store=self._store,
+            executor=self._executor,
+            abstract_syntaxes=_storage_syntaxes(),
+            transfer_syntaxes=tuple(str(uid) for uid in ALL_TRANSFER_SYNTAXES),
+        )
+        loop = asyncio.get_running_loop()
+        state = self._state
+
+        def plain() -> Association:
+            return Association(state, "dimse")
+
+        def secure() -> Association:
+            return Association(state, "dimse-tls")
+
+        kwargs: dict[str, Any] = {"reuse_address": True, "backlog": 128}
+        self._servers.append(await loop.create_server(plain, self.config.host, self.config.port, **kwargs))
+        if tls is not None and self.config.tls is not None:
+            self._servers.append(
+                await loop.create_server(
+                    secure,
+                    self.config.host,
+                    self.config.tls.port,
+                    ssl=tls,
+                    ssl_handshake_timeout=self.config.acse_timeout_s,
+                    **kwargs,
+                )
+            )
+
+    async def _shutdown(self) -> None:
+        for server in self._servers:
+            server.close()
+        if self._state is not None:
+            for association in list(self._state.live):
+                association.abort("the listener is stopping")
+        for server in self._servers:
+            await server.wait_closed()
+        await asyncio.sleep(0)  # let the closing transports run connection_lost
+
+    def stop(self) -> None:
+        """Close the ports and connections, wait for running store jobs, stop the loop."""
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            try:
+                asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=30)
+            except (TimeoutError, concurrent.futures.TimeoutError):
+                logger.warning("the DICOM server did not close its connections within 30 s")
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        if self._loop is not None:
+            loop = self._loop
+            if self._thread is not None and self._thread.is_alive():
+                loop.call_soon_threadsafe(loop.stop)
+                self._thread.join(timeout=10)
+            if not loop.is_running():
+                loop.close()
+        self._servers.clear()
+        self._loop = self._thread = self._executor = None
+
+
+_QUIET: tuple[type[BaseException], ...] = (ssl.SSLError, ConnectionError, TimeoutError)
+
+
+def _quiet_exceptions(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Failed TLS handshakes and reset connections are the peer's business: one line, no traceback."""
+    error = context.get("exception")
+    if isinstance(error, _QUIET):
+        kind: Literal["tls", "connection"] = "tls" if isinstance(error, ssl.SSLError) else "connection"
+        logger.warning("%s error from a peer: %s", kind, error)
+        return
+    loop.default_exception_handler(context)

@@ -1,0 +1,150 @@
+"""Who may send: the association policy alone, and as peers meet it (pynetdicom and dcmtk SCUs)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from services.config import ListenerSettings, Settings
+from services.listener.policy import AssociationPolicy, Rejection
+from services.listener.server import Listener
+
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+SOURCES: dict[str, Any] = {
+    "ct-room": {"ae_title": "CT01", "networks": ["127.0.0.0/8"]},
+    "mr-room": {"ae_title": "MR01", "called_ae_titles": ["HOUNSFIELD", "RESEARCH"]},
+    "far-away": {"ae_title": "REMOTE", "networks": ["10.0.0.0/8"]},
+}
+
+
+def _policy(**listener: Any) -> AssociationPolicy:
+    return AssociationPolicy(ListenerSettings(**{"sources": SOURCES, **listener}))
+
+
+# -- the policy on its own --------------------------------------------------------------------------------
+
+
+def test_a_configured_source_is_accepted_from_its_network_and_named() -> None:
+    decision = _policy().decide("CT01", "HOUNSFIELD", "127.0.0.1")
+    assert decision.accepted and decision.source == "ct-room"
+
+
+def test_an_unknown_caller_is_rejected_with_reason_3() -> None:
+    decision = _policy().decide("STRANGER", "HOUNSFIELD", "127.0.0.1")
+    assert decision.rejection is Rejection.CALLING_AE_NOT_RECOGNIZED
+    assert "STRANGER" in decision.reason
+
+
+def test_a_called_title_the_source_may_not_use_is_rejected_with_reason_7() -> None:
+    assert _policy().decide("CT01", "RESEARCH", "127.0.0.1").rejection is Rejection.CALLED_AE_NOT_RECOGNIZED
+    assert _policy().decide("MR01", "RESEARCH", "192.168.1.9").accepted, "listed called titles are allowed"
+
+
+def test_a_known_caller_from_the_wrong_network_is_rejected() -> None:
+    decision = _policy().decide("REMOTE", "HOUNSFIELD", "127.0.0.1")
+    assert not decision.accepted and decision.rejection is Rejection.NO_REASON
+    assert _policy().decide("REMOTE", "HOUNSFIELD", "10.2.3.4").accepted
+    assert _policy().decide("REMOTE", "HOUNSFIELD", "::ffff:10.2.3.4").accepted, "IPv4-mapped IPv6 addresses"
+    assert not _policy().decide("REMOTE", "HOUNSFIELD", "not-an-address").accepted
+
+
+def test_padding_is_not_significant() -> None:
+    assert _policy().decide("CT01  ", "HOUNSFIELD      ", "127.0.0.1").accepted
+
+
+def test_open_mode_accepts_unknown_callers_and_logs_them(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="services.listener.policy"):
+        decision = _policy(open_mode=True).decide("STRANGER", "HOUNSFIELD", "127.0.0.1")
+    assert decision.accepted and decision.source is None
+    assert "STRANGER" in caplog.text
+    served = _policy(open_mode=True).decide("STRANGER", "RESEARCH", "127.0.0.1")
+    assert served.accepted, "open mode serves every called title a source lists"
+    wrong = _policy(open_mode=True).decide("STRANGER", "NOBODY", "127.0.0.1")
+    assert wrong.rejection is Rejection.CALLED_AE_NOT_RECOGNIZED
+
+
+# -- on the wire ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def closed_listener(settings: Settings) -> Iterator[Listener]:
+    listener_settings = settings.listener.model_copy(
+        update={"open_mode": False, "sources": ListenerSettings(sources=SOURCES).sources}
+    )
+    running = Listener(settings.model_copy(update={"listener": listener_settings}), [].append)
+    running.start()
+    yield running
+    running.stop()
+
+
+def _associate(listener: Listener, calling: str, called: str = "HOUNSFIELD") -> tuple[Any, list[Any]]:
+    received: list[Any] = []
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(
+        "127.0.0.1",
+        listener.settings.listener.port,
+        ae_title=called,
+        evt_handlers=[(evt.EVT_ACSE_RECV, lambda event: received.append(event.primitive))],
+    )
+    return assoc, received
+
+
+@pytest.mark.parametrize(
+    ("calling", "called", "reason"),
+    [("STRANGER", "HOUNSFIELD", 3), ("CT01", "RESEARCH", 7), ("REMOTE", "HOUNSFIELD", 1)],
+)
+def test_pynetdicom_is_rejected_with_the_policy_reason(
+    closed_listener: Listener, caplog: pytest.LogCaptureFixture, calling: str, called: str, reason: int
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="services.listener.engine.association"):
+        assoc, received = _associate(closed_listener, calling, called)
+    assert assoc.is_rejected
+    (rejection,) = received
+    assert (rejection.result, rejection.result_source, rejection.diagnostic) == (1, 1, reason)
+    assert f"association from {calling}" in caplog.text and "rejected" in caplog.text
+
+
+def test_a_configured_source_is_served(closed_listener: Listener, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="services.listener.engine.association"):
+        assoc, _ = _associate(closed_listener, "CT01")
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0
+        assoc.release()
+    assert "source ct-room" in caplog.text
+
+
+def _echoscu(listener: Listener, calling: str, called: str = "HOUNSFIELD") -> subprocess.CompletedProcess[str]:
+    argv = ["/usr/bin/echoscu", "-aet", calling, "-aec", called, "127.0.0.1", str(listener.settings.listener.port)]
+    return subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_dcmtk_sees_the_rejections_and_the_acceptance(closed_listener: Listener) -> None:
+    unknown = _echoscu(closed_listener, "STRANGER")
+    assert unknown.returncode != 0 and "Calling AE Title Not Recognized" in unknown.stderr
+    wrong_called = _echoscu(closed_listener, "CT01", "RESEARCH")
+    assert wrong_called.returncode != 0 and "Called AE Title Not Recognized" in wrong_called.stderr
+    wrong_network = _echoscu(closed_listener, "REMOTE")
+    assert wrong_network.returncode != 0 and "Association Rejected" in wrong_network.stderr
+    assert _echoscu(closed_listener, "CT01").returncode == 0
+    assert _echoscu(closed_listener, "MR01", "RESEARCH").returncode == 0
+
+
+def test_open_mode_accepts_and_logs_an_unknown_caller(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    assert settings.listener.open_mode, "the shared fixture runs in open mode"
+    running = Listener(settings, [].append)
+    running.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="services.listener.policy"):
+            assert _echoscu(running, "WHOEVER").returncode == 0
+        assert "unknown caller 'WHOEVER'" in caplog.text
+    finally:
+        running.stop()
