@@ -130,13 +130,22 @@ class ListenerSettings(_Strict):
     open_mode: bool = False
     """Accept (and log) unknown callers: for a first installation, while the sources are being listed."""
     tls: TLSSettings | None = None
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    """Serve Prometheus metrics on ``host:metrics_port/metrics`` (off when unset)."""
 
     _ae = field_validator("ae_title")(_check_ae_title)
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> ListenerSettings:
-        if self.tls is not None and self.tls.port == self.port:
-            raise ValueError(f"tls.port must differ from port ({self.port})")
+        ports = [("port", self.port), ("tls.port", self.tls.port if self.tls else None)]
+        ports.append(("metrics_port", self.metrics_port))
+        seen: dict[int, str] = {}
+        for name, port in ports:
+            if port is None:
+                continue
+            if port in seen:
+                raise ValueError(f"{name} must differ from {seen[port]} ({port})")
+            seen[port] = name
         return self
 
 

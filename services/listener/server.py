@@ -20,6 +20,7 @@ from services.contracts import StudyComplete
 from services.db import Database, Job, JobState
 from services.listener.completeness import CompletenessTracker
 from services.listener.engine import DicomServer, EngineConfig
+from services.listener.metrics import ListenerMetrics
 from services.listener.policy import AssociationPolicy
 from services.listener.recovery import recover_store
 from services.listener.source_count import SourceCounter
@@ -51,6 +52,7 @@ class Listener:
             quiet_period_s=self.settings.listener.quiet_period_s,
             source_counts=SourceCounter.from_settings(self.settings, self.db),
         )
+        self.metrics = ListenerMetrics(self.store)
         self._server: DicomServer | None = None
 
     def _study_complete(self, event: StudyComplete) -> None:
@@ -82,7 +84,10 @@ class Listener:
         leftovers = self.store.clear_spool()
         if leftovers:
             logger.info("removed %d unacknowledged spool file(s) left by an earlier run", leftovers)
-        context = StoreContext(self.store, self.db, self.tracker)
+        if cfg.metrics_port is not None:
+            self.metrics.serve(cfg.host, cfg.metrics_port)
+            logger.info("metrics on %s:%d/metrics", cfg.host, cfg.metrics_port)
+        context = StoreContext(self.store, self.db, self.tracker, self.metrics)
         self._server = DicomServer(self.engine_config(), AssociationPolicy(cfg), context)
         self._server.start()
         tls = f" and TLS on {cfg.host}:{cfg.tls.port}" if cfg.tls is not None else ""
@@ -94,6 +99,7 @@ class Listener:
         if self._server is not None:
             self._server.stop()
             self._server = None
+        self.metrics.stop()
         self.tracker.stop()
         self.router_thread.stop()
         self.db.dispose()

@@ -34,6 +34,7 @@ from services.db.index import IndexedInstance
 from services.listener.completeness import CompletenessTracker
 from services.listener.header import dataset_text, quick_values
 from services.listener.indexer import GroupCommit
+from services.listener.metrics import ListenerMetrics
 from services.router.rules import INDEXED_TAGS
 from services.store import InvalidUID, StudyStore, check_uid
 
@@ -78,6 +79,8 @@ class StoreContext:
     store: StudyStore
     db: Database
     tracker: CompletenessTracker
+    metrics: ListenerMetrics | None = field(default=None, compare=False, repr=False)
+    """Counts what arrived and what was refused (none: not counted)."""
     index: GroupCommit = field(init=False, compare=False, repr=False)
     """Commits the index rows of concurrent stores together (see :class:`GroupCommit`)."""
 
@@ -273,6 +276,37 @@ def receive_instance(
     them). The ``expected_*`` UIDs are the ones the transport announced (a C-STORE request's
     Affected SOP Class/Instance UID); a dataset that disagrees with them is refused.
     """
+    received, size = _receive(
+        context,
+        dataset,
+        transfer_syntax,
+        origin,
+        expected_sop_instance_uid=expected_sop_instance_uid,
+        expected_sop_class_uid=expected_sop_class_uid,
+    )
+    if context.metrics is not None:
+        outcome = _OUTCOMES.get(received.status, "other") if not received.ok else "stored"
+        if received.duplicate:
+            outcome = "duplicate"
+        context.metrics.instances.labels(origin.transport, outcome).inc()
+        if size:
+            context.metrics.bytes.labels(origin.transport).inc(size)
+    return received
+
+
+_OUTCOMES = {status: name for name, status in STATUS.items()}
+
+
+def _receive(
+    context: StoreContext,
+    dataset: bytes | bytearray | SpooledDataset,
+    transfer_syntax: str,
+    origin: Origin,
+    *,
+    expected_sop_instance_uid: str | None = None,
+    expected_sop_class_uid: str | None = None,
+) -> tuple[Received, int]:
+    """:func:`receive_instance`'s work; also returns the bytes written (0 when nothing was)."""
     if isinstance(dataset, SpooledDataset) and (expected_sop_instance_uid is None or expected_sop_class_uid is None):
         raise ValueError("a spooled dataset needs the expected SOP Class and Instance UIDs")
     try:
@@ -290,17 +324,17 @@ def receive_instance(
             "series_description": header.get("SeriesDescription", "")[:64],
         }
     except InvalidUID as exc:
-        return _refuse("dataset_mismatch", str(exc))
+        return _refuse("dataset_mismatch", str(exc)), 0
     except _HEADER_ERRORS as exc:
         if isinstance(exc, EncodingMismatch):  # our own words, no value from the dataset
-            return _refuse("cannot_understand", str(exc))
-        return _refuse("cannot_understand", f"the dataset cannot be decoded ({type(exc).__name__})")
+            return _refuse("cannot_understand", str(exc)), 0
+        return _refuse("cannot_understand", f"the dataset cannot be decoded ({type(exc).__name__})"), 0
     uids = {"sop_class_uid": sop_class, "sop_instance_uid": sop_uid, "study_instance_uid": study_uid}
     if expected_sop_instance_uid is not None and sop_uid != expected_sop_instance_uid.strip().rstrip("\x00"):
         reason = "SOPInstanceUID differs from the request's Affected SOP Instance UID"
-        return _refuse("dataset_mismatch", reason, **uids)
+        return _refuse("dataset_mismatch", reason, **uids), 0
     if expected_sop_class_uid is not None and sop_class != expected_sop_class_uid.strip().rstrip("\x00"):
-        return _refuse("dataset_mismatch", "SOPClassUID differs from the request's Affected SOP Class UID", **uids)
+        return _refuse("dataset_mismatch", "SOPClassUID differs from the request's Affected SOP Class UID", **uids), 0
 
     try:
         if isinstance(dataset, SpooledDataset):
@@ -313,7 +347,7 @@ def receive_instance(
             )
             stored = context.store.write_instance(study_uid, series_uid, sop_uid, data)
     except OSError as exc:  # StoreFull included: the disk floor was reached, nothing was written
-        return _refuse("out_of_resources", f"the study store cannot take it: {exc.strerror or exc}", **uids)
+        return _refuse("out_of_resources", f"the study store cannot take it: {exc.strerror or exc}", **uids), 0
 
     item = IndexedInstance(
         study_instance_uid=study_uid,
@@ -340,9 +374,10 @@ def receive_instance(
             # Another association indexed the same study or series first: read it and retry.
             if attempt == 2:
                 logger.exception("index conflict persisted")
-                return _refuse("processing_failure", "the index kept conflicting", **uids)
+                return _refuse("processing_failure", "the index kept conflicting", **uids), 0
         except OperationalError:
             logger.exception("the index database is unavailable")
-            return _refuse("out_of_resources", "the index database is unavailable", **uids)
+            return _refuse("out_of_resources", "the index database is unavailable", **uids), 0
     context.tracker.instance_received(origin.key, study_uid, origin.calling_ae)
-    return Received(STATUS["success"], duplicate=stored.duplicate, **uids)
+    written = 0 if stored.duplicate else stored.size
+    return Received(STATUS["success"], duplicate=stored.duplicate, **uids), written

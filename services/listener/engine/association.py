@@ -288,13 +288,20 @@ class Association(asyncio.Protocol):
         self._phase = "established"
         self._state.established += 1
         self._schedule_idle()
+        self._count("accepted")
         logger.info(
             "association from %s (%s) to %s accepted over %s: %d of %d presentation contexts (%s)",
             request.calling_ae, self._peer, request.called_ae, self._transport_name,
             len(self._contexts), len(contexts), decision.reason,
         )  # fmt: skip
 
+    def _count(self, outcome: Literal["accepted", "rejected"]) -> None:
+        metrics = self._state.store.metrics
+        if metrics is not None:
+            metrics.associations.labels(self._transport_name, outcome).inc()
+
     def _reject(self, result: int, source: int, reason: int, why: str) -> None:
+        self._count("rejected")
         logger.warning(
             "association from %s (%s) to %s rejected (result %d, source %d, reason %d): %s",
             self._calling, self._peer, self._request.called_ae if self._request else "?", result, source, reason, why,

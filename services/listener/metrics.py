@@ -1,0 +1,72 @@
+"""Prometheus metrics of the listener: what arrived, what was refused and why, and the store's disk.
+
+Labels are few and fixed (transport, outcome, refusal kind), never UIDs or AE titles, so the
+series stay bounded and carry no patient data. Each listener (and the registry, for STOW-RS)
+has its own :class:`~prometheus_client.CollectorRegistry`; :meth:`ListenerMetrics.serve` exposes it
+on ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from services.store import StudyStore
+
+__all__ = ["ListenerMetrics"]
+
+
+class ListenerMetrics:
+    """The listener's counters and gauges, in a registry of their own."""
+
+    def __init__(self, store: StudyStore) -> None:
+        self.registry = CollectorRegistry()
+        self.instances = Counter(
+            "hounsfield_listener_instances",
+            "Instances received, by transport and outcome (stored, duplicate, or the refusal's kind).",
+            ["transport", "outcome"],
+            registry=self.registry,
+        )
+        self.bytes = Counter(
+            "hounsfield_listener_stored_bytes",
+            "Bytes of instance files written to the study store.",
+            ["transport"],
+            registry=self.registry,
+        )
+        self.associations = Counter(
+            "hounsfield_listener_associations",
+            "Association requests, by transport and outcome (accepted, rejected).",
+            ["transport", "outcome"],
+            registry=self.registry,
+        )
+        free = Gauge("hounsfield_store_free_bytes", "Free bytes on the study store's disk.", registry=self.registry)
+        free.set_function(lambda: _free_bytes(store))
+        floor = Gauge(
+            "hounsfield_store_free_floor_bytes",
+            "Below this much free disk, instances are refused with 0xA700 (out of resources).",
+            registry=self.registry,
+        )
+        floor.set(store.min_free_bytes)
+        self._server: tuple[WSGIServer, threading.Thread] | None = None
+
+    def serve(self, host: str, port: int) -> None:
+        """Expose ``/metrics`` on ``host:port`` in a background thread."""
+        self._server = start_http_server(port, addr=host, registry=self.registry)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            server, thread = self._server
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+            self._server = None
+
+
+def _free_bytes(store: StudyStore) -> float:
+    try:
+        return float(shutil.disk_usage(store.root if store.root.exists() else store.root.parent).free)
+    except OSError:
+        return float("nan")

@@ -1,0 +1,79 @@
+"""The listener's Prometheus metrics, read over HTTP as a scraper would."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.config import Settings
+from services.demo.orthanc import free_port
+from services.demo.stack import StackError, storescu
+from services.listener.server import Listener
+from tests.support import write_study
+
+
+def _serve(settings: Settings, **listener: object) -> Listener:
+    update = {"metrics_port": free_port(), **listener}
+    tuned = settings.model_copy(update={"listener": settings.listener.model_copy(update=update)})
+    running = Listener(tuned, [].append)
+    running.start()
+    return running
+
+
+@pytest.fixture
+def serve(settings: Settings) -> Iterator[list[Listener]]:
+    started: list[Listener] = []
+    yield started
+    for running in started:
+        running.stop()
+
+
+def _samples(listener: Listener) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    port = listener.settings.listener.metrics_port
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_stored_duplicate_and_rejected_are_counted(serve: list[Listener], settings: Settings, tmp_path: Path) -> None:
+    sources = {"ct": {"ae_title": "CT01"}}
+    listener = _serve(settings, open_mode=False, sources=settings.listener.model_validate({"sources": sources}).sources)
+    serve.append(listener)
+    _, files = write_study(tmp_path / "ct", seed=5)
+    port = listener.settings.listener.port
+    storescu(files[:3], host="127.0.0.1", port=port, called_ae="HOUNSFIELD", calling_ae="CT01")
+    storescu(files[:1], host="127.0.0.1", port=port, called_ae="HOUNSFIELD", calling_ae="CT01")
+    with pytest.raises(StackError):
+        storescu(files[:1], host="127.0.0.1", port=port, called_ae="HOUNSFIELD", calling_ae="STRANGER")
+    samples = _samples(listener)
+    assert samples[("hounsfield_listener_instances_total", (("outcome", "stored"), ("transport", "dimse")))] == 3
+    assert samples[("hounsfield_listener_instances_total", (("outcome", "duplicate"), ("transport", "dimse")))] == 1
+    written = sum(path.stat().st_size for path in (listener.settings.data_dir / "studies").rglob("*.dcm"))
+    assert samples[("hounsfield_listener_stored_bytes_total", (("transport", "dimse"),))] == written
+    assert samples[("hounsfield_listener_associations_total", (("outcome", "accepted"), ("transport", "dimse")))] == 2
+    assert samples[("hounsfield_listener_associations_total", (("outcome", "rejected"), ("transport", "dimse")))] == 1
+    assert samples[("hounsfield_store_free_bytes", ())] > 0
+
+
+def test_disk_floor_refusals_show_in_the_metrics(serve: list[Listener], settings: Settings, tmp_path: Path) -> None:
+    free_mb = shutil.disk_usage(tmp_path).free // 2**20
+    listener = _serve(settings, min_free_disk_mb=free_mb + 1024)  # the floor is above what is free
+    serve.append(listener)
+    _, files = write_study(tmp_path / "ct", seed=6)
+    with pytest.raises(StackError):  # storescu reports the 0xA700 status as a failure and halts
+        storescu(files[:2], host="127.0.0.1", port=listener.settings.listener.port, called_ae="HOUNSFIELD",
+                 calling_ae="CT01")  # fmt: skip
+    samples = _samples(listener)
+    refused = ("hounsfield_listener_instances_total", (("outcome", "out_of_resources"), ("transport", "dimse")))
+    assert samples[refused] == 1, "storescu halts after the first refusal"
+    assert samples[("hounsfield_store_free_floor_bytes", ())] == (free_mb + 1024) * 2**20
+    assert samples[("hounsfield_store_free_bytes", ())] < samples[("hounsfield_store_free_floor_bytes", ())]
+    assert not list((listener.settings.data_dir / "studies").rglob("*.dcm")), "nothing written below the floor"
