@@ -7,7 +7,8 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 import redis
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -131,4 +132,12 @@ def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = No
         app.include_router(router)
     if settings.registry.stow_enabled:
         app.include_router(stow.router)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics(request: Request) -> Response:
+        """Prometheus metrics of the STOW-RS intake (instances by outcome, bytes, free disk)."""
+        intake = request.app.state.stow
+        registry = intake.metrics.registry if intake is not None else CollectorRegistry()
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
     return app

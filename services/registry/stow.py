@@ -70,6 +70,7 @@ from services.config import Settings
 from services.db import Database, Job
 from services.listener.completeness import CompletenessTracker
 from services.listener.engine.spool import DatasetSink
+from services.listener.metrics import ListenerMetrics
 from services.listener.storage import (
     STATUS,
     Origin,
@@ -155,7 +156,8 @@ class StowIntake:
         self.tracker = CompletenessTracker(
             self.router_thread.submit, complete_on_release=False, quiet_period_s=settings.listener.quiet_period_s
         )
-        self.context = StoreContext(store, db, self.tracker)
+        self.metrics = ListenerMetrics(store)
+        self.context = StoreContext(store, db, self.tracker, self.metrics)
         # A folder of its own under the store's spool folder: the listener clears its own leftovers
         # at start, and must not take a spool file from under a STOW-RS request.
         self.spool_dir = store.spool_dir / "stow"

@@ -203,6 +203,9 @@ def test_a_resent_instance_is_a_success(stow: tuple[TestClient, list[Job], Datab
         instance = session.get(Instance, uid)
         assert instance is not None and instance.revision == 0
         assert len(list(Path(instance.path).parent.iterdir())) == 1, "no second file for the same bytes"
+    metrics = client.get("/metrics").text
+    assert 'hounsfield_listener_instances_total{outcome="stored",transport="stow-rs"} 1.0' in metrics
+    assert 'hounsfield_listener_instances_total{outcome="duplicate",transport="stow-rs"} 2.0' in metrics
 
 
 @pytest.mark.parametrize(
