@@ -12,7 +12,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 from pynetdicom.dsutils import encode
 
 from services.listener import storage
-from services.listener.header import quick_values
+from services.listener.header import dataset_text, quick_values
 from tests.support import write_study
 
 KEYWORDS = storage._KEYWORDS
@@ -20,7 +20,7 @@ KEYWORDS = storage._KEYWORDS
 
 def _pydicom_values(data: bytes, syntax: str) -> dict[str, str]:
     header = storage.read_header(data, syntax)
-    return {keyword: storage._text(header, keyword) for keyword in KEYWORDS if keyword in header}
+    return {keyword: dataset_text(header, keyword) for keyword in KEYWORDS if keyword in header}
 
 
 def _dataset(**values: object) -> Dataset:
