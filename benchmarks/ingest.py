@@ -373,6 +373,10 @@ def run_scenario(scenario: Scenario, runs: int, workdir: Path, progress: bool = 
         order: list[type[Receiver]] = [StoreSCP, Hounsfield] if run % 2 == 0 else [Hounsfield, StoreSCP]
         for kind in order:
             folder = Path(tempfile.mkdtemp(prefix=f"{scenario.key}-{kind.name}-", dir=workdir))
+            # Start every run with no dirty pages left by the previous one: storescp never fsyncs,
+            # and without this its writeback (and that of the removed folder) lands on the next
+            # receiver's fsyncs. Outside the timed part.
+            os.sync()
             try:
                 measurement = measure(kind(folder), folders, scenario.total_instances)
             finally:
