@@ -254,17 +254,19 @@ def recover_store(
     tracker: CompletenessTracker | None = None,
     *,
     called_ae: str = "",
+    scan_files: bool = True,
 ) -> RecoveryReport:
     """Bring the study store and its index back in step after a crash; run before serving.
 
     ``called_ae`` is recorded for series first seen in a recovered file (the file does not say which
     of the listener's titles was called). With a ``tracker``, studies left receiving get a quiet
-    period from now.
+    period from now. ``scan_files=False`` (the last run stopped cleanly: nothing can be half-done)
+    skips the walk over the store and only resumes the receiving studies.
 
     Assumes no other process writes to the store meanwhile (it removes every temporary file).
     """
     counts = _Counts()
-    for folder in _study_folders(store):
+    for folder in _study_folders(store) if scan_files else ():
         study = _scan_study(folder, counts)
         if study is not None and study.files:
             _index_study(db, study, called_ae, counts)

@@ -8,6 +8,8 @@ thread pool. The association policy decides who may send before anything is stor
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,12 +19,12 @@ from sqlalchemy import select
 from services import __version__
 from services.config import Settings
 from services.contracts import StudyComplete
-from services.db import Database, Job, JobState
+from services.db import Database, Job, JobState, utcnow
 from services.listener.completeness import CompletenessTracker
 from services.listener.engine import DicomServer, EngineConfig
 from services.listener.metrics import ListenerMetrics
 from services.listener.policy import AssociationPolicy
-from services.listener.recovery import recover_store
+from services.listener.recovery import RecoveryReport, recover_store
 from services.listener.source_count import SourceCounter
 from services.listener.storage import StoreContext
 from services.router.routing import Router, RouterThread
@@ -54,6 +56,9 @@ class Listener:
         )
         self.metrics = ListenerMetrics(self.store)
         self._server: DicomServer | None = None
+        self._clean_marker = self.settings.data_dir / f".listener-stopped-cleanly-{socket.gethostname()}"
+        self.recovery: RecoveryReport | None = None
+        """What start-up recovery found (after :meth:`start`)."""
 
     def _study_complete(self, event: StudyComplete) -> None:
         self.router_thread.submit(event)
@@ -72,7 +77,11 @@ class Listener:
 
     def start(self) -> None:
         cfg = self.settings.listener
-        recover_store(self.store, self.db, self.tracker, called_ae=cfg.ae_title)  # debris of a crash, first
+        # The marker says the last run stopped cleanly; removed now, so that a crash leaves none and the
+        # next start walks the whole store for the crash's debris.
+        clean = self._clean_marker.exists()
+        self._clean_marker.unlink(missing_ok=True)
+        self.recovery = recover_store(self.store, self.db, self.tracker, called_ae=cfg.ae_title, scan_files=not clean)
         self.router_thread.start()
         self.tracker.start()
         try:
@@ -97,12 +106,23 @@ class Listener:
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.stop()
+            self._server.stop()  # waits for every store job: nothing is half-written after this
             self._server = None
+            self._write_clean_marker()
         self.metrics.stop()
         self.tracker.stop()
         self.router_thread.stop()
         self.db.dispose()
+
+    def _write_clean_marker(self) -> None:
+        try:
+            self._clean_marker.parent.mkdir(parents=True, exist_ok=True)
+            with self._clean_marker.open("w", encoding="utf-8") as handle:
+                handle.write(utcnow().isoformat())
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:  # the next start scans the whole store, which is only slower
+            logger.warning("could not write the clean-stop marker: %s", exc.strerror or exc)
 
 
 def run(settings: Settings, stop: threading.Event | None = None) -> None:

@@ -16,12 +16,16 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import func, select, update
 
+from services.config import Settings
 from services.contracts import StudyComplete
 from services.db import Database, Instance, Series, Study, StudyState
 from services.db.index import complete_study
+from services.demo.stack import storescu
 from services.listener.completeness import CompletenessTracker
 from services.listener.recovery import recover_store
+from services.listener.server import Listener
 from services.store import StudyStore
+from tests.support import write_study
 
 
 @pytest.fixture
@@ -206,3 +210,40 @@ def test_receiving_studies_get_a_quiet_period_after_the_restart(store: StudyStor
 def test_an_empty_or_absent_store_is_fine(store: StudyStore, db: Database) -> None:
     report = recover_store(store, db)
     assert report.clean and report.files_scanned == 0 and report.receiving_studies == 0
+
+
+def test_a_clean_stop_skips_the_walk_and_a_crash_does_not(settings: Settings, tmp_path: Path) -> None:
+    """After a clean stop nothing can be half-written: the next start resumes receiving studies only.
+
+    Without the marker (a crash removes nothing, but the start before it did) the store is walked.
+    """
+    first = Listener(settings, [].append)
+    first.start()
+    assert first.recovery is not None and first.recovery.files_scanned == 0  # a new, empty store
+    _, files = write_study(tmp_path / "ct", seed=8, shape=(3, 16, 16))
+    storescu(files, host="127.0.0.1", port=settings.listener.port, called_ae="HOUNSFIELD", calling_ae="CT")
+    first.stop()
+
+    # An instance file the index does not know about: only a walk of the store would find it.
+    stray_study, stray_series, stray_sop = generate_uid(), generate_uid(), generate_uid()
+    stray = StudyStore(settings.data_dir).instance_path(stray_study, stray_series, stray_sop)
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(_part10(stray_study, stray_series, stray_sop))
+
+    clean = Listener(settings, [].append)
+    clean.start()
+    clean.stop()
+    assert clean.recovery is not None and clean.recovery.files_scanned == 0, "a clean stop: no walk"
+    assert stray_sop not in _instances(clean.db)
+
+    markers = list(settings.data_dir.glob(".listener-stopped-cleanly-*"))
+    assert len(markers) == 1
+    markers[0].unlink()  # what a kill -9 leaves: the start before it removed the marker
+    crashed = Listener(settings, [].append)
+    crashed.start()
+    try:
+        assert crashed.recovery is not None and crashed.recovery.files_scanned == len(files) + 1
+        assert crashed.recovery.instances_indexed == 1
+        assert stray_sop in _instances(crashed.db)
+    finally:
+        crashed.stop()
