@@ -40,8 +40,7 @@ from sqlalchemy import select
 from services.db import Database, Instance, Series, Study, StudyState
 from services.db.index import IndexedInstance, record_instance
 from services.listener.completeness import CompletenessTracker
-from services.listener.header import dataset_int, dataset_text
-from services.router.rules import INDEXED_TAGS
+from services.listener.storage import header_values, index_facts
 from services.store import InvalidUID, StudyStore, check_uid, sha256_file
 
 __all__ = ["RecoveryReport", "recover_store"]
@@ -54,7 +53,7 @@ _BATCH = 500
 _READ_ERRORS = (InvalidDicomError, InvalidUID, ValueError, TypeError, KeyError, AttributeError, EOFError, OSError)
 
 
-@dataclass(frozen=True)
+@dataclass
 class RecoveryReport:
     """What start-up recovery found and did (counts only: no UIDs, no patient data)."""
 
@@ -74,15 +73,6 @@ class RecoveryReport:
         return not (self.temp_files_removed or self.instances_indexed or self.unreadable_files or self.missing_files)
 
 
-@dataclass
-class _Counts:
-    temp_files_removed: int = 0
-    files_scanned: int = 0
-    instances_indexed: int = 0
-    unreadable_files: int = 0
-    missing_files: int = 0
-
-
 @dataclass(frozen=True)
 class _OnDisk:
     path: Path
@@ -99,7 +89,7 @@ class _Study:
     """SOP Instance UID -> its files (revisions, possibly in several series folders)."""
 
 
-def _scan_study(folder: Path, counts: _Counts) -> _Study | None:
+def _scan_study(folder: Path, counts: RecoveryReport) -> _Study | None:
     """The study folder's instance files; temporary files are removed on the way."""
     try:
         study_uid = check_uid(folder.name, "StudyInstanceUID")
@@ -173,24 +163,17 @@ def _indexed_item(candidate: _OnDisk, called_ae: str) -> IndexedInstance:
         sop_instance_uid=sop_uid,
         sop_class_uid=sop_class,
         transfer_syntax_uid=str(meta.TransferSyntaxUID),
-        patient_id=dataset_text(header, "PatientID")[:64],
-        accession_number=dataset_text(header, "AccessionNumber")[:16],
-        study_date=dataset_text(header, "StudyDate")[:8],
-        modality=dataset_text(header, "Modality")[:16],
-        series_number=dataset_int(header, "SeriesNumber"),
-        series_description=dataset_text(header, "SeriesDescription")[:64],
-        instance_number=dataset_int(header, "InstanceNumber"),
         calling_ae=str(meta.get("SourceApplicationEntityTitle", "") or "").strip(),
         called_ae=called_ae,
-        tags={keyword: dataset_text(header, keyword) for keyword in INDEXED_TAGS if keyword in header},
         path=str(candidate.path),
         size=candidate.path.stat().st_size,
         sha256=sha256_file(candidate.path),
         revision=candidate.revision,
+        **index_facts(header_values(header)),
     )
 
 
-def _index_study(db: Database, study: _Study, called_ae: str, counts: _Counts) -> None:
+def _index_study(db: Database, study: _Study, called_ae: str, counts: RecoveryReport) -> None:
     rows: dict[str, tuple[str, int, datetime]] = {}
     with db.session() as session:
         for batch in _batches(sorted(study.files)):
@@ -217,7 +200,7 @@ def _index_study(db: Database, study: _Study, called_ae: str, counts: _Counts) -
     counts.instances_indexed += len(items)
 
 
-def _receiving(db: Database, counts: _Counts) -> list[tuple[str, str]]:
+def _receiving(db: Database, counts: RecoveryReport) -> list[tuple[str, str]]:
     """Studies left receiving, each with the calling AE title of its first series; checks their files."""
     with db.session() as session:
         uids = session.scalars(
@@ -265,15 +248,15 @@ def recover_store(
 
     Assumes no other process writes to the store meanwhile (it removes every temporary file).
     """
-    counts = _Counts()
+    report = RecoveryReport()
     for folder in _study_folders(store) if scan_files else ():
-        study = _scan_study(folder, counts)
+        study = _scan_study(folder, report)
         if study is not None and study.files:
-            _index_study(db, study, called_ae, counts)
-    receiving = _receiving(db, counts)
+            _index_study(db, study, called_ae, report)
+    receiving = _receiving(db, report)
     if tracker is not None and receiving:
         tracker.resume(receiving)
-    report = RecoveryReport(receiving_studies=len(receiving), **counts.__dict__)
+    report.receiving_studies = len(receiving)
     if report.clean:
         logger.info("recovery: store and index agree (%d files); %d study(ies) receiving", report.files_scanned,
                     report.receiving_studies)  # fmt: skip

@@ -15,11 +15,11 @@ import logging
 import struct
 import warnings
 import zlib
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
@@ -45,6 +45,8 @@ __all__ = [
     "Received",
     "SpooledDataset",
     "StoreContext",
+    "header_values",
+    "index_facts",
     "part10_bytes",
     "part10_prefix",
     "read_header",
@@ -108,6 +110,7 @@ class Received:
     sop_instance_uid: str = ""
     study_instance_uid: str = ""
     duplicate: bool = False
+    series_instance_uid: str = ""
 
     @property
     def ok(self) -> bool:
@@ -213,7 +216,7 @@ def part10_bytes(
     return b"".join((prefix, dataset))
 
 
-def _int(values: dict[str, str], keyword: str) -> int | None:
+def _int(values: Mapping[str, str], keyword: str) -> int | None:
     text = values.get(keyword, "")
     try:
         return int(text)
@@ -240,7 +243,7 @@ _KEYWORDS = (
 
 
 def _header_values(dataset: bytes | bytearray | SpooledDataset, transfer_syntax: str) -> dict[str, str]:
-    """The text of each of :data:`_KEYWORDS` the dataset has (as :func:`_text` gives it).
+    """The text of each of :data:`_KEYWORDS` the dataset has (as :func:`header_values` gives it).
 
     The common case is read by :func:`~services.listener.header.quick_values` without decoding the
     dataset; anything unusual goes through :func:`read_header` (pydicom), which may raise.
@@ -257,7 +260,26 @@ def _header_values(dataset: bytes | bytearray | SpooledDataset, transfer_syntax:
         with dataset.path.open("rb") as handle:
             handle.seek(dataset.offset)
             header = read_header(handle, transfer_syntax)
+    return header_values(header)
+
+
+def header_values(header: Dataset) -> dict[str, str]:
+    """The index text of each header value the receiver reads, from a dataset pydicom decoded."""
     return {keyword: dataset_text(header, keyword) for keyword in _KEYWORDS if keyword in header}
+
+
+def index_facts(values: Mapping[str, str]) -> dict[str, Any]:
+    """The index row's study and series facts and indexed tags, from :func:`header_values`' text."""
+    return {
+        "patient_id": values.get("PatientID", "")[:64],
+        "accession_number": values.get("AccessionNumber", "")[:16],
+        "study_date": values.get("StudyDate", "")[:8],
+        "modality": values.get("Modality", "")[:16],
+        "series_description": values.get("SeriesDescription", "")[:64],
+        "series_number": _int(values, "SeriesNumber"),
+        "instance_number": _int(values, "InstanceNumber"),
+        "tags": {keyword: values[keyword] for keyword in INDEXED_TAGS if keyword in values},
+    }
 
 
 def receive_instance(
@@ -268,13 +290,15 @@ def receive_instance(
     *,
     expected_sop_instance_uid: str | None = None,
     expected_sop_class_uid: str | None = None,
+    expected_study_instance_uid: str | None = None,
 ) -> Received:
     """Store one instance as it arrived (no transcoding) and index it.
 
     ``dataset`` is the encoded dataset without file meta, in ``transfer_syntax``, or a
     :class:`SpooledDataset` (then both ``expected_*`` UIDs are required: its file meta was made from
     them). The ``expected_*`` UIDs are the ones the transport announced (a C-STORE request's
-    Affected SOP Class/Instance UID); a dataset that disagrees with them is refused.
+    Affected SOP Class/Instance UID, the study of a study-scoped STOW-RS URL); a dataset that
+    disagrees with them is refused (0xA900) before anything is written.
     """
     received, size = _receive(
         context,
@@ -283,6 +307,7 @@ def receive_instance(
         origin,
         expected_sop_instance_uid=expected_sop_instance_uid,
         expected_sop_class_uid=expected_sop_class_uid,
+        expected_study_instance_uid=expected_study_instance_uid,
     )
     if context.metrics is not None:
         outcome = _OUTCOMES.get(received.status, "other") if not received.ok else "stored"
@@ -305,6 +330,7 @@ def _receive(
     *,
     expected_sop_instance_uid: str | None = None,
     expected_sop_class_uid: str | None = None,
+    expected_study_instance_uid: str | None = None,
 ) -> tuple[Received, int]:
     """:func:`receive_instance`'s work; also returns the bytes written (0 when nothing was)."""
     if isinstance(dataset, SpooledDataset) and (expected_sop_instance_uid is None or expected_sop_class_uid is None):
@@ -315,14 +341,6 @@ def _receive(
         series_uid = check_uid(header.get("SeriesInstanceUID"), "SeriesInstanceUID")
         sop_uid = check_uid(header.get("SOPInstanceUID"), "SOPInstanceUID")
         sop_class = check_uid(header.get("SOPClassUID"), "SOPClassUID")
-        tags = {keyword: header[keyword] for keyword in INDEXED_TAGS if keyword in header}
-        facts = {
-            "patient_id": header.get("PatientID", "")[:64],
-            "accession_number": header.get("AccessionNumber", "")[:16],
-            "study_date": header.get("StudyDate", "")[:8],
-            "modality": header.get("Modality", "")[:16],
-            "series_description": header.get("SeriesDescription", "")[:64],
-        }
     except InvalidUID as exc:
         return _refuse("dataset_mismatch", str(exc)), 0
     except _HEADER_ERRORS as exc:
@@ -335,6 +353,8 @@ def _receive(
         return _refuse("dataset_mismatch", reason, **uids), 0
     if expected_sop_class_uid is not None and sop_class != expected_sop_class_uid.strip().rstrip("\x00"):
         return _refuse("dataset_mismatch", "SOPClassUID differs from the request's Affected SOP Class UID", **uids), 0
+    if expected_study_instance_uid is not None and study_uid != expected_study_instance_uid:
+        return _refuse("dataset_mismatch", "StudyInstanceUID is not the study the request names", **uids), 0
 
     try:
         if isinstance(dataset, SpooledDataset):
@@ -355,16 +375,13 @@ def _receive(
         sop_instance_uid=sop_uid,
         sop_class_uid=sop_class,
         transfer_syntax_uid=str(transfer_syntax),
-        series_number=_int(header, "SeriesNumber"),
-        instance_number=_int(header, "InstanceNumber"),
         calling_ae=origin.calling_ae,
         called_ae=origin.called_ae,
-        tags=tags,
         path=str(stored.path),
         size=stored.size,
         sha256=stored.sha256,
         revision=stored.revision,
-        **facts,
+        **index_facts(header),
     )
     for attempt in range(3):
         try:
@@ -380,4 +397,4 @@ def _receive(
             return _refuse("out_of_resources", "the index database is unavailable", **uids), 0
     context.tracker.instance_received(origin.key, study_uid, origin.calling_ae)
     written = 0 if stored.duplicate else stored.size
-    return Received(STATUS["success"], duplicate=stored.duplicate, **uids), written
+    return Received(STATUS["success"], duplicate=stored.duplicate, series_instance_uid=series_uid, **uids), written

@@ -14,18 +14,16 @@ memory a request needs stays bounded whatever its parts weigh. Parts that were c
 body turned out broken (400) or too large (413) stay stored: they were durable and indexed, and
 sending them again is an idempotent duplicate; an unfinished part is dropped.
 
-Per part, before ``receive_instance``:
+Per part:
 
 - the file meta is read for the Transfer Syntax UID and the Media Storage SOP Class/Instance UIDs
-  (Type 1 in PS3.10), which ``receive_instance`` then checks against the dataset (as it checks a
-  C-STORE's Affected UIDs); no Part 10 preamble and meta, or a meta without those UIDs: 0xC210;
-  a transfer syntax the listener would not accept over C-STORE either: 0xC122;
-- the header is decoded in that syntax; a file meta that names another syntax than the dataset's
-  encoding (an implicit-VR dataset under an explicit-VR syntax, or the reverse, which pydicom would
-  otherwise silently read) fails with 0xC210, so that no file with a lying meta is stored;
-- on the study-scoped URL, an instance of another study fails with **0xA900** (the data set does not
-  match what the request names, as for a C-STORE whose dataset disagrees with the request) and is
-  not stored.
+  (Type 1 in PS3.10); no Part 10 preamble and meta, or a meta without those UIDs: 0xC210; a
+  transfer syntax the listener would not accept over C-STORE either: 0xC122;
+- ``receive_instance`` (the same as for a C-STORE) checks the dataset against them: a dataset not
+  encoded in the syntax its meta names (implicit VR under an explicit-VR syntax, or the reverse)
+  fails with 0xC210, so that no file with a lying meta is stored; UIDs that disagree with the meta
+  fail with 0xA900, and so, on the study-scoped URL, does an instance of another study (the data
+  set does not match what the request names); nothing refused is stored.
 
 The response is ``application/dicom+json`` (Store Instances Response Module, PS3.18 Annex I):
 ReferencedSOPSequence for what was stored (duplicates included: resending is a success),
@@ -52,15 +50,13 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Annotated, BinaryIO
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import JSONResponse
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset, read_preamble
-from pydicom.tag import BaseTag
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pynetdicom import ALL_TRANSFER_SYNTAXES
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -78,7 +74,6 @@ from services.listener.storage import (
     SpooledDataset,
     StoreContext,
     part10_prefix,
-    read_header,
     receive_instance,
 )
 from services.router.routing import Router, RouterThread
@@ -125,7 +120,6 @@ class PartOutcome:
     """What became of one part: the receiver's answer and, when stored, where to retrieve it."""
 
     received: Received
-    series_instance_uid: str = ""
 
 
 @dataclass
@@ -211,39 +205,6 @@ def _split_part10(head: bytearray) -> tuple[Dataset, int]:
     if "TransferSyntaxUID" not in meta:
         raise InvalidDicomError("the file meta has no Transfer Syntax UID")
     return meta, offset
-
-
-def _before_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
-    return tag.group == 0x7FE0
-
-
-def _peek(dataset: bytearray | SpooledDataset, syntax: str) -> tuple[bool | None, str, str]:
-    """How the dataset is really encoded (implicit VR or not), its Study and Series Instance UIDs.
-
-    Decoded lazily, only the elements looked at (cheaper than
-    :func:`~services.listener.storage.read_header`, which ``receive_instance`` runs anyway); a
-    deflated dataset goes through ``read_header`` for the inflating.
-    """
-    uid = UID(syntax)
-    if isinstance(dataset, SpooledDataset):
-        with dataset.path.open("rb") as handle:
-            handle.seek(dataset.offset)
-            return _uids(_lazy_header(handle, uid))
-    return _uids(_lazy_header(BytesIO(dataset), uid))  # a copy of at most the spool threshold
-
-
-def _lazy_header(source: BinaryIO, syntax: UID) -> Dataset:
-    if syntax == DeflatedExplicitVRLittleEndian:
-        return read_header(source, syntax)
-    return read_dataset(
-        source, syntax == ImplicitVRLittleEndian, syntax != ExplicitVRBigEndian, stop_when=_before_pixels
-    )
-
-
-def _uids(header: Dataset) -> tuple[bool | None, str, str]:
-    study = str(header.get("StudyInstanceUID", "")).strip().rstrip("\x00")
-    series = str(header.get("SeriesInstanceUID", "")).strip().rstrip("\x00")
-    return header.original_encoding[0], study, series
 
 
 def _meta_uid(meta: Dataset, keyword: str) -> str | None:
@@ -415,16 +376,6 @@ class StowTransaction:
 
     def _receive(self, part: _Part, dataset: bytearray | SpooledDataset) -> PartOutcome:
         sop_class, sop_instance = part.sop_class_uid, part.sop_instance_uid
-        try:
-            encoded_implicit, study_uid, series_uid = _peek(dataset, part.syntax)
-        except _HEADER_ERRORS:
-            reason = "the dataset cannot be decoded in its file meta's syntax"
-            return _failure("cannot_understand", reason, sop_class, sop_instance)
-        if encoded_implicit is not None and encoded_implicit != (UID(part.syntax) == ImplicitVRLittleEndian):
-            reason = "the dataset is not encoded in the transfer syntax its file meta names"
-            return _failure("cannot_understand", reason, sop_class, sop_instance)
-        if self._study is not None and study_uid != self._study:
-            return _failure("dataset_mismatch", "StudyInstanceUID does not match the URL", sop_class, sop_instance)
         received = receive_instance(
             self._context,
             dataset,
@@ -432,10 +383,11 @@ class StowTransaction:
             self._origin,
             expected_sop_instance_uid=sop_instance,
             expected_sop_class_uid=sop_class,
+            expected_study_instance_uid=self._study,
         )
         if not received.ok and not received.sop_instance_uid:
             received = Received(received.status, received.reason, sop_class, sop_instance)
-        return PartOutcome(received, series_uid)
+        return PartOutcome(received)
 
 
 def _warning(status: int, reason: str) -> str:
@@ -468,7 +420,7 @@ def stow_response(outcomes: list[PartOutcome], base_url: str, study_uid: str | N
             item = Dataset()
             item.ReferencedSOPClassUID = r.sop_class_uid
             item.ReferencedSOPInstanceUID = r.sop_instance_uid
-            series_url = f"{studies_url}/{r.study_instance_uid}/series/{outcome.series_instance_uid}"
+            series_url = f"{studies_url}/{r.study_instance_uid}/series/{r.series_instance_uid}"
             item.RetrieveURL = f"{series_url}/instances/{r.sop_instance_uid}"
             response.ReferencedSOPSequence.append(item)
     status = 200 if not failed else 202 if stored else 409

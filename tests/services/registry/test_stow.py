@@ -167,8 +167,8 @@ def test_partial_failure_names_each_failed_instance(
     assert _failures(body) == {other: 0xA900, uids[2]: 0xC210, uids[3]: 0xC210, uids[4]: 0xC122, "": 0xC210}
     assert body[RETRIEVE_URL]["Value"] == [f"http://testserver/dicomweb/studies/{study_uid}"]
     warnings = answer.headers.get_list("warning")
-    assert any("StudyInstanceUID does not match the URL (A900)" in w for w in warnings)
-    assert any("not encoded in the transfer syntax its file meta names" in w for w in warnings)
+    assert any("StudyInstanceUID is not the study the request names (A900)" in w for w in warnings)
+    assert any("encoded with implicit VR, not as its transfer syntax says (C210)" in w for w in warnings)
     assert any("not a DICOM Part 10 file" in w for w in warnings)
     assert any("transfer syntax this node does not take (C122)" in w for w in warnings)
     assert _instance_count(db, study_uid) == 2
