@@ -58,6 +58,7 @@ __all__ = ["QUICK", "SCENARIOS", "Scenario", "main"]
 REPO = Path(__file__).resolve().parents[1]
 STORESCU, STORESCP, ECHOSCU = "/usr/bin/storescu", "/usr/bin/storescp", "/usr/bin/echoscu"
 MB = 1_000_000
+SETTLE_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,9 @@ class Measurement:
     expected: int
     peak_rss_mb: float
     sender_failures: int = 0
+    settle_s: float = 0.0
+    """From the last sender's exit until every instance was in the receiver's index (Hounsfield: its
+    journal applied to the store's files and index rows; storescp: its files, at once)."""
 
     @property
     def complete(self) -> bool:
@@ -124,6 +128,11 @@ class ScenarioResult:
 
     def median_s(self, receiver: str) -> float:
         return statistics.median(m.seconds for m in self.runs[receiver])
+
+    @property
+    def settle_s(self) -> float:
+        """Hounsfield's median time from the last sender's exit until every instance was indexed."""
+        return statistics.median(m.settle_s for m in self.runs["hounsfield"])
 
     def mb_per_s(self, receiver: str) -> float:
         return self.bytes_sent / MB / self.median_s(receiver)
@@ -361,7 +370,13 @@ def measure(receiver: Receiver, folders: Sequence[Path], expected: int) -> Measu
         assert receiver.proc is not None
         with RssSampler(receiver.proc.pid) as rss:
             seconds, failures = send(folders, receiver.called_ae, receiver.port)
-        return Measurement(seconds, receiver.stored(), expected, rss.peak / MB, failures)
+            ended = time.perf_counter()
+            stored = receiver.stored()
+            while stored < expected and time.perf_counter() - ended < SETTLE_TIMEOUT_S:
+                time.sleep(0.02)
+                stored = receiver.stored()
+            settle = time.perf_counter() - ended
+        return Measurement(seconds, stored, expected, rss.peak / MB, failures, settle)
     finally:
         receiver.stop()
 
@@ -398,8 +413,8 @@ def run_scenario(scenario: Scenario, runs: int, workdir: Path, progress: bool = 
 def table(results: Sequence[ScenarioResult]) -> str:
     lines = [
         "| Scenario | Instances | MB sent | storescp s | Hounsfield s | storescp MB/s | Hounsfield MB/s "
-        "| Hounsfield/storescp | Hounsfield peak RSS | Target | Stored (both) | Result |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
+        "| Hounsfield/storescp | Hounsfield peak RSS | Hounsfield indexed after | Target | Stored (both) | Result |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for r in results:
         s = r.scenario
@@ -408,7 +423,8 @@ def table(results: Sequence[ScenarioResult]) -> str:
             f"| {s.key}. {s.title} | {s.total_instances} | {r.bytes_sent / MB:.1f} "
             f"| {r.median_s('storescp'):.2f} | {r.median_s('hounsfield'):.2f} "
             f"| {r.mb_per_s('storescp'):.1f} | {r.mb_per_s('hounsfield'):.1f} | {r.ratio:.2f}x "
-            f"| {r.peak_rss_mb:.0f} MB | {s.target} | {stored} | {'pass' if r.passed else 'FAIL'} |"
+            f"| {r.peak_rss_mb:.0f} MB | {r.settle_s:.2f} s | {s.target} | {stored} "
+            f"| {'pass' if r.passed else 'FAIL'} |"
         )
     return "\n".join(lines)
 

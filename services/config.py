@@ -132,6 +132,12 @@ class ListenerSettings(_Strict):
     tls: TLSSettings | None = None
     metrics_port: int | None = Field(None, ge=1, le=65535)
     """Serve Prometheus metrics on ``host:metrics_port/metrics`` (off when unset)."""
+    journal: bool = True
+    """Make instances durable in the ingest journal (``data_dir/journal``) before their Success, and
+    write them into the study store right after. Off: each instance's file is fsynced and indexed
+    before its Success (slower; for file systems where a preallocated journal buys nothing)."""
+    journal_segment_mb: int = Field(64, ge=8, le=1024)
+    """Size of one journal segment file; the journal holds at most 8 of them."""
 
     _ae = field_validator("ae_title")(_check_ae_title)
 

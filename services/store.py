@@ -20,7 +20,17 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["InvalidUID", "StoreFull", "StoredInstance", "StudyStore", "Workspace", "check_uid", "sha256_file"]
+__all__ = [
+    "InvalidUID",
+    "StoreFull",
+    "StoredInstance",
+    "StudyStore",
+    "Workspace",
+    "check_uid",
+    "fsync_folder",
+    "move_durably",
+    "sha256_file",
+]
 
 logger = logging.getLogger(__name__)
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -62,12 +72,24 @@ class Workspace:
     work: Path
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_folder(path: Path) -> None:
+    """Make a folder's entries (a rename, a new file) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def move_durably(source: Path, target: Path) -> None:
+    """fsync ``source``, rename it to ``target`` (same file system), fsync the target's folder."""
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(source, target)
+    fsync_folder(target.parent)
 
 
 def sha256_file(path: Path) -> str:
@@ -134,7 +156,7 @@ class StudyStore:
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise
-        _fsync_dir(path.parent)
+        fsync_folder(path.parent)
         if revision:
             logger.warning("instance stored again with different content; kept as revision %d", revision)
         return StoredInstance(path, digest, len(data), revision, duplicate=False)
@@ -152,13 +174,7 @@ class StudyStore:
         if duplicate:
             return StoredInstance(path, sha256, size, revision, duplicate=True)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(spooled, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(spooled, path)
-        _fsync_dir(path.parent)
+        move_durably(spooled, path)
         if revision:
             logger.warning("instance stored again with different content; kept as revision %d", revision)
         return StoredInstance(path, sha256, size, revision, duplicate=False)

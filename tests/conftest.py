@@ -32,6 +32,7 @@ def settings(tmp_path: Path) -> Settings:
             "port": free_port(),
             "quiet_period_s": 1.0,
             "min_free_disk_mb": 64,
+            "journal_segment_mb": 8,  # four are made at the first start: keep that small in tests
             "open_mode": True,  # tests send from many made-up AE titles; the policy has its own tests
         },
         destinations={"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": 1}},

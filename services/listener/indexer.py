@@ -59,6 +59,14 @@ class GroupCommit:
         if entry.error is not None:
             raise entry.error
 
+    def record_batch(self, items: list[IndexedInstance]) -> list[Exception | None]:
+        """Commit ``items`` (one transaction when they all go in); each one's error, or None."""
+        entries = [_Entry(item) for item in items]
+        with self._commit_lock:
+            for start in range(0, len(entries), _MAX_BATCH):
+                self._commit(entries[start : start + _MAX_BATCH])
+        return [entry.error for entry in entries]
+
     def _write(self, items: list[IndexedInstance]) -> None:
         engine = self._db.engine
         if engine.dialect.name != "sqlite":

@@ -22,6 +22,8 @@ from services.contracts import StudyComplete
 from services.db import Database, Job, JobState, utcnow
 from services.listener.completeness import CompletenessTracker
 from services.listener.engine import DicomServer, EngineConfig
+from services.listener.ingest import JournaledStore
+from services.listener.journal import Journal
 from services.listener.metrics import ListenerMetrics
 from services.listener.policy import AssociationPolicy
 from services.listener.recovery import RecoveryReport, recover_store
@@ -55,6 +57,11 @@ class Listener:
             source_counts=SourceCounter.from_settings(self.settings, self.db),
         )
         self.metrics = ListenerMetrics(self.store)
+        self.journal: JournaledStore | None = None
+        if self.settings.listener.journal:
+            folder = self.settings.data_dir / "journal" / socket.gethostname()
+            segment = self.settings.listener.journal_segment_mb << 20
+            self.journal = JournaledStore(self.store, self.db, self.tracker, Journal(folder, segment_bytes=segment))
         self._server: DicomServer | None = None
         self._clean_marker = self.settings.data_dir / f".listener-stopped-cleanly-{socket.gethostname()}"
         self.recovery: RecoveryReport | None = None
@@ -81,6 +88,9 @@ class Listener:
         # next start walks the whole store for the crash's debris.
         clean = self._clean_marker.exists()
         self._clean_marker.unlink(missing_ok=True)
+        if self.journal is not None:
+            self.journal.replay()  # before recovery: it rewrites files a crash may have left partial
+            self.journal.start()
         self.recovery = recover_store(self.store, self.db, self.tracker, called_ae=cfg.ae_title, scan_files=not clean)
         self.router_thread.start()
         self.tracker.start()
@@ -96,7 +106,7 @@ class Listener:
         if cfg.metrics_port is not None:
             self.metrics.serve(cfg.host, cfg.metrics_port)
             logger.info("metrics on %s:%d/metrics", cfg.host, cfg.metrics_port)
-        context = StoreContext(self.store, self.db, self.tracker, self.metrics)
+        context = StoreContext(self.store, self.db, self.tracker, self.metrics, self.journal)
         self._server = DicomServer(self.engine_config(), AssociationPolicy(cfg), context)
         self._server.start()
         tls = f" and TLS on {cfg.host}:{cfg.tls.port}" if cfg.tls is not None else ""
@@ -104,11 +114,24 @@ class Listener:
         if cfg.open_mode:
             logger.warning("open mode: callers that are not configured sources are accepted (and logged)")
 
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every instance acknowledged so far is in the store's files and the index.
+
+        Success is sent once an instance is durable in the ingest journal; its file and index row
+        follow within milliseconds. Raises :class:`TimeoutError` when they do not within ``timeout``.
+        """
+        if self.journal is not None and not self.journal.drain(timeout):
+            raise TimeoutError(f"the ingest journal was not applied within {timeout:.0f} s")
+
     def stop(self) -> None:
         if self._server is not None:
             self._server.stop()  # waits for every store job: nothing is half-written after this
             self._server = None
+            if self.journal is not None:
+                self.journal.stop()  # applies and checkpoints what the journal holds
             self._write_clean_marker()
+        elif self.journal is not None:
+            self.journal.stop()
         self.metrics.stop()
         self.tracker.stop()
         self.router_thread.stop()

@@ -2,8 +2,11 @@
 
 :func:`receive_instance` is transport-neutral. The DIMSE engine (C-STORE) and STOW-RS both hand it
 the dataset bytes as they arrived and the transfer syntax they arrived in; it reads the header
-(never the pixels), writes a Part 10 file without transcoding, indexes it, and returns a DICOM
-status. Success is returned only once the file is fsynced and its index row committed.
+(never the pixels), makes the Part 10 file durable without transcoding, indexes it, and returns a
+DICOM status. With the listener's ingest journal (:mod:`services.listener.ingest`), Success is
+returned once the journal record holding the file and its index row is on stable storage; the file
+and row follow within moments. Without it (STOW-RS), Success is returned once the file is fsynced
+and its index row committed.
 
 Routing never happens here; the receiver only tells the completeness tracker which study the
 sender touched.
@@ -11,15 +14,17 @@ sender touched.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import struct
 import warnings
 import zlib
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
@@ -37,6 +42,9 @@ from services.listener.indexer import GroupCommit
 from services.listener.metrics import ListenerMetrics
 from services.router.rules import INDEXED_TAGS
 from services.store import InvalidUID, StudyStore, check_uid
+
+if TYPE_CHECKING:
+    from services.listener.ingest import JournaledStore
 
 __all__ = [
     "STATUS",
@@ -83,11 +91,21 @@ class StoreContext:
     tracker: CompletenessTracker
     metrics: ListenerMetrics | None = field(default=None, compare=False, repr=False)
     """Counts what arrived and what was refused (none: not counted)."""
+    journal: JournaledStore | None = field(default=None, compare=False, repr=False)
+    """The ingest journal the listener writes through (none: each instance is written and indexed
+    before its Success, as STOW-RS does)."""
     index: GroupCommit = field(init=False, compare=False, repr=False)
     """Commits the index rows of concurrent stores together (see :class:`GroupCommit`)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", GroupCommit(self.db))
+
+    def then(self, call: Callable[[], None]) -> None:
+        """Run ``call`` once every instance received so far is indexed (at once without a journal)."""
+        if self.journal is not None:
+            self.journal.then(call)
+        else:
+            call()
 
 
 @dataclass(frozen=True)
@@ -291,6 +309,7 @@ def receive_instance(
     expected_sop_instance_uid: str | None = None,
     expected_sop_class_uid: str | None = None,
     expected_study_instance_uid: str | None = None,
+    sha256: str | None = None,
 ) -> Received:
     """Store one instance as it arrived (no transcoding) and index it.
 
@@ -298,7 +317,10 @@ def receive_instance(
     :class:`SpooledDataset` (then both ``expected_*`` UIDs are required: its file meta was made from
     them). The ``expected_*`` UIDs are the ones the transport announced (a C-STORE request's
     Affected SOP Class/Instance UID, the study of a study-scoped STOW-RS URL); a dataset that
-    disagrees with them is refused (0xA900) before anything is written.
+    disagrees with them is refused (0xA900) before anything is written. ``sha256``, when the
+    transport hashed the bytes as they arrived, is that of the Part 10 file made from the
+    ``expected_*`` UIDs (:func:`part10_prefix`, then ``dataset``); it is used only when those UIDs
+    are the dataset's own (otherwise the dataset is refused anyway).
     """
     received, size = _receive(
         context,
@@ -308,6 +330,7 @@ def receive_instance(
         expected_sop_instance_uid=expected_sop_instance_uid,
         expected_sop_class_uid=expected_sop_class_uid,
         expected_study_instance_uid=expected_study_instance_uid,
+        sha256=sha256,
     )
     if context.metrics is not None:
         outcome = _OUTCOMES.get(received.status, "other") if not received.ok else "stored"
@@ -331,6 +354,7 @@ def _receive(
     expected_sop_instance_uid: str | None = None,
     expected_sop_class_uid: str | None = None,
     expected_study_instance_uid: str | None = None,
+    sha256: str | None = None,
 ) -> tuple[Received, int]:
     """:func:`receive_instance`'s work; also returns the bytes written (0 when nothing was)."""
     if isinstance(dataset, SpooledDataset) and (expected_sop_instance_uid is None or expected_sop_class_uid is None):
@@ -356,6 +380,12 @@ def _receive(
     if expected_study_instance_uid is not None and study_uid != expected_study_instance_uid:
         return _refuse("dataset_mismatch", "StudyInstanceUID is not the study the request names", **uids), 0
 
+    if context.journal is not None:
+        if (expected_sop_instance_uid, expected_sop_class_uid) != (sop_uid, sop_class):
+            sha256 = None  # the digest's prefix was made from the announced UIDs as sent: not these bytes
+        return _receive_journaled(
+            context, context.journal, dataset, transfer_syntax, origin, header, uids, series_uid, sha256
+        )
     try:
         if isinstance(dataset, SpooledDataset):
             stored = context.store.adopt_instance(
@@ -369,20 +399,8 @@ def _receive(
     except OSError as exc:  # StoreFull included: the disk floor was reached, nothing was written
         return _refuse("out_of_resources", f"the study store cannot take it: {exc.strerror or exc}", **uids), 0
 
-    item = IndexedInstance(
-        study_instance_uid=study_uid,
-        series_instance_uid=series_uid,
-        sop_instance_uid=sop_uid,
-        sop_class_uid=sop_class,
-        transfer_syntax_uid=str(transfer_syntax),
-        calling_ae=origin.calling_ae,
-        called_ae=origin.called_ae,
-        path=str(stored.path),
-        size=stored.size,
-        sha256=stored.sha256,
-        revision=stored.revision,
-        **index_facts(header),
-    )
+    item = _indexed(header, uids, series_uid, transfer_syntax, origin, str(stored.path), stored.size, stored.sha256)
+    item = dataclasses.replace(item, revision=stored.revision)
     for attempt in range(3):
         try:
             context.index.record(item)
@@ -396,5 +414,66 @@ def _receive(
             logger.exception("the index database is unavailable")
             return _refuse("out_of_resources", "the index database is unavailable", **uids), 0
     context.tracker.instance_received(origin.key, study_uid, origin.calling_ae)
+    written = 0 if stored.duplicate else stored.size
+    return Received(STATUS["success"], duplicate=stored.duplicate, series_instance_uid=series_uid, **uids), written
+
+
+def _indexed(
+    header: Mapping[str, str],
+    uids: Mapping[str, str],
+    series_uid: str,
+    transfer_syntax: str,
+    origin: Origin,
+    path: str,
+    size: int,
+    sha256: str,
+) -> IndexedInstance:
+    return IndexedInstance(
+        study_instance_uid=uids["study_instance_uid"],
+        series_instance_uid=series_uid,
+        sop_instance_uid=uids["sop_instance_uid"],
+        sop_class_uid=uids["sop_class_uid"],
+        transfer_syntax_uid=str(transfer_syntax),
+        calling_ae=origin.calling_ae,
+        called_ae=origin.called_ae,
+        path=path,
+        size=size,
+        sha256=sha256,
+        revision=0,
+        **index_facts(header),
+    )
+
+
+def _receive_journaled(
+    context: StoreContext,
+    journal: JournaledStore,
+    dataset: bytes | bytearray | SpooledDataset,
+    transfer_syntax: str,
+    origin: Origin,
+    header: Mapping[str, str],
+    uids: Mapping[str, str],
+    series_uid: str,
+    sha256: str | None,
+) -> tuple[Received, int]:
+    """Through the ingest journal: Success once the journal record (or the moved spool file) is durable."""
+    try:
+        if isinstance(dataset, SpooledDataset):
+            item = _indexed(header, uids, series_uid, transfer_syntax, origin, "", dataset.size, dataset.sha256)
+            stored = journal.adopt(item, dataset.path, origin.key)
+        else:
+            prefix = part10_prefix(
+                sop_class_uid=uids["sop_class_uid"],
+                sop_instance_uid=uids["sop_instance_uid"],
+                transfer_syntax=transfer_syntax,
+            )
+            if sha256 is None:
+                digest = hashlib.sha256(prefix)
+                digest.update(dataset)
+                sha256 = digest.hexdigest()
+            size = len(prefix) + len(dataset)
+            item = _indexed(header, uids, series_uid, transfer_syntax, origin, "", size, sha256)
+            stored = journal.write(item, (prefix, dataset), origin.key)
+    except OSError as exc:  # StoreFull and JournalError included: nothing was acknowledged
+        return _refuse("out_of_resources", f"the study store cannot take it: {exc.strerror or exc}", **uids), 0
     written = 0 if stored.duplicate else stored.size
     return Received(STATUS["success"], duplicate=stored.duplicate, series_instance_uid=series_uid, **uids), written

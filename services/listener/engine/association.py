@@ -48,7 +48,15 @@ from services.listener.engine.pdu import (
 )
 from services.listener.engine.spool import DatasetSink
 from services.listener.policy import AssociationPolicy
-from services.listener.storage import STATUS, Origin, Received, SpooledDataset, StoreContext, receive_instance
+from services.listener.storage import (
+    STATUS,
+    Origin,
+    Received,
+    SpooledDataset,
+    StoreContext,
+    part10_prefix,
+    receive_instance,
+)
 
 if TYPE_CHECKING:
     from services.listener.engine.server import EngineConfig
@@ -350,21 +358,23 @@ class Association(asyncio.Protocol):
         store = self._state.store.store
 
         def prefix() -> bytes:
-            from services.listener.storage import part10_prefix
-
-            return part10_prefix(
-                sop_class_uid=command.affected_sop_class_uid,
-                sop_instance_uid=command.affected_sop_instance_uid,
-                transfer_syntax=context.transfer_syntax,
-            )
+            try:
+                return part10_prefix(
+                    sop_class_uid=command.affected_sop_class_uid,
+                    sop_instance_uid=command.affected_sop_instance_uid,
+                    transfer_syntax=context.transfer_syntax,
+                )
+            except UnicodeEncodeError:  # not a UID: the dataset cannot match it and will be refused (0xA900)
+                return b""
 
         # Only a C-STORE's dataset is kept; anything else (a C-FIND identifier) is counted and dropped.
-        threshold = self._config.spool_threshold if command.command_field == C_STORE_RQ else 0
+        storing = command.command_field == C_STORE_RQ
         return DatasetSink(
             spool_dir=self._state.spool_dir,
-            threshold=threshold,
+            threshold=self._config.spool_threshold if storing else 0,
             min_free_bytes=store.min_free_bytes,
-            prefix=prefix if command.command_field == C_STORE_RQ else _no_prefix,
+            prefix=prefix if storing else _no_prefix,
+            hash_in_memory=storing and self._state.store.journal is not None,
         )
 
     def _on_dataset_fragment(self, context: NegotiatedContext, fragment: memoryview, *, last: bool) -> None:
@@ -475,10 +485,11 @@ class Association(asyncio.Protocol):
             return
         self._ended = True
         tracker = self._state.store.tracker
+        # Behind this association's instances: the router must not see a study before its rows.
         if self._end_notice == "released":
-            tracker.association_released(self._origin.key, self._origin.calling_ae)
+            self._state.store.then(partial(tracker.association_released, self._origin.key, self._origin.calling_ae))
         else:
-            tracker.association_aborted(self._origin.key)
+            self._state.store.then(partial(tracker.association_aborted, self._origin.key))
 
     def abort(self, why: str, reason: int = AbortReason.NOT_SPECIFIED, *, source: int = 2) -> None:
         """Send an A-ABORT and close; what is being received is dropped, nothing of it acknowledged."""
@@ -563,6 +574,7 @@ def _receive(context: StoreContext, message: _Message, origin: Origin) -> Receiv
             origin,
             expected_sop_instance_uid=message.command.affected_sop_instance_uid,
             expected_sop_class_uid=message.command.affected_sop_class_uid,
+            sha256=message.sink.sha256 if message.sink is not None and isinstance(dataset, bytearray) else None,
         )
     finally:
         if isinstance(dataset, SpooledDataset):

@@ -375,12 +375,27 @@ def dataset_part(file_bytes: bytes) -> bytes:
     return file_bytes[144 + group_length :]
 
 
-def check_acknowledged(db: Any, data_dir: Path, sop_instance_uid: str, sent: bytes) -> None:
+def check_acknowledged(db: Any, data_dir: Path, sop_instance_uid: str, sent: bytes, *, within_s: float = 0.0) -> None:
     """Assert what a Success promised: an index row for the instance whose file holds ``sent``.
 
     The row may point at a revision (``.rN.dcm``) when different bytes came under the same UID;
-    the caller passes the last bytes that were acknowledged for it.
+    the caller passes the last bytes that were acknowledged for it. A running listener acknowledges
+    once the instance is durable in its ingest journal, and writes the file and index row within
+    moments: ``within_s`` is how long that may take (0: it must hold now, as after a restart, which
+    replays the journal before serving).
     """
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            _check_acknowledged(db, data_dir, sop_instance_uid, sent)
+            return
+        except AssertionError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _check_acknowledged(db: Any, data_dir: Path, sop_instance_uid: str, sent: bytes) -> None:
     from services.db import Instance
 
     with db.session() as session:
@@ -419,7 +434,13 @@ class ListenerProcess:
         return self.folder / "listener.log"
 
     def write_config(self) -> None:
-        listener = {"host": "127.0.0.1", "port": self.port, "open_mode": True, "min_free_disk_mb": 16}
+        listener = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "open_mode": True,
+            "min_free_disk_mb": 16,
+            "journal_segment_mb": 8,
+        }
         listener.update(self.listener)
         config = {"data_dir": str(self.data_dir), "listener": listener, "log_level": "INFO"}
         self.folder.mkdir(parents=True, exist_ok=True)

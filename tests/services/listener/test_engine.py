@@ -96,6 +96,7 @@ def _port(listener: Listener) -> int:
 
 
 def _count(listener: Listener) -> int:
+    listener.flush()
     with listener.db.session() as session:
         return int(session.scalar(select(func.count()).select_from(Instance)) or 0)
 
@@ -109,6 +110,7 @@ def _dataset_bytes(path: Path) -> bytes:
 
 
 def _stored(listener: Listener) -> dict[str, Path]:
+    listener.flush()
     with listener.db.session() as session:
         return {row.sop_instance_uid: Path(row.path) for row in session.scalars(select(Instance))}
 

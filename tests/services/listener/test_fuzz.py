@@ -65,10 +65,13 @@ from tests.services.listener.dicom_wire import (
     responses,
     store_rq,
 )
+from tests.support import wait_for
 
 pytestmark = pytest.mark.fuzz
 
 HOST = "127.0.0.1"
+APPLIED_WITHIN_S = 10.0
+"""An acknowledged instance is durable in the ingest journal; its file and index row follow within this."""
 ANSWER_WITHIN_S = 10.0
 """A connection the fuzzer has finished with must be closed (or answered) by then: else it hangs."""
 
@@ -134,9 +137,13 @@ def _assert_still_stores(listener: ListenerProcess, db: Database) -> None:
     status = assoc.send_c_store(ds)
     assoc.release()
     assert status.Status == 0x0000
-    with db.session() as session:
-        row = session.get(Instance, ds.SOPInstanceUID)
-        assert row is not None and Path(row.path).is_file()
+
+    def indexed() -> bool:
+        with db.session() as session:
+            row = session.get(Instance, ds.SOPInstanceUID)
+            return row is not None and Path(row.path).is_file()
+
+    wait_for(indexed, timeout=APPLIED_WITHIN_S)
 
 
 # --- Datasets, encoded by hand so that every byte can be wrong ------------------------------------
@@ -357,7 +364,7 @@ def test_mutated_datasets_are_stored_exactly_or_refused(running: tuple[ListenerP
                 if code in SUCCESS_OR_WARNING:
                     acknowledged[sop_uid] = dataset
                     outcomes["acknowledged"] += 1
-                    check_acknowledged(db, listener.data_dir, sop_uid, dataset)
+                    check_acknowledged(db, listener.data_dir, sop_uid, dataset, within_s=APPLIED_WITHIN_S)
                 else:
                     assert _is_failure(code), f"C-STORE answered 0x{code:04X}, neither success nor failure"
                     outcomes["refused"] += 1
@@ -370,7 +377,7 @@ def test_mutated_datasets_are_stored_exactly_or_refused(running: tuple[ListenerP
 
     # Nothing acknowledged earlier was lost or overwritten by what came later.
     for sop_uid, sent in acknowledged.items():
-        check_acknowledged(db, listener.data_dir, sop_uid, sent)
+        check_acknowledged(db, listener.data_dir, sop_uid, sent, within_s=APPLIED_WITHIN_S)
     assert outcomes["acknowledged"] > 50 and outcomes["refused"] > 300, f"the mutations missed a side: {outcomes}"
     assert not list(listener.data_dir.rglob(".incoming-*")), "a temporary file was left behind"
     _assert_still_stores(listener, db)
@@ -403,14 +410,14 @@ def test_part10_file_meta_that_lies_about_its_transfer_syntax(
     try:
         lied = assoc.send_c_store(liar)
         if "Status" in lied and int(lied.Status) in SUCCESS_OR_WARNING:
-            check_acknowledged(db, listener.data_dir, sop_uid, dataset)
+            check_acknowledged(db, listener.data_dir, sop_uid, dataset, within_s=APPLIED_WITHIN_S)
         else:
             assert "Status" not in lied or _is_failure(int(lied.Status))
         if not assoc.is_established:
             assoc = ae.associate(HOST, listener.port, ae_title="HOUNSFIELD")
         # The same bytes under their true transfer syntax are taken, whatever happened to the liar.
         assert assoc.send_c_store(honest).Status == 0x0000
-        check_acknowledged(db, listener.data_dir, sop_uid, dataset)
+        check_acknowledged(db, listener.data_dir, sop_uid, dataset, within_s=APPLIED_WITHIN_S)
     finally:
         if assoc.is_established:
             assoc.release()
@@ -519,7 +526,7 @@ def _probe(listener: ListenerProcess, db: Database, probe: Probe) -> str:
             if status in SUCCESS_OR_WARNING and struct.unpack("<H", command.get(0x0100, b"\0\0"))[0] == 0x8001:
                 # A C-STORE-RSP Success for the smuggled instance: it must have been kept as sent.
                 assert stored is not None, f"a C-STORE Success for nothing that was sent, after {probe}"
-                check_acknowledged(db, listener.data_dir, *stored)
+                check_acknowledged(db, listener.data_dir, *stored, within_s=APPLIED_WITHIN_S)
         return "abort" if A_ABORT in seen else "reject" if A_ASSOCIATE_RJ in seen else "closed"
     finally:
         assoc.close()

@@ -137,6 +137,7 @@ def test_instances_without_valid_uids_are_refused(
     assoc.release()
     assert response.Status == status
     assert good.Status == 0x0000, "the association keeps serving after a refused instance"
+    running.flush()
     with running.db.session() as session:
         assert session.scalar(select(func.count()).select_from(Instance)) == 1
 
@@ -167,6 +168,7 @@ def test_full_disk_answers_out_of_resources_and_keeps_nothing(settings: Settings
         assoc = ae.associate("127.0.0.1", tight.listener.port, ae_title="HOUNSFIELD")
         assert assoc.send_c_store(_bare_ct()).Status == 0xA700
         assoc.release()
+        running.flush()
         with running.db.session() as session:
             assert session.scalar(select(func.count()).select_from(Instance)) == 0
         assert not list((tight.data_dir / "studies").rglob("*.dcm"))
@@ -187,6 +189,7 @@ def test_same_instance_twice_is_idempotent_and_changed_bytes_are_kept(
     ds.SeriesDescription = "changed"
     assert assoc.send_c_store(ds).Status == 0
     assoc.release()
+    running.flush()
     files = sorted((settings.data_dir / "studies").rglob("*.dcm"))
     assert [f.name for f in files] == [f"{ds.SOPInstanceUID}.dcm", f"{ds.SOPInstanceUID}.r1.dcm"]
     assert pydicom.dcmread(files[0]).get("SeriesDescription") is None, "the first copy is never overwritten"

@@ -130,6 +130,7 @@ def test_tls_store_with_a_client_certificate(
             files=tuple(files),
         )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
+    listener.flush()
     with listener.db.session() as session:
         assert session.scalar(select(func.count()).select_from(Instance)) == len(files)
     assert "accepted over dimse-tls" in caplog.text

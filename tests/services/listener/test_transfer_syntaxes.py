@@ -128,6 +128,7 @@ def _dataset_bytes(path: Path) -> bytes:
 
 
 def _indexed(listener: Listener, sop_instance_uid: str) -> Instance:
+    listener.flush()
     with listener.db.session() as session:
         rows = session.scalars(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid)).all()
         assert len(rows) == 1, f"{len(rows)} index rows for the instance"

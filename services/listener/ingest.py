@@ -1,0 +1,503 @@
+"""The listener's durable path: the ingest journal first, the store's files and index rows right after.
+
+:class:`JournaledStore` is what :func:`~services.listener.storage.receive_instance` writes to when
+the listener runs with its journal (the default). For one instance it:
+
+1. decides where the instance goes (its file path and revision, or that the same bytes are already
+   stored or on their way: a duplicate), under one lock, so that two associations sending the same
+   SOP Instance UID never take the same path;
+2. appends a journal record holding the Part 10 file and its index row, and waits until the record
+   is on stable storage (``fdatasync``, shared by concurrent associations); only then is Success sent.
+
+A background thread (the *applier*) then, in journal order, writes each file into the study store
+(temporary name, rename; no fsync of its own), commits the index rows of everything waiting in one
+transaction, and tells the completeness tracker. Whatever a transport wants to happen after its
+instances are indexed (the association-release completion trigger) is queued behind them with
+:meth:`JournaledStore.then`, so the router never sees a study before its rows.
+
+The journal is the index's write-ahead log: an acknowledged instance is in the journal, and the
+journal is replayed into the store and index at start-up. Every second of quiet (and whenever a
+journal segment fills) the applier syncs the store's file system (``syncfs``) and checkpoints the
+journal, which then reuses its segments.
+
+Datasets too large for memory arrive as spool files (:class:`~services.listener.storage.SpooledDataset`)
+and keep their own durable path (:meth:`JournaledStore.adopt`: fsync, rename, fsync of the folder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import logging
+import os
+import shutil
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+
+from services.db import Database, Instance
+from services.db.index import IndexedInstance
+from services.listener.completeness import CompletenessTracker
+from services.listener.indexer import GroupCommit
+from services.listener.journal import Journal, JournalEntry, JournalLocation
+from services.store import StoredInstance, StoreFull, StudyStore, move_durably, sha256_file
+
+__all__ = ["JournaledStore"]
+
+logger = logging.getLogger(__name__)
+
+Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(eq=False)
+class _Reservation:
+    """A path taken by an instance not yet in place: its content, and how to wait for it."""
+
+    sha256: str
+    size: int
+    seq: int = 0
+    """The journal record that holds it (0: a spool file being moved into place)."""
+    moved: threading.Event | None = None
+
+
+@dataclass(eq=False)
+class _Apply:
+    """One queued instance: write its file (from its journal record), index it, tell the tracker."""
+
+    item: IndexedInstance
+    key: Hashable
+    location: JournalLocation | None = None
+    """Where the file's bytes are in the journal (none: the file is already in place)."""
+    seq: int = 0
+
+
+def _libc_syncfs() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function: Callable[[int], int] = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    return function
+
+
+_SYNCFS = _libc_syncfs()
+
+
+def sync_file_system(path: Path) -> None:
+    """Flush every dirty page of the file system ``path`` is on (``syncfs``; ``sync`` elsewhere)."""
+    if _SYNCFS is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _SYNCFS(fd) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error))
+    finally:
+        os.close(fd)
+
+
+class JournaledStore:
+    """The journal, the placement of instances, and the applier thread."""
+
+    def __init__(
+        self,
+        store: StudyStore,
+        db: Database,
+        tracker: CompletenessTracker,
+        journal: Journal,
+        *,
+        max_pending_bytes: int = 128 << 20,
+        checkpoint_after_s: float = 1.0,
+        quiet_s: float = 0.05,
+        apply_within_s: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.tracker = tracker
+        self.journal = journal
+        self._index = GroupCommit(db)
+        self._db = db
+        self._max_pending_bytes = max_pending_bytes
+        self._checkpoint_after_s = checkpoint_after_s
+        self._quiet_s = quiet_s
+        self._apply_within_s = apply_within_s
+        self._first_enqueued = self._last_enqueued = 0.0
+        self._barriers = 0
+        self._place_lock = threading.Lock()
+        self._reserved: dict[Path, _Reservation] = {}
+        self._queue: deque[_Apply | Callable[[], None]] = deque()
+        self._queued = threading.Condition()
+        self._pending_bytes = 0
+        self._applied_seq = 0
+        self._blocked_at = 0
+        """The first journal record whose file could not be written: no checkpoint reaches it."""
+        self._checkpoint_wanted = False
+        self._stopping = False
+        self._folders: set[Path] = set()
+        self._thread: threading.Thread | None = None
+        self._replayed = False
+        journal.on_sealed = self._want_checkpoint
+
+    # -- start and stop -------------------------------------------------------------------------------
+
+    def replay(self) -> int:
+        """Open the journal and apply what it holds after its last checkpoint; returns how many records.
+
+        Run before serving. Files are rewritten from the journal (a crash may have left them partial);
+        index rows are added where the index lacks them (the same SHA-256 already indexed is left
+        alone, so that replay does not reopen studies that were complete).
+        """
+        self.store.root.mkdir(parents=True, exist_ok=True)
+        entries = self.journal.open()
+        self._replayed = True
+        if not entries:
+            return 0
+        items = []
+        for entry in entries:
+            item = self._replayed_item(entry)
+            if item is None:
+                continue
+            self._write_file(Path(item.path), (entry.data,), entry.seq)
+            items.append(item)
+        indexed = self._indexed_digests([item.sop_instance_uid for item in items])
+        missing = [item for item in items if indexed.get(item.sop_instance_uid) != item.sha256]
+        errors = self._index.record_batch(missing) if missing else []
+        failed = sum(1 for error in errors if error is not None)
+        sync_file_system(self.store.root)
+        self.journal.checkpoint(entries[-1].seq)
+        self._applied_seq = entries[-1].seq
+        logger.warning(
+            "ingest journal replayed: %d instance file(s) rewritten, %d index row(s) added, %d failed",
+            len(items), len(missing) - failed, failed,
+        )  # fmt: skip
+        return len(entries)
+
+    def _replayed_item(self, entry: JournalEntry) -> IndexedInstance | None:
+        try:
+            item = IndexedInstance(**entry.meta)
+            # The path is rebuilt from the UIDs: a damaged record must not write outside the store.
+            path = self.store.instance_path(
+                item.study_instance_uid, item.series_instance_uid, item.sop_instance_uid, int(item.revision)
+            )
+        except (TypeError, ValueError) as exc:
+            logger.error("ingest journal: record %d cannot be replayed (%s)", entry.seq, type(exc).__name__)
+            return None
+        return dataclasses.replace(item, path=str(path))
+
+    def _indexed_digests(self, sop_uids: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        with self._db.session() as session:
+            for start in range(0, len(sop_uids), 500):
+                batch = sop_uids[start : start + 500]
+                rows = session.execute(
+                    select(Instance.sop_instance_uid, Instance.sha256).where(Instance.sop_instance_uid.in_(batch))
+                )
+                found.update({uid: digest for uid, digest in rows})
+        return found
+
+    def start(self) -> None:
+        if not self._replayed:
+            raise RuntimeError("replay the journal before starting")
+        self._thread = threading.Thread(target=self._run, name="ingest-applier", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Apply everything queued, sync and checkpoint, stop the thread and close the journal."""
+        with self._queued:
+            self._stopping = True
+            self._queued.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.journal.close()
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Apply everything queued so far now and wait for it (its files and index rows); False on timeout."""
+        if self._thread is None or not self._thread.is_alive():
+            return not self._queue
+        done = threading.Event()
+        self.then(done.set)
+        return done.wait(timeout)
+
+    # -- the receiving threads ------------------------------------------------------------------------
+
+    def write(self, item: IndexedInstance, parts: Sequence[Buffer], key: Hashable) -> StoredInstance:
+        """Make one instance durable in the journal and queue it; ``item.path`` and revision are chosen here.
+
+        ``parts`` joined are the Part 10 file; ``item.sha256`` and ``item.size`` describe them.
+        Raises :class:`OSError` (:class:`StoreFull` below the disk floor, :class:`JournalError`)
+        when it cannot: nothing was acknowledged then.
+        """
+        while True:
+            with self._place_lock:
+                path, revision, reservation, on_disk = self._place(item)
+                placed = dataclasses.replace(item, path=str(path), revision=revision)
+                if reservation is None and not on_disk:
+                    self._check_floor(item.size)
+                    seq, location = self.journal.append(dataclasses.asdict(placed), parts)
+                    self._reserved[path] = _Reservation(item.sha256, item.size, seq)
+                    self._enqueue(_Apply(placed, key, location, seq), item.size)
+                    duplicate = False
+                    if revision:
+                        logger.warning("instance stored again with different content; kept as revision %d", revision)
+                    break
+                if reservation is None or reservation.seq:
+                    # The same bytes are stored, or on their way in an earlier journal record.
+                    seq = reservation.seq if reservation is not None else 0
+                    self._enqueue(_Apply(placed, key), 0)
+                    duplicate = True
+                    break
+                moved = reservation.moved
+            if moved is not None:
+                moved.wait()  # the same bytes, being moved into place from a spool file: look again
+        if seq:
+            self.journal.wait_durable(seq)
+        return StoredInstance(path, item.sha256, item.size, revision, duplicate=duplicate)
+
+    def adopt(self, item: IndexedInstance, spooled: Path, key: Hashable) -> StoredInstance:
+        """Move a complete spool file into place durably (fsync, rename, fsync of the folder) and queue its row."""
+        mine: _Reservation | None = None
+        while True:
+            with self._place_lock:
+                path, revision, reservation, on_disk = self._place(item)
+                placed = dataclasses.replace(item, path=str(path), revision=revision)
+                if reservation is None and not on_disk:
+                    mine = _Reservation(item.sha256, item.size, moved=threading.Event())
+                    self._reserved[path] = mine
+                    break
+                if reservation is None or reservation.seq:
+                    self._enqueue(_Apply(placed, key), 0)
+                    seq = reservation.seq if reservation is not None else 0
+                    break
+                moved = reservation.moved
+            if moved is not None:
+                moved.wait()
+        if mine is None:
+            if seq:
+                self.journal.wait_durable(seq)
+            return StoredInstance(path, item.sha256, item.size, revision, duplicate=True)
+        try:
+            self._folder(path.parent)
+            move_durably(spooled, path)
+            with self._place_lock:
+                self._enqueue(_Apply(placed, key), 0)
+        finally:
+            with self._place_lock:
+                self._reserved.pop(path, None)
+            if mine.moved is not None:
+                mine.moved.set()
+        if revision:
+            logger.warning("instance stored again with different content; kept as revision %d", revision)
+        return StoredInstance(path, item.sha256, item.size, revision, duplicate=False)
+
+    def then(self, call: Callable[[], None]) -> None:
+        """Run ``call`` on the applier thread once everything queued before it is indexed."""
+        with self._place_lock:
+            self._enqueue(call, 0)
+
+    def _place(self, item: IndexedInstance) -> tuple[Path, int, _Reservation | None, bool]:
+        """(path, revision, the reservation holding the same bytes, whether they are on disk there)."""
+        revision = 0
+        while True:
+            path = self.store.instance_path(
+                item.study_instance_uid, item.series_instance_uid, item.sop_instance_uid, revision
+            )
+            reservation = self._reserved.get(path)
+            if reservation is not None:
+                if reservation.sha256 == item.sha256 and reservation.size == item.size:
+                    return path, revision, reservation, False
+            else:
+                try:
+                    size = path.stat().st_size
+                except FileNotFoundError:
+                    return path, revision, None, False
+                if size == item.size and sha256_file(path) == item.sha256:
+                    return path, revision, None, True
+            revision += 1
+
+    def _check_floor(self, size: int) -> None:
+        floor = self.store.min_free_bytes
+        if not floor:
+            return
+        free = shutil.disk_usage(self.store.root).free - self._pending_bytes
+        if free - size < floor:
+            raise StoreFull(
+                f"free disk space {max(free, 0) // 2**20} MiB would fall below the floor of {floor // 2**20} MiB"
+            )
+
+    def _enqueue(self, work: _Apply | Callable[[], None], size: int) -> None:
+        """Queue in journal order (called with the placement lock held)."""
+        with self._queued:
+            now = time.monotonic()
+            if not self._queue:
+                self._first_enqueued = now
+            self._last_enqueued = now
+            self._queue.append(work)
+            self._pending_bytes += size
+            barrier = not isinstance(work, _Apply)
+            if barrier:
+                self._barriers += 1
+            # Wake the applier only when it has something new to decide on: not for every instance.
+            if barrier or len(self._queue) == 1 or self._pending_bytes >= self._max_pending_bytes:
+                self._queued.notify_all()
+
+    def _want_checkpoint(self) -> None:
+        with self._queued:
+            self._checkpoint_wanted = True
+            self._queued.notify_all()
+
+    # -- the applier ------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        last_work = time.monotonic()
+        while True:
+            with self._queued:
+                while not self._due():
+                    idle = time.monotonic() - last_work
+                    if self.journal.applied < self._applied_seq and idle >= self._checkpoint_after_s:
+                        break
+                    self._queued.wait(self._wait_s())
+                work = list(self._queue)
+                self._queue.clear()
+                self._barriers = 0
+                stopping, wanted = self._stopping, self._checkpoint_wanted
+                self._checkpoint_wanted = False
+            if work:
+                self._apply(work)
+                last_work = time.monotonic()
+                with self._queued:
+                    self._queued.notify_all()
+            idle = time.monotonic() - last_work >= self._checkpoint_after_s
+            if self.journal.applied < self._applied_seq and (wanted or stopping or idle or not work):
+                self._checkpoint()
+            elif wanted:
+                self.journal.checkpoint(self.journal.applied)  # frees sealed segments already applied
+            if stopping and not self._queue:
+                return
+
+    def _due(self) -> bool:
+        """Whether the applier should run now (called with the queue's lock held).
+
+        While instances keep arriving, applying them is put off (up to ``apply_within_s``): their
+        records are durable, and the file writes and index transaction would compete with the
+        receiving threads. It runs once arrivals pause for ``quiet_s``, when something waits for it
+        (an association's end, :meth:`drain`), when the journal runs short of segments, when a lot is
+        waiting, and on stop.
+        """
+        if self._stopping or self._checkpoint_wanted:
+            return True
+        if not self._queue:
+            return False
+        if self._barriers or self._pending_bytes >= self._max_pending_bytes:
+            return True
+        now = time.monotonic()
+        return now - self._last_enqueued >= self._quiet_s or now - self._first_enqueued >= self._apply_within_s
+
+    def _wait_s(self) -> float:
+        if not self._queue:
+            return self._checkpoint_after_s
+        now = time.monotonic()
+        until_quiet = self._last_enqueued + self._quiet_s - now
+        until_due = self._first_enqueued + self._apply_within_s - now
+        return max(0.001, min(until_quiet, until_due))
+
+    def _checkpoint(self) -> None:
+        target = self._applied_seq if not self._blocked_at else min(self._applied_seq, self._blocked_at - 1)
+        try:
+            sync_file_system(self.store.root)
+            self.journal.checkpoint(target)
+        except OSError as exc:  # the records stay in the journal and are replayed at the next start
+            logger.error("ingest journal checkpoint failed: %s", exc.strerror or exc)
+
+    def _apply(self, work: list[_Apply | Callable[[], None]]) -> None:
+        batch: list[_Apply] = []
+        for entry in work:
+            if isinstance(entry, _Apply):
+                batch.append(entry)
+                continue
+            self._apply_batch(batch)
+            batch = []
+            try:
+                entry()
+            except Exception:  # another room's callback: never stop the applier
+                logger.exception("a queued call after storing failed")
+        self._apply_batch(batch)
+
+    def _apply_batch(self, batch: list[_Apply]) -> None:
+        if not batch:
+            return
+        written = 0
+        for entry in batch:
+            if entry.location is not None:
+                path = Path(entry.item.path)
+                try:
+                    self._write_file(path, (self.journal.read(entry.location),), entry.seq)
+                except OSError as exc:
+                    # Durable in the journal; the next start replays it. Keep it reserved until then.
+                    logger.error("could not write an instance file from the journal: %s", exc.strerror or exc)
+                    if not self._blocked_at:
+                        self._blocked_at = entry.seq
+                    continue
+                with self._place_lock:
+                    self._reserved.pop(path, None)
+                written += entry.item.size
+        errors = self._record([entry.item for entry in batch])
+        for entry, error in zip(batch, errors, strict=True):
+            if error is not None:
+                logger.error("instance not indexed (%s); start-up recovery indexes its file", type(error).__name__)
+                continue
+            self.tracker.instance_received(entry.key, entry.item.study_instance_uid, entry.item.calling_ae)
+        with self._queued:
+            self._pending_bytes -= written
+            self._applied_seq = max([self._applied_seq, *(entry.seq for entry in batch)])
+            self._queued.notify_all()
+
+    def _record(self, items: list[IndexedInstance]) -> list[Exception | None]:
+        """Index rows, retried while the database is unavailable (the journal keeps the instances)."""
+        delay = 0.1
+        while True:
+            errors = self._index.record_batch(items)
+            unavailable = [error for error in errors if isinstance(error, OperationalError)]
+            if not unavailable or self._stopping:
+                return errors
+            logger.warning("the index database is unavailable; retrying in %.1f s", delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _folder(self, folder: Path) -> None:
+        if folder not in self._folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._folders.add(folder)
+
+    def _write_file(self, path: Path, parts: Sequence[Buffer], seq: int) -> None:
+        """Write ``parts`` at ``path`` (temporary name, rename); durability comes from the next syncfs."""
+        self._folder(path.parent)
+        temporary = path.parent / f".incoming-j{seq}"
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except FileNotFoundError:  # the folder was removed since it was made: make it again
+            self._folders.discard(path.parent)
+            self._folder(path.parent)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            data: Sequence[Buffer] = parts
+            total = sum(len(part) for part in parts)
+            written = os.writev(fd, data)
+            if written < total:  # a short write: the rest, from where it stopped
+                rest = memoryview(b"".join(parts))[written:]
+                while rest:
+                    rest = rest[os.write(fd, rest) :]
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise
+        os.close(fd)
+        os.replace(temporary, path)

@@ -1,0 +1,200 @@
+"""The journaled durable path: what a Success promises holds before and after the journal is applied."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom.dsutils import encode
+from sqlalchemy import select
+
+from services.db import Database, Instance, Study, StudyState
+from services.listener.completeness import CompletenessTracker
+from services.listener.ingest import JournaledStore
+from services.listener.journal import Journal
+from services.listener.storage import STATUS, Origin, StoreContext, part10_bytes, receive_instance
+from services.store import StudyStore
+from tests.support import bare_ct
+
+ORIGIN = Origin("assoc-1", "MODALITY", "HOUNSFIELD")
+
+
+@dataclass
+class Rig:
+    root: Path
+    db: Database
+    store: StudyStore
+    tracker: CompletenessTracker
+    journaled: JournaledStore
+    context: StoreContext
+
+    def rows(self) -> dict[str, Instance]:
+        with self.db.session() as session:
+            rows = {row.sop_instance_uid: row for row in session.scalars(select(Instance))}
+            session.expunge_all()
+        return rows
+
+
+def _rig(root: Path, *, start: bool = True, min_free_bytes: int = 0, checkpoint_after_s: float = 1.0) -> Rig:
+    db = Database(f"sqlite:///{root / 'index.db'}")
+    db.create_schema()
+    store = StudyStore(root / "store", min_free_bytes=min_free_bytes)
+    tracker = CompletenessTracker(lambda event: None, complete_on_release=True, quiet_period_s=60)
+    journal = Journal(root / "journal", segment_bytes=8 << 20, initial_segments=2)
+    journaled = JournaledStore(store, db, tracker, journal, checkpoint_after_s=checkpoint_after_s)
+    journaled.replay()
+    if start:
+        journaled.start()
+    return Rig(root, db, store, tracker, journaled, StoreContext(store, db, tracker, journal=journaled))
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    made = _rig(tmp_path)
+    yield made
+    made.journaled.stop()
+    made.db.dispose()
+
+
+def _dataset(study_uid: str | None = None, description: str = "") -> tuple[pydicom.Dataset, bytes]:
+    ds = bare_ct()
+    ds.SOPInstanceUID = generate_uid()
+    if study_uid is not None:
+        ds.StudyInstanceUID = study_uid
+    if description:
+        ds.SeriesDescription = description
+    return ds, bytes(encode(ds, False, True))
+
+
+def _receive(context: StoreContext, data: bytes) -> int:
+    return receive_instance(context, data, ExplicitVRLittleEndian, ORIGIN).status
+
+
+def _expected_file(ds: pydicom.Dataset, data: bytes) -> bytes:
+    return part10_bytes(
+        data, sop_class_uid=ds.SOPClassUID, sop_instance_uid=ds.SOPInstanceUID, transfer_syntax=ExplicitVRLittleEndian
+    )
+
+
+def test_acknowledged_instances_are_applied_to_files_and_rows(rig: Rig) -> None:
+    sent = [_dataset() for _ in range(5)]
+    for _, data in sent:
+        assert _receive(rig.context, data) == STATUS["success"]
+    assert rig.journaled.drain(10)
+    rows = rig.rows()
+    for ds, data in sent:
+        row = rows[ds.SOPInstanceUID]
+        assert Path(row.path).read_bytes() == _expected_file(ds, data)
+    assert not list(rig.store.root.rglob(".incoming-*"))
+
+
+def test_a_crash_before_applying_is_replayed_at_the_next_start(tmp_path: Path) -> None:
+    first = _rig(tmp_path, start=False)  # the applier never runs: acknowledged, then the process dies
+    sent = [_dataset() for _ in range(4)]
+    for _, data in sent:
+        assert _receive(first.context, data) == STATUS["success"]
+    assert first.rows() == {} and not list(first.store.root.rglob("*.dcm"))
+    first.journaled.journal.close()
+    first.db.dispose()
+
+    second = _rig(tmp_path)
+    try:
+        rows = second.rows()
+        assert set(rows) == {ds.SOPInstanceUID for ds, _ in sent}
+        for ds, data in sent:
+            assert Path(rows[ds.SOPInstanceUID].path).read_bytes() == _expected_file(ds, data)
+        assert second.journaled.journal.applied == 4, "the replay was checkpointed"
+    finally:
+        second.journaled.stop()
+        second.db.dispose()
+    third = _rig(tmp_path)
+    try:
+        assert third.journaled.journal.applied == 4 and third.journaled.journal.last_seq == 4
+    finally:
+        third.journaled.stop()
+        third.db.dispose()
+
+
+def test_replay_leaves_studies_already_indexed_alone(tmp_path: Path) -> None:
+    first = _rig(tmp_path, checkpoint_after_s=3600)  # applied at once, checkpointed only after an hour
+    ds, data = _dataset()
+    assert _receive(first.context, data) == STATUS["success"]
+    assert first.journaled.drain(10)
+    with first.db.session() as session:
+        session.get(Study, ds.StudyInstanceUID).state = StudyState.ROUTED
+    # A crash now: the rows are committed, the checkpoint not written, so the record is replayed.
+    assert first.journaled.journal.applied == 0
+    first.journaled.journal.close()
+    first.db.dispose()
+
+    second = _rig(tmp_path)
+    try:
+        with second.db.session() as session:
+            assert session.get(Study, ds.StudyInstanceUID).state is StudyState.ROUTED
+        assert Path(second.rows()[ds.SOPInstanceUID].path).read_bytes() == _expected_file(ds, data)
+        assert second.journaled.journal.applied == 1
+    finally:
+        second.journaled.stop()
+        second.db.dispose()
+
+
+def test_the_same_bytes_again_before_they_are_applied_are_a_duplicate(tmp_path: Path) -> None:
+    rig = _rig(tmp_path, start=False)
+    ds, data = _dataset()
+    first = receive_instance(rig.context, data, ExplicitVRLittleEndian, ORIGIN)
+    again = receive_instance(rig.context, data, ExplicitVRLittleEndian, ORIGIN)
+    changed = bytes(encode(_with(ds, SeriesDescription="changed"), False, True))
+    revised = receive_instance(rig.context, changed, ExplicitVRLittleEndian, ORIGIN)
+    assert first.ok and not first.duplicate
+    assert again.ok and again.duplicate
+    assert revised.ok and not revised.duplicate
+    assert rig.journaled.journal.last_seq == 2, "a duplicate adds no journal record"
+    rig.journaled.start()
+    try:
+        assert rig.journaled.drain(10)
+        files = sorted(p.name for p in rig.store.root.rglob("*.dcm"))
+        assert files == [f"{ds.SOPInstanceUID}.dcm", f"{ds.SOPInstanceUID}.r1.dcm"]
+        row = rig.rows()[ds.SOPInstanceUID]
+        assert row.revision == 1 and Path(row.path).read_bytes() == _expected_file(ds, changed)
+    finally:
+        rig.journaled.stop()
+        rig.db.dispose()
+
+
+def _with(ds: pydicom.Dataset, **values: object) -> pydicom.Dataset:
+    copy = pydicom.Dataset(ds)
+    for key, value in values.items():
+        setattr(copy, key, value)
+    return copy
+
+
+def test_a_queued_call_runs_after_the_instances_before_it_are_indexed(rig: Rig) -> None:
+    seen: list[int] = []
+    done = threading.Event()
+
+    def count_rows() -> None:
+        seen.append(len(rig.rows()))
+        done.set()
+
+    for _ in range(3):
+        _receive(rig.context, _dataset()[1])
+    rig.context.then(count_rows)
+    assert done.wait(10)
+    assert seen == [3]
+
+
+def test_below_the_disk_floor_nothing_is_journaled(tmp_path: Path) -> None:
+    rig = _rig(tmp_path, min_free_bytes=1 << 60)
+    try:
+        received = receive_instance(rig.context, _dataset()[1], ExplicitVRLittleEndian, ORIGIN)
+        assert received.status == STATUS["out_of_resources"]
+        assert "below the floor" in received.reason
+        assert rig.journaled.journal.last_seq == 0
+    finally:
+        rig.journaled.stop()
+        rig.db.dispose()
