@@ -29,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import functools
+import hashlib
 import logging
 import os
 import shutil
@@ -54,14 +56,36 @@ __all__ = ["JournaledStore"]
 logger = logging.getLogger(__name__)
 
 Buffer = bytes | bytearray | memoryview
+_FLOOR_RECHECK_BYTES = 64 << 20
+
+
+@dataclass(eq=False)
+class _Digest:
+    """The SHA-256 of some bytes, taken when first asked for: comparing two copies is the rare case."""
+
+    def __init__(self, compute: Callable[[], str] | None = None, value: str = "") -> None:
+        self._compute = compute
+        self._value = value
+
+    def __call__(self) -> str:
+        if not self._value and self._compute is not None:
+            self._value = self._compute()
+        return self._value
+
+
+def _sha256(parts: Sequence[Buffer]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()
 
 
 @dataclass(eq=False)
 class _Reservation:
     """A path taken by an instance not yet in place: its content, and how to wait for it."""
 
-    sha256: str
     size: int
+    sha256: _Digest
     seq: int = 0
     """The journal record that holds it (0: a spool file being moved into place)."""
     moved: threading.Event | None = None
@@ -76,6 +100,10 @@ class _Apply:
     location: JournalLocation | None = None
     """Where the file's bytes are in the journal (none: the file is already in place)."""
     seq: int = 0
+
+
+def _sha256_at(journal: Journal, location: JournalLocation) -> str:
+    return hashlib.sha256(journal.read(location)).hexdigest()
 
 
 def _libc_syncfs() -> Callable[[int], int] | None:
@@ -143,6 +171,9 @@ class JournaledStore:
         self._folders: set[Path] = set()
         self._thread: threading.Thread | None = None
         self._replayed = False
+        self._free_at_check = 0
+        self._since_check = 0
+        self._checked_at = 0.0
         journal.on_sealed = self._want_checkpoint
 
     # -- start and stop -------------------------------------------------------------------------------
@@ -165,7 +196,7 @@ class JournaledStore:
             if item is None:
                 continue
             self._write_file(Path(item.path), (entry.data,), entry.seq)
-            items.append(item)
+            items.append(dataclasses.replace(item, sha256=hashlib.sha256(entry.data).hexdigest()))
         indexed = self._indexed_digests([item.sop_instance_uid for item in items])
         missing = [item for item in items if indexed.get(item.sop_instance_uid) != item.sha256]
         errors = self._index.record_batch(missing) if missing else []
@@ -229,20 +260,23 @@ class JournaledStore:
     # -- the receiving threads ------------------------------------------------------------------------
 
     def write(self, item: IndexedInstance, parts: Sequence[Buffer], key: Hashable) -> StoredInstance:
-        """Make one instance durable in the journal and queue it; ``item.path`` and revision are chosen here.
+        """Make one instance durable in the journal and queue it; its path and revision are chosen here.
 
-        ``parts`` joined are the Part 10 file; ``item.sha256`` and ``item.size`` describe them.
+        ``parts`` joined are the Part 10 file, ``item.size`` bytes; ``item.path``, ``revision`` and
+        ``sha256`` are filled in here and by the applier (which hashes the file as it writes it).
         Raises :class:`OSError` (:class:`StoreFull` below the disk floor, :class:`JournalError`)
         when it cannot: nothing was acknowledged then.
         """
+        incoming = _Digest(lambda: _sha256(parts))
         while True:
             with self._place_lock:
-                path, revision, reservation, on_disk = self._place(item)
+                path, revision, reservation, on_disk = self._place(item, incoming)
                 placed = dataclasses.replace(item, path=str(path), revision=revision)
                 if reservation is None and not on_disk:
                     self._check_floor(item.size)
                     seq, location = self.journal.append(dataclasses.asdict(placed), parts)
-                    self._reserved[path] = _Reservation(item.sha256, item.size, seq)
+                    stored = _Digest(functools.partial(_sha256_at, self.journal, location))
+                    self._reserved[path] = _Reservation(item.size, stored, seq)
                     self._enqueue(_Apply(placed, key, location, seq), item.size)
                     duplicate = False
                     if revision:
@@ -251,6 +285,7 @@ class JournaledStore:
                 if reservation is None or reservation.seq:
                     # The same bytes are stored, or on their way in an earlier journal record.
                     seq = reservation.seq if reservation is not None else 0
+                    placed = dataclasses.replace(placed, sha256=incoming())
                     self._enqueue(_Apply(placed, key), 0)
                     duplicate = True
                     break
@@ -259,17 +294,18 @@ class JournaledStore:
                 moved.wait()  # the same bytes, being moved into place from a spool file: look again
         if seq:
             self.journal.wait_durable(seq)
-        return StoredInstance(path, item.sha256, item.size, revision, duplicate=duplicate)
+        return StoredInstance(path, placed.sha256, item.size, revision, duplicate=duplicate)
 
     def adopt(self, item: IndexedInstance, spooled: Path, key: Hashable) -> StoredInstance:
         """Move a complete spool file into place durably (fsync, rename, fsync of the folder) and queue its row."""
         mine: _Reservation | None = None
+        incoming = _Digest(value=item.sha256)
         while True:
             with self._place_lock:
-                path, revision, reservation, on_disk = self._place(item)
+                path, revision, reservation, on_disk = self._place(item, incoming)
                 placed = dataclasses.replace(item, path=str(path), revision=revision)
                 if reservation is None and not on_disk:
-                    mine = _Reservation(item.sha256, item.size, moved=threading.Event())
+                    mine = _Reservation(item.size, incoming, moved=threading.Event())
                     self._reserved[path] = mine
                     break
                 if reservation is None or reservation.seq:
@@ -302,35 +338,48 @@ class JournaledStore:
         with self._place_lock:
             self._enqueue(call, 0)
 
-    def _place(self, item: IndexedInstance) -> tuple[Path, int, _Reservation | None, bool]:
-        """(path, revision, the reservation holding the same bytes, whether they are on disk there)."""
+    def _place(self, item: IndexedInstance, incoming: _Digest) -> tuple[Path, int, _Reservation | None, bool]:
+        """(path, revision, the reservation holding the same bytes, whether they are on disk there).
+
+        Content is compared (SHA-256) only when the path is already taken by as many bytes.
+        """
         revision = 0
+        first = self.store.instance_path(item.study_instance_uid, item.series_instance_uid, item.sop_instance_uid)
         while True:
-            path = self.store.instance_path(
-                item.study_instance_uid, item.series_instance_uid, item.sop_instance_uid, revision
-            )
+            path = first if not revision else first.with_name(f"{item.sop_instance_uid}.r{revision}.dcm")
             reservation = self._reserved.get(path)
             if reservation is not None:
-                if reservation.sha256 == item.sha256 and reservation.size == item.size:
+                if reservation.size == item.size and reservation.sha256() == incoming():
                     return path, revision, reservation, False
             else:
                 try:
-                    size = path.stat().st_size
+                    size = os.stat(path).st_size
                 except FileNotFoundError:
                     return path, revision, None, False
-                if size == item.size and sha256_file(path) == item.sha256:
+                if size == item.size and sha256_file(path) == incoming():
                     return path, revision, None, True
             revision += 1
 
     def _check_floor(self, size: int) -> None:
+        """Refuse (:class:`StoreFull`) what would take the disk below the floor (placement lock held).
+
+        The free space is read again after every 64 MiB or second; in between, what was journaled
+        since is counted against it.
+        """
         floor = self.store.min_free_bytes
         if not floor:
             return
-        free = shutil.disk_usage(self.store.root).free - self._pending_bytes
+        now = time.monotonic()
+        if self._since_check + size > _FLOOR_RECHECK_BYTES or now - self._checked_at > 1.0:
+            self._free_at_check = shutil.disk_usage(self.store.root).free - self._pending_bytes
+            self._since_check, self._checked_at = 0, now
+        free = self._free_at_check - self._since_check
         if free - size < floor:
+            self._checked_at = 0.0  # read it again next time: space may have been freed
             raise StoreFull(
                 f"free disk space {max(free, 0) // 2**20} MiB would fall below the floor of {floor // 2**20} MiB"
             )
+        self._since_check += size
 
     def _enqueue(self, work: _Apply | Callable[[], None], size: int) -> None:
         """Queue in journal order (called with the placement lock held)."""
@@ -438,7 +487,9 @@ class JournaledStore:
             if entry.location is not None:
                 path = Path(entry.item.path)
                 try:
-                    self._write_file(path, (self.journal.read(entry.location),), entry.seq)
+                    data = self.journal.read(entry.location)
+                    entry.item = dataclasses.replace(entry.item, sha256=hashlib.sha256(data).hexdigest())
+                    self._write_file(path, (data,), entry.seq)
                 except OSError as exc:
                     # Durable in the journal; the next start replays it. Keep it reserved until then.
                     logger.error("could not write an instance file from the journal: %s", exc.strerror or exc)

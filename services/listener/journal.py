@@ -10,21 +10,23 @@ and lets several associations share one ``fdatasync`` (group commit).
 Records are appended to fixed-size segment files, created zero-filled (their blocks allocated and
 written once) and recycled once everything in them has been applied elsewhere. A record is::
 
-    magic "HFJ1" | seq (u64) | meta length (u32) | data length (u32) | CRC-32 of (seq, lengths, meta)
-    meta: JSON (what the index row needs, and the data's SHA-256)
+    magic "HFJ1" | seq (u64) | meta length (u32) | data length (u32) | XXH3-128 of the data (16 bytes)
+        | CRC-32 of (seq, lengths, data hash, meta)
+    meta: JSON (what the index row needs)
     data: the Part 10 file, as it will be written into the store
     zero padding to a 4 KiB boundary
 
 Sequence numbers grow by one from record to record, across segments and across restarts. A
 segment is read from its start until a record does not follow (wrong magic, a CRC or SHA-256 that
 does not match: a record torn by a crash, or a stale one from the segment's earlier use, whose
-sequence number is smaller). ``checkpoint`` names the last sequence number applied to the store and
+sequence number is smaller). XXH3 checks the data for a torn write at 40 GB/s, so the hash costs
+nothing beside the ``fdatasync``; the store's SHA-256 is taken later, by whoever applies the record.
+``checkpoint`` names the last sequence number applied to the store and
 index and made durable there; records after it are replayed at start-up.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -38,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import xxhash
+
 from services.store import fsync_folder
 
 __all__ = ["Journal", "JournalEntry", "JournalError", "JournalLocation"]
@@ -45,7 +49,7 @@ __all__ = ["Journal", "JournalEntry", "JournalError", "JournalLocation"]
 logger = logging.getLogger(__name__)
 
 MAGIC = b"HFJ1"
-_HEADER = struct.Struct("<4sQIII")
+_HEADER = struct.Struct("<4sQII16sI")
 _ALIGN = 4096
 _ZEROS = bytes(1 << 20)
 _CHECKPOINT = "checkpoint.json"
@@ -87,8 +91,8 @@ def _aligned(size: int) -> int:
     return -(-size // _ALIGN) * _ALIGN
 
 
-def _crc(seq: int, meta: bytes, data_length: int) -> int:
-    return zlib.crc32(meta, zlib.crc32(struct.pack("<QII", seq, len(meta), data_length)))
+def _crc(seq: int, meta: bytes, data_length: int, data_hash: bytes) -> int:
+    return zlib.crc32(meta, zlib.crc32(struct.pack("<QII16s", seq, len(meta), data_length, data_hash)))
 
 
 class Journal:
@@ -197,14 +201,14 @@ class Journal:
         size = os.fstat(fd).st_size
         offset, previous, found = 0, None, []
         while offset + _HEADER.size <= size:
-            magic, seq, meta_length, data_length, crc = _HEADER.unpack(os.pread(fd, _HEADER.size, offset))
+            magic, seq, meta_length, data_length, data_hash, crc = _HEADER.unpack(os.pread(fd, _HEADER.size, offset))
             if magic != MAGIC or (previous is not None and seq != previous + 1):
                 break
             length = _aligned(_HEADER.size + meta_length + data_length)
             if offset + length > size:
                 break
             meta_bytes = os.pread(fd, meta_length, offset + _HEADER.size)
-            if zlib.crc32(meta_bytes, zlib.crc32(struct.pack("<QII", seq, meta_length, data_length))) != crc:
+            if _crc(seq, meta_bytes, data_length, data_hash) != crc:
                 break
             if seq > self._applied:
                 data = os.pread(fd, data_length, offset + _HEADER.size + meta_length)
@@ -212,7 +216,7 @@ class Journal:
                     meta = json.loads(meta_bytes)
                 except ValueError:
                     break
-                if len(data) != data_length or hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+                if len(data) != data_length or xxhash.xxh3_128_digest(data) != data_hash:
                     break  # torn: the header reached the disk, the data did not
                 found.append(JournalEntry(seq, meta, data))
             previous = seq
@@ -250,13 +254,17 @@ class Journal:
     def append(
         self, meta: dict[str, Any], parts: Sequence[bytes | bytearray | memoryview]
     ) -> tuple[int, JournalLocation]:
-        """Write one record (``parts`` joined are its data; ``meta['sha256']`` must be their SHA-256).
+        """Write one record: ``meta`` (JSON-able) and its data, ``parts`` joined.
 
         Returns its sequence number and where its data is; the record is durable once
         :meth:`wait_durable` returns for it. Raises :class:`JournalError` when it cannot be written.
         """
         meta_bytes = json.dumps(meta, separators=(",", ":")).encode()
         data_length = sum(len(part) for part in parts)
+        hasher = xxhash.xxh3_128()
+        for part in parts:
+            hasher.update(part)
+        data_hash = hasher.digest()
         length = _aligned(_HEADER.size + len(meta_bytes) + data_length)
         if length > self.segment_bytes:
             raise JournalError(f"a record of {length} bytes does not fit a journal segment")
@@ -265,7 +273,8 @@ class Journal:
                 raise JournalError(self._failed)
             segment = self._room_for(length)
             seq = self._next_seq
-            header = _HEADER.pack(MAGIC, seq, len(meta_bytes), data_length, _crc(seq, meta_bytes, data_length))
+            crc = _crc(seq, meta_bytes, data_length, data_hash)
+            header = _HEADER.pack(MAGIC, seq, len(meta_bytes), data_length, data_hash, crc)
             padding = length - _HEADER.size - len(meta_bytes) - data_length
             buffers = [header, meta_bytes, *parts]
             if padding:

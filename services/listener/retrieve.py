@@ -605,8 +605,10 @@ class Fetcher:
             result.here_after = sum(self._here(uid).values())
             return result
         result.retrieved, result.failed = transfer.completed, transfer.failed
-        result.here_after = sum(self._here(uid).values())
         expected = study.instance_count
+        if self.method == "c-move" and transfer.ok:
+            self._wait_for_index(uid, expected, started)
+        result.here_after = sum(self._here(uid).values())
         if not transfer.ok or (expected is not None and result.here_after < expected):
             result.outcome = "failed"
             result.reason = transfer.reason(self.destination if self.method == "c-move" else None) or (
@@ -651,6 +653,22 @@ class Fetcher:
             return received.status
 
         return self.client.get(study.study_instance_uid, series_uids, study.sop_class_uids, on_store)
+
+    def _wait_for_index(self, study_uid: str, expected: int | None, started: datetime) -> None:
+        """Let the listener index what it acknowledged (its journal is applied within moments).
+
+        Waits until the index holds ``expected`` instances of the study, or the listener completed
+        it after ``started`` (which it does only once every instance before the release is indexed),
+        at most the fetch's wait.
+        """
+        deadline = time.monotonic() + self._wait_s
+        while time.monotonic() < deadline:
+            if expected is not None and sum(self._here(study_uid).values()) >= expected:
+                return
+            state, _, completed_at = self._study_state(study_uid)
+            if state not in (None, StudyState.RECEIVING.value) and completed_at and _aware(completed_at) >= started:
+                return
+            time.sleep(0.05)
 
     def _wait_for_listener(self, study_uid: str, started: datetime, result: StudyFetch) -> None:
         deadline = time.monotonic() + self._wait_s

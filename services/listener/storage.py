@@ -15,7 +15,6 @@ sender touched.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import struct
 import warnings
@@ -309,7 +308,6 @@ def receive_instance(
     expected_sop_instance_uid: str | None = None,
     expected_sop_class_uid: str | None = None,
     expected_study_instance_uid: str | None = None,
-    sha256: str | None = None,
 ) -> Received:
     """Store one instance as it arrived (no transcoding) and index it.
 
@@ -317,10 +315,7 @@ def receive_instance(
     :class:`SpooledDataset` (then both ``expected_*`` UIDs are required: its file meta was made from
     them). The ``expected_*`` UIDs are the ones the transport announced (a C-STORE request's
     Affected SOP Class/Instance UID, the study of a study-scoped STOW-RS URL); a dataset that
-    disagrees with them is refused (0xA900) before anything is written. ``sha256``, when the
-    transport hashed the bytes as they arrived, is that of the Part 10 file made from the
-    ``expected_*`` UIDs (:func:`part10_prefix`, then ``dataset``); it is used only when those UIDs
-    are the dataset's own (otherwise the dataset is refused anyway).
+    disagrees with them is refused (0xA900) before anything is written.
     """
     received, size = _receive(
         context,
@@ -330,7 +325,6 @@ def receive_instance(
         expected_sop_instance_uid=expected_sop_instance_uid,
         expected_sop_class_uid=expected_sop_class_uid,
         expected_study_instance_uid=expected_study_instance_uid,
-        sha256=sha256,
     )
     if context.metrics is not None:
         outcome = _OUTCOMES.get(received.status, "other") if not received.ok else "stored"
@@ -354,7 +348,6 @@ def _receive(
     expected_sop_instance_uid: str | None = None,
     expected_sop_class_uid: str | None = None,
     expected_study_instance_uid: str | None = None,
-    sha256: str | None = None,
 ) -> tuple[Received, int]:
     """:func:`receive_instance`'s work; also returns the bytes written (0 when nothing was)."""
     if isinstance(dataset, SpooledDataset) and (expected_sop_instance_uid is None or expected_sop_class_uid is None):
@@ -381,11 +374,7 @@ def _receive(
         return _refuse("dataset_mismatch", "StudyInstanceUID is not the study the request names", **uids), 0
 
     if context.journal is not None:
-        if (expected_sop_instance_uid, expected_sop_class_uid) != (sop_uid, sop_class):
-            sha256 = None  # the digest's prefix was made from the announced UIDs as sent: not these bytes
-        return _receive_journaled(
-            context, context.journal, dataset, transfer_syntax, origin, header, uids, series_uid, sha256
-        )
+        return _receive_journaled(context, context.journal, dataset, transfer_syntax, origin, header, uids, series_uid)
     try:
         if isinstance(dataset, SpooledDataset):
             stored = context.store.adopt_instance(
@@ -453,7 +442,6 @@ def _receive_journaled(
     header: Mapping[str, str],
     uids: Mapping[str, str],
     series_uid: str,
-    sha256: str | None,
 ) -> tuple[Received, int]:
     """Through the ingest journal: Success once the journal record (or the moved spool file) is durable."""
     try:
@@ -466,12 +454,8 @@ def _receive_journaled(
                 sop_instance_uid=uids["sop_instance_uid"],
                 transfer_syntax=transfer_syntax,
             )
-            if sha256 is None:
-                digest = hashlib.sha256(prefix)
-                digest.update(dataset)
-                sha256 = digest.hexdigest()
             size = len(prefix) + len(dataset)
-            item = _indexed(header, uids, series_uid, transfer_syntax, origin, "", size, sha256)
+            item = _indexed(header, uids, series_uid, transfer_syntax, origin, "", size, "")  # hashed when applied
             stored = journal.write(item, (prefix, dataset), origin.key)
     except OSError as exc:  # StoreFull and JournalError included: nothing was acknowledged
         return _refuse("out_of_resources", f"the study store cannot take it: {exc.strerror or exc}", **uids), 0

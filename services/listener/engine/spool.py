@@ -36,15 +36,7 @@ class DatasetSink:
     why, so that the association can answer out of resources and carry on.
     """
 
-    def __init__(
-        self,
-        *,
-        spool_dir: Path,
-        threshold: int,
-        min_free_bytes: int,
-        prefix: Callable[[], bytes],
-        hash_in_memory: bool = False,
-    ) -> None:
+    def __init__(self, *, spool_dir: Path, threshold: int, min_free_bytes: int, prefix: Callable[[], bytes]) -> None:
         self._spool_dir = spool_dir
         self._threshold = threshold
         self._min_free_bytes = min_free_bytes
@@ -54,8 +46,7 @@ class DatasetSink:
         self._path: Path | None = None
         self._offset = 0
         self._size = 0
-        self._digest: hashlib._Hash | None = hashlib.sha256(prefix()) if hash_in_memory else None
-        """SHA-256 of the Part 10 file (prefix, then the dataset), while the fragments arrive."""
+        self._digest: hashlib._Hash | None = None
         self._since_check = 0
         self._head = b""
         self.received = 0
@@ -73,8 +64,6 @@ class DatasetSink:
             return
         if self._memory is not None:
             self._memory += fragment
-            if self._digest is not None:
-                self._digest.update(fragment)  # now, while the sender is busy with the next fragment
             if len(self._memory) > self._threshold:
                 self._spill()
             return
@@ -90,17 +79,15 @@ class DatasetSink:
             self._fail(f"the study store cannot take it: {exc.strerror or exc}")
             return
         self._fd, self._path = fd, Path(name)
-        hashed = self._digest is not None
-        if self._digest is None:
-            self._digest = hashlib.sha256()
+        self._digest = hashlib.sha256()
         prefix = self._prefix()
         self._offset = len(prefix)
         memory, self._memory = self._memory, None
         self._head = bytes(memory)  # where the header usually is whole: read from memory, not the file
-        self._append(memoryview(prefix), hashed=hashed)
-        self._append(memoryview(memory), hashed=hashed)
+        self._append(memoryview(prefix))
+        self._append(memoryview(memory))
 
-    def _append(self, data: memoryview, *, hashed: bool = False) -> None:
+    def _append(self, data: memoryview) -> None:
         assert self._digest is not None
         try:
             self._since_check += len(data)
@@ -113,8 +100,7 @@ class DatasetSink:
         except OSError as exc:
             self._fail(f"the study store cannot take it: {exc.strerror or exc}")
             return
-        if not hashed:
-            self._digest.update(data)
+        self._digest.update(data)
         self._size += len(data)
 
     def _check_floor(self, coming: int) -> None:
@@ -130,11 +116,6 @@ class DatasetSink:
         logger.warning("incoming dataset dropped: %s", reason)
         self.failure = reason
         self.discard()
-
-    @property
-    def sha256(self) -> str | None:
-        """The Part 10 file's SHA-256 (prefix and dataset), when it was hashed as it arrived."""
-        return self._digest.hexdigest() if self._digest is not None and not self.failure else None
 
     def finish(self) -> bytearray | SpooledDataset | None:
         """The whole dataset (None after a failure); the spool file then belongs to the caller."""
