@@ -249,6 +249,11 @@ class JournaledStore:
             self._thread = None
         self.journal.close()
 
+    def backlog(self) -> tuple[int, int]:
+        """(instances, bytes) acknowledged and not yet applied to the store and index."""
+        with self._queued:
+            return sum(1 for work in self._queue if isinstance(work, _Apply)), self._pending_bytes
+
     def drain(self, timeout: float = 30.0) -> bool:
         """Apply everything queued so far now and wait for it (its files and index rows); False on timeout."""
         if self._thread is None or not self._thread.is_alive():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+from collections.abc import Callable
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
@@ -51,6 +52,24 @@ class ListenerMetrics:
         )
         floor.set(store.min_free_bytes)
         self._server: tuple[WSGIServer, threading.Thread] | None = None
+
+    def watch_journal(self, backlog: Callable[[], tuple[int, int]]) -> None:
+        """Gauges of what the ingest journal holds that is not yet in the store's files and index.
+
+        ``backlog`` gives (instances, bytes) waiting for the applier.
+        """
+        waiting = Gauge(
+            "hounsfield_listener_journal_backlog_instances",
+            "Acknowledged instances, durable in the ingest journal, not yet written to the store and index.",
+            registry=self.registry,
+        )
+        waiting.set_function(lambda: float(backlog()[0]))
+        waiting_bytes = Gauge(
+            "hounsfield_listener_journal_backlog_bytes",
+            "Bytes of those instances.",
+            registry=self.registry,
+        )
+        waiting_bytes.set_function(lambda: float(backlog()[1]))
 
     def serve(self, host: str, port: int) -> None:
         """Expose ``/metrics`` on ``host:port`` in a background thread."""

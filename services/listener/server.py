@@ -62,6 +62,7 @@ class Listener:
             folder = self.settings.data_dir / "journal" / socket.gethostname()
             segment = self.settings.listener.journal_segment_mb << 20
             self.journal = JournaledStore(self.store, self.db, self.tracker, Journal(folder, segment_bytes=segment))
+            self.metrics.watch_journal(self.journal.backlog)
         self._server: DicomServer | None = None
         self._clean_marker = self.settings.data_dir / f".listener-stopped-cleanly-{socket.gethostname()}"
         self.recovery: RecoveryReport | None = None

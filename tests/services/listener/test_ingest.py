@@ -154,6 +154,8 @@ def test_the_same_bytes_again_before_they_are_applied_are_a_duplicate(tmp_path: 
     assert again.ok and again.duplicate
     assert revised.ok and not revised.duplicate
     assert rig.journaled.journal.last_seq == 2, "a duplicate adds no journal record"
+    instances, waiting = rig.journaled.backlog()
+    assert instances == 3 and waiting == _file_size(ds, data) + _file_size(ds, changed)
     rig.journaled.start()
     try:
         assert rig.journaled.drain(10)
@@ -161,9 +163,14 @@ def test_the_same_bytes_again_before_they_are_applied_are_a_duplicate(tmp_path: 
         assert files == [f"{ds.SOPInstanceUID}.dcm", f"{ds.SOPInstanceUID}.r1.dcm"]
         row = rig.rows()[ds.SOPInstanceUID]
         assert row.revision == 1 and Path(row.path).read_bytes() == _expected_file(ds, changed)
+        assert rig.journaled.backlog() == (0, 0)
     finally:
         rig.journaled.stop()
         rig.db.dispose()
+
+
+def _file_size(ds: pydicom.Dataset, data: bytes) -> int:
+    return len(_expected_file(ds, data))
 
 
 def _with(ds: pydicom.Dataset, **values: object) -> pydicom.Dataset:

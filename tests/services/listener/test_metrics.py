@@ -53,6 +53,7 @@ def test_stored_duplicate_and_rejected_are_counted(serve: list[Listener], settin
     storescu(files[:1], host="127.0.0.1", port=port, called_ae="HOUNSFIELD", calling_ae="CT01")
     with pytest.raises(StackError):
         storescu(files[:1], host="127.0.0.1", port=port, called_ae="HOUNSFIELD", calling_ae="STRANGER")
+    listener.flush()
     samples = _samples(listener)
     assert samples[("hounsfield_listener_instances_total", (("outcome", "stored"), ("transport", "dimse")))] == 3
     assert samples[("hounsfield_listener_instances_total", (("outcome", "duplicate"), ("transport", "dimse")))] == 1
@@ -61,6 +62,8 @@ def test_stored_duplicate_and_rejected_are_counted(serve: list[Listener], settin
     assert samples[("hounsfield_listener_associations_total", (("outcome", "accepted"), ("transport", "dimse")))] == 2
     assert samples[("hounsfield_listener_associations_total", (("outcome", "rejected"), ("transport", "dimse")))] == 1
     assert samples[("hounsfield_store_free_bytes", ())] > 0
+    assert samples[("hounsfield_listener_journal_backlog_instances", ())] == 0, "everything was applied"
+    assert samples[("hounsfield_listener_journal_backlog_bytes", ())] == 0
 
 
 def test_disk_floor_refusals_show_in_the_metrics(serve: list[Listener], settings: Settings, tmp_path: Path) -> None:
