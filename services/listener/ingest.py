@@ -211,14 +211,23 @@ class JournaledStore:
         return len(entries)
 
     def _replayed_item(self, entry: JournalEntry) -> IndexedInstance | None:
+        """The record's index row, its path rebuilt from its UIDs (a damaged record must not write
+        outside the store); None, with its data set aside, when the record cannot say where it goes."""
+        known = {field.name for field in dataclasses.fields(IndexedInstance)}
         try:
-            item = IndexedInstance(**entry.meta)
-            # The path is rebuilt from the UIDs: a damaged record must not write outside the store.
+            item = IndexedInstance(**{key: value for key, value in entry.meta.items() if key in known})
             path = self.store.instance_path(
                 item.study_instance_uid, item.series_instance_uid, item.sop_instance_uid, int(item.revision)
             )
         except (TypeError, ValueError) as exc:
-            logger.error("ingest journal: record %d cannot be replayed (%s)", entry.seq, type(exc).__name__)
+            # Acknowledged once, so never dropped: kept beside the journal for a person to look at.
+            aside = self.journal.folder / "unreplayable" / f"{entry.seq}.dcm"
+            aside.parent.mkdir(exist_ok=True)
+            self._write_file(aside, (entry.data,), entry.seq)
+            logger.error(
+                "ingest journal: record %d cannot be replayed (%s); its file is kept at %s",
+                entry.seq, type(exc).__name__, aside,
+            )  # fmt: skip
             return None
         return dataclasses.replace(item, path=str(path))
 
@@ -488,6 +497,7 @@ class JournaledStore:
         if not batch:
             return
         written = 0
+        ready: list[_Apply] = []
         for entry in batch:
             if entry.location is not None:
                 path = Path(entry.item.path)
@@ -496,24 +506,31 @@ class JournaledStore:
                     entry.item = dataclasses.replace(entry.item, sha256=hashlib.sha256(data).hexdigest())
                     self._write_file(path, (data,), entry.seq)
                 except OSError as exc:
-                    # Durable in the journal; the next start replays it. Keep it reserved until then.
+                    # Durable in the journal, which keeps it (no checkpoint passes it): the next start
+                    # replays it. It stays reserved until then.
                     logger.error("could not write an instance file from the journal: %s", exc.strerror or exc)
-                    if not self._blocked_at:
-                        self._blocked_at = entry.seq
+                    self._hold(entry.seq)
                     continue
                 with self._place_lock:
                     self._reserved.pop(path, None)
                 written += entry.item.size
-        errors = self._record([entry.item for entry in batch])
-        for entry, error in zip(batch, errors, strict=True):
+            ready.append(entry)
+        errors = self._record([entry.item for entry in ready]) if ready else []
+        for entry, error in zip(ready, errors, strict=True):
             if error is not None:
-                logger.error("instance not indexed (%s); start-up recovery indexes its file", type(error).__name__)
+                logger.error("instance not indexed (%s); the journal keeps it for the next start", type(error).__name__)
+                self._hold(entry.seq)
                 continue
             self.tracker.instance_received(entry.key, entry.item.study_instance_uid, entry.item.calling_ae)
         with self._queued:
             self._pending_bytes -= written
             self._applied_seq = max([self._applied_seq, *(entry.seq for entry in batch)])
             self._queued.notify_all()
+
+    def _hold(self, seq: int) -> None:
+        """Keep journal record ``seq`` (and what follows) from being checkpointed away."""
+        if seq and (not self._blocked_at or seq < self._blocked_at):
+            self._blocked_at = seq
 
     def _record(self, items: list[IndexedInstance]) -> list[Exception | None]:
         """Index rows, retried while the database is unavailable (the journal keeps the instances)."""

@@ -205,3 +205,20 @@ def test_below_the_disk_floor_nothing_is_journaled(tmp_path: Path) -> None:
     finally:
         rig.journaled.stop()
         rig.db.dispose()
+
+
+def test_a_record_that_cannot_say_where_it_goes_is_kept_aside(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal", segment_bytes=8 << 20, initial_segments=2)
+    journal.open()
+    seq, _ = journal.append({"study_instance_uid": "not a uid"}, (b"the bytes that were acknowledged",))
+    journal.wait_durable(seq)
+    journal.close()
+
+    rig = _rig(tmp_path)
+    try:
+        kept = tmp_path / "journal" / "unreplayable" / f"{seq}.dcm"
+        assert kept.read_bytes() == b"the bytes that were acknowledged"
+        assert rig.rows() == {} and rig.journaled.journal.applied == seq
+    finally:
+        rig.journaled.stop()
+        rig.db.dispose()
