@@ -4,7 +4,7 @@
 VENV          := .venv
 PYTHON        ?= python3
 STAMP         := $(VENV)/.installed
-APT_PACKAGES  := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools
+APT_PACKAGES  := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools postgresql
 SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test setup system-deps lint clean
@@ -19,7 +19,8 @@ setup: system-deps $(STAMP)
 
 system-deps:
 	@if ! command -v redis-server >/dev/null || ! [ -x /usr/sbin/Orthanc ] || ! [ -x /usr/bin/storescu ] \
-	    || ! command -v dciodvfy >/dev/null || ! [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
+	    || ! command -v dciodvfy >/dev/null || ! [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
+	    || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
 	fi

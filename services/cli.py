@@ -6,13 +6,18 @@ import json
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from services.config import ConfigError, Settings, load_settings
+from services.db.migrate import db_app
 from services.logs import setup_logging
+
+if TYPE_CHECKING:
+    from services.db import Database
+    from services.registry.auth import Principal
 
 __all__ = ["app"]
 
@@ -80,10 +85,16 @@ def registry(
     import uvicorn
 
     from services.registry.app import create_app
+    from services.registry.auth import AuthSetupError
 
     settings = _settings(config, "registry")
+    try:
+        api = create_app(settings)
+    except AuthSetupError as exc:
+        err.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(2) from exc
     uvicorn.run(
-        create_app(settings),
+        api,
         host=host or settings.registry.host,
         port=port or settings.registry.port,
         log_level=settings.log_level.lower(),
@@ -129,6 +140,172 @@ def fetch(
     for problem in report.problems:
         err.print(f"[red]{problem}[/red]", highlight=False)
     raise typer.Exit(0 if report.ok else 1)
+
+
+app.add_typer(db_app, name="db")
+tokens = typer.Typer(help="API tokens of the registry (shown once when made; only their hash is kept).")
+app.add_typer(tokens, name="tokens")
+
+
+def _database(config: Path | None) -> tuple[Settings, Database]:
+    """The settings and the migrated database, for commands that work on the database directly."""
+    from services.db import Database
+
+    settings = _settings(config, "cli")
+    db = Database(settings.sqlalchemy_url)
+    db.create_schema()
+    return settings, db
+
+
+def _cli_principal() -> Principal:
+    """The CLI acts as an administrator (it runs with access to the configuration and database)."""
+    import getpass
+
+    from services.registry.auth import Principal, Role
+
+    return Principal(f"cli:{getpass.getuser()}", Role.ADMIN, "cli")
+
+
+@tokens.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Argument(help="Who or what will use it (unique).")],
+    role: Annotated[str, typer.Option(help="viewer, radiologist, model-developer, admin or sender.")] = "viewer",
+    config: ConfigOption = None,
+) -> None:
+    """Make an API token and print it (the only time it is shown)."""
+    from sqlalchemy.exc import IntegrityError
+
+    from services.registry.audit import record
+    from services.registry.auth import Role, create_token
+
+    try:
+        chosen = Role(role)
+    except ValueError:
+        err.print(f"[red]unknown role {role!r}: one of {', '.join(r.value for r in Role)}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    _, db = _database(config)
+    principal = _cli_principal()
+    try:
+        with db.session() as session:
+            row, token = create_token(session, name, chosen, principal.subject)
+            record(session, principal, "token.create", "api_token", str(row.id), after={"name": name, "role": role})
+    except IntegrityError:
+        err.print(f"[red]a token named {name!r} exists already[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    finally:
+        db.dispose()
+    typer.echo(token)
+
+
+@tokens.command("list")
+def tokens_list(config: ConfigOption = None) -> None:
+    """The API tokens (never the tokens themselves)."""
+    from sqlalchemy import select
+
+    from services.db.access import ApiToken
+
+    _, db = _database(config)
+    with db.session() as session:
+        for row in session.scalars(select(ApiToken).order_by(ApiToken.id)):
+            state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
+            typer.echo(f"{row.id}\t{row.name}\t{row.role}\t{state}")
+    db.dispose()
+
+
+@tokens.command("revoke")
+def tokens_revoke(
+    token_id: Annotated[int, typer.Argument(help="The token's id (tokens list).")], config: ConfigOption = None
+) -> None:
+    """Revoke an API token at once."""
+    from services.registry.audit import record
+    from services.registry.auth import revoke_token
+
+    _, db = _database(config)
+    principal = _cli_principal()
+    with db.session() as session:
+        revoked = revoke_token(session, token_id)
+        if revoked:
+            record(session, principal, "token.revoke", "api_token", str(token_id), after={"revoked": True})
+    db.dispose()
+    if not revoked:
+        err.print(f"[red]no active token with id {token_id}[/red]", highlight=False)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {token_id}")
+
+
+models = typer.Typer(help="The model catalog: register MAP versions and list what is registered.")
+app.add_typer(models, name="models")
+
+
+@models.command("register")
+def models_register(
+    path: Annotated[Path, typer.Argument(help="A MAP folder: etc/holoscan/{app,pkg}.json, or a build context.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="The catalog model it is a version of.")],
+    version: Annotated[str | None, typer.Option(help="Semantic version (default: pkg.json's version).")] = None,
+    draft: Annotated[bool, typer.Option(help="Register unpublished (a draft may be replaced).")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Register a model version from a MAP: manifests validated, digests taken, a device UID given."""
+    from pydantic import ValidationError
+
+    from services.registry.audit import record
+    from services.registry.catalog import CatalogError, register_version
+    from services.registry.catalog_schemas import VersionRegister
+    from services.registry.map_manifest import ManifestError, load_map
+
+    settings, db = _database(config)
+    try:
+        loaded = load_map(path)
+        chosen = version or str(
+            loaded.manifests.pkg_raw.get("version") or loaded.manifests.app_raw.get("version") or ""
+        )
+        request = VersionRegister(
+            version=chosen,
+            app=loaded.manifests.app_raw,
+            pkg=loaded.manifests.pkg_raw,
+            models_digest=loaded.models_digest,
+            published=not draft,
+        )
+    except (ManifestError, ValidationError) as exc:
+        err.print(f"[red]{path}: {exc}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    principal = _cli_principal()
+    try:
+        with db.session() as session:
+            registration = register_version(
+                session, model_name=model, request=request, uid_root=settings.uid_root, actor=principal.subject
+            )
+            if registration.outcome != "unchanged":
+                before = registration.before.model_dump(mode="json") if registration.before else None
+                record(
+                    session, principal, f"model_version.{registration.outcome}", "model_version",
+                    f"{model}@{request.version}", before=before, after=registration.version.model_dump(mode="json"),
+                )  # fmt: skip
+    except (CatalogError, ManifestError) as exc:
+        err.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+    finally:
+        db.dispose()
+    registered = registration.version
+    typer.echo(
+        f"{model} {registered.version}: {registration.outcome} ({registered.content_digest}, "
+        f"device UID {registered.device_uid})"
+    )
+
+
+@models.command("list")
+def models_list(config: ConfigOption = None) -> None:
+    """Every model and its versions, newest first."""
+    from services.registry.catalog import list_models, list_versions
+
+    _, db = _database(config)
+    with db.session() as session:
+        for entry in list_models(session):
+            versions = ", ".join(
+                v.version + ("" if v.published else " (draft)") for v in list_versions(session, model_name=entry.name)
+            )
+            typer.echo(f"{entry.name}\t{entry.regulatory_status}\t{versions or '-'}")
+    db.dispose()
 
 
 @app.command("config")

@@ -194,6 +194,32 @@ class WorkerSettings(_Strict):
     keep_workspaces: bool = False
 
 
+class OIDCSettings(_Strict):
+    """Bearer JWTs from an OpenID Connect provider, validated against its published keys."""
+
+    issuer: str
+    """The ``iss`` every token must carry."""
+    audience: str
+    """The ``aud`` every token must carry (this registry's client id at the provider)."""
+    jwks_file: Path | None = None
+    """The provider's signing keys as a JWKS document on disk (an air-gapped site copies it there)."""
+    jwks_url: str | None = None
+    """Or where to fetch them (``<issuer>/.well-known/jwks.json`` as a rule); fetched at start."""
+    role_claim: str = "roles"
+    """The claim that carries the caller's roles (a string or a list of strings)."""
+    roles: dict[str, Literal["viewer", "radiologist", "model-developer", "admin", "sender"]] = Field(
+        default_factory=dict
+    )
+    """Provider role names to Hounsfield roles; a token whose roles map to none is refused (403)."""
+    algorithms: list[Literal["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]] = ["RS256", "ES256"]
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> OIDCSettings:
+        if (self.jwks_file is None) == (self.jwks_url is None):
+            raise ValueError("set exactly one of jwks_file and jwks_url")
+        return self
+
+
 class RegistrySettings(_Strict):
     """The registry HTTP API."""
 
@@ -203,6 +229,11 @@ class RegistrySettings(_Strict):
     """Accept DICOM instances over STOW-RS at ``/dicomweb/studies`` (stored and indexed like C-STORE)."""
     max_stow_body_mb: int = Field(2048, ge=1)
     """Largest STOW-RS request body; a bigger one is answered 413 (parts complete before it stay stored)."""
+    development: bool = False
+    """A development or demo installation: with no way to sign in, start-up makes an admin API token
+    and writes it to ``data_dir/registry-admin-token`` (mode 0600). Otherwise start-up refuses until
+    an API token exists (``hounsfield tokens create``) or ``oidc`` is configured."""
+    oidc: OIDCSettings | None = None
 
 
 class Settings(BaseSettings):

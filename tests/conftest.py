@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from services.config import Settings, load_settings
 from services.demo.orthanc import free_port
+from tests.services.db import postgres
 from tests.support import CT_RULE
 
 os.environ.setdefault("TCP_NODELAY", "1")
@@ -48,3 +50,20 @@ def settings(tmp_path: Path) -> Settings:
             }
         ],
     )
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server URL: $TEST_POSTGRES_URL, else a throw-away cluster (tests/services/db/postgres.py)."""
+    with postgres.server_url() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database, once on SQLite and once on PostgreSQL (its own database, dropped after)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'hounsfield.db'}"
+        return
+    with postgres.scratch_database(request.getfixturevalue("postgres_server")) as url:
+        yield url

@@ -23,6 +23,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 import operators.ct_lesion_seg as ct_lesion_seg
 from services.demo.orthanc import LocalOrthanc, free_port
+from services.registry.auth import DEV_TOKEN_FILE
 
 __all__ = ["CT_LESION_DEPLOYMENT", "HounsfieldStack", "StackError", "storescu"]
 
@@ -97,7 +98,8 @@ class HounsfieldStack:
                     "probe": {"ae_title": "HF-PROBE", "networks": ["127.0.0.1/32"]},
                 },
             },
-            "registry": {"port": self.registry_port},
+            # A demo installation: the registry makes its own admin token (data_dir/registry-admin-token).
+            "registry": {"port": self.registry_port, "development": True},
             "destinations": {
                 "pacs": {
                     "ae_title": pacs.aet,
@@ -172,8 +174,14 @@ class HounsfieldStack:
     def send(self, files: Sequence[Path], calling_ae: str = "DEMO-CT") -> float:
         return storescu(files, host="127.0.0.1", port=self.listener_port, called_ae="HOUNSFIELD", calling_ae=calling_ae)
 
+    @property
+    def api_headers(self) -> dict[str, str]:
+        """Bearer headers with the admin token the registry made at its start (development mode)."""
+        token = (Path(self.config["data_dir"]) / DEV_TOKEN_FILE).read_text(encoding="utf-8").strip()
+        return {"Authorization": f"Bearer {token}"}
+
     def study(self, study_uid: str) -> dict[str, Any] | None:
-        response = httpx.get(f"{self.api}/studies/{study_uid}", timeout=10)
+        response = httpx.get(f"{self.api}/studies/{study_uid}", headers=self.api_headers, timeout=10)
         if response.status_code == 404:
             return None
         response.raise_for_status()

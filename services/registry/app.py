@@ -1,13 +1,22 @@
-"""The registry's HTTP API: health, studies, jobs, results (read-only), and STOW-RS intake."""
+"""The registry's HTTP API: health, studies, jobs, results (read-only), access, and STOW-RS intake.
+
+Everything but ``/health`` and ``/metrics`` needs a bearer credential (:mod:`services.registry.auth`):
+reads are open to viewers, radiologists and model developers, STOW-RS to senders, the rest to the
+roles each route names; administrators may do everything.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
 import redis
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -15,7 +24,9 @@ from sqlalchemy.orm import Session
 from services import __version__
 from services.config import Settings
 from services.db import Database, Job, JobState, StudyState
-from services.registry import queries, stow
+from services.registry import access_api, catalog_api, queries, stow
+from services.registry.auth import READERS, Authenticator, Role, ensure_sign_in_possible, require
+from services.registry.catalog import seed_taxonomy
 from services.registry.schemas import JobPublic, ResultPublic, StudyDetail, StudyPublic
 
 __all__ = ["create_app"]
@@ -28,12 +39,13 @@ def _session(request: Request) -> Iterator[Session]:
 
 SessionDep = Annotated[Session, Depends(_session)]
 Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=1_000_000_000)]  # a database integer, whatever is asked
 
 health = APIRouter(tags=["health"])
-studies = APIRouter(prefix="/studies", tags=["studies"])
-jobs = APIRouter(prefix="/jobs", tags=["jobs"])
-results = APIRouter(prefix="/results", tags=["results"])
+_readers = [Depends(require(*READERS))]
+studies = APIRouter(prefix="/studies", tags=["studies"], dependencies=_readers)
+jobs = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=_readers)
+results = APIRouter(prefix="/results", tags=["results"], dependencies=_readers)
 
 
 @health.get("/health")
@@ -95,8 +107,29 @@ def list_results(
     ]
 
 
+async def _unprocessable(request: Request, exc: Exception) -> JSONResponse:
+    """422 with each error's location and reason; the offending input is echoed only when it is JSON.
+
+    FastAPI's own handler echoes the input and fails (500) on values JSON cannot carry (NaN, Infinity).
+    """
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for error in exc.errors():
+        shown = {key: error[key] for key in ("type", "loc", "msg") if key in error}
+        try:
+            shown["input"] = jsonable_encoder(error.get("input"))
+            json.dumps(shown["input"], allow_nan=False)
+        except (TypeError, ValueError):
+            shown.pop("input", None)
+        errors.append(shown)
+    return JSONResponse(status_code=422, content={"detail": errors})
+
+
 def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = None) -> FastAPI:
     """The API for ``settings``; the database schema is created when missing.
+
+    Raises :class:`~services.registry.auth.AuthSetupError` when nobody could sign in (see
+    :func:`~services.registry.auth.ensure_sign_in_possible`).
 
     With ``registry.stow_enabled`` the app also takes STOW-RS at ``/dicomweb/studies``; its lifespan
     then runs a completeness tracker and a router that hands jobs to ``enqueue`` (the Celery
@@ -104,6 +137,10 @@ def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = No
     """
     db = Database(settings.sqlalchemy_url)
     db.create_schema()
+    with db.session() as session:
+        seed_taxonomy(session)  # the radiology AI use cases, as data (administrators may add more)
+    authenticator = Authenticator(db, settings.registry.oidc)
+    ensure_sign_in_possible(settings, db, authenticator)  # AuthSetupError: nobody could sign in
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -128,10 +165,12 @@ def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = No
     app.state.settings = settings
     app.state.db = db
     app.state.stow = None
-    for router in (health, studies, jobs, results):
+    app.state.auth = authenticator
+    app.add_exception_handler(RequestValidationError, _unprocessable)
+    for router in (health, studies, jobs, results, access_api.router, catalog_api.router):
         app.include_router(router)
     if settings.registry.stow_enabled:
-        app.include_router(stow.router)
+        app.include_router(stow.router, dependencies=[Depends(require(Role.SENDER))])
 
     @app.get("/metrics", include_in_schema=False)
     def metrics(request: Request) -> Response:

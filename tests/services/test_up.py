@@ -31,7 +31,7 @@ def test_up_runs_everything_and_ctrl_c_stops_it_cleanly(tmp_path: Path) -> None:
                 "data_dir": str(tmp_path / "data"),
                 "local_redis_port": ports["redis"],
                 "listener": {"host": "127.0.0.1", "port": ports["listener"]},
-                "registry": {"port": ports["registry"]},
+                "registry": {"port": ports["registry"], "development": True},  # it makes its own admin token
             }
         )
     )

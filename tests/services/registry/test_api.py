@@ -10,7 +10,9 @@ from services.contracts import StudyComplete
 from services.db import Database
 from services.db.index import IndexedInstance, record_instance
 from services.registry.app import create_app
+from services.registry.auth import Role
 from services.router.routing import Router
+from tests.services.registry.conftest import bearer
 
 STUDY = "1.2.826.0.1.3680043.10.1392.1"
 
@@ -30,8 +32,8 @@ def _index(db: Database, modality: str, count: int) -> None:
 
 
 @pytest.fixture
-def client(settings: Settings) -> TestClient:
-    return TestClient(create_app(settings))
+def client(settings: Settings, tokens: dict[Role, str]) -> TestClient:
+    return TestClient(create_app(settings), headers=bearer(tokens[Role.VIEWER]))
 
 
 def test_health_reports_database_and_broker(client: TestClient) -> None:

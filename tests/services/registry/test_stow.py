@@ -29,6 +29,8 @@ from services.db import Database, Event, Instance, Job, Series, Study, StudyStat
 from services.demo.orthanc import free_port
 from services.listener.storage import part10_bytes
 from services.registry.app import create_app
+from services.registry.auth import Role
+from tests.services.registry.conftest import bearer
 from tests.support import wait_for, write_study
 
 BOUNDARY = "hounsfield-test-boundary-7f3a"
@@ -83,16 +85,22 @@ def _instance_count(db: Database, study_uid: str | None = None) -> int:
 
 
 @pytest.fixture
-def stow(settings: Settings) -> Iterator[tuple[TestClient, list[Job], Database]]:
+def sender(tokens: dict[Role, str]) -> dict[str, str]:
+    """Bearer headers of a sender (a PACS pushing over STOW-RS)."""
+    return bearer(tokens[Role.SENDER])
+
+
+@pytest.fixture
+def stow(settings: Settings, sender: dict[str, str]) -> Iterator[tuple[TestClient, list[Job], Database]]:
     """The registry app with its lifespan running (tracker and router), jobs appended to a list."""
     queued: list[Job] = []
     app = create_app(settings, enqueue=queued.append)
-    with TestClient(app) as client:
+    with TestClient(app, headers=sender) as client:
         yield client, queued, app.state.db
 
 
 @pytest.fixture
-def served(settings: Settings) -> Iterator[tuple[str, Database]]:
+def served(settings: Settings, tokens: dict[Role, str]) -> Iterator[tuple[str, Database]]:
     """The registry app on a real uvicorn server (loopback, free port) for out-of-process peers."""
     app = create_app(settings, enqueue=lambda job: None)
     port = free_port()
@@ -266,7 +274,7 @@ def test_a_part_of_another_type_fails_alone(stow: tuple[TestClient, list[Job], D
     assert any("not application/dicom" in w for w in answer.headers.get_list("warning"))
 
 
-def test_bodies_above_the_limit_are_413(settings: Settings, tmp_path: Path) -> None:
+def test_bodies_above_the_limit_are_413(settings: Settings, sender: dict[str, str], tmp_path: Path) -> None:
     small = settings.model_copy(update={"registry": settings.registry.model_copy(update={"max_stow_body_mb": 1})})
     ds = pydicom.dcmread(write_study(tmp_path / "ct", seed=30, shape=(1, 16, 16))[1][0])
     ds.Rows, ds.Columns = 1024, 1024
@@ -274,7 +282,7 @@ def test_bodies_above_the_limit_are_413(settings: Settings, tmp_path: Path) -> N
     buffer = BytesIO()
     ds.save_as(buffer)
     body = _body([buffer.getvalue()])
-    with TestClient(create_app(small, enqueue=lambda job: None)) as client:
+    with TestClient(create_app(small, enqueue=lambda job: None), headers=sender) as client:
         declared = client.post("/dicomweb/studies", content=body, headers={"Content-Type": STOW_TYPE})
         chunked = client.post(
             "/dicomweb/studies",
@@ -321,13 +329,15 @@ def test_large_instances_go_through_a_spool_file(
     assert list(spool.iterdir()) == [], "an unfinished part's spool file is dropped"
 
 
-def test_stow_study_is_completed_by_the_quiet_period_and_routed(settings: Settings, tmp_path: Path) -> None:
+def test_stow_study_is_completed_by_the_quiet_period_and_routed(
+    settings: Settings, sender: dict[str, str], tmp_path: Path
+) -> None:
     quiet = settings.model_copy(update={"listener": settings.listener.model_copy(update={"quiet_period_s": 2.0})})
     study_uid, files = write_study(tmp_path / "ct", seed=31)
     queued: list[Job] = []
     app = create_app(quiet, enqueue=queued.append)
     db: Database = app.state.db
-    with TestClient(app) as client:
+    with TestClient(app, headers=sender) as client:
         halves = [files[:8], files[8:]]  # one study over two requests, as DICOMweb senders often do
         for half in halves:
             answer = client.post(
@@ -351,9 +361,9 @@ def test_stow_study_is_completed_by_the_quiet_period_and_routed(settings: Settin
     assert _instance_count(db, study_uid) == len(files)
 
 
-def test_stow_can_be_switched_off(settings: Settings, tmp_path: Path) -> None:
+def test_stow_can_be_switched_off(settings: Settings, sender: dict[str, str], tmp_path: Path) -> None:
     off = settings.model_copy(update={"registry": settings.registry.model_copy(update={"stow_enabled": False})})
-    with TestClient(create_app(off, enqueue=lambda job: None)) as client:
+    with TestClient(create_app(off, enqueue=lambda job: None), headers=sender) as client:
         _, files = write_study(tmp_path / "ct", seed=32, shape=(1, 16, 16))
         answer = client.post(
             "/dicomweb/studies", content=_body([files[0].read_bytes()]), headers={"Content-Type": STOW_TYPE}
@@ -368,11 +378,14 @@ def test_openapi_lists_the_stow_routes(stow: tuple[TestClient, list[Job], Databa
     assert 'multipart/related; type="application/dicom"' in paths["/dicomweb/studies"]["post"]["requestBody"]["content"]
 
 
-def test_dicomweb_client_stores_through_a_real_server(served: tuple[str, Database], tmp_path: Path) -> None:
+def test_dicomweb_client_stores_through_a_real_server(
+    served: tuple[str, Database], sender: dict[str, str], tmp_path: Path
+) -> None:
     url, db = served
     study_uid, files = write_study(tmp_path / "ct", seed=33, shape=(16, 256, 256))  # > 1 MB: sent chunked
     datasets = [pydicom.dcmread(f) for f in files]
-    peer = DICOMwebClient(url=f"{url}/dicomweb")
+    assert httpx.post(f"{url}/dicomweb/studies", content=b"", timeout=10).status_code == 401, "no credential"
+    peer = DICOMwebClient(url=f"{url}/dicomweb", headers=sender)
 
     answer = peer.store_instances(datasets)
 
@@ -387,10 +400,11 @@ def test_dicomweb_client_stores_through_a_real_server(served: tuple[str, Databas
 
 
 @pytest.mark.skipif(not Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so").exists(), reason="orthanc-dicomweb")
-def test_orthanc_pushes_a_study_over_stow(served: tuple[str, Database], tmp_path: Path) -> None:
+def test_orthanc_pushes_a_study_over_stow(served: tuple[str, Database], sender: dict[str, str], tmp_path: Path) -> None:
     url, db = served
     study_uid, files = write_study(tmp_path / "ct", seed=35, shape=(8, 32, 32))
-    orthanc = _OrthancWithDicomWeb(tmp_path / "orthanc", servers={"hounsfield": f"{url}/dicomweb/"})
+    peer = {"Url": f"{url}/dicomweb/", "HttpHeaders": sender}  # Orthanc sends the sender's token
+    orthanc = _OrthancWithDicomWeb(tmp_path / "orthanc", servers={"hounsfield": peer})
     orthanc.start()
     try:
         for f in files:
@@ -408,7 +422,7 @@ def test_orthanc_pushes_a_study_over_stow(served: tuple[str, Database], tmp_path
 class _OrthancWithDicomWeb:
     """Orthanc with its DICOMweb plugin and ``servers`` as DICOMweb peers (REST only, no DICOM port)."""
 
-    def __init__(self, folder: Path, *, servers: dict[str, str]) -> None:
+    def __init__(self, folder: Path, *, servers: dict[str, dict[str, object]]) -> None:
         self.folder, self.servers = folder, servers
         self.url = f"http://127.0.0.1:{free_port()}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -421,7 +435,7 @@ class _OrthancWithDicomWeb:
             "IndexDirectory": str(self.folder / "index"), "HttpPort": int(self.url.rsplit(":", 1)[1]),
             "DicomServerEnabled": False, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
             "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
-            "DicomWeb": {"Enable": True, "Servers": {name: [peer] for name, peer in self.servers.items()}},
+            "DicomWeb": {"Enable": True, "Servers": self.servers},
         }  # fmt: skip
         (self.folder / "orthanc.json").write_text(json.dumps(config))
         log = (self.folder / "orthanc.log").open("ab")

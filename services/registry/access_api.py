@@ -1,0 +1,138 @@
+"""API routes of access: who am I, API tokens (administrators), and the audit trail (administrators)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from services.db import Database
+from services.db.access import ApiToken, AuditEntry
+from services.registry import audit
+from services.registry.auth import Principal, Role, create_token, require, revoke_token
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["access"])
+
+Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
+Anyone = Annotated[Principal, Depends(require(*Role))]
+
+
+def _session(request: Request) -> Iterator[Session]:
+    with request.app.state.db.session() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(_session)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WhoAmI(BaseModel):
+    subject: str
+    role: Role
+    via: str
+
+
+class TokenRequest(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Who or what will use it.")
+    role: Role
+
+
+class TokenPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    role: Role
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class TokenCreated(TokenPublic):
+    token: str = Field(description="Shown only now: the registry keeps only its hash.")
+
+
+class AuditPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    at: datetime
+    actor: str
+    actor_role: str
+    via: str
+    action: str
+    entity: str
+    entity_id: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+
+@router.get("/whoami", response_model=WhoAmI)
+def whoami(principal: Anyone) -> WhoAmI:
+    """The caller as the registry sees them."""
+    return WhoAmI(subject=principal.subject, role=principal.role, via=principal.via)
+
+
+@router.post("/tokens", response_model=TokenCreated, status_code=201, responses={409: {"description": "name taken"}})
+def post_token(body: TokenRequest, principal: Admin, request: Request) -> TokenCreated:
+    """Make an API token; the response is the only time the token is shown."""
+    db: Database = request.app.state.db
+    try:
+        with db.session() as session:
+            row, token = create_token(session, body.name, body.role, principal.subject)
+            audit.record(
+                session, principal, "token.create", "api_token", str(row.id),
+                after={"name": body.name, "role": body.role.value},
+            )  # fmt: skip
+            public = TokenPublic.model_validate(row)
+    except IntegrityError:
+        raise HTTPException(409, detail=f"a token named {body.name!r} exists already") from None
+    return TokenCreated(**public.model_dump(), token=token)
+
+
+@router.get("/tokens", response_model=list[TokenPublic])
+def list_tokens(principal: Admin, session: SessionDep) -> list[TokenPublic]:
+    """Every API token, revoked ones included (never the tokens themselves)."""
+    return [TokenPublic.model_validate(row) for row in session.scalars(select(ApiToken).order_by(ApiToken.id))]
+
+
+@router.delete("/tokens/{token_id}", status_code=204, responses={404: {"description": "no such active token"}})
+def delete_token(token_id: int, principal: Admin, session: SessionDep) -> Response:
+    """Revoke a token at once; the row stays, for the audit trail."""
+    if not revoke_token(session, token_id):
+        raise HTTPException(404, detail="no active token with this id")
+    audit.record(session, principal, "token.revoke", "api_token", str(token_id), after={"revoked": True})
+    return Response(status_code=204)
+
+
+@router.get("/audit", response_model=list[AuditPublic])
+def list_audit(
+    principal: Admin,
+    session: SessionDep,
+    entity: str | None = None,
+    entity_id: str | None = None,
+    actor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+) -> list[AuditPublic]:
+    """The audit trail, newest first."""
+    query = select(AuditEntry).order_by(AuditEntry.id.desc())
+    if entity is not None:
+        query = query.where(AuditEntry.entity == entity)
+    if entity_id is not None:
+        query = query.where(AuditEntry.entity_id == entity_id)
+    if actor is not None:
+        query = query.where(AuditEntry.actor == actor)
+    return [AuditPublic.model_validate(row) for row in session.scalars(query.limit(limit).offset(offset))]

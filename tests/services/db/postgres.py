@@ -1,0 +1,129 @@
+"""A PostgreSQL server for the database tests (import as ``tests.services.db.postgres``).
+
+``TEST_POSTGRES_URL`` names a server to use (a role that may create databases; CI starts the
+distribution's cluster and sets it). Without it a throw-away cluster is made with the installed
+PostgreSQL binaries (``initdb`` + ``pg_ctl`` in a temporary folder, on a free loopback port, run as
+the ``postgres`` OS user when the tests run as root), and removed after the session. When no
+binaries are installed the PostgreSQL variants are skipped, or fail with ``TEST_POSTGRES_REQUIRED=1``
+(CI sets it: there they must run). Each test gets its own database (:func:`scratch_database`).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.pool import NullPool
+
+from services.demo.orthanc import free_port
+
+__all__ = ["postgres_bindir", "scratch_database", "server_url"]
+
+URL_ENV = "TEST_POSTGRES_URL"
+REQUIRED_ENV = "TEST_POSTGRES_REQUIRED"
+
+
+def postgres_bindir() -> Path | None:
+    """The newest installed PostgreSQL's binaries (Debian: /usr/lib/postgresql/<version>/bin)."""
+    debian = sorted(
+        (p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb")),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
+    if debian:
+        return debian[-1]
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def _as_postgres_user(folder: Path) -> Callable[[], None] | None:
+    """Root may not run a PostgreSQL server: hand ``folder`` to the ``postgres`` user and run as it."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        user = pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.fail("tests run as root and there is no 'postgres' user to run a PostgreSQL server as")
+    os.chown(folder, user.pw_uid, user.pw_gid)
+
+    def demote() -> None:
+        os.setgid(user.pw_gid)
+        os.setuid(user.pw_uid)
+
+    return demote
+
+
+@contextmanager
+def _throwaway_cluster(bindir: Path) -> Iterator[str]:
+    folder = Path(tempfile.mkdtemp(prefix="hounsfield-pg-"))
+    demote = _as_postgres_user(folder)
+    data, port = folder / "data", free_port()
+    env = {**os.environ, "LC_ALL": "C"}
+
+    def run(*args: str) -> None:
+        subprocess.run(args, check=True, capture_output=True, env=env, preexec_fn=demote, cwd=folder)
+
+    try:
+        run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        # Durability is not under test here: no fsync keeps CREATE DATABASE per test cheap.
+        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+        options += " -c synchronous_commit=off"
+        run(
+            str(bindir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(data), "-l", str(folder / "log"), "-o", options
+        )
+    except subprocess.CalledProcessError as exc:
+        log = (folder / "log").read_text(errors="replace")[-2000:] if (folder / "log").exists() else ""
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.fail(f"could not start PostgreSQL: {exc.stderr.decode(errors='replace')[-2000:]}{log}")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [str(bindir / "pg_ctl"), "stop", "-m", "immediate", "-D", str(data)],
+            capture_output=True,
+            env=env,
+            preexec_fn=demote,
+            cwd=folder,
+            check=False,
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def server_url() -> Iterator[str]:
+    """The URL of a PostgreSQL server the tests may create databases on (see the module docstring)."""
+    given = os.environ.get(URL_ENV)
+    if given:
+        yield make_url(given).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+        return
+    bindir = postgres_bindir()
+    if bindir is None:
+        reason = f"PostgreSQL is not installed (no initdb) and {URL_ENV} is not set"
+        if os.environ.get(REQUIRED_ENV) == "1":
+            pytest.fail(f"{reason}, but {REQUIRED_ENV}=1")
+        pytest.skip(reason)
+    with _throwaway_cluster(bindir) as url:
+        yield url
+
+
+@contextmanager
+def scratch_database(server: str) -> Iterator[str]:
+    """A new, empty database on ``server`` for one test; dropped afterwards (connections included)."""
+    name = f"hounsfield_test_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

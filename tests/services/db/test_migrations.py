@@ -1,0 +1,152 @@
+"""Migrations: the chain builds exactly the models' schema, on SQLite and PostgreSQL.
+
+The comparison is what keeps model changes honest: a model changed without a migration (or a model
+module in ``MODEL_MODULES`` whose tables no migration creates) fails ``test_migrations_match_models``.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, MetaData, inspect, select
+from typer.testing import CliRunner
+
+from services.db import Database, Study, StudyState
+from services.db.migrate import (
+    INITIAL_REVISION,
+    INITIAL_TABLES,
+    current_revision,
+    db_app,
+    head_revision,
+    migrated_tables,
+    target_metadata,
+    upgrade,
+)
+from tests.services.db import postgres
+
+
+def _differences(connection: Connection, metadata: MetaData | None = None) -> list[Any]:
+    """Autogenerate's differences between the database and ``metadata`` (default: the migrated models).
+
+    Tables in scope: those the database has (what the migrations made) and the expected ones, so a
+    model table that no migration creates shows up as ``add_table``.
+    """
+    if metadata is None:
+        metadata, expected = target_metadata(), {t.name for t in migrated_tables()}
+    else:
+        expected = set(metadata.tables)
+    in_scope = (set(inspect(connection).get_table_names()) | expected) - {"alembic_version"}
+
+    def include(_obj: Any, name: str | None, type_: str, _reflected: bool, _compare_to: Any) -> bool:
+        return name in in_scope if type_ == "table" else True
+
+    context = MigrationContext.configure(connection, opts={"compare_type": True, "include_object": include})
+    return list(compare_metadata(context, metadata))
+
+
+def _explain(differences: list[Any]) -> str:
+    missing = [d[1].name for d in differences if isinstance(d, tuple) and d[0] == "add_table"]
+    lines = [f"tables without a migration: {', '.join(missing)}"] if missing else []
+    return "\n".join([*lines, "schema differs from the models (add a migration):", *map(repr, differences)])
+
+
+def test_migrations_match_models(database_url: str) -> None:
+    database = Database(database_url)
+    try:
+        assert current_revision(database.engine) is None
+        assert upgrade(database.engine) == head_revision()  # every migration, from an empty database
+        with database.engine.connect() as connection:
+            differences = _differences(connection)
+            tables = set(inspect(connection).get_table_names())
+        assert not differences, _explain(differences)
+        assert {t.name for t in migrated_tables()} | {"alembic_version"} == tables
+    finally:
+        database.dispose()
+
+
+def test_fast_path_equals_migration_chain(database_url: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """create_schema on an empty database (create_all + stamp) makes what the migrations make."""
+    with ExitStack() as stack:
+        if database_url.startswith("sqlite"):
+            chain_url = f"sqlite:///{tmp_path / 'chain.db'}"
+        else:
+            chain_url = stack.enter_context(postgres.scratch_database(request.getfixturevalue("postgres_server")))
+        fast, chained = Database(database_url), Database(chain_url)
+        stack.callback(fast.dispose)
+        stack.callback(chained.dispose)
+
+        fast.create_schema()
+        upgrade(chained.engine)
+
+        assert current_revision(fast.engine) == current_revision(chained.engine) == head_revision()
+        reflected = MetaData()
+        reflected.reflect(fast.engine, only=[t.name for t in migrated_tables()])
+        with chained.engine.connect() as connection:
+            differences = _differences(connection, reflected)
+        assert not differences, _explain(differences)
+
+
+def test_create_all_database_is_stamped_and_upgraded(database_url: str) -> None:
+    """A database made by create_all before migrations existed keeps its rows and reaches head."""
+    database = Database(database_url)
+    try:
+        initial = [t for t in migrated_tables() if t.name in INITIAL_TABLES]
+        target_metadata().create_all(database.engine, tables=initial)
+        with database.session() as session:
+            session.add(Study(study_instance_uid="1.2.3", patient_id="", study_date="20260101"))
+        assert current_revision(database.engine) is None
+
+        database.create_schema()
+
+        assert current_revision(database.engine) == head_revision()
+        with database.session() as session:
+            study = session.scalars(select(Study)).one()
+            assert (study.study_instance_uid, study.state) == ("1.2.3", StudyState.RECEIVING)
+        with database.engine.connect() as connection:
+            differences = _differences(connection)
+        assert not differences, _explain(differences)
+    finally:
+        database.dispose()
+
+
+def test_stamped_initial_revision_upgrades(database_url: str) -> None:
+    """upgrade() on a create_all database goes through the initial revision (not the empty fast path)."""
+    database = Database(database_url)
+    try:
+        initial = [t for t in migrated_tables() if t.name in INITIAL_TABLES]
+        target_metadata().create_all(database.engine, tables=initial)
+        assert upgrade(database.engine, INITIAL_REVISION) == INITIAL_REVISION
+        assert upgrade(database.engine) == head_revision()
+    finally:
+        database.dispose()
+
+
+def test_create_schema_is_idempotent(db: Database) -> None:
+    before = set(inspect(db.engine).get_table_names())
+    started = time.perf_counter()
+    db.create_schema()
+    elapsed = time.perf_counter() - started
+    assert set(inspect(db.engine).get_table_names()) == before
+    assert current_revision(db.engine) == head_revision()
+    assert elapsed < 1.0, f"create_schema on a database at head took {elapsed:.3f} s"
+
+
+def test_cli_current_and_upgrade(database_url: str) -> None:
+    runner = CliRunner()
+    behind = runner.invoke(db_app, ["current", "--url", database_url])
+    assert behind.exit_code == 1, behind.output
+    assert "revision none" in behind.output
+
+    upgraded = runner.invoke(db_app, ["upgrade", "--url", database_url])
+    assert upgraded.exit_code == 0, upgraded.output
+    assert f"at revision {head_revision()}" in upgraded.output
+
+    current = runner.invoke(db_app, ["current", "--url", database_url])
+    assert current.exit_code == 0, current.output
+    assert f"revision {head_revision()} (head)" in current.output

@@ -1,0 +1,26 @@
+"""Registry fixtures: one API token per role in the test's database, and bearer headers for them."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.config import Settings
+from services.db import Database
+from services.registry.auth import Role, create_token
+
+
+@pytest.fixture
+def tokens(settings: Settings) -> dict[Role, str]:
+    """An API token for every role, made in ``settings``' database before any app starts."""
+    db = Database(settings.sqlalchemy_url)
+    db.create_schema()
+    made = {}
+    with db.session() as session:
+        for role in Role:
+            _, made[role] = create_token(session, f"test-{role.value}", role, "tests")
+    db.dispose()
+    return made
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
