@@ -308,6 +308,49 @@ def models_list(config: ConfigOption = None) -> None:
     db.dispose()
 
 
+rules = typer.Typer(help="Routing rules: try them on stored studies before they route anything.")
+app.add_typer(rules, name="rules")
+
+
+@rules.command("test")
+def rules_test(
+    study: Annotated[str, typer.Option("--study", help="A stored study's Study Instance UID.")],
+    rule_file: Annotated[
+        Path | None, typer.Option("--rule", exists=True, dir_okay=False, help="A YAML rule to try instead.")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Which deployments would run on a stored study, and why each rule matched each series or not."""
+    import yaml
+    from pydantic import TypeAdapter, ValidationError
+
+    from services.router.dry_run import dry_run, study_facts
+    from services.router.rules import Rule
+
+    rule = None
+    if rule_file is not None:
+        try:
+            rule = TypeAdapter(Rule).validate_python(yaml.safe_load(rule_file.read_text(encoding="utf-8")))
+        except (ValidationError, yaml.YAMLError) as exc:
+            err.print(f"[red]{rule_file}: {exc}[/red]", highlight=False)
+            raise typer.Exit(2) from None
+    settings, db = _database(config)
+    with db.session() as session:
+        facts = study_facts(session, study)
+    db.dispose()
+    if not facts:
+        err.print("[red]no stored study with this Study Instance UID[/red]", highlight=False)
+        raise typer.Exit(1)
+    for verdict in dry_run(settings.deployments, facts, rule):
+        taken = verdict.series_instance_uids
+        about = f" ({verdict.model}, {verdict.mode})" if verdict.model else ""
+        outcome = f"would run on {len(taken)} of {len(facts)} series" if taken else "would not run"
+        typer.echo(f"{verdict.deployment}{about}: {outcome}")
+        for uid, match in verdict.verdicts.items():
+            typer.echo(f"  series {uid}")
+            typer.echo(match.explain(indent=2))
+
+
 @app.command("config")
 def show_config(config: ConfigOption = None) -> None:
     """Validate the configuration and print it as JSON."""

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from services import __version__
 from services.config import Settings
 from services.db import Database, Job, JobState, StudyState
-from services.registry import access_api, catalog_api, queries, stow
+from services.registry import access_api, catalog_api, queries, rules_api, stow
 from services.registry.auth import READERS, Authenticator, Role, ensure_sign_in_possible, require
 from services.registry.catalog import seed_taxonomy
 from services.registry.schemas import JobPublic, ResultPublic, StudyDetail, StudyPublic
@@ -167,7 +167,7 @@ def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = No
     app.state.stow = None
     app.state.auth = authenticator
     app.add_exception_handler(RequestValidationError, _unprocessable)
-    for router in (health, studies, jobs, results, access_api.router, catalog_api.router):
+    for router in (health, studies, jobs, results, access_api.router, catalog_api.router, rules_api.router):
         app.include_router(router)
     if settings.registry.stow_enabled:
         app.include_router(stow.router, dependencies=[Depends(require(Role.SENDER))])

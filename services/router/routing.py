@@ -19,8 +19,9 @@ from sqlalchemy import select
 from services.config import DeploymentSettings, Settings
 from services.contracts import StudyComplete
 from services.db import Database, Job, Study, StudyState
-from services.db.index import add_event, complete_study, series_facts_rows
+from services.db.index import add_event, complete_study
 from services.db.jobs import create_job, idempotency_key, supersede_earlier_jobs
+from services.router.dry_run import study_facts
 from services.router.rules import Match, SeriesFacts
 
 __all__ = ["Decision", "Router", "RouterThread", "evaluate_deployment"]
@@ -76,16 +77,7 @@ class Router:
                 add_event(session, uid, actor, "study-complete", trigger=event.trigger)
             study = session.get(Study, uid)
             assert study is not None  # complete_study matched it
-            facts = [
-                SeriesFacts(
-                    series_instance_uid=series.series_instance_uid,
-                    instance_count=count,
-                    calling_ae=series.calling_ae,
-                    called_ae=series.called_ae,
-                    tags=series.tags,
-                )
-                for series, count in series_facts_rows(session, uid)
-            ]
+            facts = study_facts(session, uid)
             matched_any = False
             for deployment in self._settings.deployments:
                 decision = evaluate_deployment(deployment, facts)
