@@ -277,8 +277,9 @@ def models_register(
             )
             if registration.outcome != "unchanged":
                 before = registration.before.model_dump(mode="json") if registration.before else None
+                action = {"created": "create", "published": "publish", "replaced": "replace"}[registration.outcome]
                 record(
-                    session, principal, f"model_version.{registration.outcome}", "model_version",
+                    session, principal, f"model_version.{action}", "model_version",
                     f"{model}@{request.version}", before=before, after=registration.version.model_dump(mode="json"),
                 )  # fmt: skip
     except (CatalogError, ManifestError) as exc:

@@ -37,7 +37,7 @@ Reader = Annotated[Principal, Depends(require(*READERS))]
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
 Developer = Annotated[Principal, Depends(require(Role.MODEL_DEVELOPER))]
 Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=1_000_000_000)]  # a database integer, whatever is asked
 
 
 def _session(request: Request) -> Iterator[Session]:

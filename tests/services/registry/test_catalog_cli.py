@@ -47,4 +47,4 @@ def test_the_example_map_registers_once_and_is_listed(
     listed = runner.invoke(cli, ["models", "list", "--config", str(config)], env=env)
     assert "ct-lesion-seg\tresearch-only\t1.0.0" in listed.output
     trail = TestClient(api.app, headers=bearer(tokens[Role.ADMIN])).get("/audit", params={"entity": "model_version"})
-    assert [entry["action"] for entry in trail.json()] == ["model_version.created"]
+    assert [entry["action"] for entry in trail.json()] == ["model_version.create"]
