@@ -1,4 +1,4 @@
-"""Registry fixtures: one API token per role in the test's database, and bearer headers for them."""
+"""Registry fixtures: every registry test on SQLite and on PostgreSQL; one API token per role; bearer headers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,12 @@ import pytest
 from services.config import Settings
 from services.db import Database
 from services.registry.auth import Role, create_token
+
+
+@pytest.fixture
+def settings(settings: Settings, database_url: str) -> Settings:
+    """The shared settings with their database on each backend (an empty one per test)."""
+    return settings.model_copy(update={"database_url": database_url})
 
 
 @pytest.fixture

@@ -137,7 +137,9 @@ def test_jwts_from_the_configured_provider(settings: Settings, provider: tuple[r
 
 def test_cli_makes_lists_and_revokes_tokens(settings: Settings, tmp_path: Path) -> None:
     config = tmp_path / "hounsfield.yaml"
-    config.write_text(json.dumps({"data_dir": str(settings.data_dir)}))  # JSON is YAML
+    config.write_text(
+        json.dumps({"data_dir": str(settings.data_dir), "database_url": settings.sqlalchemy_url})
+    )  # JSON is YAML
     runner = CliRunner()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOUNSFIELD_")}
     refused = runner.invoke(cli, ["registry", "--config", str(config)], env=env)

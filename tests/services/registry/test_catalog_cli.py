@@ -28,7 +28,7 @@ def test_the_example_map_registers_once_and_is_listed(
     }  # fmt: skip
     assert api.post("/models", json=model).status_code == 201
     config = tmp_path / "hounsfield.yaml"
-    config.write_text(json.dumps({"data_dir": str(settings.data_dir)}))
+    config.write_text(json.dumps({"data_dir": str(settings.data_dir), "database_url": settings.sqlalchemy_url}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOUNSFIELD_")}
     runner = CliRunner()
     argv = ["models", "register", str(EXAMPLE_MAP), "--model", "ct-lesion-seg", "--config", str(config)]

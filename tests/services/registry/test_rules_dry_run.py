@@ -106,7 +106,14 @@ def test_cli_explains_a_stored_study(settings: Settings, tmp_path: Path) -> None
     deployments = [d.model_dump(mode="json") for d in settings.deployments]
     destinations = {"pacs": {"ae_title": "PACS", "host": "h", "port": 1}}
     config.write_text(
-        json.dumps({"data_dir": str(settings.data_dir), "destinations": destinations, "deployments": deployments})
+        json.dumps(
+            {
+                "data_dir": str(settings.data_dir),
+                "database_url": settings.sqlalchemy_url,
+                "destinations": destinations,
+                "deployments": deployments,
+            }
+        )
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOUNSFIELD_")}
     runner = CliRunner()
