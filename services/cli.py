@@ -52,9 +52,21 @@ def _stop_on_signals() -> threading.Event:
 @app.command()
 def up(config: ConfigOption = None) -> None:
     """Run every service in the foreground (redis-server too when no Redis URL is set). Ctrl-C stops them."""
+    from services.db import Database
+    from services.registry.auth import Authenticator, AuthSetupError, ensure_sign_in_possible
     from services.supervisor import run_up
 
     settings = _settings(config, "up")
+    db = Database(settings.sqlalchemy_url)
+    try:
+        db.create_schema()
+        # The registry would refuse to start: say so before starting anything.
+        ensure_sign_in_possible(settings, db, Authenticator(db, settings.registry.oidc))
+    except AuthSetupError as exc:
+        err.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(2) from exc
+    finally:
+        db.dispose()
     raise typer.Exit(run_up(settings, config, _stop_on_signals()))
 
 

@@ -55,3 +55,9 @@ def test_embedded_defaults_refuse_then_serve_with_a_token(tmp_path: Path) -> Non
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_up_says_why_it_will_not_start_before_starting_anything(tmp_path: Path) -> None:
+    refused = _hounsfield("up", cwd=tmp_path)
+    assert refused.returncode == 2 and "hounsfield tokens create" in refused.stderr
+    assert not (tmp_path / ".hounsfield" / "redis").exists(), "no service was started"
