@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from services.db import Database
 from services.db.access import ApiToken, AuditEntry
 from services.registry import audit
 from services.registry.auth import Principal, Role, create_token, require, revoke_token
+from services.registry.deps import Limit, Offset, SessionDep
 
 __all__ = ["router"]
 
@@ -23,14 +22,6 @@ router = APIRouter(tags=["access"])
 
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
 Anyone = Annotated[Principal, Depends(require(*Role))]
-
-
-def _session(request: Request) -> Iterator[Session]:
-    with request.app.state.db.session() as session:
-        yield session
-
-
-SessionDep = Annotated[Session, Depends(_session)]
 
 
 class _Strict(BaseModel):
@@ -124,8 +115,8 @@ def list_audit(
     entity: str | None = None,
     entity_id: str | None = None,
     actor: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> list[AuditPublic]:
     """The audit trail, newest first."""
     query = select(AuditEntry).order_by(AuditEntry.id.desc())

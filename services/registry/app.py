@@ -8,18 +8,16 @@ roles each route names; administrators may do everything.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated
 
 import redis
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import text
-from sqlalchemy.orm import Session
 
 from services import __version__
 from services.config import Settings
@@ -27,19 +25,11 @@ from services.db import Database, Job, JobState, StudyState
 from services.registry import access_api, catalog_api, queries, rules_api, stow
 from services.registry.auth import READERS, Authenticator, Role, ensure_sign_in_possible, require
 from services.registry.catalog import seed_taxonomy
+from services.registry.deps import Limit, Offset, SessionDep
 from services.registry.schemas import JobPublic, ResultPublic, StudyDetail, StudyPublic
 
 __all__ = ["create_app"]
 
-
-def _session(request: Request) -> Iterator[Session]:
-    with request.app.state.db.session() as session:
-        yield session
-
-
-SessionDep = Annotated[Session, Depends(_session)]
-Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0, le=1_000_000_000)]  # a database integer, whatever is asked
 
 health = APIRouter(tags=["health"])
 _readers = [Depends(require(*READERS))]

@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal
 import jwt
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services.config import OIDCSettings, Settings
@@ -205,7 +205,7 @@ def require(*roles: Role) -> Callable[..., Principal]:
 
 def _active_tokens(db: Database) -> int:
     with db.session() as session:
-        return len(session.scalars(select(ApiToken.id).where(ApiToken.revoked_at.is_(None))).all())
+        return int(session.scalar(select(func.count()).where(ApiToken.revoked_at.is_(None))) or 0)
 
 
 def ensure_sign_in_possible(settings: Settings, db: Database, authenticator: Authenticator) -> Path | None:

@@ -10,11 +10,9 @@ Device UIDs of versions are made under ``settings.uid_root``) and ``app.state.au
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated, Any, NoReturn
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
-from sqlalchemy.orm import Session
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 
 from services.registry import audit, catalog
 from services.registry.auth import READERS, Principal, Role, require
@@ -27,6 +25,7 @@ from services.registry.catalog_schemas import (
     VersionPublic,
     VersionRegister,
 )
+from services.registry.deps import Limit, Offset, SessionDep
 from services.registry.map_manifest import ManifestError
 
 __all__ = ["router"]
@@ -36,16 +35,7 @@ router = APIRouter(tags=["catalog"])
 Reader = Annotated[Principal, Depends(require(*READERS))]
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
 Developer = Annotated[Principal, Depends(require(Role.MODEL_DEVELOPER))]
-Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0, le=1_000_000_000)]  # a database integer, whatever is asked
 
-
-def _session(request: Request) -> Iterator[Session]:
-    with request.app.state.db.session() as session:
-        yield session
-
-
-SessionDep = Annotated[Session, Depends(_session)]
 
 _ACTIONS = {
     "created": "model_version.create",

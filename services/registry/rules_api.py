@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
-
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from sqlalchemy.orm import Session
 
 from services.config import Settings
 from services.db import Study
 from services.registry.auth import READERS, require
+from services.registry.deps import SessionDep
 from services.router.dry_run import DeploymentVerdict, dry_run, match_tree, study_facts
 from services.router.rules import INDEXED_TAGS, Rule, SeriesFacts
 
@@ -20,11 +17,6 @@ __all__ = ["router"]
 router = APIRouter(prefix="/rules", tags=["rules"], dependencies=[Depends(require(*READERS))])
 
 _UID = r"^[0-9]+(\.[0-9]+)*$"
-
-
-def _session(request: Request) -> Iterator[Session]:
-    with request.app.state.db.session() as session:
-        yield session
 
 
 class SeriesFactsIn(BaseModel):
@@ -106,7 +98,7 @@ def _answer(verdict: DeploymentVerdict) -> DeploymentDryRun:
 
 
 @router.post("/dry-run", response_model=DryRunAnswer, responses={404: {"description": "no such stored study"}})
-def post_dry_run(body: DryRunRequest, request: Request, session: Annotated[Session, Depends(_session)]) -> DryRunAnswer:
+def post_dry_run(body: DryRunRequest, request: Request, session: SessionDep) -> DryRunAnswer:
     """Evaluate the deployments' rules (or ``rule``) on a study's series; nothing is completed or queued."""
     settings: Settings = request.app.state.settings
     if body.study_instance_uid is not None:
