@@ -15,13 +15,15 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from services.demo.orthanc import free_port
@@ -124,6 +126,33 @@ def scratch_database(server: str) -> Iterator[str]:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
         yield make_url(server).set(database=name).render_as_string(hide_password=False)
     finally:
+        try:
+            _drop(admin, name)
+        finally:
+            admin.dispose()
+
+
+def _drop(admin: Engine, name: str) -> None:
+    """Drop ``name`` after closing this role's sessions on it.
+
+    Not ``WITH (FORCE)``: that also has to terminate an autovacuum worker that happens to be on the
+    database, which a role without ``pg_signal_backend`` may not do. A plain ``DROP DATABASE`` asks
+    autovacuum to stand down itself; a session that is still closing makes it retry briefly.
+    """
+    deadline = time.monotonic() + 30
+    while True:
         with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+            connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = :name AND usename = current_user AND pid <> pg_backend_pid()"
+                ),
+                {"name": name},
+            )
+            try:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+                return
+            except OperationalError as exc:  # ObjectInUse: a terminated session has not gone yet
+                if getattr(exc.orig, "sqlstate", None) != "55006" or time.monotonic() > deadline:
+                    raise
+        time.sleep(0.1)
