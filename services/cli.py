@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -16,6 +18,8 @@ from services.db.migrate import db_app
 from services.logs import setup_logging
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from services.db import Database
     from services.registry.auth import Principal
 
@@ -57,12 +61,15 @@ def up(config: ConfigOption = None) -> None:
     from services.supervisor import run_up
 
     settings = _settings(config, "up")
+    from services.registry.catalog import CatalogError
+    from services.registry.lifecycle import prepare_database
+
     db = Database(settings.sqlalchemy_url)
     try:
-        db.create_schema()
+        prepare_database(db, settings)  # a declared deployment the registry refuses stops here
         # The registry would refuse to start: say so before starting anything.
         ensure_sign_in_possible(settings, db, Authenticator(db, settings.registry.oidc))
-    except AuthSetupError as exc:
+    except (AuthSetupError, CatalogError) as exc:
         err.print(f"[red]{exc}[/red]", highlight=False)
         raise typer.Exit(2) from exc
     finally:
@@ -162,11 +169,36 @@ app.add_typer(tokens, name="tokens")
 def _database(config: Path | None) -> tuple[Settings, Database]:
     """The settings and the migrated database, for commands that work on the database directly."""
     from services.db import Database
+    from services.registry.catalog import CatalogError
+    from services.registry.lifecycle import prepare_database
 
     settings = _settings(config, "cli")
     db = Database(settings.sqlalchemy_url)
-    db.create_schema()
+    try:
+        prepare_database(db, settings)
+    except CatalogError as exc:  # a declared deployment clashes with the registry
+        db.dispose()
+        err.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(2) from None
     return settings, db
+
+
+@contextmanager
+def _session_or_exit(db: Database) -> Iterator[Session]:
+    """A session on ``db`` (disposed after); a refusal of the registry is printed and exits 1."""
+    from services.registry.catalog import CatalogError
+
+    try:
+        with db.session() as session:
+            yield session
+    except CatalogError as exc:
+        for check in getattr(exc, "checks", []):  # a failed validation: every check, good and bad
+            mark = "ok " if check.ok else "[red]bad[/red]"
+            err.print(f"{mark} {check.check}: {check.detail}", highlight=False)
+        err.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+    finally:
+        db.dispose()
 
 
 def _cli_principal() -> Principal:
@@ -321,7 +353,7 @@ def models_list(config: ConfigOption = None) -> None:
     db.dispose()
 
 
-rules = typer.Typer(help="Routing rules: try them on stored studies before they route anything.")
+rules = typer.Typer(help="Routing rules: store them, list them, try them on stored studies.")
 app.add_typer(rules, name="rules")
 
 
@@ -337,6 +369,7 @@ def rules_test(
     import yaml
     from pydantic import TypeAdapter, ValidationError
 
+    from services.registry.lifecycle import load_deployments
     from services.router.dry_run import dry_run, study_facts
     from services.router.rules import Rule
 
@@ -347,21 +380,191 @@ def rules_test(
         except (ValidationError, yaml.YAMLError) as exc:
             err.print(f"[red]{rule_file}: {exc}[/red]", highlight=False)
             raise typer.Exit(2) from None
-    settings, db = _database(config)
+    _, db = _database(config)
     with db.session() as session:
         facts = study_facts(session, study)
+        running = load_deployments(session)
     db.dispose()
     if not facts:
         err.print("[red]no stored study with this Study Instance UID[/red]", highlight=False)
         raise typer.Exit(1)
-    for verdict in dry_run(settings.deployments, facts, rule):
+    for verdict in dry_run(running, facts, rule):
         taken = verdict.series_instance_uids
-        about = f" ({verdict.model}, {verdict.mode})" if verdict.model else ""
+        about = f" ({verdict.model}, {verdict.stage})" if verdict.model else ""
         outcome = f"would run on {len(taken)} of {len(facts)} series" if taken else "would not run"
         typer.echo(f"{verdict.deployment}{about}: {outcome}")
         for uid, match in verdict.verdicts.items():
             typer.echo(f"  series {uid}")
             typer.echo(match.explain(indent=2))
+
+
+def _load_yaml(path: Path) -> object:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        err.print(f"[red]{path}: {exc}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _invalid(source: str, exc: Exception) -> typer.Exit:
+    """Print a validation failure with each error's location; the exit to raise."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        for item in exc.errors():
+            where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+            err.print(f"[red]{source}: {where}: {item['msg']}[/red]", highlight=False)
+    else:
+        err.print(f"[red]{source}: {exc}[/red]", highlight=False)
+    return typer.Exit(2)
+
+
+@rules.command("list")
+def rules_list(config: ConfigOption = None) -> None:
+    """The stored routing rules and the deployments bound to each."""
+    from services.registry.lifecycle import list_rules
+
+    _, db = _database(config)
+    with db.session() as session:
+        for rule in list_rules(session):
+            bound = ", ".join(rule.deployments) or "-"
+            typer.echo(f"{rule.name}\t{rule.source}\t{bound}\t{json.dumps(rule.rule)}")
+    db.dispose()
+
+
+@rules.command("apply")
+def rules_apply(
+    path: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="YAML: a list of {name, rule, description}.")
+    ],
+    config: ConfigOption = None,
+) -> None:
+    """Store routing rules from a YAML file (made or replaced; all or none, each error located)."""
+    from pydantic import Field, TypeAdapter, ValidationError
+
+    from services.registry.deployment_schemas import RulePut
+    from services.registry.lifecycle import put_rule
+
+    class _Named(RulePut):
+        name: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+    loaded = _load_yaml(path)
+    try:
+        entries = TypeAdapter(list[_Named]).validate_python(loaded if isinstance(loaded, list) else [loaded])
+    except ValidationError as exc:
+        raise _invalid(str(path), exc) from None
+    _, db = _database(config)
+    principal = _cli_principal()
+    with db.session() as session:
+        outcomes = [(e.name, put_rule(session, principal, e.name, e.rule, e.description)[1]) for e in entries]
+    db.dispose()
+    for name, outcome in outcomes:
+        typer.echo(f"{name}: {outcome}")
+
+
+deployments = typer.Typer(help="Deployments: a model version on a rule; promote, roll back and retire them.")
+app.add_typer(deployments, name="deployments")
+
+ReasonOption = Annotated[str, typer.Option("--reason", "-r", help="Why (kept with the transition and audited).")]
+
+
+def _lifecycle_call(config: Path | None, call: str, name: str, **kwargs: object) -> None:
+    from services.registry import lifecycle
+
+    settings, db = _database(config)
+    if call == "promote":
+        kwargs["settings"] = settings
+    with _session_or_exit(db) as session:
+        changed = getattr(lifecycle, call)(session, _cli_principal(), name, **kwargs)
+    typer.echo(f"{changed.name}: {changed.stage.value}")
+
+
+@deployments.command("list")
+def deployments_list(
+    stage: Annotated[str | None, typer.Option(help="Only those in this stage.")] = None, config: ConfigOption = None
+) -> None:
+    """Every deployment: name, stage, model and version, rule, destinations."""
+    from services.db.deployments import Stage
+    from services.registry.lifecycle import list_deployments
+
+    try:
+        chosen = Stage(stage) if stage else None
+    except ValueError:
+        err.print(f"[red]unknown stage {stage!r}: one of {', '.join(s.value for s in Stage)}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    _, db = _database(config)
+    with db.session() as session:
+        for d in list_deployments(session, stage=chosen):
+            to = ",".join(d.destinations) or "-"
+            typer.echo(f"{d.name}\t{d.stage.value}\t{d.model} {d.version}\trule {d.rule}\tto {to}")
+    db.dispose()
+
+
+@deployments.command("show")
+def deployments_show(name: str, config: ConfigOption = None) -> None:
+    """One deployment as JSON, with every transition (who, when, why)."""
+    from services.registry.lifecycle import get_deployment
+
+    _, db = _database(config)
+    with _session_or_exit(db) as session:
+        shown = get_deployment(session, name)
+    typer.echo(shown.model_dump_json(indent=2))
+
+
+@deployments.command("create")
+def deployments_create(
+    path: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="YAML: the deployment (as POST /deployments).")
+    ],
+    config: ConfigOption = None,
+) -> None:
+    """Make a draft deployment of a registered model version (see docs/registry.md for the fields)."""
+    from pydantic import ValidationError
+
+    from services.registry.deployment_schemas import DeploymentCreate
+    from services.registry.lifecycle import create_deployment
+
+    try:
+        request = DeploymentCreate.model_validate(_load_yaml(path))
+    except ValidationError as exc:
+        raise _invalid(str(path), exc) from None
+    settings, db = _database(config)
+    with _session_or_exit(db) as session:
+        made = create_deployment(session, _cli_principal(), request, settings)
+    typer.echo(f"{made.name}: {made.stage.value} ({made.model} {made.version} on rule {made.rule})")
+
+
+@deployments.command("promote")
+def deployments_promote(
+    name: str,
+    reason: ReasonOption,
+    to: Annotated[str | None, typer.Option(help="validated, shadow, research or clinical (default: the next).")] = None,
+    supersede: Annotated[bool, typer.Option(help="Retire the model's clinical version on this rule.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """One step on: draft -> validated (checks) -> shadow | research -> clinical."""
+    from services.db.deployments import Stage
+
+    try:
+        target = Stage(to) if to else None
+    except ValueError:
+        err.print(f"[red]unknown stage {to!r}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    _lifecycle_call(config, "promote", name, reason=reason, to=target, supersede=supersede)
+
+
+@deployments.command("rollback")
+def deployments_rollback(name: str, reason: ReasonOption, config: ConfigOption = None) -> None:
+    """Undo the last promotion (clinical -> shadow, restoring the clinical version it replaced)."""
+    _lifecycle_call(config, "rollback", name, reason=reason)
+
+
+@deployments.command("retire")
+def deployments_retire(name: str, reason: ReasonOption, config: ConfigOption = None) -> None:
+    """Stop a deployment for good."""
+    _lifecycle_call(config, "retire", name, reason=reason)
 
 
 @app.command("config")

@@ -18,6 +18,7 @@ import redis
 
 from services.config import Settings
 from services.db import Database
+from services.registry.lifecycle import prepare_database
 
 __all__ = ["LocalRedis", "Supervisor", "run_up"]
 
@@ -100,7 +101,9 @@ class Supervisor:
 
 def run_up(settings: Settings, config_path: Path | None, stop: threading.Event) -> int:
     """Run listener, worker and registry (and redis-server when needed) until ``stop``."""
-    Database(settings.sqlalchemy_url).create_schema()
+    db = Database(settings.sqlalchemy_url)
+    prepare_database(db, settings)  # before the services start, so that they find it done
+    db.dispose()
     env = dict(os.environ)
     if config_path is not None:
         env["HOUNSFIELD_CONFIG"] = str(config_path.resolve())

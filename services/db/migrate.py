@@ -53,7 +53,12 @@ INITIAL_REVISION = "0001"
 INITIAL_TABLES = frozenset({"studies", "series", "instances", "jobs", "results", "events"})
 """The tables of the initial revision: what ``create_all`` made before migrations existed."""
 
-MODEL_MODULES: tuple[str, ...] = ("services.db.models", "services.db.access", "services.db.catalog")
+MODEL_MODULES: tuple[str, ...] = (
+    "services.db.models",
+    "services.db.access",
+    "services.db.catalog",
+    "services.db.deployments",
+)
 """The modules whose tables the migrations own. A module added here needs a migration for its tables
 (``tests/services/db/test_migrations.py`` fails until the migrated schema matches them)."""
 

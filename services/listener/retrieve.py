@@ -91,6 +91,7 @@ from services.db.index import series_instance_counts
 from services.listener.completeness import CompletenessTracker
 from services.listener.header import dataset_int
 from services.listener.storage import Origin, StoreContext, receive_instance
+from services.registry.lifecycle import prepare_database
 from services.router.routing import Router
 from services.store import InvalidUID, StudyStore, check_uid
 
@@ -741,7 +742,7 @@ def run_fetch(
         raise FetchFailed(str(exc), exit_code=2) from exc
     db = Database(settings.sqlalchemy_url)
     try:
-        db.create_schema()
+        prepare_database(db, settings)
         store = StudyStore(settings.data_dir, min_free_bytes=settings.listener.min_free_disk_mb * 2**20)
         unsent: list[str] = []
         sender = enqueue

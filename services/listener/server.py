@@ -29,6 +29,7 @@ from services.listener.policy import AssociationPolicy
 from services.listener.recovery import RecoveryReport, recover_store
 from services.listener.source_count import SourceCounter
 from services.listener.storage import StoreContext
+from services.registry.lifecycle import prepare_database
 from services.router.routing import Router, RouterThread
 from services.store import StudyStore
 
@@ -47,7 +48,7 @@ class Listener:
     def __post_init__(self) -> None:
         # One commit per instance: NORMAL (see Database) keeps it cheap; the instance files are fsynced.
         self.db = Database(self.settings.sqlalchemy_url, synchronous="NORMAL")
-        self.db.create_schema()
+        prepare_database(self.db, self.settings)  # schema, taxonomy, the configuration's deployments
         self.store = StudyStore(self.settings.data_dir, min_free_bytes=self.settings.listener.min_free_disk_mb * 2**20)
         self.router_thread = RouterThread(Router(self.settings, self.db, self.enqueue))
         self.tracker = CompletenessTracker(

@@ -14,13 +14,12 @@ from services.db import Database
 from services.db.access import ApiToken, AuditEntry
 from services.registry import audit
 from services.registry.auth import Principal, Role, create_token, require, revoke_token
-from services.registry.deps import Limit, Offset, SessionDep
+from services.registry.deps import Admin, Limit, Offset, SessionDep
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["access"])
 
-Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
 Anyone = Annotated[Principal, Depends(require(*Role))]
 
 

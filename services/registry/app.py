@@ -1,4 +1,5 @@
-"""The registry's HTTP API: health, studies, jobs, results (read-only), access, and STOW-RS intake.
+"""The registry's HTTP API: health, studies, jobs, results (read-only), access, the model catalog,
+routing rules and deployments, and STOW-RS intake.
 
 Everything but ``/health`` and ``/metrics`` needs a bearer credential (:mod:`services.registry.auth`):
 reads are open to viewers, radiologists and model developers, STOW-RS to senders, the rest to the
@@ -22,10 +23,10 @@ from sqlalchemy import text
 from services import __version__
 from services.config import Settings
 from services.db import Database, Job, JobState, StudyState
-from services.registry import access_api, catalog_api, queries, rules_api, stow
+from services.registry import access_api, catalog_api, deployments_api, queries, rules_api, stow
 from services.registry.auth import READERS, Authenticator, Role, ensure_sign_in_possible, require
-from services.registry.catalog import seed_taxonomy
 from services.registry.deps import Limit, Offset, SessionDep
+from services.registry.lifecycle import prepare_database
 from services.registry.schemas import JobPublic, ResultPublic, StudyDetail, StudyPublic
 
 __all__ = ["create_app"]
@@ -126,9 +127,7 @@ def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = No
     enqueuer when not given).
     """
     db = Database(settings.sqlalchemy_url)
-    db.create_schema()
-    with db.session() as session:
-        seed_taxonomy(session)  # the radiology AI use cases, as data (administrators may add more)
+    prepare_database(db, settings)  # migrations, the use-case taxonomy, the configuration's deployments
     authenticator = Authenticator(db, settings.registry.oidc)
     ensure_sign_in_possible(settings, db, authenticator)  # AuthSetupError: nobody could sign in
 
@@ -157,7 +156,8 @@ def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = No
     app.state.stow = None
     app.state.auth = authenticator
     app.add_exception_handler(RequestValidationError, _unprocessable)
-    for router in (health, studies, jobs, results, access_api.router, catalog_api.router, rules_api.router):
+    routers = (access_api.router, catalog_api.router, rules_api.router, deployments_api.router)
+    for router in (health, studies, jobs, results, *routers):
         app.include_router(router)
     if settings.registry.stow_enabled:
         app.include_router(stow.router, dependencies=[Depends(require(Role.SENDER))])

@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from services.db.catalog import Category, LatencyScope, Model, ModelVersion, UseCase
+from services.db.deployments import ACTIVE_STAGES, Deployment, Stage
 from services.db.models import Instance, Job, JobState, utcnow
 from services.registry.catalog_schemas import (
     MeasuredLatency,
@@ -400,20 +401,36 @@ def measured_latency(session: Session, *, use_case: UseCase, model: Model, versi
 def use_case_versions(session: Session, *, key: str) -> list[UseCaseVersion]:
     """Which model versions serve the use case ``key``, how they are deployed, how fast they have been.
 
-    Deployments are not in the catalog yet: ``deployments`` is empty and ``mode`` None for every version.
+    A version's deployments are those bound to it in the catalog, and configuration-declared ones
+    that name the model (by name or display name) and the version.
     """
     use_case = _use_case(session, key)
     found = []
     for model in use_case.models:
         for row in _newest_first(model.versions):
+            bound = session.scalars(
+                select(Deployment)
+                .where(
+                    (Deployment.model_version_id == row.id)
+                    | (
+                        Deployment.model_version_id.is_(None)
+                        & Deployment.model_name.in_({model.name, model.display_name})
+                        & (Deployment.model_version == row.version)
+                    ),
+                    Deployment.stage != Stage.RETIRED,
+                )
+                .order_by(Deployment.name)
+            ).all()
+            running = [d.stage for d in bound if d.stage in ACTIVE_STAGES]
+            mode = next((s.value for s in (Stage.CLINICAL, Stage.RESEARCH, Stage.SHADOW) if s in running), None)
             found.append(
                 UseCaseVersion(
                     model_name=model.name,
                     version=row.version,
                     published=row.published,
                     device_uid=row.device_uid,
-                    deployments=[],
-                    mode=None,
+                    deployments=[{"name": d.name, "stage": d.stage.value, "rule": d.rule_name} for d in bound],
+                    mode=mode,
                     latency=measured_latency(session, use_case=use_case, model=model, version=row.version),
                 )
             )

@@ -10,12 +10,11 @@ Device UIDs of versions are made under ``settings.uid_root``) and ``app.state.au
 
 from __future__ import annotations
 
-from typing import Annotated, Any, NoReturn
+from typing import Any, NoReturn
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from services.registry import audit, catalog
-from services.registry.auth import READERS, Principal, Role, require
 from services.registry.catalog_schemas import (
     ModelCreate,
     ModelPublic,
@@ -25,16 +24,12 @@ from services.registry.catalog_schemas import (
     VersionPublic,
     VersionRegister,
 )
-from services.registry.deps import Limit, Offset, SessionDep
+from services.registry.deps import Admin, Developer, Limit, Offset, Reader, SessionDep
 from services.registry.map_manifest import ManifestError
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["catalog"])
-
-Reader = Annotated[Principal, Depends(require(*READERS))]
-Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
-Developer = Annotated[Principal, Depends(require(Role.MODEL_DEVELOPER))]
 
 
 _ACTIONS = {

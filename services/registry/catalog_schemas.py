@@ -210,7 +210,7 @@ class UseCaseVersion(BaseModel):
     published: bool
     device_uid: str
     deployments: list[dict[str, Any]]
-    """Always empty until deployments exist in the registry."""
+    """Its deployments that are not retired: ``name``, ``stage``, ``rule``."""
     mode: str | None
-    """``shadow``, ``research`` or ``clinical`` once deployed; None until deployments exist."""
+    """The most clinical stage it runs in (``clinical`` > ``research`` > ``shadow``); None when it runs nowhere."""
     latency: MeasuredLatency

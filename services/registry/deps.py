@@ -1,4 +1,4 @@
-"""What the registry's routes share: a database session per request, and paging parameters."""
+"""What the registry's routes share: a database session per request, the callers by role, paging parameters."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session
 
-__all__ = ["Limit", "Offset", "SessionDep"]
+from services.registry.auth import READERS, Principal, Role, require
+
+__all__ = ["Admin", "Developer", "Limit", "Offset", "Reader", "SessionDep"]
 
 
 def _session(request: Request) -> Iterator[Session]:
@@ -20,3 +22,8 @@ def _session(request: Request) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(_session)]
 Limit = Annotated[int, Query(ge=1, le=500)]
 Offset = Annotated[int, Query(ge=0, le=1_000_000_000)]  # a database integer, whatever is asked
+
+Reader = Annotated[Principal, Depends(require(*READERS))]
+"""Any role that may read (viewer, radiologist, model developer; administrators always may)."""
+Developer = Annotated[Principal, Depends(require(Role.MODEL_DEVELOPER))]
+Admin = Annotated[Principal, Depends(require(Role.ADMIN))]

@@ -1,20 +1,41 @@
-"""``POST /rules/dry-run``: which deployments would run on a study, and why each rule matched or not."""
+"""Routing rules as data (``/rules``), and ``POST /rules/dry-run``: which deployments would run on a
+study, and why each rule matched or not.
+
+Reading needs any role; storing or deleting a rule needs an administrator (a rule decides which
+patients' studies a model sees). Every write is audited with the rule before and after.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from typing import Annotated, Any, NoReturn
+
+from fastapi import APIRouter, HTTPException, Path, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from services.config import Settings
 from services.db import Study
-from services.registry.auth import READERS, require
-from services.registry.deps import SessionDep
+from services.registry import lifecycle
+from services.registry.catalog import CatalogError, NotFound
+from services.registry.deployment_schemas import RulePublic, RulePut
+from services.registry.deps import Admin, Reader, SessionDep
 from services.router.dry_run import DeploymentVerdict, dry_run, match_tree, study_facts
 from services.router.rules import INDEXED_TAGS, Rule, SeriesFacts
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/rules", tags=["rules"], dependencies=[Depends(require(*READERS))])
+router = APIRouter(prefix="/rules", tags=["rules"])
+
+RuleName = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such rule."},
+    409: {"description": "The rule is bound to deployments."},
+}
+
+
+def _refuse(error: CatalogError) -> NoReturn:
+    code = status.HTTP_404_NOT_FOUND if isinstance(error, NotFound) else status.HTTP_409_CONFLICT
+    raise HTTPException(code, detail=str(error))
+
 
 _UID = r"^[0-9]+(\.[0-9]+)*$"
 
@@ -48,11 +69,15 @@ class DryRunRequest(BaseModel):
     series: list[SeriesFactsIn] | None = Field(None, min_length=1, max_length=1000)
     rule: Rule | None = None
     """Evaluated instead of every deployment's rule (nothing is saved)."""
+    deployments: list[str] | None = Field(None, min_length=1, max_length=100)
+    """These deployments, whatever their stage (a draft before it is promoted); default the running ones."""
 
     @model_validator(mode="after")
     def _one_source(self) -> DryRunRequest:
         if (self.study_instance_uid is None) == (self.series is None):
             raise ValueError("give either study_instance_uid (a stored study) or series (its facts), not both")
+        if self.rule is not None and self.deployments is not None:
+            raise ValueError("give rule (an ad-hoc rule) or deployments (stored ones), not both")
         return self
 
 
@@ -71,9 +96,10 @@ class SeriesVerdict(BaseModel):
 class DeploymentDryRun(BaseModel):
     deployment: str
     model: str
-    mode: str
+    stage: str
+    """Its lifecycle stage; only shadow, research and clinical deployments run."""
     would_run: bool
-    """A job would be made for the series that matched."""
+    """A job would be made for the series that matched (the rule matched one, and the stage runs)."""
     series: list[SeriesVerdict]
 
 
@@ -91,16 +117,54 @@ def _answer(verdict: DeploymentVerdict) -> DeploymentDryRun:
     return DeploymentDryRun(
         deployment=verdict.deployment,
         model=verdict.model,
-        mode=verdict.mode,
-        would_run=bool(verdict.series_instance_uids),
+        stage=verdict.stage,
+        would_run=bool(verdict.series_instance_uids) and verdict.stage in ("", "shadow", "research", "clinical"),
         series=series,
     )
 
 
+@router.get("", response_model=list[RulePublic])
+def list_rules(session: SessionDep, _: Reader) -> list[RulePublic]:
+    """Every stored routing rule, with the deployments bound to it."""
+    return lifecycle.list_rules(session)
+
+
+@router.get("/{name}", response_model=RulePublic, responses=_ERRORS)
+def get_rule(name: RuleName, session: SessionDep, _: Reader) -> RulePublic:
+    try:
+        return lifecycle.get_rule(session, name)
+    except CatalogError as exc:
+        _refuse(exc)
+
+
+@router.put("/{name}", response_model=RulePublic, responses={201: {"description": "Made."}, **_ERRORS})
+def put_rule(name: RuleName, body: RulePut, response: Response, session: SessionDep, principal: Admin) -> RulePublic:
+    """Make or replace a rule (201 when new). A replaced rule applies to the next study routed."""
+    stored, outcome = lifecycle.put_rule(session, principal, name, body.rule, body.description)
+    if outcome == "created":
+        response.status_code = status.HTTP_201_CREATED
+    return stored
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
+def delete_rule(name: RuleName, session: SessionDep, principal: Admin) -> None:
+    """Delete a rule that no deployment is bound to."""
+    try:
+        lifecycle.delete_rule(session, principal, name)
+    except CatalogError as exc:
+        _refuse(exc)
+
+
 @router.post("/dry-run", response_model=DryRunAnswer, responses={404: {"description": "no such stored study"}})
-def post_dry_run(body: DryRunRequest, request: Request, session: SessionDep) -> DryRunAnswer:
+def post_dry_run(body: DryRunRequest, session: SessionDep, _: Reader) -> DryRunAnswer:
     """Evaluate the deployments' rules (or ``rule``) on a study's series; nothing is completed or queued."""
-    settings: Settings = request.app.state.settings
+    if body.deployments is not None:
+        chosen = lifecycle.load_deployments(session, names=body.deployments, stages=None)
+        missing = sorted(set(body.deployments) - {d.name for d in chosen})
+        if missing:
+            raise HTTPException(404, detail=f"no deployment named {', '.join(missing)}")
+    else:
+        chosen = lifecycle.load_deployments(session)
     if body.study_instance_uid is not None:
         if session.get(Study, body.study_instance_uid) is None:
             raise HTTPException(404, detail="no stored study with this Study Instance UID")
@@ -108,7 +172,7 @@ def post_dry_run(body: DryRunRequest, request: Request, session: SessionDep) -> 
     else:
         assert body.series is not None
         facts = [SeriesFacts(**item.model_dump()) for item in body.series]
-    verdicts = dry_run(settings.deployments, facts, body.rule)
+    verdicts = dry_run(chosen, facts, body.rule)
     return DryRunAnswer(
         study_instance_uid=body.study_instance_uid,
         series_count=len(facts),

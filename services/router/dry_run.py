@@ -14,8 +14,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from services.config import DeploymentSettings
 from services.db.index import series_facts_rows
+from services.registry.lifecycle import DeploymentSpec
 from services.router.rules import Match, Rule, SeriesFacts
 
 __all__ = ["DeploymentVerdict", "dry_run", "match_tree", "study_facts"]
@@ -46,7 +46,8 @@ class DeploymentVerdict:
 
     deployment: str
     model: str
-    mode: str
+    stage: str
+    """The deployment's stage (only shadow, research and clinical ones run); empty for an ad-hoc rule."""
     verdicts: dict[str, Match]
     """Per series: the rule's verdict."""
 
@@ -57,7 +58,7 @@ class DeploymentVerdict:
 
 
 def dry_run(
-    deployments: Sequence[DeploymentSettings], facts: Sequence[SeriesFacts], rule: Rule | None = None
+    deployments: Sequence[DeploymentSpec], facts: Sequence[SeriesFacts], rule: Rule | None = None
 ) -> list[DeploymentVerdict]:
     """Every deployment's verdict on ``facts`` (or only ``rule``'s, as deployment ``(ad hoc)``)."""
     if rule is not None:
@@ -66,5 +67,5 @@ def dry_run(
     for deployment in deployments:
         model = f"{deployment.model_name} {deployment.model_version}"
         per_series = {f.series_instance_uid: deployment.rule.evaluate(f) for f in facts}
-        verdicts.append(DeploymentVerdict(deployment.name, model, deployment.mode, per_series))
+        verdicts.append(DeploymentVerdict(deployment.name, model, deployment.stage.value, per_series))
     return verdicts

@@ -1,5 +1,8 @@
 """From a complete study to jobs: evaluate every deployment's rule on every series.
 
+The deployments are the registry's running ones (``services.registry.lifecycle``), read afresh
+for every study: a promotion or a rollback applies to the next study routed.
+
 A study can complete more than once: series that arrive after it was routed set it back to
 receiving, and its next completion re-evaluates it ("re-evaluated" in its events, with the trigger).
 A deployment whose chosen series set changed gets a new job that supersedes the earlier one; an
@@ -16,11 +19,12 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from services.config import DeploymentSettings, Settings
+from services.config import Settings
 from services.contracts import StudyComplete
 from services.db import Database, Job, Study, StudyState
 from services.db.index import add_event, complete_study
 from services.db.jobs import create_job, idempotency_key, supersede_earlier_jobs
+from services.registry.lifecycle import DeploymentSpec, load_deployments
 from services.router.dry_run import study_facts
 from services.router.rules import Match, SeriesFacts
 
@@ -44,7 +48,7 @@ class Decision:
         return bool(self.series_instance_uids)
 
 
-def evaluate_deployment(deployment: DeploymentSettings, facts: list[SeriesFacts]) -> Decision:
+def evaluate_deployment(deployment: DeploymentSpec, facts: list[SeriesFacts]) -> Decision:
     explanations = {f.series_instance_uid: deployment.rule.evaluate(f) for f in facts}
     chosen = tuple(uid for uid, match in explanations.items() if match.matched)
     return Decision(deployment.name, chosen, explanations)
@@ -79,7 +83,7 @@ class Router:
             assert study is not None  # complete_study matched it
             facts = study_facts(session, uid)
             matched_any = False
-            for deployment in self._settings.deployments:
+            for deployment in load_deployments(session):  # shadow, research and clinical ones
                 decision = evaluate_deployment(deployment, facts)
                 if not decision.matched:
                     continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from services.db.index import add_event
 from services.db.jobs import claim_job, finish_job, record_result, set_job_state, supersede_results
 from services.exporter.cstore import ExportFailed, send_files
 from services.exporter.validation import ValidationFailed, ValidationReport, validate_object
+from services.registry.lifecycle import get_spec
 from services.store import StudyStore
 from services.worker.preflight import BadInput, check_series
 from services.worker.runtime import AppFailed, InProcessRuntime
@@ -92,10 +94,10 @@ def execute_job(ctx: WorkerContext, job_id: str, *, redelivered: bool = False) -
 
 def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
     settings, job_id = ctx.settings, job.id
-    try:
-        deployment = settings.deployment(job.deployment)
-    except KeyError:
-        return _fail(ctx, job_id, f"deployment {job.deployment!r} is no longer configured", watch)
+    with ctx.db.session() as session:
+        deployment = get_spec(session, job.deployment)
+    if deployment is None:
+        return _fail(ctx, job_id, f"deployment {job.deployment!r} is not in the registry", watch)
     workspace = ctx.store.workspace(job_id)
     try:
         with ctx.db.session() as session:
@@ -106,10 +108,11 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
         (workspace.work / "result_context.json").write_text(
             json.dumps(
                 {
-                    "model_name": deployment.model_name,
+                    "model_name": deployment.display_name,
                     "model_version": deployment.model_version,
                     "manufacturer": deployment.manufacturer,
-                    "deployment_mode": deployment.mode,
+                    "device_uid": deployment.device_uid,
+                    "deployment_mode": job.mode,
                     "uid_root": settings.uid_root,
                     "job_key": job.idempotency_key,
                 }
@@ -138,7 +141,7 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
     with ctx.db.session() as session:
         set_job_state(session, job_id, JobState.EXPORTING, watch.timings)
     try:
-        exported = _export(ctx, deployment.destinations, deployment.mode, kept)
+        exported = _export(ctx, job_id, deployment.destinations, _export_mode(ctx, job), kept)
     except ExportFailed as exc:
         return _fail(ctx, job_id, str(exc), watch)
     watch.lap("export")
@@ -176,12 +179,29 @@ def _keep_results(ctx: WorkerContext, job_id: str, reports: list[ValidationRepor
     return kept
 
 
-def _export(ctx: WorkerContext, names: list[str], mode: str, paths: list[Path]) -> dict[Path, list[str]]:
+def _export_mode(ctx: WorkerContext, job: Job) -> str:
+    """The job's mode, unless its deployment has since left research or clinical (a rollback, a retirement):
+    then its results are held back from clinical destinations like a shadow job's."""
+    with ctx.db.session() as session:
+        now = get_spec(session, job.deployment)
+    if job.mode != "shadow" and (now is None or now.stage.value not in ("research", "clinical")):
+        stage = now.stage.value if now is not None else "gone"
+        with ctx.db.session() as session:
+            add_event(session, job.study_instance_uid, "worker", "export-held", job_id=job.id, stage=stage)
+        return "shadow"
+    return job.mode
+
+
+def _export(
+    ctx: WorkerContext, job_id: str, names: Sequence[str], mode: str, paths: list[Path]
+) -> dict[Path, list[str]]:
     sent: dict[Path, list[str]] = {p: [] for p in paths}
     for name in names:
-        destination = ctx.settings.destinations[name]
+        destination = ctx.settings.destinations.get(name)
+        if destination is None:
+            raise ExportFailed(f"destination {name!r} is not configured on this worker")
         if mode == "shadow" and destination.clinical:
-            logger.info("shadow results are never sent to clinical destination %s", name)
+            logger.info("job %s: shadow results are never sent to clinical destination %s", job_id, name)
             continue
         send_files(paths, destination, calling_ae=ctx.settings.listener.ae_title)
         for path in paths:

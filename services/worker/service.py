@@ -6,6 +6,7 @@ import logging
 
 from services.config import Settings
 from services.db import Database
+from services.registry.lifecycle import load_deployments
 from services.worker.celery_app import make_celery
 from services.worker.runtime import InProcessRuntime
 
@@ -16,10 +17,14 @@ logger = logging.getLogger(__name__)
 
 def run(settings: Settings) -> None:
     """Serve jobs until stopped (solo pool: one job at a time per process, the app kept warm)."""
-    Database(settings.sqlalchemy_url).create_schema()
+    db = Database(settings.sqlalchemy_url)
+    db.create_schema()
+    with db.session() as session:  # the registry's deployments (the configuration's are written there too)
+        references = {d.app for d in load_deployments(session)} | {d.app for d in settings.deployments}
+    db.dispose()
     app = make_celery(settings)
     runtime = InProcessRuntime()
-    for reference in sorted({d.app for d in settings.deployments}):
+    for reference in sorted(references):
         logger.info("warming application %s", reference)
         runtime.warm(reference)
     app.worker_main(

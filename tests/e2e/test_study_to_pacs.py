@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import highdicom as hd
+import httpx
 import numpy as np
 import pydicom
 import pytest
@@ -31,10 +32,21 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 
 
+CATALOG_RULE = {"kind": "series_description", "regex": "^CATALOG"}
+"""Series for the deployment made through the registry API (test_a_deployment_made_through_the_api_...)."""
+
+
 def _deployments() -> list[dict]:
     raise_rule = {"kind": "series_description", "regex": "^RAISE"}
     ct = dict(CT_LESION_DEPLOYMENT)
-    ct["rule"] = {"kind": "all", "rules": [CT_LESION_DEPLOYMENT["rule"], {"kind": "not", "rule": raise_rule}]}
+    ct["rule"] = {
+        "kind": "all",
+        "rules": [
+            CT_LESION_DEPLOYMENT["rule"],
+            {"kind": "not", "rule": raise_rule},
+            {"kind": "not", "rule": CATALOG_RULE},
+        ],
+    }
     raising = {
         **CT_LESION_DEPLOYMENT,
         "name": "raising-model",
@@ -224,3 +236,69 @@ def test_demo_command_prints_one_json_summary() -> None:
     assert sorted(r["kind"] for r in job["results"]) == ["SEG", "SR"]
     assert all(r["orthanc_instance"] and r["url"].startswith("http://127.0.0.1:") for r in job["results"])
     assert summary["study"]["instances"] > 0 and summary["timings_s"]["time_to_result"] > 0
+
+
+def test_a_deployment_made_through_the_api_runs_in_shadow_then_clinical(
+    stack: HounsfieldStack, pacs: LocalOrthanc, tmp_path: Path
+) -> None:
+    """Registry to PACS: a catalog version deployed through the API, shadow results held back from the
+    clinical PACS, then clinical results labelled with the version's Device UID."""
+    api, headers = stack.api, stack.api_headers
+    manifests = REPO / "operators" / "ct_lesion_seg"
+    model = {
+        "name": "ct-lesions", "display_name": "CT lesion segmentation (registered)",
+        "intended_use": "Segments and measures liver-like lesions on CT phantoms.", "use_cases": ["scheduled"],
+        "modality": "CT", "regulatory_status": "ce-marked", "owner": "Hounsfield tests",
+    }  # fmt: skip
+    assert httpx.post(f"{api}/models", json=model, headers=headers).status_code == 201
+    version = {
+        "version": "1.0.0",
+        "app": json.loads((manifests / "app.json").read_text()),
+        "pkg": json.loads((manifests / "pkg.json").read_text()),
+    }
+    registered = httpx.post(f"{api}/models/ct-lesions/versions", json=version, headers=headers)
+    assert registered.status_code == 201, registered.text
+    device_uid = registered.json()["device_uid"]
+    rule = {"kind": "all", "rules": [{"kind": "modality", "in": ["CT"]}, CATALOG_RULE]}
+    assert httpx.put(f"{api}/rules/catalog-ct", json={"rule": rule}, headers=headers).status_code == 201
+    deployment = {
+        "name": "ct-lesions-v1", "model": "ct-lesions", "version": "1.0.0", "rule": "catalog-ct",
+        "destinations": ["pacs"], "app": CT_LESION_DEPLOYMENT["app"], "model_path": CT_LESION_DEPLOYMENT["model_path"],
+    }  # fmt: skip
+    made = httpx.post(f"{api}/deployments", json=deployment, headers=headers)
+    assert made.status_code == 201, made.text
+
+    def promote(expected: str) -> None:
+        moved = httpx.post(f"{api}/deployments/ct-lesions-v1/promote", json={"reason": "e2e"}, headers=headers)
+        assert moved.status_code == 200 and moved.json()["stage"] == expected, moved.text
+
+    promote("validated")
+    promote("shadow")
+    orthanc = OrthancApiClient(pacs.url)
+    _, shadow_uid, shadow_files = _series(tmp_path / "shadow", seed=919191, n_lesions=1, series_description="CATALOG a")
+    stack.send(shadow_files)
+    (shadow_job,) = stack.wait_for_study(shadow_uid)["jobs"]
+    assert shadow_job["state"] == "done", shadow_job["error"]
+    assert shadow_job["deployment"] == "ct-lesions-v1" and shadow_job["mode"] == "shadow"
+    assert sorted(r["kind"] for r in shadow_job["results"]) == ["SEG", "SR"], "shadow results are kept"
+    assert all(r["exported_to"] == [] for r in shadow_job["results"])
+    assert orthanc.studies.lookup(shadow_uid) is None, "shadow results never reach a clinical destination"
+
+    promote("clinical")
+    _, clinical_uid, clinical_files = _series(
+        tmp_path / "clinical", seed=929292, n_lesions=1, series_description="CATALOG b"
+    )
+    stack.send(clinical_files)
+    (clinical_job,) = stack.wait_for_study(clinical_uid)["jobs"]
+    assert clinical_job["state"] == "done" and clinical_job["mode"] == "clinical", clinical_job["error"]
+    for result in clinical_job["results"]:
+        instance_id = orthanc.instances.lookup(result["sop_instance_uid"])
+        assert instance_id, f"{result['kind']} is not in Orthanc"
+        ds = pydicom.dcmread(io.BytesIO(orthanc.instances.get_file(instance_id)))
+        assert "NOT FOR DIAGNOSTIC USE" not in ds.SeriesDescription.upper()
+        (algorithm,) = [
+            item for item in ds.ContributingEquipmentSequence
+            if item.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"
+        ]  # fmt: skip
+        assert algorithm.DeviceUID == device_uid, "the catalog version's Device UID labels its results"
+        assert algorithm.ManufacturerModelName == "CT lesion segmentation (registered)"

@@ -25,6 +25,7 @@ from services.db.jobs import record_result, supersede_results
 from services.demo.orthanc import LocalOrthanc, free_port
 from services.demo.stack import storescu
 from services.listener.server import Listener
+from services.registry.lifecycle import prepare_database
 from services.router.routing import Router
 from tests.support import wait_for, write_study
 
@@ -190,7 +191,7 @@ def test_results_of_a_superseded_job_are_marked_once_the_new_job_is_done(setting
     from services.db.index import IndexedInstance, record_instance
 
     db = Database(settings.sqlalchemy_url)
-    db.create_schema()
+    prepare_database(db, settings)  # the configuration's deployment, as the listener writes it
     queued: list[Job] = []
     router = Router(settings, db, queued.append)
     study_uid, series_a = write_study(tmp_path / "a", seed=74, shape=(8, 32, 32))

@@ -55,7 +55,7 @@ def test_a_stored_study_is_explained_and_left_as_it_was(client: TestClient, sett
     assert body["series_count"] == 2
     (deployment,) = body["deployments"]
     assert deployment["deployment"] == "ct-lesion-seg" and deployment["would_run"]
-    assert deployment["model"] == "CT lesion segmentation 1.0.0" and deployment["mode"] == "research"
+    assert deployment["model"] == "CT lesion segmentation 1.0.0" and deployment["stage"] == "research"
     verdicts = {s["series_instance_uid"]: s for s in deployment["series"]}
     assert verdicts[CT_SERIES]["matched"] and not verdicts[SCOUT_SERIES]["matched"]
     scout = verdicts[SCOUT_SERIES]["explanation"]

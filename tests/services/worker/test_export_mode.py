@@ -1,0 +1,67 @@
+"""A job queued before its deployment left clinical is not exported to a clinical destination.
+
+Real components: the registry's tables (SQLite and PostgreSQL), the router making the job from a
+stored study, the lifecycle moving the deployment, and the worker's own export decision.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from services.config import Settings
+from services.contracts import StudyComplete
+from services.db import Database, Event, Job
+from services.db.index import IndexedInstance, record_instance
+from services.registry import lifecycle
+from services.router.routing import Router
+from services.store import StudyStore
+from services.worker.pipeline import WorkerContext, _export_mode
+
+STUDY = "1.2.826.0.1.3680043.10.1392.9"
+
+
+@pytest.fixture
+def context(settings: Settings, database_url: str) -> WorkerContext:
+    declared = settings.deployments[0].model_copy(update={"mode": "clinical"})
+    settings = settings.model_copy(update={"database_url": database_url, "deployments": [declared]})
+    db = Database(settings.sqlalchemy_url)
+    lifecycle.prepare_database(db, settings)
+    return WorkerContext(settings=settings, db=db, store=StudyStore(settings.data_dir))
+
+
+def _queued_job(ctx: WorkerContext) -> Job:
+    for i in range(8):
+        with ctx.db.session() as session:
+            record_instance(
+                session,
+                IndexedInstance(
+                    study_instance_uid=STUDY, series_instance_uid=f"{STUDY}.1", sop_instance_uid=f"{STUDY}.1.{i}",
+                    sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
+                    patient_id="P9", accession_number="A9", study_date="20260101", modality="CT", series_number=1,
+                    series_description="", instance_number=i + 1, calling_ae="CT01", called_ae="HOUNSFIELD",
+                    tags={"Modality": "CT"}, path=str(Path("/x") / f"{i}.dcm"), size=1, sha256="0" * 64, revision=0,
+                ),
+            )  # fmt: skip
+    (job,) = Router(ctx.settings, ctx.db, lambda job: None).on_study_complete(
+        StudyComplete(study_instance_uid=STUDY, trigger="manual")
+    )
+    assert job.mode == "clinical"
+    return job
+
+
+def test_a_clinical_job_exports_clinically_while_its_deployment_is_clinical(context: WorkerContext) -> None:
+    assert _export_mode(context, _queued_job(context)) == "clinical"
+
+
+@pytest.mark.parametrize("move", ["rollback", "retire"])
+def test_results_are_held_back_once_the_deployment_left_clinical(context: WorkerContext, move: str) -> None:
+    job = _queued_job(context)
+    with context.db.session() as session:
+        getattr(lifecycle, move)(session, lifecycle.CONFIG_PRINCIPAL, "ct-lesion-seg", reason="recalled")
+    assert _export_mode(context, job) == "shadow"  # shadow: never to a clinical destination
+    with context.db.session() as session:
+        held = session.scalars(select(Event).where(Event.kind == "export-held")).all()
+    assert [(e.job_id, e.detail["stage"]) for e in held] == [(job.id, "shadow" if move == "rollback" else "retired")]
