@@ -24,11 +24,22 @@ def _no_hounsfield_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def default_database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The database of this run's ``settings``: None (SQLite in ``data_dir``), or a scratch PostgreSQL one."""
+    if not postgres.whole_suite_on_postgres():
+        yield None
+        return
+    with postgres.scratch_database(request.getfixturevalue("postgres_server")) as url:
+        yield url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, default_database_url: str | None) -> Settings:
     """Settings with one CT deployment and a free listener port (no services started)."""
     return load_settings(
         None,
         data_dir=tmp_path / "data",
+        database_url=default_database_url,
         listener={
             "host": "127.0.0.1",
             "port": free_port(),

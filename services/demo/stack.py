@@ -74,6 +74,7 @@ class HounsfieldStack:
         deployments: list[dict[str, Any]] | None = None,
         quiet_period_s: float = 5.0,
         extra_env: dict[str, str] | None = None,
+        database_url: str | None = None,
     ) -> None:
         self.folder = folder
         self.extra_env = extra_env or {}
@@ -111,6 +112,8 @@ class HounsfieldStack:
             },
             "deployments": deployments if deployments is not None else [CT_LESION_DEPLOYMENT],
         }
+        if database_url is not None:  # else SQLite in the data folder
+            self.config["database_url"] = database_url
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

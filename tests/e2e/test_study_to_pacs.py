@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import highdicom as hd
@@ -27,6 +28,7 @@ from services.demo.findings import lesion_findings
 from services.demo.orthanc import LocalOrthanc
 from services.demo.stack import CT_LESION_DEPLOYMENT, HounsfieldStack
 from tests.e2e.raising_app import MESSAGE
+from tests.services.db import postgres
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -66,21 +68,29 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOrthanc]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, pacs: LocalOrthanc) -> Iterator[HounsfieldStack]:
-    running = HounsfieldStack(
-        tmp_path_factory.mktemp("hounsfield"),
-        pacs,
-        deployments=_deployments(),
-        extra_env={"PYTHONPATH": str(REPO)},  # the worker imports tests.e2e.raising_app
-    )
-    try:
-        running.start()
-        yield running
-    finally:
-        running.stop()
-        log = running.folder / "hounsfield.log"
-        if log.exists():
-            sys.stderr.write(log.read_text()[-4000:])
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, pacs: LocalOrthanc, request: pytest.FixtureRequest
+) -> Iterator[HounsfieldStack]:
+    with ExitStack() as cleanup:
+        database_url = None  # SQLite in the data folder, or PostgreSQL in make test's second pass
+        if postgres.whole_suite_on_postgres():
+            server = request.getfixturevalue("postgres_server")
+            database_url = cleanup.enter_context(postgres.scratch_database(server))
+        running = HounsfieldStack(
+            tmp_path_factory.mktemp("hounsfield"),
+            pacs,
+            deployments=_deployments(),
+            extra_env={"PYTHONPATH": str(REPO)},  # the worker imports tests.e2e.raising_app
+            database_url=database_url,
+        )
+        try:
+            running.start()
+            yield running
+        finally:
+            running.stop()
+            log = running.folder / "hounsfield.log"
+            if log.exists():
+                sys.stderr.write(log.read_text()[-4000:])
 
 
 def _series(folder: Path, seed: int, **kwargs) -> tuple[Phantom, str, list[Path]]:

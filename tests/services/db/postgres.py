@@ -28,10 +28,18 @@ from sqlalchemy.pool import NullPool
 
 from services.demo.orthanc import free_port
 
-__all__ = ["postgres_bindir", "scratch_database", "server_url"]
+__all__ = ["postgres_bindir", "scratch_database", "server_url", "whole_suite_on_postgres"]
 
 URL_ENV = "TEST_POSTGRES_URL"
 REQUIRED_ENV = "TEST_POSTGRES_REQUIRED"
+DATABASE_ENV = "TEST_DATABASE"
+"""``postgresql``: every test's ``settings`` (and the end-to-end stack) put their database on PostgreSQL,
+a scratch database per test, instead of SQLite in the data folder. ``make test`` runs a second pass so."""
+
+
+def whole_suite_on_postgres() -> bool:
+    """Whether this run puts every test's database on PostgreSQL (``TEST_DATABASE=postgresql``)."""
+    return os.environ.get(DATABASE_ENV, "sqlite") == "postgresql"
 
 
 def postgres_bindir() -> Path | None:

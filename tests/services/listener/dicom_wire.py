@@ -419,11 +419,17 @@ class ListenerProcess:
     folder: Path
     port: int
     listener: dict[str, Any] = field(default_factory=dict)
+    database_url: str | None = None
+    """PostgreSQL (the tests' ``default_database_url``), or None for SQLite in the data folder."""
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def data_dir(self) -> Path:
         return self.folder / "data"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'hounsfield.db'}"
 
     @property
     def config_path(self) -> Path:
@@ -442,7 +448,9 @@ class ListenerProcess:
             "journal_segment_mb": 8,
         }
         listener.update(self.listener)
-        config = {"data_dir": str(self.data_dir), "listener": listener, "log_level": "INFO"}
+        config: dict[str, Any] = {"data_dir": str(self.data_dir), "listener": listener, "log_level": "INFO"}
+        if self.database_url:
+            config["database_url"] = self.database_url
         self.folder.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
 

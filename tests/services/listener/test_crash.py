@@ -113,10 +113,17 @@ def _assert_store_and_index_agree(listener: ListenerProcess, db: Database) -> No
     assert on_disk == set(rows), "instance files and index rows differ"
 
 
-def test_kill_minus_nine_mid_study_loses_nothing_acknowledged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kill_minus_nine_mid_study_loses_nothing_acknowledged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, default_database_url: str | None
+) -> None:
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # the SCU sends the files' bytes as they are
     senders = [Sender(f"MODALITY{i}", *_write_study(tmp_path / f"study{i}", i)) for i in range(SENDERS)]
-    listener = ListenerProcess(tmp_path / "listener", free_port(), listener={"quiet_period_s": QUIET_PERIOD_S})
+    listener = ListenerProcess(
+        tmp_path / "listener",
+        free_port(),
+        listener={"quiet_period_s": QUIET_PERIOD_S},
+        database_url=default_database_url,
+    )
     listener.start()
     db: Database | None = None
     try:
@@ -134,7 +141,7 @@ def test_kill_minus_nine_mid_study_loses_nothing_acknowledged(tmp_path: Path, mo
             assert not thread.is_alive(), "a sender hung on a dead listener"
         assert all(s.failed and 0 < len(s.acknowledged) < INSTANCES for s in senders), "not killed mid-study"
 
-        db = Database(f"sqlite:///{listener.data_dir.resolve() / 'hounsfield.db'}")
+        db = Database(listener.sqlalchemy_url)
         crashed = _states(db)  # what the applier had indexed when it died (the journal holds the rest)
         assert all(state is StudyState.RECEIVING for state, _ in crashed.values()), crashed
 
