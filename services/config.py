@@ -163,8 +163,12 @@ class DestinationSettings(_Strict):
     port: int = Field(ge=1, le=65535)
     clinical: bool = True
     """Clinical destinations never receive results of shadow deployments."""
-    retries: int = Field(4, ge=0, le=20)
-    retry_backoff_s: float = Field(2.0, ge=0)
+    retries: int = Field(2, ge=0, le=20)
+    """Quick retries within one export attempt (the worker waits in between)."""
+    retry_backoff_s: float = Field(1.0, ge=0)
+    wait_max_s: float = Field(86400.0, gt=0)
+    """How long a job waits for this destination while it stays unreachable (it is retried from the
+    queue meanwhile, the worker free for other jobs) before the job fails."""
 
     _ae = field_validator("ae_title")(_check_ae_title)
 
@@ -192,6 +196,10 @@ class WorkerSettings(_Strict):
     queues: list[Literal["stat", "routine", "batch"]] = ["stat", "routine", "batch"]
     dciodvfy: str = "dciodvfy"
     keep_workspaces: bool = False
+    export_retry_first_s: float = Field(5.0, gt=0)
+    """A job whose destination is unreachable tries again after this long, then twice as long each
+    time, up to ``export_retry_max_s``."""
+    export_retry_max_s: float = Field(300.0, gt=0)
 
 
 class OIDCSettings(_Strict):

@@ -11,6 +11,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, generate_uid
 
 from operators.ct_lesion_seg.phantom import make_phantom, write_dicom_series
+from services.db import Database
+from services.db.index import IndexedInstance, record_instance
 
 CT_RULE = {"kind": "all", "rules": [{"kind": "modality", "in": ["CT"]}, {"kind": "instance_count", "min": 8}]}
 
@@ -43,3 +45,28 @@ def bare_ct() -> Dataset:
     ds.SeriesInstanceUID = generate_uid()
     ds.Modality = "CT"
     return ds
+
+
+def index_series(
+    db: Database,
+    study_uid: str,
+    series_uid: str,
+    count: int,
+    *,
+    description: str = "",
+    modality: str = "CT",
+    folder: Path = Path("/nonexistent"),
+) -> None:
+    """Index rows for ``count`` instances of one series, as the listener writes them (no files unless
+    ``folder`` holds them: a job on such a series fails at pre-flight)."""
+    for i in range(count):
+        item = IndexedInstance(
+            study_instance_uid=study_uid, series_instance_uid=series_uid, sop_instance_uid=f"{series_uid}.{i}",
+            sop_class_uid=CTImageStorage, transfer_syntax_uid="1.2.840.10008.1.2.1", patient_id="P",
+            accession_number="A", study_date="20260101", modality=modality, series_number=1,
+            series_description=description, instance_number=i + 1, calling_ae="CT01", called_ae="HOUNSFIELD",
+            tags={"Modality": modality, "SeriesDescription": description}, path=str(folder / f"{series_uid}.{i}.dcm"),
+            size=1, sha256="0" * 64, revision=0,
+        )  # fmt: skip
+        with db.session() as session:
+            record_instance(session, item)

@@ -21,6 +21,7 @@ from services.db.models import Job, JobState, Result, utcnow
 
 __all__ = [
     "claim_job",
+    "claim_waiting_job",
     "create_job",
     "finish_job",
     "idempotency_key",
@@ -60,6 +61,15 @@ def claim_job(session: Session, job_id: str, *, redelivered: bool) -> Job | None
     allowed = [JobState.QUEUED] + ([JobState.RUNNING] if redelivered else [])
     statement = update(Job).where(Job.id == job_id, Job.state.in_(allowed))
     result = cast(CursorResult[Any], session.execute(statement.values(state=JobState.RUNNING, started_at=utcnow())))
+    if not result.rowcount:
+        return None
+    return session.get(Job, job_id)
+
+
+def claim_waiting_job(session: Session, job_id: str) -> Job | None:
+    """Move a job waiting for its destination to exporting; None when it is not waiting any more."""
+    statement = update(Job).where(Job.id == job_id, Job.state == JobState.WAITING)
+    result = cast(CursorResult[Any], session.execute(statement.values(state=JobState.EXPORTING)))
     if not result.rowcount:
         return None
     return session.get(Job, job_id)

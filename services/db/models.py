@@ -31,6 +31,8 @@ class JobState(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     EXPORTING = "exporting"
+    WAITING = "waiting"
+    """Results made and kept; a destination is unreachable and the export is retried from the queue."""
     DONE = "done"
     FAILED = "failed"
     SUPERSEDED = "superseded"

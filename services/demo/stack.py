@@ -75,6 +75,7 @@ class HounsfieldStack:
         quiet_period_s: float = 5.0,
         extra_env: dict[str, str] | None = None,
         database_url: str | None = None,
+        overrides: dict[str, Any] | None = None,
     ) -> None:
         self.folder = folder
         self.extra_env = extra_env or {}
@@ -114,6 +115,7 @@ class HounsfieldStack:
         }
         if database_url is not None:  # else SQLite in the data folder
             self.config["database_url"] = database_url
+        self.config.update(overrides or {})  # top-level sections replaced whole (e.g. worker)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

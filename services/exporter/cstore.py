@@ -13,13 +13,17 @@ from pynetdicom import AE
 
 from services.config import DestinationSettings
 
-__all__ = ["ExportFailed", "send_files"]
+__all__ = ["DestinationUnreachable", "ExportFailed", "send_files"]
 
 logger = logging.getLogger(__name__)
 
 
 class ExportFailed(RuntimeError):
     """The destination refused an object or stayed unreachable after every retry."""
+
+
+class DestinationUnreachable(ExportFailed):
+    """No association could be made (or it broke) after every quick retry: worth waiting for."""
 
 
 def _send_once(paths: Sequence[Path], destination: DestinationSettings, calling_ae: str) -> None:
@@ -55,9 +59,12 @@ def send_files(paths: Sequence[Path], destination: DestinationSettings, *, calli
             _send_once(paths, destination, calling_ae)
             return attempt
         except (ConnectionError, OSError, RuntimeError) as exc:
-            if isinstance(exc, ExportFailed) or attempt == attempts:
-                raise ExportFailed(
-                    f"export to {destination.ae_title} failed after {attempt} attempt(s): {exc}"
+            if isinstance(exc, ExportFailed):
+                raise ExportFailed(f"export to {destination.ae_title} refused: {exc}") from exc
+            if attempt == attempts:
+                raise DestinationUnreachable(
+                    f"{destination.ae_title}@{destination.host}:{destination.port} unreachable "
+                    f"after {attempt} attempt(s): {exc}"
                 ) from exc
             delay = destination.retry_backoff_s * 2 ** (attempt - 1)
             logger.warning("export to %s failed (%s); retry %d in %.1f s", destination.ae_title, exc, attempt, delay)

@@ -62,7 +62,9 @@ class DeploymentCreate(_Request):
     """A stored routing rule's name (``PUT /rules/{name}``)."""
     destinations: list[str] = Field(default_factory=list, max_length=32)
     """Configured destinations (``destinations:`` in the configuration) its results go to."""
-    queue: Literal["stat", "routine", "batch"] = "routine"
+    queue: Literal["stat", "routine", "batch"] | None = None
+    """Default: from the model's use cases, the most urgent (synchronous, async-result and streaming
+    workloads -> stat; asynchronous -> routine; batch -> batch)."""
     app: str = Field(max_length=256, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     """The App SDK Application class the worker runs, ``package.module:ClassName``."""
     model_path: str = Field(min_length=1, max_length=4096)

@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 
 from services.config import DeploymentSettings, Settings
 from services.db import Database
-from services.db.catalog import Model, ModelVersion, RegulatoryStatus
+from services.db.catalog import Model, ModelVersion, RegulatoryStatus, UseCase, Workload
 from services.db.deployments import ACTIVE_STAGES, Deployment, DeploymentTransition, RoutingRule, Stage
 from services.db.models import utcnow
 from services.registry import audit
@@ -69,6 +69,7 @@ __all__ = [
     "prepare_database",
     "promote",
     "put_rule",
+    "queue_for",
     "retire",
     "rollback",
     "rule_definition",
@@ -345,6 +346,26 @@ def _check_destinations(settings: Settings, destinations: Sequence[str]) -> str 
     return None
 
 
+_QUEUE_OF_WORKLOAD: dict[Workload, str] = {
+    Workload.SYNCHRONOUS: "stat",
+    Workload.ASYNC_RESULT: "stat",
+    Workload.STREAMING: "stat",
+    Workload.ASYNCHRONOUS: "routine",
+    Workload.BATCH: "batch",
+}
+_URGENCY = ("stat", "routine", "batch")
+
+
+def queue_for(use_cases: Iterable[UseCase]) -> str:
+    """The priority queue of a model's jobs: the most urgent its use cases' workloads call for.
+
+    Emergency, quality assurance and interactive use cases are ``stat``, scheduled reading ``routine``,
+    retrospective studies ``batch``; a model with no use case is ``routine``.
+    """
+    queues = {_QUEUE_OF_WORKLOAD[u.workload] for u in use_cases}
+    return next((q for q in _URGENCY if q in queues), "routine")
+
+
 def create_deployment(
     session: Session, principal: Principal, request: DeploymentCreate, settings: Settings
 ) -> DeploymentPublic:
@@ -370,7 +391,7 @@ def create_deployment(
         model_version_id=version.id,
         rule_name=request.rule,
         destinations=list(request.destinations),
-        queue=request.queue,
+        queue=request.queue or queue_for(version.model.use_cases),
         app=request.app,
         model_path=request.model_path,
         manufacturer=request.manufacturer,

@@ -8,10 +8,11 @@ from kombu import Queue
 from services.config import Settings
 from services.db import Job
 
-__all__ = ["QUEUES", "RUN_JOB_TASK", "Enqueuer", "make_celery"]
+__all__ = ["EXPORT_JOB_TASK", "QUEUES", "RUN_JOB_TASK", "Enqueuer", "make_celery"]
 
 QUEUES = ("stat", "routine", "batch")
 RUN_JOB_TASK = "hounsfield.run_job"
+EXPORT_JOB_TASK = "hounsfield.export_job"
 
 
 def make_celery(settings: Settings) -> Celery:

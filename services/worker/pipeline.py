@@ -17,17 +17,25 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.config import Settings
-from services.db import Database, Instance, Job, JobState, Series
+from services.db import Database, Event, Instance, Job, JobState, Result, Series, utcnow
 from services.db.index import add_event
-from services.db.jobs import claim_job, finish_job, record_result, set_job_state, supersede_results
-from services.exporter.cstore import ExportFailed, send_files
+from services.db.jobs import (
+    claim_job,
+    claim_waiting_job,
+    finish_job,
+    record_result,
+    set_job_state,
+    supersede_results,
+)
+from services.exporter.cstore import DestinationUnreachable, ExportFailed, send_files
 from services.exporter.validation import ValidationFailed, ValidationReport, validate_object
+from services.registry.catalog_schemas import as_utc
 from services.registry.lifecycle import get_spec
 from services.store import StudyStore
 from services.worker.preflight import BadInput, check_series
 from services.worker.runtime import AppFailed, InProcessRuntime
 
-__all__ = ["WorkerContext", "execute_job"]
+__all__ = ["WorkerContext", "execute_job", "resume_export"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,23 +145,68 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
     except OSError as exc:
         return _fail(ctx, job_id, f"workspace error: {exc}", watch)
 
-    kept = _keep_results(ctx, job_id, reports)
+    _keep_results(ctx, job_id, reports)
     with ctx.db.session() as session:
         set_job_state(session, job_id, JobState.EXPORTING, watch.timings)
+    return _export_and_finish(ctx, job, deployment.destinations, watch)
+
+
+def _export_and_finish(ctx: WorkerContext, job: Job, destinations: Sequence[str], watch: _Stopwatch) -> JobState:
+    """Send what is not sent yet; done, waiting for an unreachable destination, or failed."""
     try:
-        exported = _export(ctx, job_id, deployment.destinations, _export_mode(ctx, job), kept)
+        _export(ctx, job, destinations, _export_mode(ctx, job))
+    except DestinationUnreachable as exc:
+        return _wait_or_fail(ctx, job, destinations, str(exc), watch)
     except ExportFailed as exc:
-        return _fail(ctx, job_id, str(exc), watch)
+        return _fail(ctx, job.id, str(exc), watch)
     watch.lap("export")
+    waited = _waited_s(ctx, job)
+    if waited is not None:
+        watch.timings["export_wait"] = waited
     with ctx.db.session() as session:
-        for result_path, destinations in exported.items():
-            for result in session.get(Job, job_id).results:  # type: ignore[union-attr]
-                if result.path == str(result_path):
-                    result.exported_to = destinations
-        supersede_results(session, job_id)  # a re-evaluated study: this job's results are the new version
-        finish_job(session, job_id, JobState.DONE, watch.timings)
-    logger.info("job %s done in %.2f s", job_id, sum(watch.timings.values()))
+        supersede_results(session, job.id)  # a re-evaluated study: this job's results are the new version
+        finish_job(session, job.id, JobState.DONE, watch.timings)
+    logger.info("job %s done in %.2f s", job.id, sum(watch.timings.values()))
     return JobState.DONE
+
+
+def resume_export(ctx: WorkerContext, job_id: str) -> JobState | None:
+    """Try a waiting job's export again; None when it is not waiting (another delivery took it)."""
+    with ctx.db.session() as session:
+        job = claim_waiting_job(session, job_id)
+        if job is None:
+            return None
+        add_event(session, job.study_instance_uid, "worker", "export-retry", job_id=job_id)
+    with ctx.db.session() as session:
+        deployment = get_spec(session, job.deployment)
+    watch = _Stopwatch()
+    if deployment is None:
+        return _fail(ctx, job_id, f"deployment {job.deployment!r} is not in the registry", watch)
+    return _export_and_finish(ctx, job, deployment.destinations, watch)
+
+
+def _waited_s(ctx: WorkerContext, job: Job) -> float | None:
+    """Seconds since the job first had to wait for a destination; None when it never waited."""
+    with ctx.db.session() as session:
+        first = session.scalar(
+            select(Event.at).where(Event.job_id == job.id, Event.kind == "export-waiting").order_by(Event.id).limit(1)
+        )
+    return None if first is None else (utcnow() - as_utc(first)).total_seconds()
+
+
+def _wait_or_fail(
+    ctx: WorkerContext, job: Job, destinations: Sequence[str], reason: str, watch: _Stopwatch
+) -> JobState:
+    configured = [ctx.settings.destinations[d] for d in destinations if d in ctx.settings.destinations]
+    limit = min((d.wait_max_s for d in configured), default=86400.0)
+    waited = _waited_s(ctx, job) or 0.0
+    if waited >= limit:
+        return _fail(ctx, job.id, f"{reason}; gave up after waiting {waited:.0f} s", watch)
+    logger.warning("job %s waits for its destination: %s", job.id, reason)
+    with ctx.db.session() as session:
+        set_job_state(session, job.id, JobState.WAITING, watch.timings)
+        add_event(session, job.study_instance_uid, "worker", "export-waiting", job_id=job.id, reason=reason)
+    return JobState.WAITING
 
 
 def _keep_results(ctx: WorkerContext, job_id: str, reports: list[ValidationReport]) -> list[Path]:
@@ -192,21 +245,31 @@ def _export_mode(ctx: WorkerContext, job: Job) -> str:
     return job.mode
 
 
-def _export(
-    ctx: WorkerContext, job_id: str, names: Sequence[str], mode: str, paths: list[Path]
-) -> dict[Path, list[str]]:
-    sent: dict[Path, list[str]] = {p: [] for p in paths}
+def _export(ctx: WorkerContext, job: Job, names: Sequence[str], mode: str) -> None:
+    """Send the job's results to each destination that does not have them yet.
+
+    Each delivery is recorded (``Result.exported_to``) as soon as the destination took it, so that
+    a retry after an outage sends only what is missing.
+    """
+    with ctx.db.session() as session:
+        results = session.scalars(select(Result).where(Result.job_id == job.id).order_by(Result.id)).all()
     for name in names:
         destination = ctx.settings.destinations.get(name)
         if destination is None:
             raise ExportFailed(f"destination {name!r} is not configured on this worker")
         if mode == "shadow" and destination.clinical:
-            logger.info("job %s: shadow results are never sent to clinical destination %s", job_id, name)
+            logger.info("job %s: shadow results are never sent to clinical destination %s", job.id, name)
             continue
-        send_files(paths, destination, calling_ae=ctx.settings.listener.ae_title)
-        for path in paths:
-            sent[path].append(name)
-    return sent
+        pending = [r for r in results if name not in r.exported_to]
+        if not pending:
+            continue
+        send_files([Path(r.path) for r in pending], destination, calling_ae=ctx.settings.listener.ae_title)
+        with ctx.db.session() as session:
+            for result in pending:
+                row = session.get(Result, result.id)
+                assert row is not None
+                row.exported_to = [*row.exported_to, name]
+                result.exported_to = row.exported_to
 
 
 def _fail(ctx: WorkerContext, job_id: str, reason: str, watch: _Stopwatch) -> JobState:

@@ -1,4 +1,9 @@
-"""Celery tasks: thin adapters around :mod:`services.worker.pipeline`."""
+"""Celery tasks: thin adapters around :mod:`services.worker.pipeline`.
+
+A job whose destination is unreachable ends its run as ``waiting``; the task then queues
+:data:`EXPORT_JOB_TASK` for it with a countdown that doubles each time (``worker.export_retry_first_s``
+up to ``worker.export_retry_max_s``), so that the worker is free for other jobs meanwhile.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,12 @@ from typing import Any
 from celery import Task, shared_task
 
 from services.config import Settings
-from services.db import Database
+from services.db import Database, JobState
 from services.store import StudyStore
-from services.worker.celery_app import RUN_JOB_TASK
-from services.worker.pipeline import WorkerContext, execute_job
+from services.worker.celery_app import EXPORT_JOB_TASK, RUN_JOB_TASK
+from services.worker.pipeline import WorkerContext, execute_job, resume_export
 
-__all__ = ["run_job"]
+__all__ = ["export_job", "run_job"]
 
 
 class _JobTask(Task):  # type: ignore[misc]
@@ -26,9 +31,27 @@ class _JobTask(Task):  # type: ignore[misc]
             settings=settings, db=Database(settings.sqlalchemy_url), store=StudyStore(settings.data_dir)
         )
 
+    def retry_export_later(self, job_id: str, attempt: int) -> None:
+        """Queue the next export attempt of a waiting job on the queue this task came from."""
+        worker = self.context.settings.worker
+        delay = min(worker.export_retry_max_s, worker.export_retry_first_s * 2 ** (attempt - 1))
+        delivery: dict[str, Any] = self.request.delivery_info or {}
+        queue = delivery.get("routing_key") or "routine"
+        self.app.send_task(EXPORT_JOB_TASK, args=[job_id, attempt], countdown=delay, queue=queue)
+
 
 @shared_task(bind=True, base=_JobTask, name=RUN_JOB_TASK, acks_late=True)
 def run_job(self: _JobTask, job_id: str) -> str | None:
     delivery: dict[str, Any] = self.request.delivery_info or {}
     state = execute_job(self.context, job_id, redelivered=bool(delivery.get("redelivered")))
+    if state is JobState.WAITING:
+        self.retry_export_later(job_id, 1)
+    return state.value if state else None
+
+
+@shared_task(bind=True, base=_JobTask, name=EXPORT_JOB_TASK, acks_late=True)
+def export_job(self: _JobTask, job_id: str, attempt: int) -> str | None:
+    state = resume_export(self.context, job_id)
+    if state is JobState.WAITING:
+        self.retry_export_later(job_id, attempt + 1)
     return state.value if state else None

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import highdicom as hd
@@ -27,8 +26,8 @@ from operators.ct_lesion_seg.phantom import Phantom, make_phantom, write_dicom_s
 from services.demo.findings import lesion_findings
 from services.demo.orthanc import LocalOrthanc
 from services.demo.stack import CT_LESION_DEPLOYMENT, HounsfieldStack
+from tests.e2e.conftest import running_stack
 from tests.e2e.raising_app import MESSAGE
-from tests.services.db import postgres
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -60,37 +59,12 @@ def _deployments() -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOrthanc]:
-    orthanc = LocalOrthanc(tmp_path_factory.mktemp("orthanc"), aet="TESTPACS")
-    orthanc.start()
-    yield orthanc
-    orthanc.stop()
-
-
-@pytest.fixture(scope="module")
 def stack(
     tmp_path_factory: pytest.TempPathFactory, pacs: LocalOrthanc, request: pytest.FixtureRequest
 ) -> Iterator[HounsfieldStack]:
-    with ExitStack() as cleanup:
-        database_url = None  # SQLite in the data folder, or PostgreSQL in make test's second pass
-        if postgres.whole_suite_on_postgres():
-            server = request.getfixturevalue("postgres_server")
-            database_url = cleanup.enter_context(postgres.scratch_database(server))
-        running = HounsfieldStack(
-            tmp_path_factory.mktemp("hounsfield"),
-            pacs,
-            deployments=_deployments(),
-            extra_env={"PYTHONPATH": str(REPO)},  # the worker imports tests.e2e.raising_app
-            database_url=database_url,
-        )
-        try:
-            running.start()
-            yield running
-        finally:
-            running.stop()
-            log = running.folder / "hounsfield.log"
-            if log.exists():
-                sys.stderr.write(log.read_text()[-4000:])
+    options = {"deployments": _deployments(), "extra_env": {"PYTHONPATH": str(REPO)}}  # the worker imports tests.e2e
+    with running_stack(tmp_path_factory, pacs, request, **options) as running:
+        yield running
 
 
 def _series(folder: Path, seed: int, **kwargs) -> tuple[Phantom, str, list[Path]]:

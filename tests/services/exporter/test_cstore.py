@@ -11,7 +11,7 @@ from orthanc_api_client import OrthancApiClient
 
 from services.config import DestinationSettings
 from services.demo.orthanc import LocalOrthanc, free_port
-from services.exporter.cstore import ExportFailed, send_files
+from services.exporter.cstore import DestinationUnreachable, send_files
 from tests.support import write_study
 
 
@@ -40,6 +40,8 @@ def test_an_unreachable_pacs_fails_with_a_reason(tmp_path: Path) -> None:
         ae_title="GONE", host="127.0.0.1", port=free_port(), retries=1, retry_backoff_s=0.1
     )
     started = time.monotonic()
-    with pytest.raises(ExportFailed, match=r"export to GONE failed after 2 attempt\(s\): association with GONE"):
+    with pytest.raises(
+        DestinationUnreachable, match=r"GONE@127.0.0.1:\d+ unreachable after 2 attempt\(s\): association"
+    ):
         send_files(files, destination, calling_ae="HOUNSFIELD")
     assert time.monotonic() - started < 30

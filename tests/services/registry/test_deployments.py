@@ -24,7 +24,6 @@ from services.contracts import StudyComplete
 from services.db import Database, Job
 from services.db.access import AuditEntry
 from services.db.deployments import Deployment, DeploymentTransition, Stage
-from services.db.index import IndexedInstance, record_instance
 from services.registry import lifecycle
 from services.registry.app import create_app
 from services.registry.auth import Role
@@ -32,6 +31,7 @@ from services.registry.catalog import Conflict
 from services.router.routing import Router
 from tests.services.registry.conftest import bearer
 from tests.services.registry.test_map_manifest import spec_app, spec_pkg
+from tests.support import index_series
 
 REPO = Path(__file__).resolve().parents[3]
 MODEL_FILE = REPO / "operators" / "ct_lesion_seg" / "models" / "model.ts"
@@ -172,6 +172,7 @@ def test_a_deployment_starts_as_a_draft_that_does_not_run(api: Api) -> None:
     assert shown["stage"] == "draft" and shown["runs"] is False and shown["catalog_version"] is True
     assert shown["device_uid"] == api.get("/models/liver-lesions/versions/1.0.0").json()["device_uid"]
     assert shown["timeout_s"] == 300  # the version's app.json timeout
+    assert shown["queue"] == "routine"  # filed under "scheduled": an asynchronous workload
     assert [t["action"] for t in shown["transitions"]] == ["create"]
     assert shown["transitions"][0]["actor"] == "test-model-developer"
     with api.db.session() as session:
@@ -320,22 +321,9 @@ def test_the_database_itself_refuses_a_second_clinical_row(api: Api) -> None:
     assert api.stage("liver-v2") == "clinical"
 
 
-def _study(db: Database) -> None:
-    for i in range(10):
-        item = IndexedInstance(
-            study_instance_uid=STUDY, series_instance_uid=f"{STUDY}.1", sop_instance_uid=f"{STUDY}.1.{i}",
-            sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
-            patient_id="P8", accession_number="A8", study_date="20260101", modality="CT", series_number=1,
-            series_description="portal venous", instance_number=i + 1, calling_ae="CT01", called_ae="HOUNSFIELD",
-            tags={"Modality": "CT"}, path=f"/x/{i}.dcm", size=1, sha256="0" * 64, revision=0,
-        )  # fmt: skip
-        with db.session() as session:
-            record_instance(session, item)
-
-
 def test_the_router_and_dry_runs_follow_the_registry(api: Api, settings: Settings) -> None:
     _ready(api, ("liver-v1", "1.0.0"), ("liver-v2", "1.1.0"))
-    _study(api.db)
+    index_series(api.db, STUDY, f"{STUDY}.1", 10, description="portal venous")
     _to_shadow(api, "liver-v1")
 
     dry = api.send("POST", "/rules/dry-run", {"study_instance_uid": STUDY}, Role.VIEWER).json()
@@ -466,3 +454,24 @@ def test_cli_applies_rules_and_moves_deployments(api: Api, settings: Settings, t
         "retire",
     ]
     assert {t["actor"] for t in shown["transitions"][1:]} == {f"cli:{__import__('getpass').getuser()}"}
+
+
+@pytest.mark.parametrize(
+    ("use_cases", "queue"),
+    [
+        (["emergency"], "stat"),
+        (["metadata-qa"], "stat"),
+        (["interactive"], "stat"),
+        (["scheduled"], "routine"),
+        (["retrospective"], "batch"),
+        (["retrospective", "emergency"], "stat"),
+        (["retrospective", "scheduled"], "routine"),
+    ],
+)
+def test_the_queue_follows_the_models_use_cases(api: Api, use_cases: list[str], queue: str) -> None:
+    assert api.send("PUT", "/rules/abdomen-ct", {"rule": CT_RULE}).status_code == 201
+    _register(api, use_cases=use_cases)
+    made = api.send("POST", "/deployments", _deployment("liver-v1"), Role.MODEL_DEVELOPER)
+    assert made.status_code == 201 and made.json()["queue"] == queue
+    chosen = api.send("POST", "/deployments", _deployment("liver-v1b", queue="batch"), Role.MODEL_DEVELOPER)
+    assert chosen.json()["queue"] == "batch", "an explicit queue wins"

@@ -6,19 +6,17 @@ stored study, the lifecycle moving the deployment, and the worker's own export d
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from sqlalchemy import select
 
 from services.config import Settings
 from services.contracts import StudyComplete
 from services.db import Database, Event, Job
-from services.db.index import IndexedInstance, record_instance
 from services.registry import lifecycle
 from services.router.routing import Router
 from services.store import StudyStore
 from services.worker.pipeline import WorkerContext, _export_mode
+from tests.support import index_series
 
 STUDY = "1.2.826.0.1.3680043.10.1392.9"
 
@@ -33,18 +31,7 @@ def context(settings: Settings, database_url: str) -> WorkerContext:
 
 
 def _queued_job(ctx: WorkerContext) -> Job:
-    for i in range(8):
-        with ctx.db.session() as session:
-            record_instance(
-                session,
-                IndexedInstance(
-                    study_instance_uid=STUDY, series_instance_uid=f"{STUDY}.1", sop_instance_uid=f"{STUDY}.1.{i}",
-                    sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
-                    patient_id="P9", accession_number="A9", study_date="20260101", modality="CT", series_number=1,
-                    series_description="", instance_number=i + 1, calling_ae="CT01", called_ae="HOUNSFIELD",
-                    tags={"Modality": "CT"}, path=str(Path("/x") / f"{i}.dcm"), size=1, sha256="0" * 64, revision=0,
-                ),
-            )  # fmt: skip
+    index_series(ctx.db, STUDY, f"{STUDY}.1", 8)
     (job,) = Router(ctx.settings, ctx.db, lambda job: None).on_study_complete(
         StudyComplete(study_instance_uid=STUDY, trigger="manual")
     )

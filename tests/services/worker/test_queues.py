@@ -1,0 +1,121 @@
+"""Priority queues with a real redis-server and a real ``hounsfield worker``.
+
+A stat job queued behind a backlog of batch jobs is taken next; a backlog of stat jobs does not
+starve batch jobs (the worker takes its queues in turn). The jobs' series have no files, so each
+fails at pre-flight at once: what is measured is the order in which the worker claimed them
+(``started_at``), which is what the queues decide.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import select
+
+from services.config import Settings, load_settings
+from services.contracts import StudyComplete
+from services.db import Database, Job
+from services.demo.orthanc import free_port
+from services.registry.lifecycle import prepare_database
+from services.router.routing import Router
+from services.supervisor import LocalRedis
+from services.worker.celery_app import Enqueuer
+from tests.support import index_series
+
+REPO = Path(__file__).resolve().parents[3]
+ROOT = "1.2.826.0.1.3680043.10.1392.77"
+
+
+def _deployment(name: str, queue: str, pattern: str) -> dict[str, object]:
+    return {
+        "name": name,
+        "app": "tests.e2e.raising_app:RaisingApp",
+        "model_path": str(REPO / "operators" / "ct_lesion_seg" / "models" / "model.ts"),
+        "model_name": name,
+        "model_version": "1.0.0",
+        "queue": queue,
+        "rule": {"kind": "series_description", "regex": pattern},
+    }
+
+
+@pytest.fixture
+def config(tmp_path: Path, default_database_url: str | None) -> Iterator[Path]:
+    redis = LocalRedis(tmp_path, free_port())
+    redis.start()
+    path = tmp_path / "hounsfield.yaml"
+    body: dict[str, object] = {
+        "data_dir": str(tmp_path / "data"),
+        "redis_url": redis.url,
+        "deployments": [_deployment("urgent", "stat", "^STAT"), _deployment("cohort", "batch", "^BATCH")],
+    }
+    if default_database_url:
+        body["database_url"] = default_database_url
+    path.write_text(yaml.safe_dump(body))
+    try:
+        yield path
+    finally:
+        redis.stop()
+
+
+def _queue(settings: Settings, db: Database, router: Router, kind: str, index: int) -> str:
+    study = f"{ROOT}.{index}"
+    index_series(db, study, f"{study}.1", 2, description=f"{kind} {index}", folder=settings.data_dir / "absent")
+    (job,) = router.on_study_complete(StudyComplete(study_instance_uid=study, trigger="manual"))
+    return job.id
+
+
+def _claim_order(db: Database, ids: list[str], timeout: float = 180.0) -> list[str]:
+    """The job ids in the order the worker claimed them, once every one is finished."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with db.session() as session:
+            jobs = session.scalars(select(Job).where(Job.id.in_(ids))).all()
+        if len(jobs) == len(ids) and all(j.state.final for j in jobs):
+            return [j.id for j in sorted(jobs, key=lambda j: (j.started_at, j.id))]
+        assert time.monotonic() < deadline, [j.state for j in jobs]
+        time.sleep(0.2)
+
+
+def test_stat_jumps_a_batch_backlog_and_batch_is_not_starved(config: Path) -> None:
+    settings = load_settings(config)
+    db = Database(settings.sqlalchemy_url)
+    prepare_database(db, settings)
+    router = Router(settings, db, Enqueuer(settings))
+    backlog = [_queue(settings, db, router, "BATCH", i) for i in range(12)]
+    urgent = _queue(settings, db, router, "STAT", 100)
+
+    log = (config.parent / "worker.log").open("wb")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TCP_NODELAY": "1"}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "worker", "--config", str(config)],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        order = _claim_order(db, [*backlog, urgent])
+        assert order.index(urgent) <= 1, f"the stat job was claimed {order.index(urgent) + 1}th of 13"
+
+        # Now a stat backlog and a batch backlog together: the worker takes its queues in turn.
+        stats = [_queue(settings, db, router, "STAT", 200 + i) for i in range(8)]
+        batches = [_queue(settings, db, router, "BATCH", 300 + i) for i in range(8)]
+        order = _claim_order(db, stats + batches)
+        last_stat = max(order.index(job) for job in stats)
+        before = sum(order.index(job) < last_stat for job in batches)
+        assert before >= 3, f"only {before} batch job(s) ran before the stat backlog was done: batch starves"
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        log.close()
+        db.dispose()
+    with db.session() as session:
+        failed = session.scalars(select(Job.error).where(Job.id == urgent)).one()
+    assert failed is not None and "not readable DICOM" in failed  # each job ran (and failed at pre-flight)
