@@ -35,12 +35,14 @@ class JobState(enum.StrEnum):
     """Results made and kept; a destination is unreachable and the export is retried from the queue."""
     DONE = "done"
     FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    """Its application ran past the deployment's timeout and was stopped."""
     SUPERSEDED = "superseded"
     """Replaced by a newer job for the same study and deployment before it ran; it never will."""
 
     @property
     def final(self) -> bool:
-        return self in (JobState.DONE, JobState.FAILED, JobState.SUPERSEDED)
+        return self in (JobState.DONE, JobState.FAILED, JobState.TIMED_OUT, JobState.SUPERSEDED)
 
 
 class Study(Base):

@@ -48,6 +48,9 @@ CT_LESION_DEPLOYMENT: dict[str, Any] = {
 }
 
 
+_FINISHED = ("done", "failed", "timed_out", "superseded")
+
+
 class StackError(RuntimeError):
     """The stack did not start or did not answer in time."""
 
@@ -199,7 +202,7 @@ class HounsfieldStack:
         while time.monotonic() < deadline:
             study = self.study(study_uid)
             done = study is not None and study["state"] in ("routed", "no_route")
-            if study is not None and done and all(job["state"] in ("done", "failed") for job in study["jobs"]):
+            if study is not None and done and all(job["state"] in _FINISHED for job in study["jobs"]):
                 return study
             time.sleep(0.5)
         raise StackError(f"study not finished within {timeout:.0f} s (last seen: {study and study['state']})")

@@ -15,9 +15,16 @@ RUN_JOB_TASK = "hounsfield.run_job"
 EXPORT_JOB_TASK = "hounsfield.export_job"
 
 
-def make_celery(settings: Settings) -> Celery:
-    """A Celery app configured for ``settings`` (no connection is made until it is used)."""
+def make_celery(settings: Settings, *, longest_timeout_s: float | None = None) -> Celery:
+    """A Celery app configured for ``settings`` (no connection is made until it is used).
+
+    A job's message is redelivered when its worker has not acknowledged it within the visibility
+    timeout (acks_late: a worker that died mid-job). It is set well above ``longest_timeout_s``, the
+    longest timeout of any deployed version (the worker passes the registry's), so that a job still
+    running is never handed to a second worker.
+    """
     longest = max((d.timeout_s for d in settings.deployments), default=600.0)
+    longest = max(longest, longest_timeout_s or 0.0)
     app = Celery("hounsfield", broker=settings.broker_url, include=["services.worker.tasks"])
     app.conf.update(
         task_queues=[Queue(name) for name in QUEUES],

@@ -33,7 +33,7 @@ from services.registry.catalog_schemas import as_utc
 from services.registry.lifecycle import get_spec
 from services.store import StudyStore
 from services.worker.preflight import BadInput, check_series
-from services.worker.runtime import AppFailed, InProcessRuntime
+from services.worker.runtime import AppFailed, AppTimedOut, InProcessRuntime
 
 __all__ = ["WorkerContext", "execute_job", "resume_export"]
 
@@ -133,6 +133,7 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
             output_dir=workspace.output,
             model_path=deployment.model_path,
             workdir=workspace.work,
+            timeout_s=deployment.timeout_s,
         )
         watch.lap("inference")
         produced = sorted(workspace.output.rglob("*.dcm"))
@@ -140,6 +141,9 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
             raise AppFailed("the application finished without writing any DICOM object")
         reports = [validate_object(path, dciodvfy=settings.worker.dciodvfy) for path in produced]
         watch.lap("validate")
+    except AppTimedOut as exc:
+        watch.lap("inference")
+        return _fail(ctx, job_id, f"timed out: {exc}", watch, state=JobState.TIMED_OUT)
     except (BadInput, AppFailed, ValidationFailed) as exc:
         return _fail(ctx, job_id, str(exc), watch)
     except OSError as exc:
@@ -272,8 +276,10 @@ def _export(ctx: WorkerContext, job: Job, names: Sequence[str], mode: str) -> No
                 result.exported_to = row.exported_to
 
 
-def _fail(ctx: WorkerContext, job_id: str, reason: str, watch: _Stopwatch) -> JobState:
-    logger.warning("job %s failed: %s", job_id, reason)
+def _fail(
+    ctx: WorkerContext, job_id: str, reason: str, watch: _Stopwatch, *, state: JobState = JobState.FAILED
+) -> JobState:
+    logger.warning("job %s %s: %s", job_id, state.value, reason)
     with ctx.db.session() as session:
-        finish_job(session, job_id, JobState.FAILED, watch.timings, error=reason)
-    return JobState.FAILED
+        finish_job(session, job_id, state, watch.timings, error=reason)
+    return state

@@ -1,48 +1,37 @@
-"""Runs an App SDK application inside the worker process, warm, once per job."""
+"""Runs an App SDK application for a job: imported once per worker, each run in a fork of the worker.
+
+The worker imports the application (and holoscan, torch, MONAI) once, before its first job. Each
+job then runs in a child forked from the worker: it starts warm, with every module imported, and
+it can be stopped. A run past its deployment's timeout is killed and reported as
+:class:`AppTimedOut`; the App SDK's logging set-up (it resets the root logger at every compose)
+stays in the child, so the worker's own logging is never touched.
+"""
 
 from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+import multiprocessing
+import os
+import time
 from functools import cache
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from operators.runtime_support import ensure_cuda_runtime_loadable
 
-__all__ = ["AppFailed", "InProcessRuntime", "preserved_logging"]
+__all__ = ["AppFailed", "AppTimedOut", "InProcessRuntime"]
 
 logger = logging.getLogger(__name__)
 
 
 class AppFailed(RuntimeError):
-    """The application raised; the message is the application's own."""
+    """The application raised or exited badly; the message is the application's own."""
 
 
-@contextmanager
-def preserved_logging() -> Iterator[None]:
-    """Undo the App SDK's ``logging.config.dictConfig`` (it resets the root logger each compose)."""
-    root = logging.getLogger()
-    saved_root = (root.level, list(root.handlers), list(root.filters))
-    manager = logging.Logger.manager
-    saved = {
-        name: (lg.level, list(lg.handlers), lg.propagate, lg.disabled)
-        for name, lg in manager.loggerDict.items()
-        if isinstance(lg, logging.Logger)
-    }
-    try:
-        yield
-    finally:
-        root.setLevel(saved_root[0])
-        root.handlers[:] = saved_root[1]
-        root.filters[:] = saved_root[2]
-        for name, (level, handlers, propagate, disabled) in saved.items():
-            lg = logging.getLogger(name)
-            lg.setLevel(level)
-            lg.handlers[:] = handlers
-            lg.propagate, lg.disabled = propagate, disabled
+class AppTimedOut(AppFailed):
+    """The application ran past its timeout and was stopped."""
 
 
 @cache
@@ -53,18 +42,57 @@ def _load_app_class(reference: str) -> Any:
     return getattr(module, class_name)
 
 
+def _run_child(app_class: Any, argv: list[str], report: Connection) -> None:
+    """The forked child: run the application, report its failure, and leave without the parent's exit hooks."""
+    code = 0
+    try:
+        app_class(argv).run()
+    except BaseException as exc:
+        report.send(f"{type(exc).__name__}: {exc}")
+        code = 1
+    finally:
+        report.close()
+        logging.shutdown()
+        os._exit(code)
+
+
 class InProcessRuntime:
-    """Builds the application class once per process and runs a fresh instance per job."""
+    """Imports each application once per worker process and runs it per job in a fork of the worker."""
 
     def warm(self, reference: str) -> None:
         """Import the application (and holoscan, torch) before the first job arrives."""
         _load_app_class(reference)
 
-    def run(self, reference: str, *, input_dir: Path, output_dir: Path, model_path: Path, workdir: Path) -> None:
+    def run(
+        self,
+        reference: str,
+        *,
+        input_dir: Path,
+        output_dir: Path,
+        model_path: Path,
+        workdir: Path,
+        timeout_s: float | None = None,
+    ) -> None:
+        """Run the application on one job's folders; :class:`AppTimedOut` past ``timeout_s``."""
         app_class = _load_app_class(reference)
         argv = ["app", "-i", str(input_dir), "-o", str(output_dir), "-m", str(model_path), "-w", str(workdir)]
-        with preserved_logging():
-            try:
-                app_class(argv).run()
-            except Exception as exc:
-                raise AppFailed(f"{type(exc).__name__}: {exc}") from exc
+        fork = multiprocessing.get_context("fork")
+        reader, writer = fork.Pipe(duplex=False)
+        child = fork.Process(target=_run_child, args=(app_class, argv, writer), name="hounsfield-app", daemon=True)
+        started = time.monotonic()
+        child.start()
+        writer.close()
+        child.join(timeout_s)
+        if child.is_alive():
+            child.kill()
+            child.join()
+            raise AppTimedOut(f"stopped after {time.monotonic() - started:.0f} s: past its timeout of {timeout_s:g} s")
+        try:
+            message = reader.recv() if reader.poll() else None
+        except EOFError:  # the child closed the pipe without a word: it succeeded (or died, see its exit code)
+            message = None
+        reader.close()
+        if message is not None:
+            raise AppFailed(message)
+        if child.exitcode != 0:
+            raise AppFailed(f"the application exited with code {child.exitcode}")

@@ -20,9 +20,10 @@ def run(settings: Settings) -> None:
     db = Database(settings.sqlalchemy_url)
     db.create_schema()
     with db.session() as session:  # the registry's deployments (the configuration's are written there too)
-        references = {d.app for d in load_deployments(session)} | {d.app for d in settings.deployments}
+        deployed = load_deployments(session)
     db.dispose()
-    app = make_celery(settings)
+    references = {d.app for d in deployed} | {d.app for d in settings.deployments}
+    app = make_celery(settings, longest_timeout_s=max((d.timeout_s for d in deployed), default=None))
     runtime = InProcessRuntime()
     for reference in sorted(references):
         logger.info("warming application %s", reference)
