@@ -200,6 +200,10 @@ class WorkerSettings(_Strict):
     """A job whose destination is unreachable tries again after this long, then twice as long each
     time, up to ``export_retry_max_s``."""
     export_retry_max_s: float = Field(300.0, gt=0)
+    visibility_timeout_s: float | None = Field(None, gt=0)
+    """How long a job's message may stay unacknowledged before Redis hands it to another worker (its
+    worker died mid-job). Default: twice the longest timeout of any deployed version, plus 300 s.
+    Keep it above that timeout, or a job still running is run twice."""
 
 
 class OIDCSettings(_Strict):

@@ -70,3 +70,22 @@ def index_series(
         )  # fmt: skip
         with db.session() as session:
             record_instance(session, item)
+
+
+def index_files(db: Database, files: list[Path], *, calling_ae: str = "CT01") -> str:
+    """Index rows for DICOM files already on disk, as the listener writes them; returns the study UID."""
+    study_uid = ""
+    for path in files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        study_uid = str(ds.StudyInstanceUID)
+        item = IndexedInstance(
+            study_instance_uid=study_uid, series_instance_uid=str(ds.SeriesInstanceUID),
+            sop_instance_uid=str(ds.SOPInstanceUID), sop_class_uid=str(ds.SOPClassUID),
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), patient_id="", accession_number="",
+            study_date="", modality=str(ds.Modality), series_number=1, series_description="",
+            instance_number=int(ds.InstanceNumber), calling_ae=calling_ae, called_ae="HOUNSFIELD",
+            tags={"Modality": str(ds.Modality)}, path=str(path), size=path.stat().st_size, sha256="0" * 64, revision=0,
+        )  # fmt: skip
+        with db.session() as session:
+            record_instance(session, item)
+    return study_uid

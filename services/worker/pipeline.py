@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,6 +40,9 @@ from services.worker.runtime import AppFailed, AppTimedOut, InProcessRuntime
 __all__ = ["WorkerContext", "execute_job", "resume_export"]
 
 logger = logging.getLogger(__name__)
+
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+"""This worker process, as the study's events name it (host and process id)."""
 
 
 @dataclass
@@ -88,7 +93,7 @@ def execute_job(ctx: WorkerContext, job_id: str, *, redelivered: bool = False) -
             return None
         queue_wait = (job.started_at - job.created_at).total_seconds() if job.started_at else 0.0
         job.timings = {**job.timings, "queue_wait": round(queue_wait, 3)}
-        add_event(session, job.study_instance_uid, "worker", "job-running", job_id=job_id)
+        add_event(session, job.study_instance_uid, "worker", "job-running", job_id=job_id, worker=WORKER_ID)
     watch = _Stopwatch()
     try:
         return _run_claimed(ctx, job, watch)

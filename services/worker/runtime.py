@@ -9,10 +9,13 @@ stays in the child, so the worker's own logging is never touched.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib
 import logging
 import multiprocessing
 import os
+import signal
 import time
 from functools import cache
 from multiprocessing.connection import Connection
@@ -24,6 +27,8 @@ from operators.runtime_support import ensure_cuda_runtime_loadable
 __all__ = ["AppFailed", "AppTimedOut", "InProcessRuntime"]
 
 logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class AppFailed(RuntimeError):
@@ -42,8 +47,21 @@ def _load_app_class(reference: str) -> Any:
     return getattr(module, class_name)
 
 
-def _run_child(app_class: Any, argv: list[str], report: Connection) -> None:
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this child when the worker dies (kill -9 included), so that no orphaned
+    run writes into a workspace that another worker now owns."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the worker's own shutdown still stops its children
+        logger.debug("cannot ask to die with the worker on this platform")
+
+
+def _run_child(app_class: Any, argv: list[str], report: Connection, parent: int) -> None:
     """The forked child: run the application, report its failure, and leave without the parent's exit hooks."""
+    _die_with_parent()
+    if os.getppid() != parent:  # the worker died before the request took effect
+        os._exit(1)
     code = 0
     try:
         app_class(argv).run()
@@ -78,7 +96,9 @@ class InProcessRuntime:
         argv = ["app", "-i", str(input_dir), "-o", str(output_dir), "-m", str(model_path), "-w", str(workdir)]
         fork = multiprocessing.get_context("fork")
         reader, writer = fork.Pipe(duplex=False)
-        child = fork.Process(target=_run_child, args=(app_class, argv, writer), name="hounsfield-app", daemon=True)
+        child = fork.Process(
+            target=_run_child, args=(app_class, argv, writer, os.getpid()), name="hounsfield-app", daemon=True
+        )
         started = time.monotonic()
         child.start()
         writer.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from services.config import Settings
 from services.db import Database
@@ -36,6 +37,6 @@ def run(settings: Settings) -> None:
             f"--loglevel={settings.log_level}",
             "--without-gossip",
             "--without-mingle",
-            "--hostname=hounsfield-worker@%h",
+            f"--hostname=hounsfield-worker-{os.getpid()}@%h",  # several workers on one host
         ]
     )

@@ -10,14 +10,12 @@ import logging
 import time
 from pathlib import Path
 
-import pydicom
 import pytest
 from sqlalchemy import select
 
 from services.config import Settings
 from services.contracts import StudyComplete
 from services.db import Database, Event, Job, JobState
-from services.db.index import IndexedInstance, record_instance
 from services.registry.lifecycle import prepare_database
 from services.router.routing import Router
 from services.store import StudyStore
@@ -25,7 +23,7 @@ from services.worker.pipeline import WorkerContext, execute_job
 from services.worker.runtime import AppFailed, AppTimedOut, InProcessRuntime
 from tests.e2e.raising_app import MESSAGE
 from tests.e2e.sleeping_app import MARKER
-from tests.support import write_study
+from tests.support import index_files, write_study
 
 REPO = Path(__file__).resolve().parents[3]
 MODEL = REPO / "operators" / "ct_lesion_seg" / "models" / "model.ts"
@@ -72,20 +70,7 @@ def test_a_job_past_its_timeout_is_recorded_as_timed_out(tmp_path: Path, setting
     db = Database(settings.sqlalchemy_url)
     prepare_database(db, settings)
     study_uid, files = write_study(tmp_path / "study", seed=6, shape=(8, 32, 32))
-    for path in files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        with db.session() as session:
-            record_instance(
-                session,
-                IndexedInstance(
-                    study_instance_uid=study_uid, series_instance_uid=str(ds.SeriesInstanceUID),
-                    sop_instance_uid=str(ds.SOPInstanceUID), sop_class_uid=str(ds.SOPClassUID),
-                    transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), patient_id="", accession_number="",
-                    study_date="", modality="CT", series_number=1, series_description="", instance_number=None,
-                    calling_ae="CT", called_ae="HOUNSFIELD", tags={"Modality": "CT"}, path=str(path),
-                    size=path.stat().st_size, sha256="0" * 64, revision=0,
-                ),
-            )  # fmt: skip
+    index_files(db, files)
     (job,) = Router(settings, db, lambda job: None).on_study_complete(
         StudyComplete(study_instance_uid=study_uid, trigger="manual")
     )

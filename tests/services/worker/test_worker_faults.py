@@ -1,0 +1,195 @@
+"""Worker faults with real services: a worker killed mid-inference, Redis restarted under a backlog.
+
+Real components: redis-server (append-only, as ``hounsfield up`` runs it), ``hounsfield worker``
+processes running the example CT lesion MAP, Orthanc as the PACS, the registry's tables.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from orthanc_api_client import OrthancApiClient
+from sqlalchemy import select
+
+from services.config import Settings, load_settings
+from services.contracts import StudyComplete
+from services.db import Database, Event, Job, JobState, Result
+from services.demo.orthanc import LocalOrthanc, free_port
+from services.demo.stack import CT_LESION_DEPLOYMENT
+from services.registry.lifecycle import prepare_database
+from services.router.routing import Router
+from services.supervisor import LocalRedis
+from services.worker.celery_app import Enqueuer
+from tests.support import index_files, write_study
+
+REPO = Path(__file__).resolve().parents[3]
+VISIBILITY_S = 20.0
+
+
+class Worker:
+    """``hounsfield worker`` as a process of its own."""
+
+    def __init__(self, config: Path, name: str) -> None:
+        self.log = (config.parent / f"{name}.log").open("wb")
+        env = {**os.environ, "PYTHONPATH": str(REPO), "TCP_NODELAY": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "worker", "--config", str(config)],
+            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting to be reaped does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[LocalRedis]:
+    server = LocalRedis(tmp_path, free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+def _config(tmp_path: Path, redis: LocalRedis, database_url: str | None, **sections: Any) -> Settings:
+    body: dict[str, Any] = {
+        "data_dir": str(tmp_path / "data"),
+        "redis_url": redis.url,
+        "worker": {"visibility_timeout_s": VISIBILITY_S},
+        **sections,
+    }
+    if database_url:
+        body["database_url"] = database_url
+    path = tmp_path / "hounsfield.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return load_settings(path)
+
+
+def _route(settings: Settings, db: Database, files: list[Path]) -> Job:
+    study_uid = index_files(db, files)
+    (job,) = Router(settings, db, Enqueuer(settings)).on_study_complete(
+        StudyComplete(study_instance_uid=study_uid, trigger="manual")
+    )
+    return job
+
+
+def _wait(db: Database, ids: list[str], timeout: float) -> list[Job]:
+    deadline = time.monotonic() + timeout
+    while True:
+        with db.session() as session:
+            jobs = session.scalars(select(Job).where(Job.id.in_(ids))).all()
+        if len(jobs) == len(ids) and all(j.state.final for j in jobs):
+            return list(jobs)
+        assert time.monotonic() < deadline, sorted(str(j.state) for j in jobs)
+        time.sleep(0.5)
+
+
+def test_a_worker_killed_mid_inference_hands_the_job_on_and_one_result_set_arrives(
+    tmp_path: Path, redis: LocalRedis, default_database_url: str | None
+) -> None:
+    pacs = LocalOrthanc(tmp_path / "orthanc", aet="KILLPACS")
+    pacs.start()
+    destination = {"pacs": {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}}
+    deployment = {**CT_LESION_DEPLOYMENT, "destinations": ["pacs"]}
+    settings = _config(tmp_path, redis, default_database_url, destinations=destination, deployments=[deployment])
+    db = Database(settings.sqlalchemy_url)
+    prepare_database(db, settings)
+    workers = [Worker(tmp_path / "hounsfield.yaml", name) for name in ("worker-a", "worker-b")]
+    try:
+        _, files = write_study(tmp_path / "study", seed=77, shape=(24, 64, 64))
+        job = _route(settings, db, files)
+        deadline = time.monotonic() + 120
+        while True:  # the worker that claimed it, with its application running in a child
+            with db.session() as session:
+                running = session.scalars(
+                    select(Event).where(Event.job_id == job.id, Event.kind == "job-running")
+                ).first()
+            if running is not None:
+                pid = int(running.detail["worker"].rsplit(":", 1)[1])
+                if _children(pid):
+                    break
+            assert time.monotonic() < deadline, "no worker started the job"
+            time.sleep(0.05)
+        (killed,) = [w for w in workers if w.process.pid == pid]
+        app_children = _children(pid)
+        os.kill(pid, signal.SIGKILL)
+        killed.process.wait()
+        gone_by = time.monotonic() + 10
+        while any(_alive(child) for child in app_children):
+            assert time.monotonic() < gone_by, "the application's run outlived its worker"
+            time.sleep(0.1)
+
+        (finished,) = _wait(db, [job.id], timeout=VISIBILITY_S + 120)
+        assert finished.state is JobState.DONE, finished.error
+        with db.session() as session:
+            runs = session.scalars(
+                select(Event).where(Event.job_id == job.id, Event.kind == "job-running").order_by(Event.id)
+            ).all()
+            results = session.scalars(select(Result).where(Result.job_id == job.id)).all()
+        assert [r.detail["worker"].endswith(f":{pid}") for r in runs] == [True, False], "the other worker took over"
+        assert sorted(r.kind for r in results) == ["SEG", "SR"]
+        orthanc = OrthancApiClient(pacs.url)
+        stored = orthanc.studies.get_instances_ids(orthanc.studies.lookup(finished.study_instance_uid))
+        assert len(stored) == 2, "exactly one result set reached the PACS"
+    finally:
+        for worker in workers:
+            worker.stop()
+        db.dispose()
+        pacs.stop()
+
+
+def test_twenty_queued_studies_survive_a_redis_restart(
+    tmp_path: Path, redis: LocalRedis, default_database_url: str | None
+) -> None:
+    deployment = {**CT_LESION_DEPLOYMENT, "destinations": []}  # results kept
+    settings = _config(tmp_path, redis, default_database_url, deployments=[deployment])
+    db = Database(settings.sqlalchemy_url)
+    prepare_database(db, settings)
+    ids = []
+    for i in range(20):
+        _, files = write_study(tmp_path / f"study{i}", seed=500 + i, shape=(8, 32, 32))
+        ids.append(_route(settings, db, files).id)
+    redis.stop()  # SIGTERM: redis-server writes its append-only file and exits
+    redis.start()
+    worker = Worker(tmp_path / "hounsfield.yaml", "worker")
+    try:
+        jobs = _wait(db, ids, timeout=600)
+    finally:
+        worker.stop()
+        db.dispose()
+    assert sorted(str(j.state) for j in jobs) == ["done"] * 20, [j.error for j in jobs if j.error]
