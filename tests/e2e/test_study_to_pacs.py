@@ -226,7 +226,8 @@ def test_a_deployment_made_through_the_api_runs_in_shadow_then_clinical(
     stack: HounsfieldStack, pacs: LocalOrthanc, tmp_path: Path
 ) -> None:
     """Registry to PACS: a catalog version deployed through the API, shadow results held back from the
-    clinical PACS, then clinical results labelled with the version's Device UID."""
+    clinical PACS, then clinical results labelled with the version's Device UID, while a newer version
+    runs in shadow on the same study as a second, distinct and labelled result set."""
     api, headers = stack.api, stack.api_headers
     manifests = REPO / "operators" / "ct_lesion_seg"
     model = {
@@ -235,54 +236,79 @@ def test_a_deployment_made_through_the_api_runs_in_shadow_then_clinical(
         "modality": "CT", "regulatory_status": "ce-marked", "owner": "Hounsfield tests",
     }  # fmt: skip
     assert httpx.post(f"{api}/models", json=model, headers=headers).status_code == 201
-    version = {
-        "version": "1.0.0",
-        "app": json.loads((manifests / "app.json").read_text()),
-        "pkg": json.loads((manifests / "pkg.json").read_text()),
-    }
-    registered = httpx.post(f"{api}/models/ct-lesions/versions", json=version, headers=headers)
-    assert registered.status_code == 201, registered.text
-    device_uid = registered.json()["device_uid"]
+    device_uids = {}
+    for number in ("1.0.0", "1.1.0"):
+        version = {
+            "version": number,
+            "app": json.loads((manifests / "app.json").read_text()),
+            "pkg": json.loads((manifests / "pkg.json").read_text()),
+        }
+        registered = httpx.post(f"{api}/models/ct-lesions/versions", json=version, headers=headers)
+        assert registered.status_code == 201, registered.text
+        device_uids[number] = registered.json()["device_uid"]
+    assert device_uids["1.0.0"] != device_uids["1.1.0"]
     rule = {"kind": "all", "rules": [{"kind": "modality", "in": ["CT"]}, CATALOG_RULE]}
     assert httpx.put(f"{api}/rules/catalog-ct", json={"rule": rule}, headers=headers).status_code == 201
-    deployment = {
-        "name": "ct-lesions-v1", "model": "ct-lesions", "version": "1.0.0", "rule": "catalog-ct",
-        "destinations": ["pacs"], "app": CT_LESION_DEPLOYMENT["app"], "model_path": CT_LESION_DEPLOYMENT["model_path"],
-    }  # fmt: skip
-    made = httpx.post(f"{api}/deployments", json=deployment, headers=headers)
-    assert made.status_code == 201, made.text
+    for name, number in (("ct-lesions-v1", "1.0.0"), ("ct-lesions-v2", "1.1.0")):
+        deployment = {
+            "name": name, "model": "ct-lesions", "version": number, "rule": "catalog-ct", "destinations": ["pacs"],
+            "app": CT_LESION_DEPLOYMENT["app"], "model_path": CT_LESION_DEPLOYMENT["model_path"],
+        }  # fmt: skip
+        made = httpx.post(f"{api}/deployments", json=deployment, headers=headers)
+        assert made.status_code == 201, made.text
 
-    def promote(expected: str) -> None:
-        moved = httpx.post(f"{api}/deployments/ct-lesions-v1/promote", json={"reason": "e2e"}, headers=headers)
+    def promote(name: str, expected: str) -> None:
+        moved = httpx.post(f"{api}/deployments/{name}/promote", json={"reason": "e2e"}, headers=headers)
         assert moved.status_code == 200 and moved.json()["stage"] == expected, moved.text
 
-    promote("validated")
-    promote("shadow")
+    promote("ct-lesions-v1", "validated")
+    promote("ct-lesions-v1", "shadow")
     orthanc = OrthancApiClient(pacs.url)
     _, shadow_uid, shadow_files = _series(tmp_path / "shadow", seed=919191, n_lesions=1, series_description="CATALOG a")
     stack.send(shadow_files)
-    (shadow_job,) = stack.wait_for_study(shadow_uid)["jobs"]
+    (shadow_job,) = stack.wait_for_study(shadow_uid)["jobs"]  # v2 is a draft: it does not run
     assert shadow_job["state"] == "done", shadow_job["error"]
     assert shadow_job["deployment"] == "ct-lesions-v1" and shadow_job["mode"] == "shadow"
     assert sorted(r["kind"] for r in shadow_job["results"]) == ["SEG", "SR"], "shadow results are kept"
     assert all(r["exported_to"] == [] for r in shadow_job["results"])
     assert orthanc.studies.lookup(shadow_uid) is None, "shadow results never reach a clinical destination"
 
-    promote("clinical")
+    promote("ct-lesions-v1", "clinical")
+    promote("ct-lesions-v2", "validated")
+    promote("ct-lesions-v2", "shadow")
     _, clinical_uid, clinical_files = _series(
         tmp_path / "clinical", seed=929292, n_lesions=1, series_description="CATALOG b"
     )
     stack.send(clinical_files)
-    (clinical_job,) = stack.wait_for_study(clinical_uid)["jobs"]
+    jobs = {job["deployment"]: job for job in stack.wait_for_study(clinical_uid)["jobs"]}
+    assert sorted(jobs) == ["ct-lesions-v1", "ct-lesions-v2"], "two deployments on one study: two jobs"
+    clinical_job, shadow_v2 = jobs["ct-lesions-v1"], jobs["ct-lesions-v2"]
     assert clinical_job["state"] == "done" and clinical_job["mode"] == "clinical", clinical_job["error"]
+    assert shadow_v2["state"] == "done" and shadow_v2["mode"] == "shadow", shadow_v2["error"]
     for result in clinical_job["results"]:
         instance_id = orthanc.instances.lookup(result["sop_instance_uid"])
         assert instance_id, f"{result['kind']} is not in Orthanc"
         ds = pydicom.dcmread(io.BytesIO(orthanc.instances.get_file(instance_id)))
         assert "NOT FOR DIAGNOSTIC USE" not in ds.SeriesDescription.upper()
-        (algorithm,) = [
-            item for item in ds.ContributingEquipmentSequence
-            if item.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"
-        ]  # fmt: skip
-        assert algorithm.DeviceUID == device_uid, "the catalog version's Device UID labels its results"
-        assert algorithm.ManufacturerModelName == "CT lesion segmentation (registered)"
+        assert _algorithm(ds).DeviceUID == device_uids["1.0.0"], "the catalog version's Device UID labels it"
+        assert _algorithm(ds).ManufacturerModelName == "CT lesion segmentation (registered)"
+    stored = orthanc.studies.get_instances_ids(orthanc.studies.lookup(clinical_uid))
+    assert len(stored) == 2, "only the clinical version's SEG and SR reached the PACS"
+    v1_uids = {r["sop_instance_uid"] for r in clinical_job["results"]}
+    v2_uids = {r["sop_instance_uid"] for r in shadow_v2["results"]}
+    assert len(v2_uids) == 2 and not v1_uids & v2_uids, "a distinct result set"
+    kept = sorted((stack.folder / "data" / "results" / shadow_v2["id"]).glob("*.dcm"))
+    assert len(kept) == 2, kept
+    for path in kept:
+        ds = pydicom.dcmread(path)
+        assert "1.1.0" in ds.SeriesDescription and "NOT FOR DIAGNOSTIC USE" in ds.SeriesDescription.upper()
+        assert _algorithm(ds).DeviceUID == device_uids["1.1.0"] and str(_algorithm(ds).SoftwareVersions) == "1.1.0"
+
+
+def _algorithm(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """The IHE AIR Processing Algorithm item of a result's Contributing Equipment."""
+    (item,) = [
+        item for item in ds.ContributingEquipmentSequence
+        if item.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"
+    ]  # fmt: skip
+    return item
