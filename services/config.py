@@ -177,8 +177,8 @@ class DeploymentSettings(_Strict):
     """One model version bound to a routing rule, destinations and a mode."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
-    app: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-    """The App SDK Application class, ``package.module:ClassName``."""
+    app: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    """The App SDK Application class the in-process runtime runs, ``package.module:ClassName``."""
     model_path: Path
     model_name: str
     model_version: str = Field(pattern=r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
@@ -188,6 +188,21 @@ class DeploymentSettings(_Strict):
     destinations: list[str] = Field(default_factory=list)
     queue: Literal["stat", "routine", "batch"] = "routine"
     timeout_s: float = Field(600.0, gt=0)
+    runtime: Literal["in-process", "subprocess"] = "in-process"
+    """``in-process``: ``app`` imported in the worker, each job in a fork of it. ``subprocess``: the MAP's
+    ``app.json`` command as a process of its own (``map_path``, ``application_root``)."""
+    map_path: Path | None = None
+    """The MAP's folder (``app.json`` and ``pkg.json``); needed by the subprocess runtime."""
+    application_root: Path | None = None
+    """Where the MAP's ``applicationRoot`` is on the workers (default: ``map_path``)."""
+
+    @model_validator(mode="after")
+    def _runtime_needs(self) -> DeploymentSettings:
+        if self.runtime == "subprocess" and self.map_path is None:
+            raise ValueError("runtime subprocess needs map_path (the folder with app.json and pkg.json)")
+        if self.runtime == "in-process" and self.app is None:
+            raise ValueError("runtime in-process needs app (the App SDK Application class, module:Class)")
+        return self
 
 
 class WorkerSettings(_Strict):
@@ -359,10 +374,11 @@ def load_settings(config_path: Path | str | None = None, **overrides: Any) -> Se
         data = loaded or {}
         base = path.parent.resolve()
         for deployment in data.get("deployments") or []:
-            if isinstance(deployment, dict) and "model_path" in deployment:
-                model_path = Path(str(deployment["model_path"]))
-                if not model_path.is_absolute():
-                    deployment["model_path"] = str(base / model_path)
+            for key in ("model_path", "map_path", "application_root"):
+                if isinstance(deployment, dict) and deployment.get(key):
+                    given = Path(str(deployment[key]))
+                    if not given.is_absolute():
+                        deployment[key] = str(base / given)
     unknown = _unknown_env_keys(dict(os.environ))
     if unknown:
         raise ConfigError(f"invalid configuration ({source}):\n" + "\n".join(f"  {k}: unknown key" for k in unknown))

@@ -90,6 +90,11 @@ class Deployment(Base):
     model_path: Mapped[str] = mapped_column(Text)
     manufacturer: Mapped[str] = mapped_column(String(64), default="Hounsfield")
     timeout_s: Mapped[float] = mapped_column(default=600.0)
+    runtime: Mapped[str] = mapped_column(String(16), default="in-process")
+    """``in-process`` (``app`` in a fork of the warm worker) or ``subprocess`` (the MAP's command)."""
+    map_path: Mapped[str | None] = mapped_column(Text)
+    """The MAP's folder on the workers (``app.json``, ``pkg.json``): the subprocess runtime runs it."""
+    application_root: Mapped[str | None] = mapped_column(Text)
     stage: Mapped[Stage] = mapped_column(_stage_enum(), default=Stage.DRAFT, index=True)
     stage_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
     stage_changed_by: Mapped[str] = mapped_column(String(128), default="")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.db.deployments import Stage
 from services.registry.catalog_schemas import Slug, UtcDatetime, Version
@@ -65,12 +65,28 @@ class DeploymentCreate(_Request):
     queue: Literal["stat", "routine", "batch"] | None = None
     """Default: from the model's use cases, the most urgent (synchronous, async-result and streaming
     workloads -> stat; asynchronous -> routine; batch -> batch)."""
-    app: str = Field(max_length=256, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-    """The App SDK Application class the worker runs, ``package.module:ClassName``."""
+    app: str | None = Field(None, max_length=256, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    """The App SDK Application class the in-process runtime runs, ``package.module:ClassName``."""
     model_path: str = Field(min_length=1, max_length=4096)
     """The model file or folder as the workers see it."""
     manufacturer: str = Field("Hounsfield", min_length=1, max_length=64)
     timeout_s: float | None = Field(None, gt=0, le=86400)
+    runtime: Literal["in-process", "subprocess"] = "in-process"
+    """``in-process``: ``app`` imported once per worker, each job in a fork of it. ``subprocess``: the
+    MAP's ``app.json`` command as its own process, for applications that must be isolated."""
+    map_path: str | None = Field(None, min_length=1, max_length=4096)
+    """The MAP's folder on the workers (``app.json`` and ``pkg.json``); needed by the subprocess runtime."""
+    application_root: str | None = Field(None, min_length=1, max_length=4096)
+    """Where the MAP's ``applicationRoot`` is on the workers (default: ``map_path``)."""
+
+    @model_validator(mode="after")
+    def _runtime_needs(self) -> DeploymentCreate:
+        if self.runtime == "subprocess" and self.map_path is None:
+            raise ValueError("runtime subprocess needs map_path (the folder with app.json and pkg.json)")
+        if self.runtime == "in-process" and self.app is None:
+            raise ValueError("runtime in-process needs app (the App SDK Application class, module:Class)")
+        return self
+
     """Default: the version's ``app.json#timeout``, else 600 s."""
     description: str = Field("", max_length=2000)
 
@@ -118,6 +134,9 @@ class DeploymentPublic(BaseModel):
     model_path: str
     manufacturer: str
     timeout_s: float
+    runtime: str
+    map_path: str | None
+    application_root: str | None
     stage: Stage
     runs: bool
     """The router runs it (shadow, research or clinical)."""

@@ -51,6 +51,7 @@ from services.registry.deployment_schemas import (
     TransitionPublic,
     ValidationCheck,
 )
+from services.registry.map_manifest import ManifestError, load_map
 from services.router.rules import Rule
 
 __all__ = [
@@ -134,6 +135,9 @@ class DeploymentSpec:
     model_path: Path
     manufacturer: str
     timeout_s: float
+    runtime: str = "in-process"
+    map_path: Path | None = None
+    application_root: Path | None = None
 
     @property
     def mode(self) -> str:
@@ -171,6 +175,9 @@ def _spec(row: Deployment, rule: RoutingRule, version: ModelVersion | None, mode
         model_path=Path(row.model_path),
         manufacturer=row.manufacturer,
         timeout_s=row.timeout_s,
+        runtime=row.runtime,
+        map_path=Path(row.map_path) if row.map_path else None,
+        application_root=Path(row.application_root) if row.application_root else None,
     )
 
 
@@ -300,6 +307,9 @@ def deployment_public(session: Session, row: Deployment) -> DeploymentPublic:
         model_path=row.model_path,
         manufacturer=row.manufacturer,
         timeout_s=row.timeout_s,
+        runtime=row.runtime,
+        map_path=row.map_path,
+        application_root=row.application_root,
         stage=row.stage,
         runs=row.stage in ACTIVE_STAGES,
         source=row.source,  # type: ignore[arg-type]
@@ -392,10 +402,13 @@ def create_deployment(
         rule_name=request.rule,
         destinations=list(request.destinations),
         queue=request.queue or queue_for(version.model.use_cases),
-        app=request.app,
+        app=request.app or "",
         model_path=request.model_path,
         manufacturer=request.manufacturer,
         timeout_s=request.timeout_s or float(version.timeout_s or 600),
+        runtime=request.runtime,
+        map_path=request.map_path,
+        application_root=request.application_root,
         stage=Stage.DRAFT,
         stage_changed_by=principal.subject,
         source="api",
@@ -465,15 +478,30 @@ def validation_checks(session: Session, row: Deployment, settings: Settings) -> 
         version = session.get(ModelVersion, row.model_version_id)
         problem = None if version is not None and version.published else "the catalog version is not published"
         check("version", problem, f"{row.model_name} {row.model_version} published")
-    module = row.app.partition(":")[0]
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        found = False
-    check("application", None if found else f"module {module!r} is not installed here", f"{module} importable")
+    if row.runtime == "subprocess":
+        check("application", _map_problem(row), f"{row.map_path}: app.json and pkg.json valid")
+    else:
+        module = row.app.partition(":")[0]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        check("application", None if found else f"module {module!r} is not installed here", f"{module} importable")
     model_path = Path(row.model_path)
     check("model files", None if model_path.exists() else f"{model_path} does not exist", str(model_path))
     return checks
+
+
+def _map_problem(row: Deployment) -> str | None:
+    """Why the subprocess runtime could not run this deployment's MAP here, or None."""
+    if not row.map_path:
+        return "no map_path"
+    try:
+        load_map(Path(row.map_path))
+    except (ManifestError, OSError, ValueError) as exc:
+        return f"{row.map_path}: {exc}"
+    root = Path(row.application_root or row.map_path)
+    return None if root.is_dir() else f"application root {root} is not a folder"
 
 
 def _other_clinical(session: Session, row: Deployment) -> Deployment | None:
@@ -652,10 +680,13 @@ def _declared_fields(session: Session, declared: DeploymentSettings) -> dict[str
         "rule_name": declared.name,
         "destinations": list(declared.destinations),
         "queue": declared.queue,
-        "app": declared.app,
+        "app": declared.app or "",
         "model_path": str(declared.model_path),
         "manufacturer": declared.manufacturer,
         "timeout_s": declared.timeout_s,
+        "runtime": declared.runtime,
+        "map_path": str(declared.map_path) if declared.map_path else None,
+        "application_root": str(declared.application_root) if declared.application_root else None,
     }
 
 

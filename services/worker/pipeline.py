@@ -32,10 +32,10 @@ from services.db.jobs import (
 from services.exporter.cstore import DestinationUnreachable, ExportFailed, send_files
 from services.exporter.validation import ValidationFailed, ValidationReport, validate_object
 from services.registry.catalog_schemas import as_utc
-from services.registry.lifecycle import get_spec
+from services.registry.lifecycle import DeploymentSpec, get_spec
 from services.store import StudyStore
 from services.worker.preflight import BadInput, check_series
-from services.worker.runtime import AppFailed, AppTimedOut, InProcessRuntime
+from services.worker.runtime import AppFailed, AppTimedOut, InProcessRuntime, SubprocessRuntime
 
 __all__ = ["WorkerContext", "execute_job", "resume_export"]
 
@@ -132,7 +132,7 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
             )
         )
         watch.lap("load")
-        ctx.runtime.run(
+        _runtime(ctx, deployment).run(
             deployment.app,
             input_dir=workspace.input,
             output_dir=workspace.output,
@@ -216,6 +216,13 @@ def _wait_or_fail(
         set_job_state(session, job.id, JobState.WAITING, watch.timings)
         add_event(session, job.study_instance_uid, "worker", "export-waiting", job_id=job.id, reason=reason)
     return JobState.WAITING
+
+
+def _runtime(ctx: WorkerContext, deployment: DeploymentSpec) -> InProcessRuntime | SubprocessRuntime:
+    if deployment.runtime == "subprocess":
+        assert deployment.map_path is not None  # validated with the deployment
+        return SubprocessRuntime(deployment.map_path, deployment.application_root or deployment.map_path)
+    return ctx.runtime
 
 
 def _keep_results(ctx: WorkerContext, job_id: str, reports: list[ValidationReport]) -> list[Path]:

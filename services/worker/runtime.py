@@ -16,15 +16,19 @@ import logging
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from functools import cache
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from operators.runtime_support import ensure_cuda_runtime_loadable
+from services.registry.map_manifest import load_map
 
-__all__ = ["AppFailed", "AppTimedOut", "InProcessRuntime"]
+__all__ = ["AppFailed", "AppTimedOut", "InProcessRuntime", "SubprocessRuntime"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,3 +120,83 @@ class InProcessRuntime:
             raise AppFailed(message)
         if child.exitcode != 0:
             raise AppFailed(f"the application exited with code {child.exitcode}")
+
+
+_JOB_PATHS = {
+    "HOLOSCAN_INPUT_PATH": "input_dir",
+    "HOLOSCAN_OUTPUT_PATH": "output_dir",
+    "HOLOSCAN_MODEL_PATH": "model_path",
+    "HOLOSCAN_WORKDIR": "workdir",
+}
+
+
+@dataclass(frozen=True)
+class SubprocessRuntime:
+    """Runs a MAP's ``app.json`` command as a process of its own, for applications that must be isolated.
+
+    The MAP's container roots are mapped to folders of this host: ``pkg.json#applicationRoot`` to
+    ``application_root`` (in every environment value, e.g. ``PYTHONPATH``), ``modelRoot`` to the
+    deployment's model path, and the ``HOLOSCAN_*`` input, output, model and work paths to the job's
+    folders. ``HOLOSCAN_CONFIG_PATH`` points at the MAP's ``app.yaml`` when it has one. The command
+    finds its interpreter on this worker's ``PATH`` (its virtual environment first). Past the timeout
+    the process group is killed (:class:`AppTimedOut`); a non-zero exit is :class:`AppFailed` with
+    the end of what the application printed.
+    """
+
+    map_path: Path
+    """The folder with the MAP's ``app.json`` and ``pkg.json`` (a build context, or a MAP's file system)."""
+    application_root: Path
+    """What ``applicationRoot`` is on this host (where the application's code is)."""
+
+    def environment(self, folders: dict[str, Path]) -> dict[str, str]:
+        manifests = load_map(self.map_path).manifests
+        roots = [
+            (manifests.pkg.application_root.rstrip("/"), str(self.application_root)),
+            (manifests.pkg.model_root.rstrip("/"), str(folders["model_path"])),
+        ]
+        env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        for key, value in manifests.app.environment.items():
+            text = str(value)
+            for container, host in roots:
+                text = text.replace(container, host)
+            env[key] = text
+        env["HOLOSCAN_APPLICATION"] = str(self.application_root)
+        for key, name in _JOB_PATHS.items():
+            env[key] = str(folders[name])
+        config = self.map_path / "app.yaml"
+        if config.is_file():
+            env["HOLOSCAN_CONFIG_PATH"] = str(config)
+        return env
+
+    def run(
+        self,
+        reference: str | None = None,
+        *,
+        input_dir: Path,
+        output_dir: Path,
+        model_path: Path,
+        workdir: Path,
+        timeout_s: float | None = None,
+    ) -> None:
+        """Run the MAP's command on one job's folders (``reference``, the in-process class, is not used)."""
+        folders = {"input_dir": input_dir, "output_dir": output_dir, "model_path": model_path, "workdir": workdir}
+        argv = load_map(self.map_path).manifests.app.argv
+        log = workdir / "application.log"
+        started = time.monotonic()
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                argv, cwd=workdir, env=self.environment(folders), stdout=output, stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: a timeout stops everything it started
+            )  # fmt: skip
+            try:
+                code = process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                raise AppTimedOut(
+                    f"stopped after {time.monotonic() - started:.0f} s: past its timeout of {timeout_s:g} s"
+                ) from None
+        if code != 0:
+            tail = log.read_bytes()[-1500:].decode(errors="replace").strip().splitlines()[-8:]
+            raise AppFailed(f"{argv[0]} exited with code {code}: " + " | ".join(tail))

@@ -23,7 +23,8 @@ def run(settings: Settings) -> None:
     with db.session() as session:  # the registry's deployments (the configuration's are written there too)
         deployed = load_deployments(session)
     db.dispose()
-    references = {d.app for d in deployed} | {d.app for d in settings.deployments}
+    references = {d.app for d in deployed if d.runtime == "in-process"}
+    references |= {d.app for d in settings.deployments if d.app and d.runtime == "in-process"}
     app = make_celery(settings, longest_timeout_s=max((d.timeout_s for d in deployed), default=None))
     runtime = InProcessRuntime()
     for reference in sorted(references):

@@ -475,3 +475,22 @@ def test_the_queue_follows_the_models_use_cases(api: Api, use_cases: list[str], 
     assert made.status_code == 201 and made.json()["queue"] == queue
     chosen = api.send("POST", "/deployments", _deployment("liver-v1b", queue="batch"), Role.MODEL_DEVELOPER)
     assert chosen.json()["queue"] == "batch", "an explicit queue wins"
+
+
+def test_a_subprocess_deployment_names_its_map_and_validation_reads_it(api: Api, tmp_path: Path) -> None:
+    _ready(api, ("liver-v1", "1.0.0"))
+    body = {**_deployment("liver-isolated", runtime="subprocess"), "app": None}
+    missing = api.send("POST", "/deployments", body, Role.MODEL_DEVELOPER)
+    assert missing.status_code == 422 and "needs map_path" in missing.text
+    broken = {**body, "map_path": str(tmp_path)}  # no manifests there
+    assert api.send("POST", "/deployments", broken, Role.MODEL_DEVELOPER).status_code == 201
+    refused = api.promote("liver-isolated", Role.MODEL_DEVELOPER)
+    checks = {c["check"]: c for c in refused.json()["detail"]["checks"]}
+    assert (
+        refused.status_code == 409 and not checks["application"]["ok"] and "app.json" in checks["application"]["detail"]
+    )
+    good = {**body, "name": "liver-isolated-2", "map_path": str(REPO / "operators" / "ct_lesion_seg"),
+            "application_root": str(REPO)}  # fmt: skip
+    made = api.send("POST", "/deployments", good, Role.MODEL_DEVELOPER)
+    assert made.status_code == 201 and made.json()["runtime"] == "subprocess"
+    assert api.promote("liver-isolated-2", Role.MODEL_DEVELOPER).json()["stage"] == "validated"

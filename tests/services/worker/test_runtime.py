@@ -6,6 +6,7 @@ pipeline on a stored study (real DICOM files, the registry's tables), and the jo
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from services.registry.lifecycle import prepare_database
 from services.router.routing import Router
 from services.store import StudyStore
 from services.worker.pipeline import WorkerContext, execute_job
-from services.worker.runtime import AppFailed, AppTimedOut, InProcessRuntime
+from services.worker.runtime import AppFailed, AppTimedOut, InProcessRuntime, SubprocessRuntime
 from tests.e2e.raising_app import MESSAGE
 from tests.e2e.sleeping_app import MARKER
 from tests.support import index_files, write_study
@@ -64,17 +65,23 @@ def test_an_application_past_its_timeout_is_stopped(tmp_path: Path) -> None:
     assert (folders["workdir"] / MARKER).exists(), "the model had started: it was stopped mid-run"
 
 
-def test_a_job_past_its_timeout_is_recorded_as_timed_out(tmp_path: Path, settings: Settings) -> None:
-    declared = settings.deployments[0].model_copy(update={"app": "tests.e2e.sleeping_app:SleepingApp", "timeout_s": 8})
+def _routed_job(tmp_path: Path, settings: Settings, seed: int, **deployment: object) -> tuple[WorkerContext, Job]:
+    """A stored study routed to the configured deployment (with ``deployment``'s changes); the job queued."""
+    declared = settings.deployments[0].model_copy(update=deployment)
     settings = settings.model_copy(update={"deployments": [declared]})
     db = Database(settings.sqlalchemy_url)
     prepare_database(db, settings)
-    study_uid, files = write_study(tmp_path / "study", seed=6, shape=(8, 32, 32))
+    study_uid, files = write_study(tmp_path / "study", seed=seed, shape=(8, 32, 32))
     index_files(db, files)
     (job,) = Router(settings, db, lambda job: None).on_study_complete(
         StudyComplete(study_instance_uid=study_uid, trigger="manual")
     )
-    context = WorkerContext(settings=settings, db=db, store=StudyStore(settings.data_dir))
+    return WorkerContext(settings=settings, db=db, store=StudyStore(settings.data_dir)), job
+
+
+def test_a_job_past_its_timeout_is_recorded_as_timed_out(tmp_path: Path, settings: Settings) -> None:
+    context, job = _routed_job(tmp_path, settings, 6, app="tests.e2e.sleeping_app:SleepingApp", timeout_s=8)
+    db = context.db
     assert execute_job(context, job.id) is JobState.TIMED_OUT
     with db.session() as session:
         stored = session.get(Job, job.id)
@@ -84,3 +91,46 @@ def test_a_job_past_its_timeout_is_recorded_as_timed_out(tmp_path: Path, setting
         kinds = session.scalars(select(Event.kind).where(Event.job_id == job.id).order_by(Event.id)).all()
     assert kinds[-1] == "job-timed_out"
     db.dispose()
+
+
+def test_the_subprocess_runtime_runs_the_maps_command_with_its_environment(tmp_path: Path) -> None:
+    folders = _folders(tmp_path)
+    runtime = SubprocessRuntime(map_path=REPO / "operators" / "ct_lesion_seg", application_root=REPO)
+    env = runtime.environment({**folders, "model_path": MODEL})
+    assert env["HOLOSCAN_INPUT_PATH"] == str(folders["input_dir"]) and env["HOLOSCAN_MODEL_PATH"] == str(MODEL)
+    assert env["PYTHONPATH"] == str(REPO), "app.json's /opt/holoscan/app is this host's application root"
+    runtime.run(model_path=MODEL, timeout_s=300, **folders)
+    assert len(list(folders["output_dir"].rglob("*.dcm"))) == 2
+    assert (folders["workdir"] / "application.log").stat().st_size > 0
+
+
+def test_the_subprocess_runtime_stops_a_run_past_its_timeout_and_reports_failures(tmp_path: Path) -> None:
+    folders = _folders(tmp_path)
+    slow = tmp_path / "slow-map"
+    slow.mkdir()
+    app = json.loads((REPO / "operators" / "ct_lesion_seg" / "app.json").read_text())
+    pkg = (REPO / "operators" / "ct_lesion_seg" / "pkg.json").read_text()
+    (slow / "pkg.json").write_text(pkg)
+    (slow / "app.json").write_text(json.dumps({**app, "command": "sh -c 'sleep 600 & sleep 600'"}))
+    started = time.monotonic()
+    with pytest.raises(AppTimedOut, match="past its timeout of 3 s"):
+        SubprocessRuntime(map_path=slow, application_root=REPO).run(model_path=MODEL, timeout_s=3, **folders)
+    assert time.monotonic() - started < 10
+    (slow / "app.json").write_text(json.dumps({**app, "command": "sh -c 'echo bad input >&2; exit 3'"}))
+    with pytest.raises(AppFailed, match="exited with code 3: bad input"):
+        SubprocessRuntime(map_path=slow, application_root=REPO).run(model_path=MODEL, **folders)
+
+
+def test_a_job_of_a_subprocess_deployment_runs_the_map_and_keeps_valid_results(
+    tmp_path: Path, settings: Settings
+) -> None:
+    isolated = {
+        "runtime": "subprocess", "app": None, "map_path": REPO / "operators" / "ct_lesion_seg",
+        "application_root": REPO, "model_path": MODEL, "destinations": [],
+    }  # fmt: skip
+    context, job = _routed_job(tmp_path, settings, 7, **isolated)
+    assert execute_job(context, job.id) is JobState.DONE
+    with context.db.session() as session:
+        stored = session.get(Job, job.id)
+        assert stored is not None and sorted(r.kind for r in stored.results) == ["SEG", "SR"], stored.error
+    context.db.dispose()
