@@ -23,6 +23,7 @@ __all__ = [
     "ConfigError",
     "DeploymentSettings",
     "DestinationSettings",
+    "KubernetesSettings",
     "ListenerSettings",
     "QueryRetrieveSettings",
     "RegistrySettings",
@@ -195,6 +196,8 @@ class DeploymentSettings(_Strict):
     """The MAP's folder (``app.json`` and ``pkg.json``); needed by the subprocess runtime."""
     application_root: Path | None = None
     """Where the MAP's ``applicationRoot`` is on the workers (default: ``map_path``)."""
+    image: str | None = None
+    """The MAP's container image, for the Kubernetes runtime (MAPs declaring a GPU or large memory)."""
 
     @model_validator(mode="after")
     def _runtime_needs(self) -> DeploymentSettings:
@@ -203,6 +206,25 @@ class DeploymentSettings(_Strict):
         if self.runtime == "in-process" and self.app is None:
             raise ValueError("runtime in-process needs app (the App SDK Application class, module:Class)")
         return self
+
+
+class KubernetesSettings(_Strict):
+    """Where the worker submits MAPs that declare a GPU or large memory (only when it runs in a cluster)."""
+
+    enabled: bool = True
+    """Use the Kubernetes runtime for such MAPs when the worker runs in a cluster (in-process otherwise)."""
+    namespace: str = Field("hounsfield", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    store_claim: str = "hounsfield-store"
+    """The ReadWriteMany PersistentVolumeClaim holding the study store (the worker's ``data_dir``)."""
+    service_account: str | None = None
+    large_memory_gib: float = Field(16.0, gt=0)
+    """A MAP declaring at least this much memory (``pkg.json#resources.memory``) runs as a Job."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    gpu_node_selector: dict[str, str] = Field(default_factory=dict)
+    """Added for MAPs that declare a GPU (e.g. ``nvidia.com/gpu.present: "true"``)."""
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    ttl_after_finished_s: int = Field(3600, ge=0)
+    run_as_user: int = Field(1000, ge=1)
 
 
 class WorkerSettings(_Strict):
@@ -215,6 +237,7 @@ class WorkerSettings(_Strict):
     """A job whose destination is unreachable tries again after this long, then twice as long each
     time, up to ``export_retry_max_s``."""
     export_retry_max_s: float = Field(300.0, gt=0)
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     visibility_timeout_s: float | None = Field(None, gt=0)
     """How long a job's message may stay unacknowledged before Redis hands it to another worker (its
     worker died mid-job). Default: twice the longest timeout of any deployed version, plus 300 s.

@@ -78,6 +78,9 @@ class DeploymentCreate(_Request):
     """The MAP's folder on the workers (``app.json`` and ``pkg.json``); needed by the subprocess runtime."""
     application_root: str | None = Field(None, min_length=1, max_length=4096)
     """Where the MAP's ``applicationRoot`` is on the workers (default: ``map_path``)."""
+    image: str | None = Field(None, min_length=1, max_length=512, pattern=r"^[^\s]+$")
+    """The MAP's container image: a version declaring a GPU or large memory runs from it as a Kubernetes
+    Job when the workers run in a cluster."""
 
     @model_validator(mode="after")
     def _runtime_needs(self) -> DeploymentCreate:
@@ -137,6 +140,7 @@ class DeploymentPublic(BaseModel):
     runtime: str
     map_path: str | None
     application_root: str | None
+    image: str | None
     stage: Stage
     runs: bool
     """The router runs it (shadow, research or clinical)."""

@@ -138,6 +138,9 @@ class DeploymentSpec:
     runtime: str = "in-process"
     map_path: Path | None = None
     application_root: Path | None = None
+    image: str | None = None
+    map_manifest: dict[str, Any] | None = None
+    """The catalog version's ``{"app": ..., "pkg": ...}`` (None for an unregistered model)."""
 
     @property
     def mode(self) -> str:
@@ -178,6 +181,8 @@ def _spec(row: Deployment, rule: RoutingRule, version: ModelVersion | None, mode
         runtime=row.runtime,
         map_path=Path(row.map_path) if row.map_path else None,
         application_root=Path(row.application_root) if row.application_root else None,
+        image=row.image,
+        map_manifest=version.map_manifest if version is not None else None,
     )
 
 
@@ -310,6 +315,7 @@ def deployment_public(session: Session, row: Deployment) -> DeploymentPublic:
         runtime=row.runtime,
         map_path=row.map_path,
         application_root=row.application_root,
+        image=row.image,
         stage=row.stage,
         runs=row.stage in ACTIVE_STAGES,
         source=row.source,  # type: ignore[arg-type]
@@ -409,6 +415,7 @@ def create_deployment(
         runtime=request.runtime,
         map_path=request.map_path,
         application_root=request.application_root,
+        image=request.image,
         stage=Stage.DRAFT,
         stage_changed_by=principal.subject,
         source="api",
@@ -687,6 +694,7 @@ def _declared_fields(session: Session, declared: DeploymentSettings) -> dict[str
         "runtime": declared.runtime,
         "map_path": str(declared.map_path) if declared.map_path else None,
         "application_root": str(declared.application_root) if declared.application_root else None,
+        "image": declared.image,
     }
 
 

@@ -33,7 +33,9 @@ from services.exporter.cstore import DestinationUnreachable, ExportFailed, send_
 from services.exporter.validation import ValidationFailed, ValidationReport, validate_object
 from services.registry.catalog_schemas import as_utc
 from services.registry.lifecycle import DeploymentSpec, get_spec
+from services.registry.map_manifest import parse_manifests
 from services.store import StudyStore
+from services.worker.kubernetes import KubernetesRuntime, in_cluster, needs_kubernetes
 from services.worker.preflight import BadInput, check_series
 from services.worker.runtime import AppFailed, AppTimedOut, InProcessRuntime, SubprocessRuntime
 
@@ -132,7 +134,7 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
             )
         )
         watch.lap("load")
-        _runtime(ctx, deployment).run(
+        _runtime(ctx, deployment, job_id).run(
             deployment.app,
             input_dir=workspace.input,
             output_dir=workspace.output,
@@ -218,7 +220,18 @@ def _wait_or_fail(
     return JobState.WAITING
 
 
-def _runtime(ctx: WorkerContext, deployment: DeploymentSpec) -> InProcessRuntime | SubprocessRuntime:
+def _runtime(
+    ctx: WorkerContext, deployment: DeploymentSpec, job_id: str
+) -> InProcessRuntime | SubprocessRuntime | KubernetesRuntime:
+    """How this job's application runs: a Kubernetes Job for a MAP declaring a GPU or large memory
+    (in a cluster, with an image), else the deployment's runtime."""
+    k8s = ctx.settings.worker.kubernetes
+    if k8s.enabled and deployment.image and deployment.map_manifest and in_cluster():
+        manifests = parse_manifests(deployment.map_manifest["app"], deployment.map_manifest["pkg"])
+        if needs_kubernetes(manifests, k8s):
+            return KubernetesRuntime(
+                job_id, deployment.name, deployment.image, deployment.map_manifest, ctx.store.root, k8s
+            )
     if deployment.runtime == "subprocess":
         assert deployment.map_path is not None  # validated with the deployment
         return SubprocessRuntime(deployment.map_path, deployment.application_root or deployment.map_path)
