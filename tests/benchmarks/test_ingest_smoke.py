@@ -39,5 +39,5 @@ def test_quick_benchmark_stores_everything_and_reports_every_scenario(tmp_path: 
     assert rows[0].startswith("| Scenario |") and len(rows) == 1 + 4
     assert all(f"| {key}. " in "\n".join(rows) for key in "abcd")
     text = report.read_text()
-    assert text.startswith("# Ingest benchmark") and rows[0] in text and "quick smoke sizes" in text
+    assert "<!-- benchmark:ingest -->\n## Ingest benchmark" in text and rows[0] in text and "quick smoke sizes" in text
     assert not (tmp_path / "work").exists(), "the work folder is removed unless --keep"
