@@ -193,7 +193,11 @@ def resume_export(ctx: WorkerContext, job_id: str) -> JobState | None:
     watch = _Stopwatch()
     if deployment is None:
         return _fail(ctx, job_id, f"deployment {job.deployment!r} is not in the registry", watch)
-    return _export_and_finish(ctx, job, deployment.destinations, watch)
+    try:
+        return _export_and_finish(ctx, job, deployment.destinations, watch)
+    except Exception as exc:  # the task boundary: record, then let Celery log it
+        _fail(ctx, job_id, f"internal error: {type(exc).__name__}: {exc}", watch)
+        raise
 
 
 def _waited_s(ctx: WorkerContext, job: Job) -> float | None:

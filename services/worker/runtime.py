@@ -10,8 +10,8 @@ stays in the child, so the worker's own logging is never touched.
 from __future__ import annotations
 
 import ctypes
-import gc
 import ctypes.util
+import gc
 import importlib
 import logging
 import multiprocessing
