@@ -101,9 +101,15 @@ def test_stat_jumps_a_batch_backlog_and_batch_is_not_starved(config: Path) -> No
         order = _claim_order(db, [*backlog, urgent])
         assert order.index(urgent) <= 1, f"the stat job was claimed {order.index(urgent) + 1}th of 13"
 
-        # Now a stat backlog and a batch backlog together: the worker takes its queues in turn.
-        stats = [_queue(settings, db, router, "STAT", 200 + i) for i in range(8)]
-        batches = [_queue(settings, db, router, "BATCH", 300 + i) for i in range(8)]
+        # Now a stat backlog and a batch backlog together: the worker takes its queues in turn. The jobs
+        # are made first and published back to back (milliseconds), so that both backlogs are there.
+        made: list[Job] = []
+        holding = Router(settings, db, made.append)
+        stats = [_queue(settings, db, holding, "STAT", 200 + i) for i in range(8)]
+        batches = [_queue(settings, db, holding, "BATCH", 300 + i) for i in range(8)]
+        publish = Enqueuer(settings)
+        for job in made:
+            publish(job)
         order = _claim_order(db, stats + batches)
         last_stat = max(order.index(job) for job in stats)
         before = sum(order.index(job) < last_stat for job in batches)
