@@ -159,12 +159,7 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
     _keep_results(ctx, job_id, reports)
     with ctx.db.session() as session:
         set_job_state(session, job_id, JobState.EXPORTING, watch.timings)
-    state = _export_and_finish(ctx, job, deployment.destinations, watch)
-    if deployment.runtime == "in-process" and deployment.app:  # once per worker: later jobs fork warm
-        ctx.runtime.warm_up(
-            deployment.app, input_dir=workspace.input, model_path=deployment.model_path, timeout_s=deployment.timeout_s
-        )
-    return state
+    return _export_and_finish(ctx, job, deployment.destinations, watch)
 
 
 def _export_and_finish(ctx: WorkerContext, job: Job, destinations: Sequence[str], watch: _Stopwatch) -> JobState:

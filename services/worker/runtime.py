@@ -1,12 +1,10 @@
 """Runs an App SDK application for a job: imported once per worker, each run in a fork of the worker.
 
-The worker imports the application (and holoscan, torch, MONAI) once, before its first job, and
-after the first job that succeeds runs it once more in its own process on that job's input
-(:meth:`InProcessRuntime.warm_up`). Each job runs in a child forked from the worker: it starts warm,
-with every module imported and the App SDK's first-compose work done, and it can be stopped. A
-run past its deployment's timeout is killed and reported as :class:`AppTimedOut`; the App SDK's
-logging set-up (it resets the root logger at every compose) stays in the child, and the warm-up
-restores the worker's own logging after it.
+The worker imports the application (and holoscan, torch, MONAI) once, before its first job. Each
+job then runs in a child forked from the worker: it starts warm, with every module imported, and
+it can be stopped. A run past its deployment's timeout is killed and reported as
+:class:`AppTimedOut`; the App SDK's logging set-up (it resets the root logger at every compose)
+stays in the child, so the worker's own logging is never touched.
 """
 
 from __future__ import annotations
@@ -21,11 +19,7 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from multiprocessing.connection import Connection
@@ -35,7 +29,7 @@ from typing import Any
 from operators.runtime_support import ensure_cuda_runtime_loadable
 from services.registry.map_manifest import load_map
 
-__all__ = ["AppFailed", "AppTimedOut", "InProcessRuntime", "SubprocessRuntime", "preserved_logging"]
+__all__ = ["AppFailed", "AppTimedOut", "InProcessRuntime", "SubprocessRuntime"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,38 +42,6 @@ class AppFailed(RuntimeError):
 
 class AppTimedOut(AppFailed):
     """The application ran past its timeout and was stopped."""
-
-
-@contextmanager
-def preserved_logging() -> Iterator[None]:
-    """Undo the App SDK's ``logging.config.dictConfig`` (it resets the root logger each compose)."""
-    root = logging.getLogger()
-    saved_root = (root.level, list(root.handlers), list(root.filters))
-    manager = logging.Logger.manager
-    saved = {
-        name: (lg.level, list(lg.handlers), lg.propagate, lg.disabled)
-        for name, lg in manager.loggerDict.items()
-        if isinstance(lg, logging.Logger)
-    }
-    try:
-        yield
-    finally:
-        root.setLevel(saved_root[0])
-        root.handlers[:] = saved_root[1]
-        root.filters[:] = saved_root[2]
-        for name, (level, handlers, propagate, disabled) in saved.items():
-            lg = logging.getLogger(name)
-            lg.setLevel(level)
-            lg.handlers[:] = handlers
-            lg.propagate, lg.disabled = propagate, disabled
-
-
-def _give_up_warming(reference: str, timeout_s: float) -> None:
-    """The warm-up run in the worker's own process outlived the timeout: only the process can stop it."""
-    logger.critical("warm-up of %s ran past %g s; the worker exits (its jobs are finished or redelivered)",
-                    reference, timeout_s)  # fmt: skip
-    logging.shutdown()
-    os._exit(70)
 
 
 @cache
@@ -118,49 +80,11 @@ def _run_child(app_class: Any, argv: list[str], report: Connection, parent: int)
 
 
 class InProcessRuntime:
-    """Imports each application once per worker process and runs it per job in a fork of the worker.
-
-    A fork starts from the worker's memory, so what the worker has done once, each job need not do
-    again: importing the application, and (after :meth:`warm_up`) the App SDK's first-compose work.
-    """
-
-    def __init__(self) -> None:
-        self._warmed: set[str] = set()
+    """Imports each application once per worker process and runs it per job in a fork of the worker."""
 
     def warm(self, reference: str) -> None:
         """Import the application (and holoscan, torch) before the first job arrives."""
         _load_app_class(reference)
-
-    def warm_up(self, reference: str, *, input_dir: Path, model_path: Path, timeout_s: float | None) -> None:
-        """Once per application and worker: run it in the worker's own process on an input it took.
-
-        The worker calls it after a job of ``reference`` succeeded, on that job's input, with the
-        output thrown away. Later jobs fork from a worker that has composed the application once, and
-        skip that cost. The worker's logging is restored after it; a warm-up that fails is logged and
-        changes nothing; one that outlives ``timeout_s`` ends the worker process (its finished jobs
-        are recorded, an unfinished one is redelivered).
-        """
-        if reference in self._warmed:
-            return
-        self._warmed.add(reference)  # once, whatever happens
-        app_class = _load_app_class(reference)
-        with tempfile.TemporaryDirectory(prefix="hounsfield-warm-up-") as tmp:
-            out, work = Path(tmp) / "output", Path(tmp) / "work"
-            out.mkdir()
-            work.mkdir()
-            argv = ["app", "-i", str(input_dir), "-o", str(out), "-m", str(model_path), "-w", str(work)]
-            watchdog = threading.Timer(timeout_s or 3600, _give_up_warming, args=(reference, timeout_s or 3600))
-            watchdog.daemon = True
-            started = time.monotonic()
-            watchdog.start()
-            try:
-                with preserved_logging():
-                    app_class(argv).run()
-                logger.info("warmed %s up in %.1f s", reference, time.monotonic() - started)
-            except Exception as exc:  # a warm-up is an optimisation: its failure changes no job
-                logger.warning("warm-up of %s failed (%s: %s); jobs run cold", reference, type(exc).__name__, exc)
-            finally:
-                watchdog.cancel()
 
     def run(
         self,

@@ -28,7 +28,6 @@ from tests.support import index_files, write_study
 
 REPO = Path(__file__).resolve().parents[3]
 MODEL = REPO / "operators" / "ct_lesion_seg" / "models" / "model.ts"
-APP = "operators.ct_lesion_seg.app:CTLesionSegApp"
 
 
 def _folders(tmp_path: Path) -> dict[str, Path]:
@@ -135,32 +134,3 @@ def test_a_job_of_a_subprocess_deployment_runs_the_map_and_keeps_valid_results(
         stored = session.get(Job, job.id)
         assert stored is not None and sorted(r.kind for r in stored.results) == ["SEG", "SR"], stored.error
     context.db.dispose()
-
-
-def test_after_a_warm_up_in_the_worker_forked_runs_still_work_and_logging_is_kept(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    folders = _folders(tmp_path)
-    runtime = InProcessRuntime()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    with caplog.at_level(logging.INFO, logger="services.worker.runtime"):
-        runtime.warm_up(APP, input_dir=folders["input_dir"], model_path=MODEL, timeout_s=300)
-        runtime.warm_up(APP, input_dir=folders["input_dir"], model_path=MODEL, timeout_s=300)  # once only
-    assert sum(r.message.startswith(f"warmed {APP} up in") for r in caplog.records) == 1, "once"
-    assert root.handlers == handlers and root.level == level, "the worker's logging is restored"
-    for attempt in range(2):  # forks of a process that has run the App SDK
-        out = tmp_path / f"out{attempt}"
-        out.mkdir()
-        runtime.run(APP, input_dir=folders["input_dir"], output_dir=out, model_path=MODEL,
-                    workdir=folders["workdir"], timeout_s=300)  # fmt: skip
-        assert len(list(out.rglob("*.dcm"))) == 2
-
-
-def test_a_failing_warm_up_changes_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    folders = _folders(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="services.worker.runtime"):
-        InProcessRuntime().warm_up(
-            "tests.e2e.raising_app:RaisingApp", input_dir=folders["input_dir"], model_path=MODEL, timeout_s=60
-        )
-    assert any("jobs run cold" in r.message and MESSAGE in r.message for r in caplog.records)
