@@ -219,14 +219,18 @@ def markdown(results: list[SizeResult], rates: dict[int, float], runs: int, stud
             "Orthanc, through `hounsfield up` (listener, router, one worker, redis-server, registry) on this",
             "machine. *Direct* is the same App SDK application run on the same study folder in the",
             "benchmark's own process; overhead = time to result - direct. Stage columns are the job's own",
-            "timings (seconds, medians): completeness is the wait from the first instance to the study's",
-            "completion, so it includes the send.",
+            "timings (seconds, medians): completeness runs from the study's first index row to its",
+            "completion (the ingest journal indexes a burst as it ends, so it is near 0 for one",
+            "association); inference is the whole App SDK run in a fork of the worker, which pays the",
+            "SDK's first compose on every job (the direct runs after the first do not).",
             "",
             _table(results),
             "",
             f"Throughput, {studies} demo studies sent back to back: "
             + ", ".join(f"{w} worker(s): {rate:.1f} jobs/min" for w, rate in sorted(rates.items()))
-            + (f" ({rates[2] / rates[1]:.2f}x with two)." if 1 in rates and 2 in rates else "."),
+            + (f" ({rates[2] / rates[1]:.2f}x with two)." if 1 in rates and 2 in rates else ".")
+            + f" The workers share this machine's {os.cpu_count()} cores with the listener, Orthanc and each"
+            " other, and one job's inference already uses every core.",
             "",
             "Every run (time to result / direct, seconds):",
             "",
