@@ -342,13 +342,6 @@ class Settings(BaseSettings):
         """The Redis URL, the local redis-server's when none is configured."""
         return self.redis_url or f"redis://127.0.0.1:{self.local_redis_port}/0"
 
-    def deployment(self, name: str) -> DeploymentSettings:
-        """The deployment called ``name``; :class:`KeyError` when there is none."""
-        for deployment in self.deployments:
-            if deployment.name == name:
-                return deployment
-        raise KeyError(f"no deployment named {name!r}")
-
 
 def _format_error(error: ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]

@@ -10,9 +10,9 @@ Device UIDs of versions are made under ``settings.uid_root``) and ``app.state.au
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, Request, Response, status
 
 from services.registry import audit, catalog
 from services.registry.catalog_schemas import (
@@ -24,7 +24,7 @@ from services.registry.catalog_schemas import (
     VersionPublic,
     VersionRegister,
 )
-from services.registry.deps import Admin, Developer, Limit, Offset, Reader, SessionDep
+from services.registry.deps import Admin, Developer, Limit, Offset, Reader, SessionDep, refuse
 from services.registry.map_manifest import ManifestError
 
 __all__ = ["router"]
@@ -44,26 +44,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _refuse(error: catalog.CatalogError | ManifestError) -> NoReturn:
-    """Translate a catalog failure to its HTTP answer: 404, 409, or 422 in FastAPI's validation shape."""
-    if isinstance(error, ManifestError):
-        detail = [
-            {
-                "loc": ["body", issue.file.removesuffix(".json"), *[p for p in issue.field.split(".") if p]],
-                "msg": f"{issue.file}: {issue.reason}",
-                "type": "map_manifest",
-            }
-            for issue in error.issues
-        ]
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
-    if isinstance(error, catalog.Invalid):
-        detail = [{"loc": ["body", error.field], "msg": error.reason, "type": "value_error"}]
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
-    if isinstance(error, catalog.NotFound):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(error))
-    raise HTTPException(status.HTTP_409_CONFLICT, detail=str(error))
-
-
 @router.get("/use-cases", response_model=list[UseCasePublic])
 def list_use_cases(session: SessionDep, _: Reader) -> list[UseCasePublic]:
     """The use-case taxonomy: built-in use cases and those administrators added."""
@@ -75,7 +55,7 @@ def get_use_case(key: str, session: SessionDep, _: Reader) -> UseCasePublic:
     try:
         return catalog.get_use_case(session, key=key)
     except catalog.CatalogError as error:
-        _refuse(error)
+        refuse(error)
 
 
 @router.post("/use-cases", response_model=UseCasePublic, status_code=status.HTTP_201_CREATED, responses=_ERRORS)
@@ -84,7 +64,7 @@ def create_use_case(body: UseCaseCreate, session: SessionDep, principal: Admin) 
     try:
         created = catalog.create_use_case(session, request=body)
     except catalog.CatalogError as error:
-        _refuse(error)
+        refuse(error)
     audit.record(session, principal, "use_case.create", "use_case", created.key, after=created.model_dump(mode="json"))
     return created
 
@@ -98,7 +78,7 @@ def use_case_versions(key: str, session: SessionDep, _: Reader) -> list[UseCaseV
     try:
         return catalog.use_case_versions(session, key=key)
     except catalog.CatalogError as error:
-        _refuse(error)
+        refuse(error)
 
 
 @router.get("/models", response_model=list[ModelPublic], responses=_ERRORS)
@@ -109,7 +89,7 @@ def list_models(
     try:
         return catalog.list_models(session, use_case=use_case, limit=limit, offset=offset)
     except catalog.CatalogError as error:
-        _refuse(error)
+        refuse(error)
 
 
 @router.get("/models/{name}", response_model=ModelPublic, responses=_ERRORS)
@@ -117,7 +97,7 @@ def get_model(name: str, session: SessionDep, _: Reader) -> ModelPublic:
     try:
         return catalog.get_model(session, name=name)
     except catalog.CatalogError as error:
-        _refuse(error)
+        refuse(error)
 
 
 @router.post("/models", response_model=ModelPublic, status_code=status.HTTP_201_CREATED, responses=_ERRORS)
@@ -126,7 +106,7 @@ def create_model(body: ModelCreate, session: SessionDep, principal: Developer) -
     try:
         created = catalog.create_model(session, request=body, actor=principal.subject)
     except catalog.CatalogError as error:
-        _refuse(error)
+        refuse(error)
     audit.record(session, principal, "model.create", "model", created.name, after=created.model_dump(mode="json"))
     return created
 
@@ -153,7 +133,7 @@ def register_version(
             actor=principal.subject,
         )
     except (catalog.CatalogError, ManifestError) as error:
-        _refuse(error)
+        refuse(error)
     if done.outcome != "created":
         response.status_code = status.HTTP_200_OK
     if done.outcome != "unchanged":
@@ -175,7 +155,7 @@ def list_versions(name: str, session: SessionDep, _: Reader) -> list[VersionPubl
     try:
         return catalog.list_versions(session, model_name=name)
     except catalog.CatalogError as error:
-        _refuse(error)
+        refuse(error)
 
 
 @router.get("/models/{name}/versions/{version}", response_model=VersionPublic, responses=_ERRORS)
@@ -183,4 +163,4 @@ def get_version(name: str, version: str, session: SessionDep, _: Reader) -> Vers
     try:
         return catalog.get_version(session, model_name=name, version=version)
     except catalog.CatalogError as error:
-        _refuse(error)
+        refuse(error)

@@ -7,7 +7,7 @@ needs an administrator. Every move is kept as a transition (who, when, why) and 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Request, status
 
@@ -15,14 +15,14 @@ from services.config import Settings
 from services.db.deployments import Stage
 from services.registry import lifecycle
 from services.registry.auth import Role
-from services.registry.catalog import CatalogError, Invalid, NotFound
+from services.registry.catalog import CatalogError
 from services.registry.deployment_schemas import (
     DeploymentCreate,
     DeploymentPublic,
     LifecycleRequest,
     PromoteRequest,
 )
-from services.registry.deps import Admin, Developer, Reader, SessionDep
+from services.registry.deps import Admin, Developer, Reader, SessionDep, refuse
 
 __all__ = ["router"]
 
@@ -34,18 +34,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such deployment."},
     409: {"description": "Not allowed from its stage, or a second clinical version on one rule (the reason says)."},
 }
-
-
-def _refuse(error: CatalogError) -> NoReturn:
-    if isinstance(error, Invalid):
-        detail: Any = [{"loc": ["body", error.field], "msg": error.reason, "type": "value_error"}]
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
-    if isinstance(error, lifecycle.ValidationFailed):
-        detail = {"message": str(error), "checks": [c.model_dump() for c in error.checks]}
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=detail)
-    if isinstance(error, NotFound):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(error))
-    raise HTTPException(status.HTTP_409_CONFLICT, detail=str(error))
 
 
 @router.get("", response_model=list[DeploymentPublic])
@@ -61,7 +49,7 @@ def get_deployment(name: Name, session: SessionDep, _: Reader) -> DeploymentPubl
     try:
         return lifecycle.get_deployment(session, name)
     except CatalogError as exc:
-        _refuse(exc)
+        refuse(exc)
 
 
 @router.post("", response_model=DeploymentPublic, status_code=status.HTTP_201_CREATED, responses=_ERRORS)
@@ -73,7 +61,7 @@ def create_deployment(
     try:
         return lifecycle.create_deployment(session, principal, body, settings)
     except CatalogError as exc:
-        _refuse(exc)
+        refuse(exc)
 
 
 @router.post("/{name}/promote", response_model=DeploymentPublic, responses=_ERRORS)
@@ -97,7 +85,7 @@ def promote(
             session, principal, name, reason=body.reason, settings=settings, to=target, supersede=body.supersede
         )
     except CatalogError as exc:
-        _refuse(exc)
+        refuse(exc)
 
 
 @router.post("/{name}/rollback", response_model=DeploymentPublic, responses=_ERRORS)
@@ -106,7 +94,7 @@ def rollback(name: Name, body: LifecycleRequest, session: SessionDep, principal:
     try:
         return lifecycle.rollback(session, principal, name, reason=body.reason)
     except CatalogError as exc:
-        _refuse(exc)
+        refuse(exc)
 
 
 @router.post("/{name}/retire", response_model=DeploymentPublic, responses=_ERRORS)
@@ -115,4 +103,4 @@ def retire(name: Name, body: LifecycleRequest, session: SessionDep, principal: A
     try:
         return lifecycle.retire(session, principal, name, reason=body.reason)
     except CatalogError as exc:
-        _refuse(exc)
+        refuse(exc)

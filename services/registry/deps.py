@@ -1,16 +1,18 @@
-"""What the registry's routes share: a database session per request, the callers by role, paging parameters."""
+"""What the registry's routes share: a session per request, callers by role, paging, refusals."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, NoReturn
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, HTTPException, Query, Request, status
 from sqlalchemy.orm import Session
 
 from services.registry.auth import READERS, Principal, Role, require
+from services.registry.catalog import CatalogError, Invalid, NotFound
+from services.registry.map_manifest import ManifestError
 
-__all__ = ["Admin", "Developer", "Limit", "Offset", "Reader", "SessionDep"]
+__all__ = ["Admin", "Developer", "Limit", "Offset", "Reader", "SessionDep", "refuse"]
 
 
 def _session(request: Request) -> Iterator[Session]:
@@ -27,3 +29,29 @@ Reader = Annotated[Principal, Depends(require(*READERS))]
 """Any role that may read (viewer, radiologist, model developer; administrators always may)."""
 Developer = Annotated[Principal, Depends(require(Role.MODEL_DEVELOPER))]
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
+
+
+def refuse(error: CatalogError | ManifestError) -> NoReturn:
+    """Translate a refusal to its HTTP answer: 422 in FastAPI's validation shape (a bad manifest or
+    field), 404 (no such thing), or 409 (conflicts with what is stored; a failed validation's checks
+    come along)."""
+    if isinstance(error, ManifestError):
+        detail: object = [
+            {
+                "loc": ["body", issue.file.removesuffix(".json"), *[p for p in issue.field.split(".") if p]],
+                "msg": f"{issue.file}: {issue.reason}",
+                "type": "map_manifest",
+            }
+            for issue in error.issues
+        ]
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
+    if isinstance(error, Invalid):
+        detail = [{"loc": ["body", error.field], "msg": error.reason, "type": "value_error"}]
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
+    if isinstance(error, NotFound):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(error))
+    checks = getattr(error, "checks", None)  # lifecycle.ValidationFailed: which checks failed, and why
+    if checks is not None:
+        detail = {"message": str(error), "checks": [c.model_dump() for c in checks]}
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=detail)
+    raise HTTPException(status.HTTP_409_CONFLICT, detail=str(error))

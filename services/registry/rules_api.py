@@ -7,16 +7,16 @@ patients' studies a model sees). Every write is audited with the rule before and
 
 from __future__ import annotations
 
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.db import Study
 from services.registry import lifecycle
-from services.registry.catalog import CatalogError, NotFound
+from services.registry.catalog import CatalogError
 from services.registry.deployment_schemas import RulePublic, RulePut
-from services.registry.deps import Admin, Reader, SessionDep
+from services.registry.deps import Admin, Reader, SessionDep, refuse
 from services.router.dry_run import DeploymentVerdict, dry_run, match_tree, study_facts
 from services.router.rules import INDEXED_TAGS, Rule, SeriesFacts
 
@@ -30,11 +30,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such rule."},
     409: {"description": "The rule is bound to deployments."},
 }
-
-
-def _refuse(error: CatalogError) -> NoReturn:
-    code = status.HTTP_404_NOT_FOUND if isinstance(error, NotFound) else status.HTTP_409_CONFLICT
-    raise HTTPException(code, detail=str(error))
 
 
 _UID = r"^[0-9]+(\.[0-9]+)*$"
@@ -134,7 +129,7 @@ def get_rule(name: RuleName, session: SessionDep, _: Reader) -> RulePublic:
     try:
         return lifecycle.get_rule(session, name)
     except CatalogError as exc:
-        _refuse(exc)
+        refuse(exc)
 
 
 @router.put("/{name}", response_model=RulePublic, responses={201: {"description": "Made."}, **_ERRORS})
@@ -152,7 +147,7 @@ def delete_rule(name: RuleName, session: SessionDep, principal: Admin) -> None:
     try:
         lifecycle.delete_rule(session, principal, name)
     except CatalogError as exc:
-        _refuse(exc)
+        refuse(exc)
 
 
 @router.post("/dry-run", response_model=DryRunAnswer, responses={404: {"description": "no such stored study"}})

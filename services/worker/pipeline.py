@@ -242,16 +242,14 @@ def _runtime(
     return ctx.runtime
 
 
-def _keep_results(ctx: WorkerContext, job_id: str, reports: list[ValidationReport]) -> list[Path]:
+def _keep_results(ctx: WorkerContext, job_id: str, reports: list[ValidationReport]) -> None:
     """Move validated objects out of the workspace into the store's results folder and record them."""
     folder = ctx.store.root / "results" / job_id
     folder.mkdir(parents=True, exist_ok=True)
-    kept = []
     with ctx.db.session() as session:
         for report in reports:
             target = folder / f"{report.kind.lower()}-{report.sop_instance_uid}.dcm"
             report.path.replace(target)
-            kept.append(target)
             record_result(
                 session,
                 job_id=job_id,
@@ -262,7 +260,6 @@ def _keep_results(ctx: WorkerContext, job_id: str, reports: list[ValidationRepor
                 path=str(target),
                 summary={"validator_warnings": report.warnings},
             )
-    return kept
 
 
 def _export_mode(ctx: WorkerContext, job: Job) -> str:
