@@ -237,6 +237,9 @@ class WorkerSettings(_Strict):
     """A job whose destination is unreachable tries again after this long, then twice as long each
     time, up to ``export_retry_max_s``."""
     export_retry_max_s: float = Field(300.0, gt=0)
+    app_max_jobs: int = Field(200, ge=1)
+    """An in-process application's warm process serves this many jobs, then a fresh one is forked
+    (memory an application leaks comes back). ``1``: a fresh process for every job, never warm."""
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     visibility_timeout_s: float | None = Field(None, gt=0)
     """How long a job's message may stay unacknowledged before Redis hands it to another worker (its

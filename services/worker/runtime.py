@@ -1,14 +1,24 @@
-"""Runs an App SDK application for a job: imported once per worker, each run in a fork of the worker.
+"""Runs an App SDK application for a job: imported once per worker, run in a warm process that can be stopped.
 
-The worker imports the application (and holoscan, torch, MONAI) once, before its first job. Each
-job then runs in a child forked from the worker: it starts warm, with every module imported, and
-it can be stopped. A run past its deployment's timeout is killed and reported as
-:class:`AppTimedOut`; the App SDK's logging set-up (it resets the root logger at every compose)
-stays in the child, so the worker's own logging is never touched.
+The worker imports the application (and holoscan, torch, MONAI) once, before its first job. Its
+jobs then run in an *application process* forked from the worker: it starts with every module
+imported and serves the worker's jobs one after the other, so that what the first run warms
+(torch's kernels, highdicom's tables of the standard, MONAI's lazy imports) stays warm for the next.
+It is replaced by a fresh fork
+
+* when a run passes its deployment's timeout: it is killed and the job reported :class:`AppTimedOut`;
+* when a run fails (:class:`AppFailed`), or the process dies: nothing of a broken run is reused;
+* after ``max_jobs`` runs (``worker.app_max_jobs``), so that memory an application leaks comes back
+  (``1`` gives every job a fresh fork of its own).
+
+The App SDK's logging set-up (it resets the root logger at every compose) stays in that process;
+the worker's own logging is never touched. The worker itself never runs torch: a fork of a process
+whose OpenMP threads have started can hang in its first parallel region.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import gc
@@ -19,10 +29,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from functools import cache
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -62,25 +74,91 @@ def _die_with_parent() -> None:
         logger.debug("cannot ask to die with the worker on this platform")
 
 
-def _run_child(app_class: Any, argv: list[str], report: Connection, parent: int) -> None:
-    """The forked child: run the application, report its failure, and leave without the parent's exit hooks."""
+def _serve(app_class: Any, jobs: Connection, workers_end: Connection, parent: int) -> None:
+    """The application process: run each argv the worker sends, answer ``None`` or the failure, until
+    the worker says ``None`` or hangs up; leave without the worker's exit hooks."""
+    workers_end.close()
     _die_with_parent()
     if os.getppid() != parent:  # the worker died before the request took effect
         os._exit(1)
-    code = 0
     try:
-        app_class(argv).run()
-    except BaseException as exc:
-        report.send(f"{type(exc).__name__}: {exc}")
-        code = 1
+        while True:
+            # A Ctrl-C reaches the whole process group: the worker's warm shutdown lets the current run
+            # finish. SIGTERM stops this process; neither the worker's handlers (inherited by the fork)
+            # nor those holoscan installs during a run stay.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            try:
+                argv = jobs.recv()
+            except EOFError:  # the worker is gone
+                break
+            if argv is None:  # retired, or the worker is shutting down
+                break
+            try:
+                app_class(argv).run()
+            except BaseException as exc:
+                jobs.send(f"{type(exc).__name__}: {exc}")
+            else:
+                jobs.send(None)
     finally:
-        report.close()
+        jobs.close()
         logging.shutdown()
-        os._exit(code)
+        os._exit(0)
+
+
+class _AppProcess:
+    """One application's process, forked from the worker, and the pipe its jobs go through."""
+
+    def __init__(self, app_class: Any) -> None:
+        fork = multiprocessing.get_context("fork")
+        self._jobs, theirs = fork.Pipe(duplex=True)
+        self.process: BaseProcess = fork.Process(
+            target=_serve, args=(app_class, theirs, self._jobs, os.getpid()), name="hounsfield-app", daemon=True
+        )
+        gc.freeze()  # the worker's objects out of the collector's reach: the child copies fewer pages
+        self.process.start()
+        theirs.close()
+        self.runs = 0
+
+    def run(self, argv: list[str], timeout_s: float | None) -> None:
+        self.runs += 1
+        started = time.monotonic()
+        self._jobs.send(argv)
+        if not self._jobs.poll(timeout_s):
+            raise AppTimedOut(f"stopped after {time.monotonic() - started:.0f} s: past its timeout of {timeout_s:g} s")
+        try:
+            message = self._jobs.recv()
+        except EOFError:  # the process died mid-run (killed, out of memory, a crash in native code)
+            self.process.join(5)
+            raise AppFailed(f"the application exited with code {self.process.exitcode}") from None
+        if message is not None:
+            raise AppFailed(message)
+
+    def close(self, *, kill: bool = False) -> None:
+        """Say goodbye (the process leaves when its run is over), or kill it at once.
+
+        A goodbye, not only a closed pipe: application processes forked later hold copies of this
+        end of it, so the process would never read the end of the file."""
+        if kill and self.process.is_alive():
+            self.process.kill()
+        elif not kill:
+            with contextlib.suppress(OSError):  # it is gone already
+                self._jobs.send(None)
+        self._jobs.close()
+        self.process.join(None if kill else 30)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
 
 
 class InProcessRuntime:
-    """Imports each application once per worker process and runs it per job in a fork of the worker."""
+    """Imports each application once per worker process and runs its jobs in a warm process forked
+    from the worker (see the module's docstring)."""
+
+    def __init__(self, max_jobs: int = 200) -> None:
+        self.max_jobs = max_jobs
+        self._processes: dict[str, _AppProcess] = {}
+        self._lock = threading.Lock()
 
     def warm(self, reference: str) -> None:
         """Import the application (and holoscan, torch) before the first job arrives."""
@@ -97,31 +175,28 @@ class InProcessRuntime:
         timeout_s: float | None = None,
     ) -> None:
         """Run the application on one job's folders; :class:`AppTimedOut` past ``timeout_s``."""
-        app_class = _load_app_class(reference)
         argv = ["app", "-i", str(input_dir), "-o", str(output_dir), "-m", str(model_path), "-w", str(workdir)]
-        fork = multiprocessing.get_context("fork")
-        reader, writer = fork.Pipe(duplex=False)
-        child = fork.Process(
-            target=_run_child, args=(app_class, argv, writer, os.getpid()), name="hounsfield-app", daemon=True
-        )
-        started = time.monotonic()
-        gc.freeze()  # the worker's objects out of the collector's reach: the child copies fewer pages
-        child.start()
-        writer.close()
-        child.join(timeout_s)
-        if child.is_alive():
-            child.kill()
-            child.join()
-            raise AppTimedOut(f"stopped after {time.monotonic() - started:.0f} s: past its timeout of {timeout_s:g} s")
-        try:
-            message = reader.recv() if reader.poll() else None
-        except EOFError:  # the child closed the pipe without a word: it succeeded (or died, see its exit code)
-            message = None
-        reader.close()
-        if message is not None:
-            raise AppFailed(message)
-        if child.exitcode != 0:
-            raise AppFailed(f"the application exited with code {child.exitcode}")
+        with self._lock:  # one run at a time per application process
+            process = self._processes.get(reference)
+            if process is None or not process.process.is_alive():
+                process = self._processes[reference] = _AppProcess(_load_app_class(reference))
+            try:
+                process.run(argv, timeout_s)
+            except AppFailed as failed:
+                del self._processes[reference]
+                process.close(kill=True)
+                logger.info("application process of %s replaced after: %s", reference, type(failed).__name__)
+                raise
+            if process.runs >= self.max_jobs:
+                del self._processes[reference]
+                process.close()
+
+    def close(self) -> None:
+        """Stop every application process (each after its current run)."""
+        with self._lock:
+            processes, self._processes = list(self._processes.values()), {}
+        for process in processes:
+            process.close()
 
 
 _JOB_PATHS = {

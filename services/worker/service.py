@@ -26,18 +26,22 @@ def run(settings: Settings) -> None:
     references = {d.app for d in deployed if d.runtime == "in-process"}
     references |= {d.app for d in settings.deployments if d.app and d.runtime == "in-process"}
     app = make_celery(settings, longest_timeout_s=max((d.timeout_s for d in deployed), default=None))
-    runtime = InProcessRuntime()
+    runtime = InProcessRuntime(max_jobs=settings.worker.app_max_jobs)
+    app.conf.hounsfield_runtime = runtime  # the tasks' context runs its jobs
     for reference in sorted(references):
         logger.info("warming application %s", reference)
         runtime.warm(reference)
-    app.worker_main(
-        [
-            "worker",
-            "--pool=solo",
-            f"--queues={','.join(settings.worker.queues)}",
-            f"--loglevel={settings.log_level}",
-            "--without-gossip",
-            "--without-mingle",
-            f"--hostname=hounsfield-worker-{os.getpid()}@%h",  # several workers on one host
-        ]
-    )
+    try:
+        app.worker_main(
+            [
+                "worker",
+                "--pool=solo",
+                f"--queues={','.join(settings.worker.queues)}",
+                f"--loglevel={settings.log_level}",
+                "--without-gossip",
+                "--without-mingle",
+                f"--hostname=hounsfield-worker-{os.getpid()}@%h",  # several workers on one host
+            ]
+        )
+    finally:  # the application processes leave with the worker, each after its current run
+        runtime.close()

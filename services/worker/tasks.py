@@ -17,6 +17,7 @@ from services.db import Database, JobState
 from services.store import StudyStore
 from services.worker.celery_app import EXPORT_JOB_TASK, RUN_JOB_TASK
 from services.worker.pipeline import WorkerContext, execute_job, resume_export
+from services.worker.runtime import InProcessRuntime
 
 __all__ = ["export_job", "run_job"]
 
@@ -27,9 +28,9 @@ class _JobTask(Task):  # type: ignore[misc]
     @cached_property
     def context(self) -> WorkerContext:
         settings: Settings = self.app.conf.hounsfield_settings
-        return WorkerContext(
-            settings=settings, db=Database(settings.sqlalchemy_url), store=StudyStore(settings.data_dir)
-        )
+        runtime = self.app.conf.get("hounsfield_runtime") or InProcessRuntime(settings.worker.app_max_jobs)
+        db, store = Database(settings.sqlalchemy_url), StudyStore(settings.data_dir)
+        return WorkerContext(settings=settings, db=db, store=store, runtime=runtime)
 
     def retry_export_later(self, job_id: str, attempt: int) -> None:
         """Queue the next export attempt of a waiting job on the queue this task came from."""

@@ -1,6 +1,7 @@
-"""The in-process runtime: App SDK applications imported once, each run in a fork that can be stopped.
+"""The in-process runtime: App SDK applications imported once, run in a warm forked process that can be stopped.
 
-Real components: App SDK applications (one that raises, one that never finishes), the worker's own
+Real components: App SDK applications (one that raises, one that never finishes, one that says which
+process ran it), the worker's own
 pipeline on a stored study (real DICOM files, the registry's tables), and the job's recorded state.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from services.worker.pipeline import WorkerContext, execute_job
 from services.worker.runtime import AppFailed, AppTimedOut, InProcessRuntime, SubprocessRuntime
 from tests.e2e.raising_app import MESSAGE
 from tests.e2e.sleeping_app import MARKER
+from tests.services.worker.counting_app import FAIL_FLAG, HANG_FLAG, REPORT
 from tests.support import index_files, write_study
 
 REPO = Path(__file__).resolve().parents[3]
@@ -134,3 +137,81 @@ def test_a_job_of_a_subprocess_deployment_runs_the_map_and_keeps_valid_results(
         stored = session.get(Job, job.id)
         assert stored is not None and sorted(r.kind for r in stored.results) == ["SEG", "SR"], stored.error
     context.db.dispose()
+
+
+COUNTING = "tests.services.worker.counting_app:CountingApp"
+
+
+def _count(runtime: InProcessRuntime, tmp_path: Path, name: str, *, fail: bool = False) -> tuple[int, int]:
+    """One run of the counting application; which process ran it, and its how-manieth run that was."""
+    work = tmp_path / name
+    work.mkdir()
+    if fail:
+        (work / FAIL_FLAG).touch()
+        with pytest.raises(AppFailed, match="asked to fail"):
+            runtime.run(COUNTING, input_dir=tmp_path, output_dir=work / "out", model_path=MODEL, workdir=work)
+        return (0, 0)
+    runtime.run(COUNTING, input_dir=tmp_path, output_dir=work / "out", model_path=MODEL, workdir=work, timeout_s=60)
+    report = json.loads((work / REPORT).read_text())
+    return report["pid"], report["run"]
+
+
+def test_jobs_run_one_after_another_in_one_warm_application_process(tmp_path: Path) -> None:
+    runtime = InProcessRuntime(max_jobs=3)
+    try:
+        runs = [_count(runtime, tmp_path, f"job{n}") for n in range(4)]
+    finally:
+        runtime.close()
+    pids = [pid for pid, _ in runs]
+    assert pids[0] == pids[1] == pids[2] != pids[3], "three jobs in one process, then a fresh fork"
+    assert [run for _, run in runs] == [1, 2, 3, 1]
+    assert os.getpid() not in pids
+
+
+def test_a_failed_run_is_never_followed_in_the_same_process(tmp_path: Path) -> None:
+    runtime = InProcessRuntime()
+    try:
+        first = _count(runtime, tmp_path, "ok")
+        _count(runtime, tmp_path, "failing", fail=True)
+        after = _count(runtime, tmp_path, "after")
+    finally:
+        runtime.close()
+    assert after[0] != first[0] and after[1] == 1
+
+
+def test_one_job_per_process_when_asked(tmp_path: Path) -> None:
+    runtime = InProcessRuntime(max_jobs=1)
+    try:
+        runs = [_count(runtime, tmp_path, f"job{n}") for n in range(2)]
+    finally:
+        runtime.close()
+    assert runs[0][0] != runs[1][0] and runs[0][1] == runs[1][1] == 1
+
+
+def test_after_a_timeout_the_next_job_runs_in_a_fresh_process(tmp_path: Path) -> None:
+    runtime = InProcessRuntime()
+    hanging = tmp_path / "hanging"
+    hanging.mkdir()
+    (hanging / HANG_FLAG).touch()
+    try:
+        first, _ = _count(runtime, tmp_path, "first")
+        with pytest.raises(AppTimedOut, match="past its timeout of 3 s"):
+            runtime.run(COUNTING, input_dir=hanging, output_dir=hanging, model_path=MODEL, workdir=hanging, timeout_s=3)
+        with pytest.raises(ProcessLookupError):
+            os.kill(first, 0)  # the hanging process was killed (and reaped)
+        after = _count(runtime, tmp_path, "after")
+    finally:
+        runtime.close()
+    assert after[0] != first and after[1] == 1
+
+
+def test_closing_the_runtime_lets_every_application_process_leave_at_once(tmp_path: Path) -> None:
+    runtime = InProcessRuntime()
+    pids = [_count(runtime, tmp_path, "counting")[0]]
+    runtime.run("operators.ct_lesion_seg.app:CTLesionSegApp", model_path=MODEL, timeout_s=300, **_folders(tmp_path))
+    processes = [p.process for p in runtime._processes.values()]
+    assert len(processes) == 2 and pids[0] in {p.pid for p in processes}
+    started = time.monotonic()
+    runtime.close()
+    assert time.monotonic() - started < 10, "each left when told, none waited to be killed"
+    assert [p.exitcode for p in processes] == [0, 0]
