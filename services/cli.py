@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -565,6 +565,57 @@ def deployments_rollback(name: str, reason: ReasonOption, config: ConfigOption =
 def deployments_retire(name: str, reason: ReasonOption, config: ConfigOption = None) -> None:
     """Stop a deployment for good."""
     _lifecycle_call(config, "retire", name, reason=reason)
+
+
+results_app = typer.Typer(help="Results: take a job's results back from the PACS (IHE IOCM rejection notes).")
+app.add_typer(results_app, name="results")
+
+
+@results_app.command("withdraw")
+def results_withdraw(
+    job_id: str,
+    reason: Annotated[
+        str, typer.Option("--reason", "-r", help="quality (113001) or patient-safety (113037 where supported).")
+    ],
+    comment: Annotated[str | None, typer.Option(help="Why, in words (no patient data).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Withdraw a job's results: each PACS that has them gets a rejection note. Run it again to send the
+    notes a destination could not take yet; exits 1 while any is missing."""
+    from services.exporter.withdrawal import NoSuchJob, WithdrawalRefused, withdraw_job
+    from services.registry.audit import record
+
+    if reason not in ("quality", "patient-safety"):
+        err.print(f"[red]unknown reason {reason!r}: quality or patient-safety[/red]", highlight=False)
+        raise typer.Exit(2)
+    settings, db = _database(config)
+    principal = _cli_principal()
+
+    def audit_it(session: Session, made: Any) -> None:
+        after = {"job_id": made.job_id, "reason": made.reason, "comment": made.comment}
+        record(session, principal, "results.withdraw", "job", made.job_id, after=after)
+
+    try:
+        made = withdraw_job(
+            settings, db, job_id, reason=reason, comment=comment,  # type: ignore[arg-type]
+            requested_by=principal.subject, on_recorded=audit_it,
+        )  # fmt: skip
+    except (NoSuchJob, WithdrawalRefused) as exc:
+        err.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+    finally:
+        db.dispose()
+    missing = 0
+    for name, note in sorted(made.notes.items()):
+        if note.get("delivered_at"):
+            typer.echo(f"{name}\tdelivered\t{note['title']}\t{note['sop_instance_uid']}")
+        else:
+            missing += 1
+            typer.echo(f"{name}\tnot delivered\t{note.get('error')}")
+    if not made.notes:
+        typer.echo(f"job {job_id}: withdrawn; no destination had received its results")
+    if missing:
+        raise typer.Exit(1)
 
 
 @app.command("config")

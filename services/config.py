@@ -157,21 +157,63 @@ class ListenerSettings(_Strict):
 
 
 class DestinationSettings(_Strict):
-    """A PACS (or other DICOM node) that receives results over C-STORE."""
+    """A PACS (or other DICOM node) that receives results: over C-STORE, or over STOW-RS (DICOMweb).
 
-    ae_title: str
-    host: str
-    port: int = Field(ge=1, le=65535)
+    C-STORE (``protocol: dimse``, the default) needs ``ae_title``, ``host`` and ``port``; STOW-RS
+    (``protocol: stow-rs``) needs ``url``, the DICOMweb service's base (the studies resource is
+    ``<url>/studies``). Credentials never sit in the configuration: ``token_env`` names the
+    environment variable holding a bearer token, ``password_env`` the one holding the password for
+    ``username`` (HTTP basic).
+    """
+
+    protocol: Literal["dimse", "stow-rs"] = "dimse"
+    ae_title: str | None = None
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    url: str | None = Field(None, pattern=r"^https?://[^\s]+$")
+    """The DICOMweb base URL, for STOW-RS (``https://pacs.example.org/dicom-web``)."""
+    token_env: str | None = None
+    username: str | None = None
+    password_env: str | None = None
     clinical: bool = True
     """Clinical destinations never receive results of shadow deployments."""
+    patient_safety_rejection: bool = False
+    """It understands IOCM *Rejected for Patient Safety Reasons* (113037, DCM); results withdrawn for
+    patient safety are rejected there with that title, elsewhere with *Rejected for Quality Reasons*."""
     retries: int = Field(2, ge=0, le=20)
     """Quick retries within one export attempt (the worker waits in between)."""
     retry_backoff_s: float = Field(1.0, ge=0)
+    timeout_s: float = Field(60.0, gt=0)
+    """STOW-RS: how long one request may take."""
     wait_max_s: float = Field(86400.0, gt=0)
     """How long a job waits for this destination while it stays unreachable (it is retried from the
     queue meanwhile, the worker free for other jobs) before the job fails."""
 
-    _ae = field_validator("ae_title")(_check_ae_title)
+    _ae = field_validator("ae_title")(lambda value: None if value is None else _check_ae_title(value))
+
+    @model_validator(mode="after")
+    def _protocol_needs(self) -> DestinationSettings:
+        if self.protocol == "dimse":
+            missing = [key for key in ("ae_title", "host", "port") if getattr(self, key) is None]
+            if missing:
+                raise ValueError(f"protocol dimse (C-STORE) needs {', '.join(missing)}")
+            if self.url is not None:
+                raise ValueError("url is for protocol stow-rs; C-STORE uses ae_title, host and port")
+        else:
+            if self.url is None:
+                raise ValueError("protocol stow-rs needs url (the DICOMweb base, e.g. https://pacs/dicom-web)")
+            if self.token_env and self.username:
+                raise ValueError("choose one of token_env (bearer) and username with password_env (basic)")
+        if bool(self.username) != bool(self.password_env):
+            raise ValueError("username and password_env go together (HTTP basic)")
+        return self
+
+    @property
+    def label(self) -> str:
+        """How messages name it: ``AE@host:port`` or the DICOMweb URL."""
+        if self.protocol == "stow-rs":
+            return f"STOW-RS {self.url}"
+        return f"{self.ae_title}@{self.host}:{self.port}"
 
 
 class DeploymentSettings(_Strict):
@@ -190,8 +232,9 @@ class DeploymentSettings(_Strict):
     queue: Literal["stat", "routine", "batch"] = "routine"
     timeout_s: float = Field(600.0, gt=0)
     runtime: Literal["in-process", "subprocess"] = "in-process"
-    """``in-process``: ``app`` imported in the worker, each job in a fork of it. ``subprocess``: the MAP's
-    ``app.json`` command as a process of its own (``map_path``, ``application_root``)."""
+    """``in-process``: ``app`` imported in the worker, its jobs run in a warm process forked from it.
+    ``subprocess``: the MAP's ``app.json`` command as a process of its own (``map_path``,
+    ``application_root``)."""
     map_path: Path | None = None
     """The MAP's folder (``app.json`` and ``pkg.json``); needed by the subprocess runtime."""
     application_root: Path | None = None

@@ -5,14 +5,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, generate_uid
 
 from operators.ct_lesion_seg.phantom import make_phantom, write_dicom_series
-from services.db import Database
+from services.config import Settings
+from services.contracts import StudyComplete
+from services.db import Database, Job
 from services.db.index import IndexedInstance, record_instance
+
+if TYPE_CHECKING:
+    from services.worker.pipeline import WorkerContext
 
 CT_RULE = {"kind": "all", "rules": [{"kind": "modality", "in": ["CT"]}, {"kind": "instance_count", "min": 8}]}
 
@@ -89,3 +95,23 @@ def index_files(db: Database, files: list[Path], *, calling_ae: str = "CT01") ->
         with db.session() as session:
             record_instance(session, item)
     return study_uid
+
+
+def routed_job(tmp_path: Path, settings: Settings, seed: int, **deployment: object) -> tuple[WorkerContext, Job]:
+    """A stored study routed to the first configured deployment (with ``deployment``'s changes), its
+    database migrated; the job queued, and the worker's context to run it."""
+    from services.registry.lifecycle import prepare_database
+    from services.router.routing import Router
+    from services.store import StudyStore
+    from services.worker.pipeline import WorkerContext
+
+    declared = settings.deployments[0].model_copy(update=deployment)
+    settings = settings.model_copy(update={"deployments": [declared]})
+    db = Database(settings.sqlalchemy_url)
+    prepare_database(db, settings)
+    study_uid, files = write_study(tmp_path / "study", seed=seed, shape=(8, 32, 32))
+    index_files(db, files)
+    (job,) = Router(settings, db, lambda job: None).on_study_complete(
+        StudyComplete(study_instance_uid=study_uid, trigger="manual")
+    )
+    return WorkerContext(settings=settings, db=db, store=StudyStore(settings.data_dir)), job

@@ -58,6 +58,7 @@ MODEL_MODULES: tuple[str, ...] = (
     "services.db.access",
     "services.db.catalog",
     "services.db.deployments",
+    "services.db.withdrawals",
 )
 """The modules whose tables the migrations own. A module added here needs a migration for its tables
 (``tests/services/db/test_migrations.py`` fails until the migrated schema matches them)."""

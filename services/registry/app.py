@@ -19,15 +19,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from services import __version__
 from services.config import Settings
 from services.db import Database, Job, JobState, StudyState
-from services.registry import access_api, catalog_api, deployments_api, queries, rules_api, stow
+from services.db.withdrawals import Withdrawal
+from services.exporter.withdrawal import NoSuchJob, WithdrawalRefused, withdraw_job
+from services.registry import access_api, audit, catalog_api, deployments_api, queries, rules_api, stow
 from services.registry.auth import READERS, Authenticator, Role, ensure_sign_in_possible, require
-from services.registry.deps import Limit, Offset, SessionDep
+from services.registry.deps import Limit, Offset, Radiologist, SessionDep
 from services.registry.lifecycle import prepare_database
-from services.registry.schemas import JobPublic, ResultPublic, StudyDetail, StudyPublic
+from services.registry.schemas import (
+    JobPublic,
+    ResultPublic,
+    StudyDetail,
+    StudyPublic,
+    WithdrawalPublic,
+    WithdrawRequest,
+)
 
 __all__ = ["create_app"]
 
@@ -87,6 +97,39 @@ def get_job(job_id: str, session: SessionDep) -> JobPublic:
     if job is None:
         raise HTTPException(status_code=404, detail="no job with this id")
     return JobPublic.model_validate(job)
+
+
+@jobs.post(
+    "/{job_id}/withdraw",
+    response_model=WithdrawalPublic,
+    responses={404: {"description": "no such job"}, 409: {"description": "no results, or withdrawn for other reasons"}},
+)
+def withdraw_job_results(job_id: str, request: WithdrawRequest, caller: Radiologist, http: Request) -> WithdrawalPublic:
+    """Withdraw the job's results: each PACS that received them gets an IOCM rejection note (KOS).
+
+    Answers with each destination's note: delivered, or the reason it is not yet (call again to
+    send what is missing). Radiologists and administrators may withdraw.
+    """
+
+    def audit_it(session: Session, made: Withdrawal) -> None:
+        after = {"job_id": made.job_id, "reason": made.reason, "comment": made.comment}
+        audit.record(session, caller, "results.withdraw", "job", made.job_id, after=after)
+
+    try:
+        made = withdraw_job(
+            http.app.state.settings,
+            http.app.state.db,
+            job_id,
+            reason=request.reason,
+            comment=request.comment,
+            requested_by=caller.subject,
+            on_recorded=audit_it,
+        )
+    except NoSuchJob as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from None
+    except WithdrawalRefused as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from None
+    return WithdrawalPublic.model_validate(made)
 
 
 @results.get("", response_model=list[ResultPublic])

@@ -12,7 +12,7 @@ from services.registry.auth import READERS, Principal, Role, require
 from services.registry.catalog import CatalogError, Invalid, NotFound
 from services.registry.map_manifest import ManifestError
 
-__all__ = ["Admin", "Developer", "Limit", "Offset", "Reader", "SessionDep", "refuse"]
+__all__ = ["Admin", "Developer", "Limit", "Offset", "Radiologist", "Reader", "SessionDep", "refuse"]
 
 
 def _session(request: Request) -> Iterator[Session]:
@@ -28,6 +28,7 @@ Offset = Annotated[int, Query(ge=0, le=1_000_000_000)]  # a database integer, wh
 Reader = Annotated[Principal, Depends(require(*READERS))]
 """Any role that may read (viewer, radiologist, model developer; administrators always may)."""
 Developer = Annotated[Principal, Depends(require(Role.MODEL_DEVELOPER))]
+Radiologist = Annotated[Principal, Depends(require(Role.RADIOLOGIST))]
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
 
 

@@ -1,13 +1,22 @@
-"""Public shapes of the registry's read-only resources."""
+"""Public shapes of the registry's read-only resources, and of a results withdrawal."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["EventPublic", "JobPublic", "ResultPublic", "SeriesPublic", "StudyDetail", "StudyPublic"]
+__all__ = [
+    "EventPublic",
+    "JobPublic",
+    "ResultPublic",
+    "SeriesPublic",
+    "StudyDetail",
+    "StudyPublic",
+    "WithdrawRequest",
+    "WithdrawalPublic",
+]
 
 
 class _Public(BaseModel):
@@ -81,3 +90,32 @@ class StudyDetail(StudyPublic):
     series: list[SeriesPublic]
     jobs: list[JobPublic]
     events: list[EventPublic]
+
+
+class WithdrawRequest(BaseModel):
+    """Take a job's results back from every PACS that has them (an IOCM rejection note each)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Literal["quality", "patient-safety"]
+    """``quality``: Rejected for Quality Reasons (113001, DCM); ``patient-safety``: Rejected for Patient
+    Safety Reasons (113037, DCM) where the destination supports it, for quality reasons elsewhere."""
+    comment: str | None = Field(None, max_length=512)
+    """Why, in words; no patient data."""
+
+
+class RejectionNotePublic(BaseModel):
+    sop_instance_uid: str | None = None
+    title: str | None = None
+    delivered_at: datetime | None = None
+    error: str | None = None
+
+
+class WithdrawalPublic(_Public):
+    job_id: str
+    reason: str
+    comment: str | None
+    requested_by: str
+    created_at: datetime
+    notes: dict[str, RejectionNotePublic]
+    """Per destination that had received the results: its rejection note, delivered or why not yet."""

@@ -29,8 +29,9 @@ from services.db.jobs import (
     set_job_state,
     supersede_results,
 )
-from services.exporter.cstore import DestinationUnreachable, ExportFailed, send_files
+from services.exporter.delivery import DestinationUnreachable, ExportFailed, deliver
 from services.exporter.validation import ValidationFailed, ValidationReport, validate_object
+from services.exporter.withdrawal import is_withdrawn
 from services.registry.catalog_schemas import as_utc
 from services.registry.lifecycle import DeploymentSpec, get_spec
 from services.registry.map_manifest import parse_manifests
@@ -282,6 +283,10 @@ def _export(ctx: WorkerContext, job: Job, names: Sequence[str], mode: str) -> No
     a retry after an outage sends only what is missing.
     """
     with ctx.db.session() as session:
+        if is_withdrawn(session, job.id):
+            logger.info("job %s: its results were withdrawn; nothing more is sent", job.id)
+            add_event(session, job.study_instance_uid, "worker", "export-withdrawn", job_id=job.id)
+            return
         results = session.scalars(select(Result).where(Result.job_id == job.id).order_by(Result.id)).all()
     for name in names:
         destination = ctx.settings.destinations.get(name)
@@ -293,7 +298,7 @@ def _export(ctx: WorkerContext, job: Job, names: Sequence[str], mode: str) -> No
         pending = [r for r in results if name not in r.exported_to]
         if not pending:
             continue
-        send_files([Path(r.path) for r in pending], destination, calling_ae=ctx.settings.listener.ae_title)
+        deliver([Path(r.path) for r in pending], destination, calling_ae=ctx.settings.listener.ae_title)
         with ctx.db.session() as session:
             for result in pending:
                 row = session.get(Result, result.id)

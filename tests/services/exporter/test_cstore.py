@@ -11,7 +11,7 @@ from orthanc_api_client import OrthancApiClient
 
 from services.config import DestinationSettings
 from services.demo.orthanc import LocalOrthanc, free_port
-from services.exporter.cstore import DestinationUnreachable, send_files
+from services.exporter.delivery import DestinationUnreachable, deliver
 from tests.support import write_study
 
 
@@ -24,7 +24,7 @@ def test_results_wait_for_a_pacs_that_comes_back(tmp_path: Path) -> None:
     starter = threading.Timer(1.0, pacs.start)
     starter.start()
     try:
-        attempts = send_files(files, destination, calling_ae="HOUNSFIELD")
+        attempts = deliver(files, destination, calling_ae="HOUNSFIELD")
         starter.join()
         assert attempts > 1, "the first attempt found the PACS down"
         orthanc = OrthancApiClient(pacs.url)
@@ -43,5 +43,5 @@ def test_an_unreachable_pacs_fails_with_a_reason(tmp_path: Path) -> None:
     with pytest.raises(
         DestinationUnreachable, match=r"GONE@127.0.0.1:\d+ unreachable after 2 attempt\(s\): association"
     ):
-        send_files(files, destination, calling_ae="HOUNSFIELD")
+        deliver(files, destination, calling_ae="HOUNSFIELD")
     assert time.monotonic() - started < 30

@@ -17,17 +17,13 @@ import pytest
 from sqlalchemy import select
 
 from services.config import Settings
-from services.contracts import StudyComplete
-from services.db import Database, Event, Job, JobState
-from services.registry.lifecycle import prepare_database
-from services.router.routing import Router
-from services.store import StudyStore
-from services.worker.pipeline import WorkerContext, execute_job
+from services.db import Event, Job, JobState
+from services.worker.pipeline import execute_job
 from services.worker.runtime import AppFailed, AppTimedOut, InProcessRuntime, SubprocessRuntime
 from tests.e2e.raising_app import MESSAGE
 from tests.e2e.sleeping_app import MARKER
 from tests.services.worker.counting_app import FAIL_FLAG, HANG_FLAG, REPORT
-from tests.support import index_files, write_study
+from tests.support import routed_job, write_study
 
 REPO = Path(__file__).resolve().parents[3]
 MODEL = REPO / "operators" / "ct_lesion_seg" / "models" / "model.ts"
@@ -68,22 +64,8 @@ def test_an_application_past_its_timeout_is_stopped(tmp_path: Path) -> None:
     assert (folders["workdir"] / MARKER).exists(), "the model had started: it was stopped mid-run"
 
 
-def _routed_job(tmp_path: Path, settings: Settings, seed: int, **deployment: object) -> tuple[WorkerContext, Job]:
-    """A stored study routed to the configured deployment (with ``deployment``'s changes); the job queued."""
-    declared = settings.deployments[0].model_copy(update=deployment)
-    settings = settings.model_copy(update={"deployments": [declared]})
-    db = Database(settings.sqlalchemy_url)
-    prepare_database(db, settings)
-    study_uid, files = write_study(tmp_path / "study", seed=seed, shape=(8, 32, 32))
-    index_files(db, files)
-    (job,) = Router(settings, db, lambda job: None).on_study_complete(
-        StudyComplete(study_instance_uid=study_uid, trigger="manual")
-    )
-    return WorkerContext(settings=settings, db=db, store=StudyStore(settings.data_dir)), job
-
-
 def test_a_job_past_its_timeout_is_recorded_as_timed_out(tmp_path: Path, settings: Settings) -> None:
-    context, job = _routed_job(tmp_path, settings, 6, app="tests.e2e.sleeping_app:SleepingApp", timeout_s=8)
+    context, job = routed_job(tmp_path, settings, 6, app="tests.e2e.sleeping_app:SleepingApp", timeout_s=8)
     db = context.db
     assert execute_job(context, job.id) is JobState.TIMED_OUT
     with db.session() as session:
@@ -131,7 +113,7 @@ def test_a_job_of_a_subprocess_deployment_runs_the_map_and_keeps_valid_results(
         "runtime": "subprocess", "app": None, "map_path": REPO / "operators" / "ct_lesion_seg",
         "application_root": REPO, "model_path": MODEL, "destinations": [],
     }  # fmt: skip
-    context, job = _routed_job(tmp_path, settings, 7, **isolated)
+    context, job = routed_job(tmp_path, settings, 7, **isolated)
     assert execute_job(context, job.id) is JobState.DONE
     with context.db.session() as session:
         stored = session.get(Job, job.id)

@@ -1,0 +1,32 @@
+"""Withdrawn results: a job's SEG and SR taken back (IHE IOCM), and where the rejection note went.
+
+One row per withdrawn job. ``notes`` keeps, per destination that had received the results, the
+rejection note made for it (its SOP Instance UID and document title) and whether it was delivered
+(``delivered_at``) or why not yet (``error``): a later attempt sends only what is missing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from services.db.models import Base, utcnow
+
+__all__ = ["Withdrawal"]
+
+
+class Withdrawal(Base):
+    __tablename__ = "withdrawals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    """``quality`` (113001, DCM) or ``patient-safety`` (113037, DCM)."""
+    comment: Mapped[str | None] = mapped_column(Text)
+    requested_by: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    notes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """Destination name -> ``{sop_instance_uid, title, path, delivered_at, error}``."""

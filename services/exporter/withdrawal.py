@@ -1,0 +1,124 @@
+"""Withdraw a job's results: record it, and send each PACS that has them an IOCM rejection note.
+
+:func:`withdraw_job` records the withdrawal (who, why, when; an event on the study's path and, through
+``on_recorded``, an audit row in the same transaction), then, for each destination that received the
+results, makes the rejection note its title calls for (113037 where the destination supports
+*Rejected for Patient Safety Reasons*, 113001 otherwise), checks it at the validation gate and
+delivers it. Each note's fate is recorded as it happens; a destination that could not be reached
+keeps its note and its error, and calling again sends only the notes still missing. Results of a
+withdrawn job are never exported again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.config import Settings
+from services.db import Database, Job, Result, utcnow
+from services.db.index import add_event
+from services.db.withdrawals import Withdrawal
+from services.exporter.delivery import ExportFailed, deliver
+from services.exporter.rejection import REJECTION_TITLES, Reason, build_rejection_note, note_uids
+from services.exporter.validation import ValidationFailed, validate_object
+
+__all__ = ["NoSuchJob", "WithdrawalRefused", "is_withdrawn", "withdraw_job"]
+
+logger = logging.getLogger(__name__)
+
+
+class NoSuchJob(LookupError):
+    """No job has this id."""
+
+
+class WithdrawalRefused(ValueError):
+    """The job has no results to withdraw, or was withdrawn for another reason."""
+
+
+def is_withdrawn(session: Session, job_id: str) -> bool:
+    return session.scalar(select(Withdrawal.id).where(Withdrawal.job_id == job_id)) is not None
+
+
+def withdraw_job(
+    settings: Settings,
+    db: Database,
+    job_id: str,
+    *,
+    reason: Reason,
+    requested_by: str,
+    comment: str | None = None,
+    on_recorded: Callable[[Session, Withdrawal], None] | None = None,
+) -> Withdrawal:
+    """Withdraw the job's results (see the module's docstring); returns the withdrawal, notes included."""
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise NoSuchJob(f"no job {job_id}")
+        results = session.scalars(select(Result).where(Result.job_id == job_id).order_by(Result.id)).all()
+        if not results:
+            raise WithdrawalRefused(f"job {job_id} has no results to withdraw")
+        withdrawal = session.scalar(select(Withdrawal).where(Withdrawal.job_id == job_id))
+        if withdrawal is None:
+            withdrawal = Withdrawal(job_id=job_id, reason=reason, comment=comment, requested_by=requested_by, notes={})
+            session.add(withdrawal)
+            session.flush()
+            add_event(session, job.study_instance_uid, "registry", "results-withdrawn", job_id=job_id, reason=reason)
+            if on_recorded is not None:
+                on_recorded(session, withdrawal)
+        elif withdrawal.reason != reason:
+            raise WithdrawalRefused(f"job {job_id} was withdrawn already, for {withdrawal.reason} reasons")
+        study_uid, job_key = job.study_instance_uid, job.idempotency_key
+        paths = [Path(r.path) for r in results]
+        received = sorted({name for r in results for name in r.exported_to})
+        notes: dict[str, Any] = dict(withdrawal.notes)
+    description = f"AI results withdrawn ({reason}) by {requested_by}" + (f": {comment}" if comment else "")
+    withdrawn: list[pydicom.Dataset] | None = None
+    for name in received:
+        if (notes.get(name) or {}).get("delivered_at"):
+            continue
+        destination = settings.destinations.get(name)
+        if destination is None:
+            notes[name] = {"error": f"destination {name!r} is no longer configured", "delivered_at": None}
+            _save(db, job_id, study_uid, name, notes)
+            continue
+        title_reason: Reason = reason if destination.patient_safety_rejection else "quality"
+        title = REJECTION_TITLES[title_reason]
+        _, sop_uid = note_uids(settings.uid_root, job_key, title)
+        path = paths[0].parent / f"ko-{sop_uid}.dcm"
+        note = {"sop_instance_uid": sop_uid, "title": f'({title.value}, {title.scheme_designator}, "{title.meaning}")'}
+        try:
+            if not path.exists():
+                withdrawn = withdrawn or [pydicom.dcmread(p) for p in paths]
+                build_rejection_note(
+                    withdrawn, reason=title_reason, uid_root=settings.uid_root, job_key=job_key, description=description
+                ).save_as(path, enforce_file_format=True)
+            validate_object(path, dciodvfy=settings.worker.dciodvfy)
+            deliver([path], destination, calling_ae=settings.listener.ae_title)
+        except (ValidationFailed, ExportFailed) as exc:
+            logger.warning("job %s: rejection note for %s not delivered: %s", job_id, name, exc)
+            notes[name] = {**note, "delivered_at": None, "error": str(exc)}
+        else:
+            notes[name] = {**note, "delivered_at": utcnow().isoformat(), "error": None}
+        _save(db, job_id, study_uid, name, notes)
+    with db.session() as session:
+        saved = session.scalar(select(Withdrawal).where(Withdrawal.job_id == job_id))
+        assert saved is not None
+        session.expunge(saved)
+    return saved
+
+
+def _save(db: Database, job_id: str, study_uid: str, name: str, notes: dict[str, Any]) -> None:
+    """Record one destination's note as it happened (an event on the study's path as well)."""
+    outcome = notes[name]
+    with db.session() as session:
+        row = session.scalar(select(Withdrawal).where(Withdrawal.job_id == job_id))
+        assert row is not None
+        row.notes = dict(notes)
+        kind = "rejection-note-delivered" if outcome.get("delivered_at") else "rejection-note-failed"
+        add_event(session, study_uid, "registry", kind, job_id=job_id, destination=name, error=outcome.get("error"))
