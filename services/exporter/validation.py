@@ -12,6 +12,7 @@ from pydicom.uid import (
     Comprehensive3DSRStorage,
     ComprehensiveSRStorage,
     EnhancedSRStorage,
+    KeyObjectSelectionDocumentStorage,
     SegmentationStorage,
 )
 
@@ -60,6 +61,9 @@ def validate_object(path: Path, *, dciodvfy: str = "dciodvfy") -> ValidationRepo
             hd.sr.Comprehensive3DSR.from_dataset(ds, copy=True) if sop_class == Comprehensive3DSRStorage else (
                 hd.sr.ComprehensiveSR.from_dataset(ds, copy=True)
             )
+        elif sop_class == KeyObjectSelectionDocumentStorage:  # an IOCM rejection note
+            kind = "KO"
+            hd.ko.KeyObjectSelectionDocument.from_dataset(ds)
         else:
             kind = str(ds.get("Modality", "OT"))
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
