@@ -23,6 +23,7 @@ __all__ = [
     "ConfigError",
     "DeploymentSettings",
     "DestinationSettings",
+    "FhirSettings",
     "KubernetesSettings",
     "ListenerSettings",
     "QueryRetrieveSettings",
@@ -316,6 +317,18 @@ class OIDCSettings(_Strict):
         return self
 
 
+class FhirSettings(_Strict):
+    """Results announced to the RIS/EHR as a FHIR R4 DiagnosticReport with one Observation per finding."""
+
+    url: str = Field(pattern=r"^https?://[^\s]+$")
+    """The FHIR server's base (the report is created at ``<url>/DiagnosticReport``)."""
+    token_env: str | None = None
+    """The environment variable holding a bearer token, when the server wants one."""
+    modes: list[Literal["shadow", "research", "clinical"]] = ["clinical"]
+    """Jobs of deployments in these modes are announced (shadow results never reach clinicians)."""
+    timeout_s: float = Field(30.0, gt=0)
+
+
 class RegistrySettings(_Strict):
     """The registry HTTP API."""
 
@@ -348,6 +361,8 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     destinations: dict[str, DestinationSettings] = Field(default_factory=dict)
+    fhir: FhirSettings | None = None
+    """Announce each finished job's results to the RIS/EHR over FHIR (off unless set)."""
     deployments: list[DeploymentSettings] = Field(default_factory=list)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -30,6 +30,7 @@ from services.db.jobs import (
     supersede_results,
 )
 from services.exporter.delivery import DestinationUnreachable, ExportFailed, deliver
+from services.exporter.fhir import NotifyFailed, announce
 from services.exporter.validation import ValidationFailed, ValidationReport, validate_object
 from services.exporter.withdrawal import is_withdrawn
 from services.registry.catalog_schemas import as_utc
@@ -165,8 +166,9 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
 
 def _export_and_finish(ctx: WorkerContext, job: Job, destinations: Sequence[str], watch: _Stopwatch) -> JobState:
     """Send what is not sent yet; done, waiting for an unreachable destination, or failed."""
+    mode = _export_mode(ctx, job)
     try:
-        _export(ctx, job, destinations, _export_mode(ctx, job))
+        _export(ctx, job, destinations, mode)
     except DestinationUnreachable as exc:
         return _wait_or_fail(ctx, job, destinations, str(exc), watch)
     except ExportFailed as exc:
@@ -179,7 +181,31 @@ def _export_and_finish(ctx: WorkerContext, job: Job, destinations: Sequence[str]
         supersede_results(session, job.id)  # a re-evaluated study: this job's results are the new version
         finish_job(session, job.id, JobState.DONE, watch.timings)
     logger.info("job %s done in %.2f s", job.id, sum(watch.timings.values()))
+    _announce(ctx, job, mode)
     return JobState.DONE
+
+
+def _announce(ctx: WorkerContext, job: Job, mode: str) -> None:
+    """Announce the results to the RIS/EHR over FHIR when configured for this mode. A failure is recorded
+    on the study's path (the results are in the PACS already; the job stays done)."""
+    fhir = ctx.settings.fhir
+    if fhir is None or mode not in fhir.modes:
+        return
+    with ctx.db.session() as session:
+        if is_withdrawn(session, job.id):
+            return
+        sr = session.scalar(select(Result).where(Result.job_id == job.id, Result.kind == "SR"))
+    if sr is None:
+        return
+    try:
+        where = announce(Path(sr.path), fhir, model_name=job.model_name, model_version=job.model_version)
+    except (NotifyFailed, ValueError) as exc:
+        logger.warning("job %s: results not announced over FHIR: %s", job.id, exc)
+        with ctx.db.session() as session:
+            add_event(session, job.study_instance_uid, "worker", "fhir-failed", job_id=job.id, reason=str(exc))
+        return
+    with ctx.db.session() as session:
+        add_event(session, job.study_instance_uid, "worker", "fhir-announced", job_id=job.id, location=where)
 
 
 def resume_export(ctx: WorkerContext, job_id: str) -> JobState | None:
