@@ -123,7 +123,11 @@ class _AppProcess:
     def run(self, argv: list[str], timeout_s: float | None) -> None:
         self.runs += 1
         started = time.monotonic()
-        self._jobs.send(argv)
+        try:
+            self._jobs.send(argv)
+        except OSError:  # it died between two jobs
+            self.process.join(5)
+            raise AppFailed(f"the application process had exited (code {self.process.exitcode})") from None
         if not self._jobs.poll(timeout_s):
             raise AppTimedOut(f"stopped after {time.monotonic() - started:.0f} s: past its timeout of {timeout_s:g} s")
         try:
