@@ -63,8 +63,8 @@ def store_once(paths: Sequence[Path], destination: DestinationSettings) -> None:
             status = exc.response.status_code if exc.response is not None else 0
             if status >= 500:
                 raise ConnectionError(f"answered HTTP {status}") from exc
-            body = (exc.response.text if exc.response is not None else "")[:300]
-            raise ExportFailed(f"refused the request: HTTP {status} {body}".rstrip()) from exc
+            # Only the status: a PACS's error text may echo the request's patient data.
+            raise ExportFailed(f"refused the request: HTTP {status}") from exc
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise ConnectionError(f"{type(exc).__name__}: {exc}") from exc
     failed = answer.get("FailedSOPSequence") or []

@@ -100,7 +100,7 @@ def withdraw_job(
                 ).save_as(path, enforce_file_format=True)
             validate_object(path, dciodvfy=settings.worker.dciodvfy)
             deliver([path], destination, calling_ae=settings.listener.ae_title)
-        except (ValidationFailed, ExportFailed) as exc:
+        except (ValidationFailed, ExportFailed, OSError) as exc:  # OSError: the results' files are gone
             logger.warning("job %s: rejection note for %s not delivered: %s", job_id, name, exc)
             notes[name] = {**note, "delivered_at": None, "error": str(exc)}
         else:
