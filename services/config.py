@@ -178,6 +178,9 @@ class DestinationSettings(_Strict):
     password_env: str | None = None
     clinical: bool = True
     """Clinical destinations never receive results of shadow deployments."""
+    outputs: list[Literal["seg", "sr", "sc", "gsps"]] = ["seg", "sr"]
+    """What it receives: the SEG and the SR, and for a PACS that cannot show a SEG, display copies: a
+    burned-in Secondary Capture series (``sc``) and a Grayscale Softcopy Presentation State (``gsps``)."""
     patient_safety_rejection: bool = False
     """It understands IOCM *Rejected for Patient Safety Reasons* (113037, DCM); results withdrawn for
     patient safety are rejected there with that title, elsewhere with *Rejected for Quality Reasons*."""

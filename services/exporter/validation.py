@@ -12,7 +12,9 @@ from pydicom.uid import (
     Comprehensive3DSRStorage,
     ComprehensiveSRStorage,
     EnhancedSRStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
     KeyObjectSelectionDocumentStorage,
+    SecondaryCaptureImageStorage,
     SegmentationStorage,
 )
 
@@ -61,6 +63,11 @@ def validate_object(path: Path, *, dciodvfy: str = "dciodvfy") -> ValidationRepo
             hd.sr.Comprehensive3DSR.from_dataset(ds, copy=True) if sop_class == Comprehensive3DSRStorage else (
                 hd.sr.ComprehensiveSR.from_dataset(ds, copy=True)
             )
+        elif sop_class == SecondaryCaptureImageStorage:  # a burned-in display copy
+            kind = "SC"
+            hd.Image.from_dataset(ds, copy=True)  # highdicom reads an SC back as an image
+        elif sop_class == GrayscaleSoftcopyPresentationStateStorage:  # highdicom writes GSPS, reads none back
+            kind = "PR"
         elif sop_class == KeyObjectSelectionDocumentStorage:  # an IOCM rejection note
             kind = "KO"
             hd.ko.KeyObjectSelectionDocument.from_dataset(ds)

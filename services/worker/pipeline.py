@@ -30,6 +30,7 @@ from services.db.jobs import (
     supersede_results,
 )
 from services.exporter.delivery import DestinationUnreachable, ExportFailed, deliver
+from services.exporter.display import DisplayIdentity, write_display_copies
 from services.exporter.fhir import NotifyFailed, announce
 from services.exporter.validation import ValidationFailed, ValidationReport, validate_object
 from services.exporter.withdrawal import is_withdrawn
@@ -149,6 +150,10 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
         if not produced:
             raise AppFailed("the application finished without writing any DICOM object")
         reports = [validate_object(path, dciodvfy=settings.worker.dciodvfy) for path in produced]
+        copies = _display_copies(
+            ctx, job, deployment, reports, [p for _, paths in inputs for p in paths], workspace.output
+        )
+        reports += [validate_object(path, dciodvfy=settings.worker.dciodvfy) for path in copies]
         watch.lap("validate")
     except AppTimedOut as exc:
         watch.lap("inference")
@@ -162,6 +167,26 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
     with ctx.db.session() as session:
         set_job_state(session, job_id, JobState.EXPORTING, watch.timings)
     return _export_and_finish(ctx, job, deployment.destinations, watch)
+
+
+_OUTPUT_OF_KIND = {"SEG": "seg", "SR": "sr", "SC": "sc", "PR": "gsps"}
+
+
+def _display_copies(
+    ctx: WorkerContext, job: Job, deployment: DeploymentSpec, reports: list[ValidationReport], sources: list[Path],
+    output: Path,
+) -> list[Path]:  # fmt: skip
+    """The SC and GSPS copies of the SEG that the deployment's destinations ask for (none otherwise)."""
+    configured = [ctx.settings.destinations[d] for d in deployment.destinations if d in ctx.settings.destinations]
+    wanted = {str(output) for d in configured for output in d.outputs} & {"sc", "gsps"}
+    seg = next((r.path for r in reports if r.kind == "SEG"), None)
+    if not wanted or seg is None:
+        return []
+    identity = DisplayIdentity(
+        model_name=deployment.display_name, model_version=deployment.model_version, uid_root=ctx.settings.uid_root,
+        job_key=job.idempotency_key, manufacturer=deployment.manufacturer,
+    )  # fmt: skip
+    return write_display_copies(seg, sources, wanted, identity, output / "display")
 
 
 def _export_and_finish(ctx: WorkerContext, job: Job, destinations: Sequence[str], watch: _Stopwatch) -> JobState:
@@ -321,7 +346,9 @@ def _export(ctx: WorkerContext, job: Job, names: Sequence[str], mode: str) -> No
         if mode == "shadow" and destination.clinical:
             logger.info("job %s: shadow results are never sent to clinical destination %s", job.id, name)
             continue
-        pending = [r for r in results if name not in r.exported_to]
+        pending = [
+            r for r in results if name not in r.exported_to and _OUTPUT_OF_KIND.get(r.kind) in destination.outputs
+        ]
         if not pending:
             continue
         deliver([Path(r.path) for r in pending], destination, calling_ae=ctx.settings.listener.ae_title)

@@ -1,0 +1,144 @@
+"""Display copies (burned-in SC, GSPS) from the example application's SEG of a phantom.
+
+Real components: the example application, highdicom, dciodvfy at the validation gate, and Pillow
+rendering the copies to PNG: every drawn border pixel must lie on the lesion's border.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from orthanc_api_client import OrthancApiClient
+from PIL import Image, ImageDraw
+from scipy import ndimage
+from sqlalchemy import select
+
+from services.config import DestinationSettings, Settings
+from services.db import JobState, Result
+from services.demo.orthanc import LocalOrthanc
+from services.exporter.display import (
+    BANNER_ROWS,
+    BORDER_RGB,
+    DisplayIdentity,
+    burned_in_copies,
+    lesion_masks,
+    presentation_state,
+)
+from services.exporter.validation import validate_object
+from services.worker.pipeline import execute_job
+from services.worker.runtime import InProcessRuntime
+from tests.support import routed_job, write_study
+
+REPO = Path(__file__).resolve().parents[3]
+MODEL = REPO / "operators" / "ct_lesion_seg" / "models" / "model.ts"
+IDENTITY = DisplayIdentity("CT lesion segmentation", "1.0.0", "1.2.826.0.1.3680043.10.1392.", "job-key")
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[pydicom.Dataset], dict[str, np.ndarray]]:
+    tmp = tmp_path_factory.mktemp("display")
+    _, files = write_study(tmp / "input", seed=51, shape=(16, 96, 96))
+    runtime = InProcessRuntime()
+    try:
+        runtime.run(
+            "operators.ct_lesion_seg.app:CTLesionSegApp", input_dir=files[0].parent, output_dir=tmp / "out",
+            model_path=MODEL, workdir=tmp, timeout_s=300,
+        )  # fmt: skip
+    finally:
+        runtime.close()
+    source = sorted((pydicom.dcmread(f) for f in files), key=lambda ds: int(ds.InstanceNumber))
+    return source, lesion_masks(pydicom.dcmread(tmp / "out" / "seg.dcm"), source)
+
+
+def _near_border(drawn: np.ndarray, labels: np.ndarray) -> float:
+    """The share of drawn pixels within 1 px of a lesion's border (its mask minus its erosion)."""
+    mask = labels > 0
+    border = mask & ~ndimage.binary_erosion(mask)
+    near = ndimage.binary_dilation(border, iterations=1)
+    return float((drawn & near).sum() / max(drawn.sum(), 1))
+
+
+def test_the_burned_in_copy_passes_the_gate_and_its_border_lies_on_the_lesion(
+    case: tuple[list[pydicom.Dataset], dict[str, np.ndarray]], tmp_path: Path
+) -> None:
+    source, masks = case
+    copies = burned_in_copies(source, masks, IDENTITY)
+    assert len(copies) == len(masks) >= 1
+    for sc in copies:
+        path = tmp_path / f"{sc.SOPInstanceUID}.dcm"
+        sc.save_as(path, enforce_file_format=True)
+        assert validate_object(path).errors == []
+        png = tmp_path / "sc.png"
+        Image.fromarray(sc.pixel_array).save(png)
+        rgb = np.asarray(Image.open(png))
+        drawn = np.all(rgb == BORDER_RGB, axis=-1)
+        drawn[:BANNER_ROWS] = False
+        labels = masks[str(sc.SourceImageSequence[0].ReferencedSOPInstanceUID)]
+        assert drawn.sum() > 0 and _near_border(drawn, labels) == 1.0
+        assert sc.BurnedInAnnotation == "YES"
+        assert (rgb[:BANNER_ROWS] > 200).sum() > 20, "the banner is written (light text on black)"
+
+
+def test_the_presentation_state_draws_the_borders_over_the_original_images(
+    case: tuple[list[pydicom.Dataset], dict[str, np.ndarray]], tmp_path: Path
+) -> None:
+    source, masks = case
+    state = presentation_state(source, masks, IDENTITY)
+    path = tmp_path / "gsps.dcm"
+    state.save_as(path, enforce_file_format=True)
+    assert validate_object(path).errors == []
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in source}
+    assert len(state.GraphicAnnotationSequence) == len(masks)
+    for annotation in state.GraphicAnnotationSequence:
+        uid = str(annotation.ReferencedImageSequence[0].ReferencedSOPInstanceUID)
+        image = by_uid[uid]
+        canvas = Image.new("L", (int(image.Columns), int(image.Rows)))
+        draw = ImageDraw.Draw(canvas)
+        for graphic in annotation.GraphicObjectSequence:
+            assert graphic.GraphicType == "POLYLINE" and graphic.GraphicAnnotationUnits == "PIXEL"
+            points = np.asarray(graphic.GraphicData, dtype=float).reshape(-1, 2) - 0.5
+            draw.line([tuple(p) for p in points], fill=255, width=1)
+        canvas.save(tmp_path / "gsps.png")
+        drawn = np.asarray(Image.open(tmp_path / "gsps.png")) > 0
+        assert drawn.sum() > 0 and _near_border(drawn, masks[uid]) == 1.0
+
+
+def test_copies_of_the_same_job_are_the_same_objects(case: tuple[list[pydicom.Dataset], dict[str, np.ndarray]]) -> None:
+    source, masks = case
+    first = [str(sc.SOPInstanceUID) for sc in burned_in_copies(source, masks, IDENTITY)]
+    again = [str(sc.SOPInstanceUID) for sc in burned_in_copies(source, masks, IDENTITY)]
+    assert first == again
+    assert (
+        presentation_state(source, masks, IDENTITY).SOPInstanceUID
+        == presentation_state(source, masks, IDENTITY).SOPInstanceUID
+    )
+
+
+@pytest.mark.parametrize("outputs", [["sc", "gsps"], ["seg", "sr"]])
+def test_each_destination_gets_what_its_outputs_ask_for(tmp_path: Path, settings: Settings, outputs: list[str]) -> None:
+    pacs = LocalOrthanc(tmp_path / "orthanc", aet="VIEWER")
+    pacs.start()
+    try:
+        viewer = DestinationSettings(ae_title="VIEWER", host="127.0.0.1", port=pacs.dicom_port, outputs=outputs)
+        settings = settings.model_copy(update={"destinations": {"viewer": viewer}})
+        context, job = routed_job(tmp_path, settings, 54, mode="clinical", destinations=["viewer"])
+        assert execute_job(context, job.id) is JobState.DONE
+        with context.db.session() as session:
+            results = session.scalars(select(Result).where(Result.job_id == job.id)).all()
+        made = sorted({r.kind for r in results})
+        sent = sorted({r.kind for r in results if r.exported_to == ["viewer"]})
+        orthanc = OrthancApiClient(pacs.url)
+        ids = orthanc.studies.get_instances_ids(orthanc.studies.lookup(job.study_instance_uid))
+        in_pacs = sorted({orthanc.instances.get_tags(i)["Modality"] for i in ids})
+    finally:
+        pacs.stop()
+    if outputs == ["seg", "sr"]:
+        assert made == sent == ["SEG", "SR"], "no display copies when no destination asks for them"
+        assert in_pacs == ["SEG", "SR"]
+    else:
+        assert made == ["PR", "SC", "SEG", "SR"] and sent == ["PR", "SC"]
+        assert "SEG" not in in_pacs and "SR" not in in_pacs and "PR" in in_pacs
+    context.db.dispose()
