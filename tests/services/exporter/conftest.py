@@ -15,17 +15,22 @@ REPO = Path(__file__).resolve().parents[3]
 MODEL = REPO / "operators" / "ct_lesion_seg" / "models" / "model.ts"
 
 
-@pytest.fixture(scope="session")
-def example_results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[pydicom.Dataset]]:
-    """The SEG and the SR (in that order) of the example application on a small phantom CT."""
-    tmp = tmp_path_factory.mktemp("results")
-    _, files = write_study(tmp / "input", seed=51, shape=(8, 32, 32))
+def run_example(folder: Path, *, seed: int, shape: tuple[int, int, int]) -> tuple[list[Path], Path]:
+    """The example application on a phantom CT written under ``folder``: (the CT files, the output folder)."""
+    _, files = write_study(folder / "input", seed=seed, shape=shape)
     runtime = InProcessRuntime()
     try:
         runtime.run(
-            "operators.ct_lesion_seg.app:CTLesionSegApp", input_dir=files[0].parent, output_dir=tmp / "out",
-            model_path=MODEL, workdir=tmp, timeout_s=300,
+            "operators.ct_lesion_seg.app:CTLesionSegApp", input_dir=files[0].parent, output_dir=folder / "out",
+            model_path=MODEL, workdir=folder, timeout_s=300,
         )  # fmt: skip
     finally:
         runtime.close()
-    yield [pydicom.dcmread(tmp / "out" / name) for name in ("seg.dcm", "sr.dcm")]
+    return files, folder / "out"
+
+
+@pytest.fixture(scope="session")
+def example_results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[pydicom.Dataset]]:
+    """The SEG and the SR (in that order) of the example application on a small phantom CT."""
+    _, out = run_example(tmp_path_factory.mktemp("results"), seed=51, shape=(8, 32, 32))
+    yield [pydicom.dcmread(out / name) for name in ("seg.dcm", "sr.dcm")]

@@ -29,8 +29,8 @@ from services.exporter.display import (
 )
 from services.exporter.validation import validate_object
 from services.worker.pipeline import execute_job
-from services.worker.runtime import InProcessRuntime
-from tests.support import routed_job, write_study
+from tests.services.exporter.conftest import run_example
+from tests.support import routed_job
 
 REPO = Path(__file__).resolve().parents[3]
 MODEL = REPO / "operators" / "ct_lesion_seg" / "models" / "model.ts"
@@ -39,18 +39,9 @@ IDENTITY = DisplayIdentity("CT lesion segmentation", "1.0.0", "1.2.826.0.1.36800
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[pydicom.Dataset], dict[str, np.ndarray]]:
-    tmp = tmp_path_factory.mktemp("display")
-    _, files = write_study(tmp / "input", seed=51, shape=(16, 96, 96))
-    runtime = InProcessRuntime()
-    try:
-        runtime.run(
-            "operators.ct_lesion_seg.app:CTLesionSegApp", input_dir=files[0].parent, output_dir=tmp / "out",
-            model_path=MODEL, workdir=tmp, timeout_s=300,
-        )  # fmt: skip
-    finally:
-        runtime.close()
+    files, out = run_example(tmp_path_factory.mktemp("display"), seed=51, shape=(16, 96, 96))
     source = sorted((pydicom.dcmread(f) for f in files), key=lambda ds: int(ds.InstanceNumber))
-    return source, lesion_masks(pydicom.dcmread(tmp / "out" / "seg.dcm"), source)
+    return source, lesion_masks(pydicom.dcmread(out / "seg.dcm"), source)
 
 
 def _near_border(drawn: np.ndarray, labels: np.ndarray) -> float:
