@@ -32,8 +32,6 @@ from services.worker.pipeline import execute_job
 from tests.services.exporter.conftest import run_example
 from tests.support import routed_job
 
-REPO = Path(__file__).resolve().parents[3]
-MODEL = REPO / "operators" / "ct_lesion_seg" / "models" / "model.ts"
 IDENTITY = DisplayIdentity("CT lesion segmentation", "1.0.0", "1.2.826.0.1.3680043.10.1392.", "job-key")
 
 
