@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -583,7 +583,7 @@ def results_withdraw(
     """Withdraw a job's results: each PACS that has them gets a rejection note. Run it again to send the
     notes a destination could not take yet; exits 1 while any is missing."""
     from services.exporter.withdrawal import NoSuchJob, WithdrawalRefused, withdraw_job
-    from services.registry.audit import record
+    from services.registry.audit import withdrawal_recorder
 
     if reason not in ("quality", "patient-safety"):
         err.print(f"[red]unknown reason {reason!r}: quality or patient-safety[/red]", highlight=False)
@@ -591,14 +591,10 @@ def results_withdraw(
     settings, db = _database(config)
     principal = _cli_principal()
 
-    def audit_it(session: Session, made: Any) -> None:
-        after = {"job_id": made.job_id, "reason": made.reason, "comment": made.comment}
-        record(session, principal, "results.withdraw", "job", made.job_id, after=after)
-
     try:
         made = withdraw_job(
             settings, db, job_id, reason=reason, comment=comment,  # type: ignore[arg-type]
-            requested_by=principal.subject, on_recorded=audit_it,
+            requested_by=principal.subject, on_recorded=withdrawal_recorder(principal),
         )  # fmt: skip
     except (NoSuchJob, WithdrawalRefused) as exc:
         err.print(f"[red]{exc}[/red]", highlight=False)

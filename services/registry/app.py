@@ -19,12 +19,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import text
-from sqlalchemy.orm import Session
 
 from services import __version__
 from services.config import Settings
 from services.db import Database, Job, JobState, StudyState
-from services.db.withdrawals import Withdrawal
 from services.exporter.withdrawal import NoSuchJob, WithdrawalRefused, withdraw_job
 from services.registry import access_api, audit, catalog_api, deployments_api, queries, rules_api, stow
 from services.registry.auth import READERS, Authenticator, Role, ensure_sign_in_possible, require
@@ -111,10 +109,6 @@ def withdraw_job_results(job_id: str, request: WithdrawRequest, caller: Radiolog
     send what is missing). Radiologists and administrators may withdraw.
     """
 
-    def audit_it(session: Session, made: Withdrawal) -> None:
-        after = {"job_id": made.job_id, "reason": made.reason, "comment": made.comment}
-        audit.record(session, caller, "results.withdraw", "job", made.job_id, after=after)
-
     try:
         made = withdraw_job(
             http.app.state.settings,
@@ -123,7 +117,7 @@ def withdraw_job_results(job_id: str, request: WithdrawRequest, caller: Radiolog
             reason=request.reason,
             comment=request.comment,
             requested_by=caller.subject,
-            on_recorded=audit_it,
+            on_recorded=audit.withdrawal_recorder(caller),
         )
     except NoSuchJob as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from None

@@ -6,14 +6,16 @@ committed together or not at all. The API exposes the trail read-only to adminis
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from services.db.access import AuditEntry
+from services.db.withdrawals import Withdrawal
 from services.registry.auth import Principal
 
-__all__ = ["record"]
+__all__ = ["record", "withdrawal_recorder"]
 
 
 def record(
@@ -38,3 +40,13 @@ def record(
             after=after,
         )
     )
+
+
+def withdrawal_recorder(principal: Principal) -> Callable[[Session, Withdrawal], None]:
+    """The audit row of a results withdrawal, written in the withdrawal's own transaction."""
+
+    def record_withdrawal(session: Session, made: Withdrawal) -> None:
+        after = {"job_id": made.job_id, "reason": made.reason, "comment": made.comment}
+        record(session, principal, "results.withdraw", "job", made.job_id, after=after)
+
+    return record_withdrawal
