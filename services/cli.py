@@ -122,6 +122,22 @@ def registry(
 
 
 @app.command()
+def echo(
+    host: Annotated[str, typer.Option(help="The DICOM node's host.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Its port.", min=1, max=65535)] = 11112,
+    called_ae: Annotated[str, typer.Option("--called-ae", help="Its AE title.")] = "HOUNSFIELD",
+    calling_ae: Annotated[str, typer.Option("--calling-ae", help="Our AE title (a source it accepts).")] = "HF_ECHO",
+    timeout: Annotated[float, typer.Option(help="Seconds for each step.", min=0.1)] = 10.0,
+) -> None:
+    """Send one C-ECHO (the listener's readiness probe); exit 0 only when it answers Success."""
+    from services.listener.echo import echo as send_echo
+
+    outcome = send_echo(host, port, called_ae=called_ae, calling_ae=calling_ae, timeout_s=timeout)
+    (Console() if outcome.ok else err).print(outcome.detail, highlight=False)
+    raise typer.Exit(0 if outcome.ok else 1)
+
+
+@app.command()
 def fetch(
     source: Annotated[str, typer.Option("--source", "-s", help="A source in listener.sources with query settings.")],
     accession: Annotated[str | None, typer.Option("--accession", help="Accession number.")] = None,

@@ -288,6 +288,9 @@ class WorkerSettings(_Strict):
     """An in-process application's warm process serves this many jobs, then a fresh one is forked
     (memory an application leaks comes back). ``1``: a fresh process for every job, never warm."""
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+    ready_file: Path | None = None
+    """Written once the worker consumes from its queues, removed when it stops: a readiness probe that
+    a busy worker (one job at a time) still passes, where a ping through the broker would wait."""
     visibility_timeout_s: float | None = Field(None, gt=0)
     """How long a job's message may stay unacknowledged before Redis hands it to another worker (its
     worker died mid-job). Default: twice the longest timeout of any deployed version, plus 300 s.
@@ -346,6 +349,10 @@ class RegistrySettings(_Strict):
     and writes it to ``data_dir/registry-admin-token`` (mode 0600). Otherwise start-up refuses until
     an API token exists (``hounsfield tokens create``) or ``oidc`` is configured."""
     oidc: OIDCSettings | None = None
+    bootstrap_admin_token_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """The name of an environment variable holding an admin API token (``hf_`` and at least 32 more
+    characters), e.g. from a Kubernetes Secret: while nobody could sign in, start-up stores its hash
+    as the admin token ``bootstrap-admin``. Revoke it once your own tokens or OIDC are in place."""
 
 
 class Settings(BaseSettings):

@@ -4,7 +4,10 @@ Layout under ``root``::
 
     studies/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
     jobs/<job id>/{input,output,work}
-    spool/.spool-*.dcm      (large incoming datasets while they arrive; never acknowledged yet)
+    spool/<host>/.spool-*.dcm   (large incoming datasets while they arrive; never acknowledged yet)
+
+Each host (a pod, in a cluster) spools in a folder of its own: several listeners and registries
+share one ReadWriteMany store, and each clears only its own leftovers at start.
 
 Paths are built only from validated UIDs, so a hostile UID cannot escape the store.
 """
@@ -16,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +113,7 @@ class StudyStore:
         self.min_free_bytes = min_free_bytes
         self.studies = root / "studies"
         self.jobs = root / "jobs"
-        self.spool_dir = root / "spool"
+        self.spool_dir = root / "spool" / socket.gethostname()
 
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str, revision: int = 0) -> Path:
         parts = [check_uid(study_uid, "StudyInstanceUID"), check_uid(series_uid, "SeriesInstanceUID")]

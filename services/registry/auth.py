@@ -34,6 +34,7 @@ import jwt
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.config import OIDCSettings, Settings
@@ -88,9 +89,14 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(session: Session, name: str, role: Role, created_by: str) -> tuple[ApiToken, str]:
-    """Make an API token in ``session``; returns its row and the token (stored only as a hash: show it once)."""
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+def create_token(
+    session: Session, name: str, role: Role, created_by: str, token: str | None = None
+) -> tuple[ApiToken, str]:
+    """Make an API token in ``session``; returns its row and the token (stored only as a hash: show it once).
+
+    ``token``: a token made elsewhere (a bootstrap Secret) instead of a random one.
+    """
+    token = token or TOKEN_PREFIX + secrets.token_urlsafe(32)
     row = ApiToken(name=name, role=role.value, token_sha256=_digest(token), created_by=created_by)
     session.add(row)
     session.flush()
@@ -208,6 +214,35 @@ def _active_tokens(db: Database) -> int:
         return int(session.scalar(select(func.count()).where(ApiToken.revoked_at.is_(None))) or 0)
 
 
+BOOTSTRAP_TOKEN_NAME = "bootstrap-admin"
+_MIN_BOOTSTRAP_LENGTH = len(TOKEN_PREFIX) + 32
+
+
+def _import_bootstrap_token(db: Database, variable: str) -> None:
+    """Store the admin token held by ``$variable`` (its hash) as ``bootstrap-admin``."""
+    token = os.environ.get(variable, "").strip()
+    if not token.startswith(TOKEN_PREFIX) or len(token) < _MIN_BOOTSTRAP_LENGTH:
+        shown = "is not set" if not token else f"must hold {TOKEN_PREFIX!r} and at least 32 more characters"
+        raise AuthSetupError(f"registry.bootstrap_admin_token_env: the environment variable {variable} {shown}")
+    from services.registry.audit import record  # audit needs Principal from here
+
+    try:
+        with db.session() as session:
+            if session.scalar(select(ApiToken.id).where(ApiToken.token_sha256 == _digest(token))) is not None:
+                raise AuthSetupError(
+                    f"the admin token in ${variable} was revoked: put a new one in its place, "
+                    "or create an admin token with `hounsfield tokens create NAME --role admin`"
+                )
+            row, _ = create_token(session, BOOTSTRAP_TOKEN_NAME, Role.ADMIN, "registry start-up", token=token)
+            record(
+                session, Principal("registry start-up", Role.ADMIN, "cli"), "token.create", "api_token", str(row.id),
+                after={"name": row.name, "role": row.role, "bootstrap": variable},
+            )  # fmt: skip
+    except IntegrityError:
+        return  # another replica starting at the same moment stored it first
+    logger.warning("nobody could sign in: the admin token in $%s was stored as %r", variable, BOOTSTRAP_TOKEN_NAME)
+
+
 def ensure_sign_in_possible(settings: Settings, db: Database, authenticator: Authenticator) -> Path | None:
     """Refuse to start (:class:`AuthSetupError`) when nobody could sign in, outside development mode.
 
@@ -215,6 +250,9 @@ def ensure_sign_in_possible(settings: Settings, db: Database, authenticator: Aut
     ``data_dir/registry-admin-token`` (0600); returns that file's path (None when nothing was made).
     """
     if authenticator.oidc_configured or _active_tokens(db):
+        return None
+    if settings.registry.bootstrap_admin_token_env:
+        _import_bootstrap_token(db, settings.registry.bootstrap_admin_token_env)
         return None
     if not settings.registry.development:
         raise AuthSetupError(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
+from celery.signals import worker_ready
+
 from services.config import Settings
 from services.db import Database
 from services.registry.lifecycle import load_deployments
@@ -31,6 +33,10 @@ def run(settings: Settings) -> None:
     for reference in sorted(references):
         logger.info("warming application %s", reference)
         runtime.warm(reference)
+    ready_file = settings.worker.ready_file
+    if ready_file is not None:
+        ready_file.unlink(missing_ok=True)  # a file left by an earlier run says nothing about this one
+        worker_ready.connect(lambda **_: ready_file.write_text(f"{os.getpid()}\n"), weak=False)
     try:
         app.worker_main(
             [
@@ -44,4 +50,6 @@ def run(settings: Settings) -> None:
             ]
         )
     finally:  # the application processes leave with the worker, each after its current run
+        if ready_file is not None:
+            ready_file.unlink(missing_ok=True)
         runtime.close()

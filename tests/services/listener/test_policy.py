@@ -154,3 +154,21 @@ def test_open_mode_accepts_and_logs_an_unknown_caller(settings: Settings, caplog
         assert "unknown caller 'WHOEVER'" in caplog.text
     finally:
         running.stop()
+
+
+def test_hounsfield_echo_is_the_readiness_probe(closed_listener: Listener) -> None:
+    """`hounsfield echo` (the Helm chart's readiness probe) exits 0 only when the listener answers Success."""
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    port = str(closed_listener.settings.listener.port)
+    accepted = CliRunner().invoke(app, ["echo", "--port", port, "--calling-ae", "CT01"])
+    assert accepted.exit_code == 0 and "C-ECHO Success from HOUNSFIELD" in accepted.output
+    stranger = CliRunner().invoke(app, ["echo", "--port", port, "--calling-ae", "STRANGER", "--timeout", "5"])
+    assert stranger.exit_code == 1 and "rejected" in stranger.output
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        nobody = str(free.getsockname()[1])
+    closed = CliRunner().invoke(app, ["echo", "--port", nobody, "--timeout", "2"])
+    assert closed.exit_code == 1 and "no association" in closed.output

@@ -47,6 +47,29 @@ def test_development_mode_makes_an_admin_token_only_its_owner_can_read(settings:
         assert len(session.scalars(select(ApiToken)).all()) == 1
 
 
+def test_a_bootstrap_token_from_the_environment_becomes_the_first_admin(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the Helm chart does: an admin token from a Secret, stored (hashed) while nobody could sign in."""
+    bootstrapped = _with_registry(settings, bootstrap_admin_token_env="TEST_BOOTSTRAP_TOKEN")
+    with pytest.raises(AuthSetupError, match="TEST_BOOTSTRAP_TOKEN is not set"):
+        create_app(bootstrapped)
+    monkeypatch.setenv("TEST_BOOTSTRAP_TOKEN", "hf_short")
+    with pytest.raises(AuthSetupError, match="at least 32 more characters"):
+        create_app(bootstrapped)
+    token = "hf_" + "b" * 40
+    monkeypatch.setenv("TEST_BOOTSTRAP_TOKEN", token)
+    client = TestClient(create_app(bootstrapped), headers=bearer(token))
+    assert client.get("/whoami").json() == {"subject": "bootstrap-admin", "role": "admin", "via": "token"}
+    create_app(bootstrapped)  # a restart stores nothing more
+    with Database(settings.sqlalchemy_url).session() as session:
+        rows = session.scalars(select(ApiToken)).all()
+        assert [(row.name, row.token_sha256 != token) for row in rows] == [("bootstrap-admin", True)]
+    assert client.delete(f"/tokens/{rows[0].id}").status_code in (200, 204)
+    with pytest.raises(AuthSetupError, match="was revoked"):
+        create_app(bootstrapped)  # a revoked bootstrap token is never brought back
+
+
 def test_reads_writes_and_roles(settings: Settings, tokens: dict[Role, str]) -> None:
     client = TestClient(create_app(settings))
     assert client.get("/health").status_code == 200, "health stays open for probes"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -321,7 +322,7 @@ def test_large_instances_go_through_a_spool_file(
         instance = session.get(Instance, big.SOPInstanceUID)
         assert instance is not None
         assert _dataset_bytes(Path(instance.path).read_bytes()) == _dataset_bytes(buffer.getvalue())
-    spool = settings.data_dir / "spool" / "stow"
+    spool = settings.data_dir / "spool" / socket.gethostname() / "stow"
     assert spool.is_dir(), "the large parts were spooled"
     assert list(spool.iterdir()) == [], "no spool file is left behind, stored or refused"
     cut = _body([parts[1]])[: 6 << 20]  # the sender stops inside a spooled part

@@ -27,7 +27,7 @@ from services.registry.lifecycle import prepare_database
 from services.router.routing import Router
 from services.supervisor import LocalRedis
 from services.worker.celery_app import Enqueuer
-from tests.support import index_series
+from tests.support import index_series, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 ROOT = "1.2.826.0.1.3680043.10.1392.77"
@@ -53,6 +53,7 @@ def config(tmp_path: Path, default_database_url: str | None) -> Iterator[Path]:
     body: dict[str, object] = {
         "data_dir": str(tmp_path / "data"),
         "redis_url": redis.url,
+        "worker": {"ready_file": str(tmp_path / "worker-ready")},
         "deployments": [_deployment("urgent", "stat", "^STAT"), _deployment("cohort", "batch", "^BATCH")],
     }
     if default_database_url:
@@ -97,7 +98,10 @@ def test_stat_jumps_a_batch_backlog_and_batch_is_not_starved(config: Path) -> No
         [sys.executable, "-m", "services.cli", "worker", "--config", str(config)],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
+    ready = Path(settings.worker.ready_file or "")
     try:
+        wait_for(ready.exists, timeout=60)  # the chart's readiness probe: the worker consumes
+        assert ready.read_text().strip() == str(worker.pid)
         order = _claim_order(db, [*backlog, urgent])
         assert order.index(urgent) <= 1, f"the stat job was claimed {order.index(urgent) + 1}th of 13"
 
@@ -122,6 +126,7 @@ def test_stat_jumps_a_batch_backlog_and_batch_is_not_starved(config: Path) -> No
             worker.kill()
         log.close()
         db.dispose()
+    assert not ready.exists(), "a stopped worker is not ready"
     with db.session() as session:
         failed = session.scalars(select(Job.error).where(Job.id == urgent)).one()
     assert failed is not None and "not readable DICOM" in failed  # each job ran (and failed at pre-flight)
