@@ -137,6 +137,10 @@ def test_lint_reports_a_broken_template(tmp_path: Path) -> None:
         ({"listener": {"port": 70000}}, "at '/listener/port': maximum"),
         ({"listner": {"replicas": 2}}, "additional properties 'listner' not allowed"),
         ({"uidRoot": "1.2.3"}, "at '/uidRoot'"),
+        (
+            {"listener": {"replicas": 2}, "store": {"accessModes": ["ReadWriteOnce"]}},
+            "store.accessModes must include ReadWriteMany",
+        ),
         ({"podSecurityContext": {"runAsNonRoot": False}}, "at '/podSecurityContext/runAsNonRoot'"),
         (
             {"postgresql": {"enabled": False}},
@@ -453,6 +457,8 @@ def test_the_notes_tell_it_how_to_point_a_pacs_at_the_listener(chart: helm.Chart
     text = notes(chart, {"listener": {"aeTitle": "HF_RADIOLOGY", "sources": {"pacs": {"ae_title": "PACS"}}}})
     assert "AE title:  HF_RADIOLOGY" in text
     assert "kubectl get svc hf-hounsfield-listener -n radiology" in text and "nodePort" in text
+    pinned = notes(chart, {"listener": {"service": {"nodePort": 31112}}})
+    assert "Port:      31112 (the node port; 11112 inside the cluster)" in pinned
     assert "echoscu -v -aet <CALLING_AE> -aec HF_RADIOLOGY <host> <port>" in text
     assert "Senders allowed (calling AE titles): PACS (pacs)" in text
     assert "No sender is listed yet" in notes(chart)

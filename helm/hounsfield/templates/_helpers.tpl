@@ -91,7 +91,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and .Values.listener.tls.enabled (eq (int .Values.listener.tls.port) (int .Values.listener.port)) -}}
 {{- fail "listener.tls.port must differ from listener.port" -}}
 {{- end -}}
-{{- if and (gt (int .Values.listener.replicas) 1) (eq .Values.listener.workload "Deployment") (not (has "ReadWriteMany" .Values.store.accessModes)) (not .Values.store.existingClaim) -}}
+{{- if and (gt (int .Values.listener.replicas) 1) (not (has "ReadWriteMany" .Values.store.accessModes)) (not .Values.store.existingClaim) -}}
 {{- fail "listener.replicas > 1 shares the study store between pods: store.accessModes must include ReadWriteMany" -}}
 {{- end -}}
 {{- if and .Values.registry.ingress.enabled .Values.registry.ingress.tls.enabled (not .Values.registry.ingress.tls.secretName) -}}

@@ -150,3 +150,30 @@ def test_cli_current_and_upgrade(database_url: str) -> None:
     current = runner.invoke(db_app, ["current", "--url", database_url])
     assert current.exit_code == 0, current.output
     assert f"revision {head_revision()} (head)" in current.output
+
+
+def test_concurrent_upgrades_run_the_chain_once(database_url: str) -> None:
+    """What a Helm upgrade does: the migration Job and starting services upgrade the same empty
+    database at the same moment. The lock serializes them: every one succeeds, the chain runs once."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": str(repo), "HOUNSFIELD_CONFIG": ""}
+    argv = [sys.executable, "-m", "services.cli", "db", "upgrade", "--url", database_url]
+    runs = [subprocess.Popen(argv, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
+    runs += [subprocess.Popen(argv, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(3)]  # fmt: skip
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0, 0], "\n".join(outputs)
+    assert all(f"at revision {head_revision()}" in output for output in outputs)
+    assert current_revision(database_url) == head_revision()
+    db = Database(database_url)
+    try:
+        with db.engine.connect() as connection:
+            assert _differences(connection) == []
+            versions = connection.exec_driver_sql("SELECT version_num FROM alembic_version").fetchall()
+        assert versions == [(head_revision(),)]
+    finally:
+        db.dispose()
