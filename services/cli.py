@@ -133,7 +133,7 @@ def echo(
     from services.listener.echo import echo as send_echo
 
     outcome = send_echo(host, port, called_ae=called_ae, calling_ae=calling_ae, timeout_s=timeout)
-    (Console() if outcome.ok else err).print(outcome.detail, highlight=False)
+    (Console() if outcome.ok else err).print(outcome.detail, highlight=False, soft_wrap=True)
     raise typer.Exit(0 if outcome.ok else 1)
 
 

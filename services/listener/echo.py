@@ -29,10 +29,14 @@ def echo(host: str, port: int, *, called_ae: str, calling_ae: str, timeout_s: fl
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
     assoc = ae.associate(host, port, ae_title=called_ae)
+    hint = f"is {calling_ae} a source it accepts from here?"
     if assoc.is_rejected:
-        return EchoOutcome(False, f"association rejected by {called_ae} at {host}:{port} (is {calling_ae} a source?)")
+        return EchoOutcome(False, f"association rejected by {called_ae} at {host}:{port}: {hint}")
     if not assoc.is_established:
-        return EchoOutcome(False, f"no association with {called_ae} at {host}:{port} (refused, aborted or timed out)")
+        # pynetdicom may report a fast A-ASSOCIATE-RJ as an abort (its threads race the closed socket).
+        return EchoOutcome(
+            False, f"no association with {called_ae} at {host}:{port} (refused, rejected, aborted or timed out): {hint}"
+        )
     try:
         status = assoc.send_c_echo()
     finally:
