@@ -18,11 +18,10 @@ from typing import Any
 
 import httpx
 import yaml
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 import operators.ct_lesion_seg as ct_lesion_seg
 from services.demo.orthanc import LocalOrthanc, free_port
+from services.listener.echo import echo
 from services.registry.auth import DEV_TOKEN_FILE
 
 __all__ = ["CT_LESION_DEPLOYMENT", "HounsfieldStack", "StackError", "storescu"]
@@ -159,14 +158,7 @@ class HounsfieldStack:
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", self.listener_port)) != 0:
                 return False  # not listening yet; spare pynetdicom's connection-refused errors
-        ae = AE(ae_title="HF-PROBE")
-        ae.add_requested_context(Verification)
-        assoc = ae.associate("127.0.0.1", self.listener_port, ae_title="HOUNSFIELD")
-        if not assoc.is_established:
-            return False
-        status = assoc.send_c_echo()
-        assoc.release()
-        return bool(status) and status.Status == 0
+        return echo("127.0.0.1", self.listener_port, called_ae="HOUNSFIELD", calling_ae="HF-PROBE").ok
 
     def _worker_up(self) -> bool:
         from celery import Celery

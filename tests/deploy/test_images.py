@@ -25,12 +25,11 @@ from typing import Any
 
 import jsonschema
 import pytest
-import typer.main
 import yaml
 from packaging.specifiers import SpecifierSet
 
-from services.cli import app
 from services.config import load_settings
+from tests.deploy.hounsfield_cli import check_cli
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
@@ -226,24 +225,6 @@ def context_files(source: Path) -> list[str]:
         cwd=REPO, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     return [name for name in listed.split("\0") if name and (REPO / name).exists()]
-
-
-# --- the hounsfield CLI -----------------------------------------------------------------------------
-
-
-def check_cli(words: list[str]) -> None:
-    """Fail unless ``hounsfield WORDS`` names a real (sub)command and only options it has."""
-    command: Any = typer.main.get_command(app)  # typer's own (vendored) click: groups have .commands
-    rest = list(words)
-    while hasattr(command, "commands"):
-        assert rest, f"{words}: `hounsfield` needs a subcommand here"
-        name = rest.pop(0)
-        assert name in command.commands, f"{words}: no `{name}` command; there are {sorted(command.commands)}"
-        command = command.commands[name]
-    options = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
-    for word in rest:
-        if word.startswith("-"):
-            assert word.split("=", 1)[0] in options, f"{words}: {word} is no option of it; it has {sorted(options)}"
 
 
 # --- compose ----------------------------------------------------------------------------------------

@@ -128,6 +128,23 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* The worker Deployments: one per enabled queue, and the GPU one. A JSON list (read it with
+     fromJsonArray) of {name, queues, replicas, image, resources (YAML), scheduling, gpu}. */}}
+{{- define "hounsfield.workerList" -}}
+{{- $workers := list -}}
+{{- range $queue := list "stat" "routine" "batch" -}}
+{{- $w := index $.Values.workers $queue -}}
+{{- if $w.enabled -}}
+{{- $workers = append $workers (dict "name" (printf "worker-%s" $queue) "queues" (list $queue) "replicas" $w.replicas "image" (include "hounsfield.workerImage" $) "resources" (toYaml $w.resources) "scheduling" $w "gpu" false) -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.gpuWorker.enabled -}}
+{{- $g := .Values.gpuWorker -}}
+{{- $workers = append $workers (dict "name" "worker-gpu" "queues" $g.queues "replicas" $g.replicas "image" (include "hounsfield.gpuWorkerImage" $) "resources" (include "hounsfield.gpuResources" $) "scheduling" $g "gpu" true) -}}
+{{- end -}}
+{{- toJson $workers -}}
+{{- end -}}
+
 {{/* Pod parts shared by every Hounsfield pod -------------------------------------------------------------- */}}
 {{/* The database and broker URLs, from Secrets. The passwords of the bundled ones are in variables
      outside the HOUNSFIELD_ prefix (Hounsfield refuses unknown HOUNSFIELD_* keys) that the URLs expand. */}}
