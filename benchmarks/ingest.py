@@ -54,7 +54,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from benchmarks.report import write_section
-from services.store import fsync_folder
+from hounsfield.store import fsync_folder
 
 __all__ = ["QUICK", "SCENARIOS", "Scenario", "main"]
 
@@ -309,7 +309,7 @@ class Hounsfield(Receiver):
         }
         path = self.folder / "hounsfield.yaml"
         path.write_text(yaml.safe_dump(config), encoding="utf-8")
-        argv = [sys.executable, "-m", "services.cli", "listener", "--config", str(path)]
+        argv = [sys.executable, "-m", "hounsfield.cli", "listener", "--config", str(path)]
         with (self.folder / "listener.log").open("wb") as log:
             self.proc = subprocess.Popen(argv, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT)
         _wait_for_echo(self.port, self.called_ae, self.proc)
@@ -317,7 +317,7 @@ class Hounsfield(Receiver):
     def stored(self) -> int:
         from sqlalchemy import func, select
 
-        from services.db import Database, Instance
+        from hounsfield.db import Database, Instance
 
         db = Database(f"sqlite:///{self.data_dir.resolve() / 'hounsfield.db'}")
         try:
@@ -442,7 +442,7 @@ def _first_line(argv: list[str]) -> str:
 def machine() -> dict[str, str]:
     import pynetdicom
 
-    import services
+    import hounsfield
 
     cpu = ""
     with contextlib.suppress(OSError):
@@ -456,7 +456,7 @@ def machine() -> dict[str, str]:
         "memory": f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
         "os": platform.platform(),
         "python": platform.python_version(),
-        "hounsfield": services.__version__,
+        "hounsfield": hounsfield.__version__,
         "pydicom": pydicom.__version__,
         "pynetdicom": pynetdicom.__version__,
         "dcmtk": _first_line([STORESCP, "--version"]).removeprefix("dcmtk: "),
@@ -491,7 +491,7 @@ def journal_floor_ms(folder: Path, records: int = 200, size: int = 512 * 1024) -
 
     The part of each Success that no Python work can shorten; storescp skips it.
     """
-    from services.listener.journal import Journal  # the listener's own code: its floor, not an imitation
+    from hounsfield.listener.journal import Journal  # the listener's own code: its floor, not an imitation
 
     journal = Journal(folder, segment_bytes=64 << 20, initial_segments=2)
     journal.open()

@@ -39,9 +39,9 @@ import httpx
 import pydicom
 
 from benchmarks.report import write_section
-from operators.ct_lesion_seg.phantom import make_phantom, write_dicom_series
-from services.demo.orthanc import LocalOrthanc
-from services.demo.stack import CT_LESION_DEPLOYMENT, CT_LESION_MODEL, HounsfieldStack
+from hounsfield.demo.orthanc import LocalOrthanc
+from hounsfield.demo.stack import CT_LESION_DEPLOYMENT, CT_LESION_MODEL, HounsfieldStack
+from hounsfield_operators.ct_lesion_seg.phantom import make_phantom, write_dicom_series
 
 __all__ = ["main"]
 
@@ -142,7 +142,7 @@ class _PacsWatch:
 
 def _direct(files: list[Path], workdir: Path) -> float:
     """The App SDK application run directly on the study's folder, in this process."""
-    from operators.ct_lesion_seg.app import CTLesionSegApp
+    from hounsfield_operators.ct_lesion_seg.app import CTLesionSegApp
 
     out, work = workdir / "output", workdir / "work"
     out.mkdir(parents=True, exist_ok=True)
@@ -187,7 +187,7 @@ def throughput(stack: HounsfieldStack, watch: _PacsWatch, size: Size, studies: i
         env = {**os.environ, "HOUNSFIELD_CONFIG": str(stack.config_path), "TCP_NODELAY": "1"}
         extra.append(
             subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "worker"], env=env, stdout=log, stderr=log, cwd=REPO
+                [sys.executable, "-m", "hounsfield.cli", "worker"], env=env, stdout=log, stderr=log, cwd=REPO
             )
         )
     try:

@@ -3,7 +3,7 @@
 The framework-free part (:func:`slice_order_and_spacing`, :func:`build_lesion_segmentation`)
 works on pydicom datasets and arrays; :class:`LesionSegWriterOperator` is the thin App SDK
 adapter. Importing this module imports ``monai.deploy``: call
-:func:`operators.runtime_support.ensure_cuda_runtime_loadable` first on hosts without CUDA.
+:func:`hounsfield_operators.runtime_support.ensure_cuda_runtime_loadable` first on hosts without CUDA.
 
 Orientation: ``DICOMSeriesToVolumeOperator`` sorts the series' instances in place by their
 position along the slice normal and stacks them as ``(z, y, x)``; ``MonaiSegInferenceOperator``
@@ -28,8 +28,8 @@ from monai.deploy.core.domain.dicom_series_selection import StudySelectedSeries
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from operators.lesion_measurement import MIN_LESION_VOLUME_ML, LesionSegmentation, measure_lesions
-from operators.result_context import ResultContext
+from hounsfield_operators.lesion_measurement import MIN_LESION_VOLUME_ML, LesionSegmentation, measure_lesions
+from hounsfield_operators.result_context import ResultContext
 
 __all__ = [
     "LESION_CATEGORY",
@@ -259,7 +259,8 @@ class LesionSegWriterOperator(Operator):
         ``study_selected_series_list``: the selection the volume was made from.
 
     Named output:
-        ``lesion_result``: :class:`LesionSegResult` for :class:`~operators.dicom_sr_writer.LesionSRWriterOperator`.
+        ``lesion_result``: :class:`LesionSegResult` for
+        :class:`~hounsfield_operators.dicom_sr_writer.LesionSRWriterOperator`.
 
     File output:
         ``<output_folder>/seg.dcm`` when at least one lesion was found; otherwise no SEG (and a

@@ -23,7 +23,7 @@ Content, per IHE AI Results:
 * With no lesion: one TID 1501 group "Lesion assessment", finding Lesion, Presence of
   property = Absent (272519000, SCT), and no SEG reference.
 
-Importing this module imports ``monai.deploy`` (see :mod:`operators.runtime_support`).
+Importing this module imports ``monai.deploy`` (see :mod:`hounsfield_operators.runtime_support`).
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from operators.dicom_seg_writer import LesionSegResult, lesion_tracking_id, lesion_tracking_uid
-from operators.lesion_measurement import LesionMeasurement
-from operators.result_context import ResultContext
+from hounsfield_operators.dicom_seg_writer import LesionSegResult, lesion_tracking_id, lesion_tracking_uid
+from hounsfield_operators.lesion_measurement import LesionMeasurement
+from hounsfield_operators.result_context import ResultContext
 
 __all__ = [
     "FINDING_SITE",
@@ -234,8 +234,8 @@ class LesionSRWriterOperator(Operator):
     """Write the TID 1500 lesion report ``sr.dcm``.
 
     Named input:
-        ``lesion_result``: :class:`~operators.dicom_seg_writer.LesionSegResult` from
-        :class:`~operators.dicom_seg_writer.LesionSegWriterOperator`.
+        ``lesion_result``: :class:`~hounsfield_operators.dicom_seg_writer.LesionSegResult` from
+        :class:`~hounsfield_operators.dicom_seg_writer.LesionSegWriterOperator`.
 
     File output:
         ``<output_folder>/sr.dcm``, always (also when no lesion was found).

@@ -1,7 +1,7 @@
 """Split a binary lesion mask into lesions and measure each one (framework-free).
 
 Definitions (shared with the synthetic phantom ground truth in
-``operators.ct_lesion_seg.phantom``):
+``hounsfield_operators.ct_lesion_seg.phantom``):
 
 * A lesion is a 3D connected component of the mask with full (26-) connectivity.
   Components smaller than :data:`MIN_LESION_VOLUME_ML` are dropped as noise.

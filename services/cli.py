@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from services.config import ConfigError, Settings, load_settings
-from services.db.migrate import db_app
-from services.logs import setup_logging
+from hounsfield.config import ConfigError, Settings, load_settings
+from hounsfield.db.migrate import db_app
+from hounsfield.logs import setup_logging
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from services.db import Database
-    from services.registry.auth import Principal
+    from hounsfield.db import Database
+    from hounsfield.registry.auth import Principal
 
 __all__ = ["app"]
 
@@ -56,13 +56,13 @@ def _stop_on_signals() -> threading.Event:
 @app.command()
 def up(config: ConfigOption = None) -> None:
     """Run every service in the foreground (redis-server too when no Redis URL is set). Ctrl-C stops them."""
-    from services.db import Database
-    from services.registry.auth import Authenticator, AuthSetupError, ensure_sign_in_possible
-    from services.supervisor import run_up
+    from hounsfield.db import Database
+    from hounsfield.registry.auth import Authenticator, AuthSetupError, ensure_sign_in_possible
+    from hounsfield.supervisor import run_up
 
     settings = _settings(config, "up")
-    from services.registry.catalog import CatalogError
-    from services.registry.lifecycle import prepare_database
+    from hounsfield.registry.catalog import CatalogError
+    from hounsfield.registry.lifecycle import prepare_database
 
     db = Database(settings.sqlalchemy_url)
     try:
@@ -80,7 +80,7 @@ def up(config: ConfigOption = None) -> None:
 @app.command()
 def listener(config: ConfigOption = None) -> None:
     """The DICOM listener (C-ECHO, C-STORE) with the router."""
-    from services.listener.server import run
+    from hounsfield.listener.server import run
 
     settings = _settings(config, "listener")
     run(settings, _stop_on_signals())
@@ -89,7 +89,7 @@ def listener(config: ConfigOption = None) -> None:
 @app.command()
 def worker(config: ConfigOption = None) -> None:
     """A Celery worker that runs the deployed applications."""
-    from services.worker.service import run
+    from hounsfield.worker.service import run
 
     run(_settings(config, "worker"))
 
@@ -103,8 +103,8 @@ def registry(
     """The registry HTTP API."""
     import uvicorn
 
-    from services.registry.app import create_app
-    from services.registry.auth import AuthSetupError
+    from hounsfield.registry.app import create_app
+    from hounsfield.registry.auth import AuthSetupError
 
     settings = _settings(config, "registry")
     try:
@@ -130,7 +130,7 @@ def echo(
     timeout: Annotated[float, typer.Option(help="Seconds for each step.", min=0.1)] = 10.0,
 ) -> None:
     """Send one C-ECHO (the listener's readiness probe); exit 0 only when it answers Success."""
-    from services.listener.echo import echo as send_echo
+    from hounsfield.listener.echo import echo as send_echo
 
     outcome = send_echo(host, port, called_ae=called_ae, calling_ae=calling_ae, timeout_s=timeout)
     (Console() if outcome.ok else err).print(outcome.detail, highlight=False, soft_wrap=True)
@@ -155,7 +155,7 @@ def fetch(
     config: ConfigOption = None,
 ) -> None:
     """Find studies on a source PACS (C-FIND) and retrieve here what is missing (C-MOVE or C-GET)."""
-    from services.listener.retrieve import FetchFailed, render_report, run_fetch
+    from hounsfield.listener.retrieve import FetchFailed, render_report, run_fetch
 
     settings = _settings(config, "fetch")
     try:
@@ -184,9 +184,9 @@ app.add_typer(tokens, name="tokens")
 
 def _database(config: Path | None) -> tuple[Settings, Database]:
     """The settings and the migrated database, for commands that work on the database directly."""
-    from services.db import Database
-    from services.registry.catalog import CatalogError
-    from services.registry.lifecycle import prepare_database
+    from hounsfield.db import Database
+    from hounsfield.registry.catalog import CatalogError
+    from hounsfield.registry.lifecycle import prepare_database
 
     settings = _settings(config, "cli")
     db = Database(settings.sqlalchemy_url)
@@ -202,7 +202,7 @@ def _database(config: Path | None) -> tuple[Settings, Database]:
 @contextmanager
 def _session_or_exit(db: Database) -> Iterator[Session]:
     """A session on ``db`` (disposed after); a refusal of the registry is printed and exits 1."""
-    from services.registry.catalog import CatalogError
+    from hounsfield.registry.catalog import CatalogError
 
     try:
         with db.session() as session:
@@ -221,7 +221,7 @@ def _cli_principal() -> Principal:
     """The CLI acts as an administrator (it runs with access to the configuration and database)."""
     import getpass
 
-    from services.registry.auth import Principal, Role
+    from hounsfield.registry.auth import Principal, Role
 
     return Principal(f"cli:{getpass.getuser()}", Role.ADMIN, "cli")
 
@@ -235,8 +235,8 @@ def tokens_create(
     """Make an API token and print it (the only time it is shown)."""
     from sqlalchemy.exc import IntegrityError
 
-    from services.registry.audit import record
-    from services.registry.auth import Role, create_token
+    from hounsfield.registry.audit import record
+    from hounsfield.registry.auth import Role, create_token
 
     try:
         chosen = Role(role)
@@ -262,7 +262,7 @@ def tokens_list(config: ConfigOption = None) -> None:
     """The API tokens (never the tokens themselves)."""
     from sqlalchemy import select
 
-    from services.db.access import ApiToken
+    from hounsfield.db.access import ApiToken
 
     _, db = _database(config)
     with db.session() as session:
@@ -277,8 +277,8 @@ def tokens_revoke(
     token_id: Annotated[int, typer.Argument(help="The token's id (tokens list).")], config: ConfigOption = None
 ) -> None:
     """Revoke an API token at once."""
-    from services.registry.audit import record
-    from services.registry.auth import revoke_token
+    from hounsfield.registry.audit import record
+    from hounsfield.registry.auth import revoke_token
 
     _, db = _database(config)
     principal = _cli_principal()
@@ -308,10 +308,10 @@ def models_register(
     """Register a model version from a MAP: manifests validated, digests taken, a device UID given."""
     from pydantic import ValidationError
 
-    from services.registry.audit import record
-    from services.registry.catalog import CatalogError, register_version
-    from services.registry.catalog_schemas import VersionRegister
-    from services.registry.map_manifest import ManifestError, load_map
+    from hounsfield.registry.audit import record
+    from hounsfield.registry.catalog import CatalogError, register_version
+    from hounsfield.registry.catalog_schemas import VersionRegister
+    from hounsfield.registry.map_manifest import ManifestError, load_map
 
     settings, db = _database(config)
     try:
@@ -357,7 +357,7 @@ def models_register(
 @models.command("list")
 def models_list(config: ConfigOption = None) -> None:
     """Every model and its versions, newest first."""
-    from services.registry.catalog import list_models, list_versions
+    from hounsfield.registry.catalog import list_models, list_versions
 
     _, db = _database(config)
     with db.session() as session:
@@ -385,9 +385,9 @@ def rules_test(
     import yaml
     from pydantic import TypeAdapter, ValidationError
 
-    from services.registry.lifecycle import load_deployments
-    from services.router.dry_run import dry_run, study_facts
-    from services.router.rules import Rule
+    from hounsfield.registry.lifecycle import load_deployments
+    from hounsfield.router.dry_run import dry_run, study_facts
+    from hounsfield.router.rules import Rule
 
     rule = None
     if rule_file is not None:
@@ -440,7 +440,7 @@ def _invalid(source: str, exc: Exception) -> typer.Exit:
 @rules.command("list")
 def rules_list(config: ConfigOption = None) -> None:
     """The stored routing rules and the deployments bound to each."""
-    from services.registry.lifecycle import list_rules
+    from hounsfield.registry.lifecycle import list_rules
 
     _, db = _database(config)
     with db.session() as session:
@@ -460,8 +460,8 @@ def rules_apply(
     """Store routing rules from a YAML file (made or replaced; all or none, each error located)."""
     from pydantic import Field, TypeAdapter, ValidationError
 
-    from services.registry.deployment_schemas import RulePut
-    from services.registry.lifecycle import put_rule
+    from hounsfield.registry.deployment_schemas import RulePut
+    from hounsfield.registry.lifecycle import put_rule
 
     class _Named(RulePut):
         name: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -487,7 +487,7 @@ ReasonOption = Annotated[str, typer.Option("--reason", "-r", help="Why (kept wit
 
 
 def _lifecycle_call(config: Path | None, call: str, name: str, **kwargs: object) -> None:
-    from services.registry import lifecycle
+    from hounsfield.registry import lifecycle
 
     settings, db = _database(config)
     if call == "promote":
@@ -502,8 +502,8 @@ def deployments_list(
     stage: Annotated[str | None, typer.Option(help="Only those in this stage.")] = None, config: ConfigOption = None
 ) -> None:
     """Every deployment: name, stage, model and version, rule, destinations."""
-    from services.db.deployments import Stage
-    from services.registry.lifecycle import list_deployments
+    from hounsfield.db.deployments import Stage
+    from hounsfield.registry.lifecycle import list_deployments
 
     try:
         chosen = Stage(stage) if stage else None
@@ -521,7 +521,7 @@ def deployments_list(
 @deployments.command("show")
 def deployments_show(name: str, config: ConfigOption = None) -> None:
     """One deployment as JSON, with every transition (who, when, why)."""
-    from services.registry.lifecycle import get_deployment
+    from hounsfield.registry.lifecycle import get_deployment
 
     _, db = _database(config)
     with _session_or_exit(db) as session:
@@ -539,8 +539,8 @@ def deployments_create(
     """Make a draft deployment of a registered model version (see docs/registry.md for the fields)."""
     from pydantic import ValidationError
 
-    from services.registry.deployment_schemas import DeploymentCreate
-    from services.registry.lifecycle import create_deployment
+    from hounsfield.registry.deployment_schemas import DeploymentCreate
+    from hounsfield.registry.lifecycle import create_deployment
 
     try:
         request = DeploymentCreate.model_validate(_load_yaml(path))
@@ -561,7 +561,7 @@ def deployments_promote(
     config: ConfigOption = None,
 ) -> None:
     """One step on: draft -> validated (checks) -> shadow | research -> clinical."""
-    from services.db.deployments import Stage
+    from hounsfield.db.deployments import Stage
 
     try:
         target = Stage(to) if to else None
@@ -598,8 +598,8 @@ def results_withdraw(
 ) -> None:
     """Withdraw a job's results: each PACS that has them gets a rejection note. Run it again to send the
     notes a destination could not take yet; exits 1 while any is missing."""
-    from services.exporter.withdrawal import NoSuchJob, WithdrawalRefused, withdraw_job
-    from services.registry.audit import withdrawal_recorder
+    from hounsfield.exporter.withdrawal import NoSuchJob, WithdrawalRefused, withdraw_job
+    from hounsfield.registry.audit import withdrawal_recorder
 
     if reason not in ("quality", "patient-safety"):
         err.print(f"[red]unknown reason {reason!r}: quality or patient-safety[/red]", highlight=False)
@@ -644,7 +644,7 @@ def demo(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the results.")] = 300.0,
 ) -> None:
     """Send a synthetic CT study to Hounsfield and show its SEG and SR arriving in a local Orthanc."""
-    from services.demo.run import DemoError, print_summary, run_demo
+    from hounsfield.demo.run import DemoError, print_summary, run_demo
 
     setup_logging("WARNING", "demo")
     try:

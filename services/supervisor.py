@@ -16,9 +16,9 @@ from pathlib import Path
 
 import redis
 
-from services.config import Settings
-from services.db import Database
-from services.registry.lifecycle import prepare_database
+from hounsfield.config import Settings
+from hounsfield.db import Database
+from hounsfield.registry.lifecycle import prepare_database
 
 __all__ = ["LocalRedis", "Supervisor", "run_up"]
 
@@ -113,7 +113,7 @@ def run_up(settings: Settings, config_path: Path | None, stop: threading.Event) 
         local_redis.start()
         env["HOUNSFIELD_REDIS_URL"] = local_redis.url
     supervisor = Supervisor(env)
-    command = [sys.executable, "-m", "services.cli"]
+    command = [sys.executable, "-m", "hounsfield.cli"]
     try:
         for service in ("worker", "listener", "registry"):
             supervisor.spawn(service, [*command, service])

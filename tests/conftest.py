@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from services.config import Settings, load_settings
-from services.demo.orthanc import free_port
+from hounsfield.config import Settings, load_settings
+from hounsfield.demo.orthanc import free_port
 from tests.services.db import postgres
 from tests.support import CT_RULE
 
@@ -52,7 +52,7 @@ def settings(tmp_path: Path, default_database_url: str | None) -> Settings:
         deployments=[
             {
                 "name": "ct-lesion-seg",
-                "app": "operators.ct_lesion_seg.app:CTLesionSegApp",
+                "app": "hounsfield_operators.ct_lesion_seg.app:CTLesionSegApp",
                 "model_path": "operators/ct_lesion_seg/models/model.ts",
                 "model_name": "CT lesion segmentation",
                 "model_version": "1.0.0",

@@ -11,14 +11,14 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, generate_uid
 
-from operators.ct_lesion_seg.phantom import make_phantom, write_dicom_series
-from services.config import Settings
-from services.contracts import StudyComplete
-from services.db import Database, Job
-from services.db.index import IndexedInstance, record_instance
+from hounsfield.config import Settings
+from hounsfield.contracts import StudyComplete
+from hounsfield.db import Database, Job
+from hounsfield.db.index import IndexedInstance, record_instance
+from hounsfield_operators.ct_lesion_seg.phantom import make_phantom, write_dicom_series
 
 if TYPE_CHECKING:
-    from services.worker.pipeline import WorkerContext
+    from hounsfield.worker.pipeline import WorkerContext
 
 CT_RULE = {"kind": "all", "rules": [{"kind": "modality", "in": ["CT"]}, {"kind": "instance_count", "min": 8}]}
 
@@ -100,10 +100,10 @@ def index_files(db: Database, files: list[Path], *, calling_ae: str = "CT01") ->
 def routed_job(tmp_path: Path, settings: Settings, seed: int, **deployment: object) -> tuple[WorkerContext, Job]:
     """A stored study routed to the first configured deployment (with ``deployment``'s changes), its
     database migrated; the job queued, and the worker's context to run it."""
-    from services.registry.lifecycle import prepare_database
-    from services.router.routing import Router
-    from services.store import StudyStore
-    from services.worker.pipeline import WorkerContext
+    from hounsfield.registry.lifecycle import prepare_database
+    from hounsfield.router.routing import Router
+    from hounsfield.store import StudyStore
+    from hounsfield.worker.pipeline import WorkerContext
 
     declared = settings.deployments[0].model_copy(update=deployment)
     settings = settings.model_copy(update={"deployments": [declared]})

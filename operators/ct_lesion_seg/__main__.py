@@ -1,10 +1,10 @@
-"""Entry point: ``python -m operators.ct_lesion_seg -i IN -o OUT -m MODELS -w WORKDIR`` (see ``app.py``)."""
+"""Entry point: ``python -m hounsfield_operators.ct_lesion_seg -i IN -o OUT -m MODELS -w WORKDIR`` (see ``app.py``)."""
 
-from operators.runtime_support import ensure_cuda_runtime_loadable
+from hounsfield_operators.runtime_support import ensure_cuda_runtime_loadable
 
 ensure_cuda_runtime_loadable()
 
-from operators.ct_lesion_seg.app import CTLesionSegApp  # noqa: E402 - needs the CUDA runtime preloaded
+from hounsfield_operators.ct_lesion_seg.app import CTLesionSegApp  # noqa: E402 - needs the CUDA runtime preloaded
 
 if __name__ == "__main__":
     CTLesionSegApp().run()

@@ -8,7 +8,7 @@ Pipeline::
 Worker contract
 ---------------
 Invocation (in-process, any number of times in one process, or as ``python -m
-operators.ct_lesion_seg``)::
+hounsfield_operators.ct_lesion_seg``)::
 
     CTLesionSegApp(argv=["ct_lesion_seg", "-i", IN, "-o", OUT, "-m", MODEL, "-w", WORKDIR]).run()
 
@@ -24,7 +24,7 @@ falls back to the MAP environment variable, then to the SDK default:
   or a repository of one-file sub-folders; a folder with ``model.ts`` directly inside would
   become a generic model without predictor, so the app resolves the path to the file first.
 * ``-w/--workdir``: job folder -- ``HOLOSCAN_WORKDIR``; ``<workdir>/result_context.json``
-  (see :class:`operators.result_context.ResultContext`) sets model identity, deployment mode,
+  (see :class:`hounsfield_operators.result_context.ResultContext`) sets model identity, deployment mode,
   UID root and job key. Without it defaults apply (pydicom's test UID root).
 * ``-l/--log-level``: root log level.
 
@@ -40,7 +40,7 @@ Side effect to know: ``Application.init_app_context`` calls ``logging.config.dic
 every compose, replacing the root logger's handlers; a long-lived worker that keeps its own
 logging must restore it after each run.
 
-Call :func:`operators.runtime_support.ensure_cuda_runtime_loadable` before importing this
+Call :func:`hounsfield_operators.runtime_support.ensure_cuda_runtime_loadable` before importing this
 module on hosts without a CUDA toolkit.
 """
 
@@ -61,16 +61,16 @@ from monai.deploy.operators.dicom_series_to_volume_operator import DICOMSeriesTo
 from monai.deploy.operators.monai_seg_inference_operator import MonaiSegInferenceOperator
 from monai.transforms import Compose
 
-from operators.ct_lesion_seg.preprocessing import (
+from hounsfield_operators.ct_lesion_seg.preprocessing import (
     OVERLAP,
     ROI_SIZE,
     SW_BATCH_SIZE,
     inference_post_transforms,
     inference_pre_transforms,
 )
-from operators.dicom_seg_writer import LesionSegWriterOperator
-from operators.dicom_sr_writer import LesionSRWriterOperator
-from operators.result_context import ResultContext
+from hounsfield_operators.dicom_seg_writer import LesionSegWriterOperator
+from hounsfield_operators.dicom_sr_writer import LesionSRWriterOperator
+from hounsfield_operators.result_context import ResultContext
 
 __all__ = [
     "APP_NAME",
@@ -154,7 +154,7 @@ def _describe_failure(exc: BaseException) -> str:
 
 
 class LesionInferenceOperator(MonaiSegInferenceOperator):
-    """``MonaiSegInferenceOperator`` with the transforms of :mod:`operators.ct_lesion_seg.preprocessing`.
+    """``MonaiSegInferenceOperator`` with the transforms of :mod:`hounsfield_operators.ct_lesion_seg.preprocessing`.
 
     The pre-transforms need the SDK's ``InMemImageReader`` bound to each incoming image, which
     the base class creates in ``compute``; it asks :meth:`pre_process` for transforms when none

@@ -1,7 +1,7 @@
 """Seeded training and held-out evaluation of the CT lesion segmentation network.
 
-Run ``python -m operators.ct_lesion_seg.train --out operators/ct_lesion_seg/models`` to train
-a small 3D UNet on synthetic phantoms (:mod:`operators.ct_lesion_seg.phantom`), save it as
+Run ``python -m hounsfield_operators.ct_lesion_seg.train --out operators/ct_lesion_seg/models`` to train
+a small 3D UNet on synthetic phantoms (:mod:`hounsfield_operators.ct_lesion_seg.phantom`), save it as
 TorchScript (``model.ts``) and write ``training_report.json`` with held-out metrics.  Training
 phantoms use seeds from :data:`TRAIN_SEED_START`; held-out phantoms use the disjoint range
 from :data:`HELD_OUT_SEED_START`.
@@ -24,8 +24,14 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 from scipy import ndimage
 
-from operators.ct_lesion_seg.phantom import Phantom, make_phantom
-from operators.ct_lesion_seg.preprocessing import NUM_CLASSES, OVERLAP, ROI_SIZE, SW_BATCH_SIZE, network_input_from_zyx
+from hounsfield_operators.ct_lesion_seg.phantom import Phantom, make_phantom
+from hounsfield_operators.ct_lesion_seg.preprocessing import (
+    NUM_CLASSES,
+    OVERLAP,
+    ROI_SIZE,
+    SW_BATCH_SIZE,
+    network_input_from_zyx,
+)
 
 __all__ = [
     "HELD_OUT_SEED_START",

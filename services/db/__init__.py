@@ -11,7 +11,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.db.models import Base, Event, Instance, Job, JobState, Result, Series, Study, StudyState, utcnow
+from hounsfield.db.models import Base, Event, Instance, Job, JobState, Result, Series, Study, StudyState, utcnow
 
 __all__ = [
     "Base",
@@ -71,9 +71,9 @@ class Database:
         same schema as running every migration, which a test holds; much cheaper for the many
         short-lived test databases); one made by ``create_all`` before migrations existed is stamped
         at the initial revision and upgraded. Tables of ORM modules that have no migration yet (not
-        in :data:`services.db.migrate.MODEL_MODULES`) are then created directly, with a warning.
+        in :data:`hounsfield.db.migrate.MODEL_MODULES`) are then created directly, with a warning.
         """
-        from services.db.migrate import migrated_tables, upgrade  # migrate imports this package's models
+        from hounsfield.db.migrate import migrated_tables, upgrade  # migrate imports this package's models
 
         upgrade(self.engine, fast_empty=True)
         migrated = {table.name for table in migrated_tables()}

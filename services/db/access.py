@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from services.db.models import Base, utcnow
+from hounsfield.db.models import Base, utcnow
 
 __all__ = ["ApiToken", "AuditEntry"]
 

@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from services.db.models import Base, utcnow
+from hounsfield.db.models import Base, utcnow
 
 __all__ = [
     "CapacityTier",

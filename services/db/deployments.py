@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Enum, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from services.db.models import Base, utcnow
+from hounsfield.db.models import Base, utcnow
 
 __all__ = ["ACTIVE_STAGES", "Deployment", "DeploymentTransition", "RoutingRule", "Stage"]
 
@@ -47,7 +47,7 @@ def _stage_enum() -> Enum:
 
 
 class RoutingRule(Base):
-    """A named, typed routing rule (:data:`services.router.rules.Rule` as JSON)."""
+    """A named, typed routing rule (:data:`hounsfield.router.rules.Rule` as JSON)."""
 
     __tablename__ = "routing_rules"
 

@@ -12,7 +12,7 @@ from sqlalchemy import Connection, CursorResult, Dialect, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from services.db.models import Event, Instance, Series, Study, StudyState, utcnow
+from hounsfield.db.models import Event, Instance, Series, Study, StudyState, utcnow
 
 __all__ = [
     "IndexedInstance",

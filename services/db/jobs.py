@@ -16,8 +16,8 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.db.index import add_event
-from services.db.models import Job, JobState, Result, utcnow
+from hounsfield.db.index import add_event
+from hounsfield.db.models import Job, JobState, Result, utcnow
 
 __all__ = [
     "claim_job",

@@ -3,7 +3,7 @@
 The migration scripts live in ``services/db/migrations``; the Alembic configuration is built here in
 code. :func:`upgrade` brings any database to a revision: a database made by ``create_all`` before
 migrations existed (tables, no ``alembic_version``) is stamped at the initial revision first, so
-older SQLite files keep working. :meth:`services.db.Database.create_schema` calls it with
+older SQLite files keep working. :meth:`hounsfield.db.Database.create_schema` calls it with
 ``fast_empty``: an empty database then gets the models' tables in one ``create_all`` and is stamped
 at head, which is the same schema as running every migration (``tests/services/db/test_migrations.py``
 holds the two equal) at a fraction of the cost; the listener tests make many databases.
@@ -30,7 +30,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, MetaData, Table, inspect, make_url, text
 
-from services.db.models import Base
+from hounsfield.db.models import Base
 
 __all__ = [
     "INITIAL_REVISION",
@@ -54,11 +54,11 @@ INITIAL_TABLES = frozenset({"studies", "series", "instances", "jobs", "results",
 """The tables of the initial revision: what ``create_all`` made before migrations existed."""
 
 MODEL_MODULES: tuple[str, ...] = (
-    "services.db.models",
-    "services.db.access",
-    "services.db.catalog",
-    "services.db.deployments",
-    "services.db.withdrawals",
+    "hounsfield.db.models",
+    "hounsfield.db.access",
+    "hounsfield.db.catalog",
+    "hounsfield.db.deployments",
+    "hounsfield.db.withdrawals",
 )
 """The modules whose tables the migrations own. A module added here needs a migration for its tables
 (``tests/services/db/test_migrations.py`` fails until the migrated schema matches them)."""
@@ -110,12 +110,12 @@ def head_revision() -> str:
 
 @contextmanager
 def _connection(target: Engine | str) -> Iterator[Connection]:
-    """A connection to ``target`` (a URL gets a :class:`~services.db.Database`: SQLite pragmas included)."""
+    """A connection to ``target`` (a URL gets a :class:`~hounsfield.db.Database`: SQLite pragmas included)."""
     if isinstance(target, Engine):
         with target.connect() as connection:
             yield connection
         return
-    from services.db import Database  # the package imports this module
+    from hounsfield.db import Database  # the package imports this module
 
     database = Database(target)
     try:
@@ -214,7 +214,7 @@ _UrlOption = Annotated[str | None, typer.Option("--url", help="Database URL (def
 def _url(config: Path | None, url: str | None) -> str:
     if url is not None:
         return url
-    from services.config import ConfigError, load_settings
+    from hounsfield.config import ConfigError, load_settings
 
     try:
         return load_settings(config).sqlalchemy_url

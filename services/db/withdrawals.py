@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from services.db.models import Base, utcnow
+from hounsfield.db.models import Base, utcnow
 
 __all__ = ["Withdrawal"]
 

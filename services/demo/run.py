@@ -14,10 +14,10 @@ import pydicom
 from orthanc_api_client import OrthancApiClient
 from rich.console import Console
 
-from operators.ct_lesion_seg.phantom import make_phantom, write_dicom_series
-from services.demo.findings import lesion_findings
-from services.demo.orthanc import LocalOrthanc
-from services.demo.stack import HounsfieldStack, StackError
+from hounsfield.demo.findings import lesion_findings
+from hounsfield.demo.orthanc import LocalOrthanc
+from hounsfield.demo.stack import HounsfieldStack, StackError
+from hounsfield_operators.ct_lesion_seg.phantom import make_phantom, write_dicom_series
 
 __all__ = ["DEMO_SEED", "DemoError", "print_summary", "run_demo"]
 

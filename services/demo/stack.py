@@ -19,17 +19,17 @@ from typing import Any
 import httpx
 import yaml
 
-import operators.ct_lesion_seg as ct_lesion_seg
-from services.demo.orthanc import LocalOrthanc, free_port
-from services.listener.echo import echo
-from services.registry.auth import DEV_TOKEN_FILE
+import hounsfield_operators.ct_lesion_seg as ct_lesion_seg
+from hounsfield.demo.orthanc import LocalOrthanc, free_port
+from hounsfield.listener.echo import echo
+from hounsfield.registry.auth import DEV_TOKEN_FILE
 
 __all__ = ["CT_LESION_DEPLOYMENT", "HounsfieldStack", "StackError", "storescu"]
 
 CT_LESION_MODEL = Path(ct_lesion_seg.__file__).parent / "models" / "model.ts"
 CT_LESION_DEPLOYMENT: dict[str, Any] = {
     "name": "ct-lesion-seg",
-    "app": "operators.ct_lesion_seg.app:CTLesionSegApp",
+    "app": "hounsfield_operators.ct_lesion_seg.app:CTLesionSegApp",
     "model_path": str(CT_LESION_MODEL),
     "model_name": "CT lesion segmentation",
     "model_version": "1.0.0",
@@ -130,7 +130,7 @@ class HounsfieldStack:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HOUNSFIELD_")} | self.extra_env
         log = (self.folder / "hounsfield.log").open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "up", "--config", str(self.config_path)],
+            [sys.executable, "-m", "hounsfield.cli", "up", "--config", str(self.config_path)],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + timeout

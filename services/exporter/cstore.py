@@ -9,8 +9,8 @@ import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from services.config import DestinationSettings
-from services.exporter.errors import ExportFailed
+from hounsfield.config import DestinationSettings
+from hounsfield.exporter.errors import ExportFailed
 
 __all__ = ["send_once"]
 

@@ -1,7 +1,7 @@
 """Deliver result objects to a destination over its protocol, retrying while it is unreachable.
 
-One attempt sends every file: in one C-STORE association (:mod:`services.exporter.cstore`) or in one
-STOW-RS request (:mod:`services.exporter.stowrs`). A destination that cannot be reached is tried
+One attempt sends every file: in one C-STORE association (:mod:`hounsfield.exporter.cstore`) or in one
+STOW-RS request (:mod:`hounsfield.exporter.stowrs`). A destination that cannot be reached is tried
 ``retries`` more times, ``retry_backoff_s`` doubling in between, then reported
 :class:`DestinationUnreachable` (the worker keeps the results and lets the job wait); a refusal is
 :class:`ExportFailed` at once, with the destination's words.
@@ -14,10 +14,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.config import DestinationSettings
-from services.exporter.cstore import send_once
-from services.exporter.errors import DestinationUnreachable, ExportFailed
-from services.exporter.stowrs import store_once
+from hounsfield.config import DestinationSettings
+from hounsfield.exporter.cstore import send_once
+from hounsfield.exporter.errors import DestinationUnreachable, ExportFailed
+from hounsfield.exporter.stowrs import store_once
 
 __all__ = ["DestinationUnreachable", "ExportFailed", "deliver"]
 

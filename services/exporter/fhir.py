@@ -25,7 +25,7 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
 from pydicom import Dataset
 
-from services.config import FhirSettings
+from hounsfield.config import FhirSettings
 
 __all__ = ["NotifyFailed", "announce", "diagnostic_report", "model_device_uid", "post_report"]
 

@@ -18,7 +18,7 @@ from pydicom import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from services import __version__
+from hounsfield import __version__
 
 __all__ = ["REJECTION_TITLES", "Reason", "build_rejection_note", "note_uids"]
 

@@ -16,8 +16,8 @@ import pydicom
 import requests
 from dicomweb_client import DICOMwebClient
 
-from services.config import DestinationSettings
-from services.exporter.errors import ExportFailed
+from hounsfield.config import DestinationSettings
+from hounsfield.exporter.errors import ExportFailed
 
 __all__ = ["store_once"]
 

@@ -20,13 +20,13 @@ import pydicom
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.config import Settings
-from services.db import Database, Job, Result, utcnow
-from services.db.index import add_event
-from services.db.withdrawals import Withdrawal
-from services.exporter.delivery import ExportFailed, deliver
-from services.exporter.rejection import REJECTION_TITLES, Reason, build_rejection_note, note_uids
-from services.exporter.validation import ValidationFailed, validate_object
+from hounsfield.config import Settings
+from hounsfield.db import Database, Job, Result, utcnow
+from hounsfield.db.index import add_event
+from hounsfield.db.withdrawals import Withdrawal
+from hounsfield.exporter.delivery import ExportFailed, deliver
+from hounsfield.exporter.rejection import REJECTION_TITLES, Reason, build_rejection_note, note_uids
+from hounsfield.exporter.validation import ValidationFailed, validate_object
 
 __all__ = ["NoSuchJob", "WithdrawalRefused", "is_withdrawn", "withdraw_job"]
 

@@ -2,10 +2,10 @@
 
 The tracker remembers, per association (or STOW-RS request: any hashable key), which studies it
 delivered, and per study when its last instance arrived. It hands
-:class:`~services.contracts.StudyComplete` events to a callback that must return quickly (the
+:class:`~hounsfield.contracts.StudyComplete` events to a callback that must return quickly (the
 listener puts them on the router's queue).
 
-With a :class:`~services.listener.source_count.SourceCounter`, studies sent by a source PACS that
+With a :class:`~hounsfield.listener.source_count.SourceCounter`, studies sent by a source PACS that
 can be queried are also complete as soon as the index holds as many instances as the source reports
 (trigger ``source-count``); the counter does its C-FINDs on its own thread.
 """
@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING
 
-from services.contracts import CompletionTrigger, StudyComplete
+from hounsfield.contracts import CompletionTrigger, StudyComplete
 
 if TYPE_CHECKING:
-    from services.listener.source_count import SourceCounter
+    from hounsfield.listener.source_count import SourceCounter
 
 __all__ = ["CompletenessTracker"]
 
@@ -83,7 +83,7 @@ class CompletenessTracker:
 
         After a restart no association is open, so only the quiet period can complete them; each gets
         a full one from now (a sender retrying after the outage still belongs to the same study).
-        Called by start-up recovery (:mod:`services.listener.recovery`).
+        Called by start-up recovery (:mod:`hounsfield.listener.recovery`).
         """
         now = time.monotonic()
         with self._lock:

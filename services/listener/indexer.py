@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from services.db import Database
-from services.db.index import IndexedInstance, record_instances, upsert_rows
+from hounsfield.db import Database
+from hounsfield.db.index import IndexedInstance, record_instances, upsert_rows
 
 __all__ = ["GroupCommit"]
 

@@ -1,6 +1,6 @@
 """The listener's durable path: the ingest journal first, the store's files and index rows right after.
 
-:class:`JournaledStore` is what :func:`~services.listener.storage.receive_instance` writes to when
+:class:`JournaledStore` is what :func:`~hounsfield.listener.storage.receive_instance` writes to when
 the listener runs with its journal (the default). For one instance it:
 
 1. decides where the instance goes (its file path and revision, or that the same bytes are already
@@ -20,7 +20,7 @@ journal is replayed into the store and index at start-up. Every second of quiet 
 journal segment fills) the applier syncs the store's file system (``syncfs``) and checkpoints the
 journal, which then reuses its segments.
 
-Datasets too large for memory arrive as spool files (:class:`~services.listener.storage.SpooledDataset`)
+Datasets too large for memory arrive as spool files (:class:`~hounsfield.listener.storage.SpooledDataset`)
 and keep their own durable path (:meth:`JournaledStore.adopt`: fsync, rename, fsync of the folder).
 """
 
@@ -44,12 +44,12 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from services.db import Database, Instance
-from services.db.index import IndexedInstance
-from services.listener.completeness import CompletenessTracker
-from services.listener.indexer import GroupCommit
-from services.listener.journal import Journal, JournalEntry, JournalLocation
-from services.store import StoredInstance, StoreFull, StudyStore, move_durably, sha256_file
+from hounsfield.db import Database, Instance
+from hounsfield.db.index import IndexedInstance
+from hounsfield.listener.completeness import CompletenessTracker
+from hounsfield.listener.indexer import GroupCommit
+from hounsfield.listener.journal import Journal, JournalEntry, JournalLocation
+from hounsfield.store import StoredInstance, StoreFull, StudyStore, move_durably, sha256_file
 
 __all__ = ["JournaledStore"]
 

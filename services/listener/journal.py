@@ -42,7 +42,7 @@ from typing import Any
 
 import xxhash
 
-from services.store import fsync_folder
+from hounsfield.store import fsync_folder
 
 __all__ = ["Journal", "JournalEntry", "JournalError", "JournalLocation"]
 

@@ -15,7 +15,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from services.store import StudyStore
+from hounsfield.store import StudyStore
 
 __all__ = ["ListenerMetrics"]
 

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from ipaddress import ip_address
 
-from services.config import ListenerSettings, SourceSettings
+from hounsfield.config import ListenerSettings, SourceSettings
 
 __all__ = ["AssociationPolicy", "Decision", "Rejection"]
 

@@ -37,11 +37,11 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 
-from services.db import Database, Instance, Series, Study, StudyState
-from services.db.index import IndexedInstance, record_instance
-from services.listener.completeness import CompletenessTracker
-from services.listener.storage import header_values, index_facts
-from services.store import InvalidUID, StudyStore, check_uid, sha256_file
+from hounsfield.db import Database, Instance, Series, Study, StudyState
+from hounsfield.db.index import IndexedInstance, record_instance
+from hounsfield.listener.completeness import CompletenessTracker
+from hounsfield.listener.storage import header_values, index_facts
+from hounsfield.store import InvalidUID, StudyStore, check_uid, sha256_file
 
 __all__ = ["RecoveryReport", "recover_store"]
 

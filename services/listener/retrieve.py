@@ -12,7 +12,7 @@ Where the instances go depends on the retrieve method:
   default), which stores them and completes the study by its own triggers (association release,
   source count, quiet period); the fetcher waits a little for that completion to show in the index.
 * **C-GET** brings them back on the fetcher's own association: the fetcher is the storage SCP,
-  stores each one through :func:`~services.listener.storage.receive_instance`, and, once the
+  stores each one through :func:`~hounsfield.listener.storage.receive_instance`, and, once the
   retrieve has finished with every instance here, completes the study itself (trigger
   ``retrieve``).
 
@@ -84,16 +84,16 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from rich.table import Table
 from sqlalchemy import select
 
-from services.config import Settings, SourceSettings
-from services.contracts import StudyComplete
-from services.db import Database, Job, Study, StudyState
-from services.db.index import series_instance_counts
-from services.listener.completeness import CompletenessTracker
-from services.listener.header import dataset_int
-from services.listener.storage import Origin, StoreContext, receive_instance
-from services.registry.lifecycle import prepare_database
-from services.router.routing import Router
-from services.store import InvalidUID, StudyStore, check_uid
+from hounsfield.config import Settings, SourceSettings
+from hounsfield.contracts import StudyComplete
+from hounsfield.db import Database, Job, Study, StudyState
+from hounsfield.db.index import series_instance_counts
+from hounsfield.listener.completeness import CompletenessTracker
+from hounsfield.listener.header import dataset_int
+from hounsfield.listener.storage import Origin, StoreContext, receive_instance
+from hounsfield.registry.lifecycle import prepare_database
+from hounsfield.router.routing import Router
+from hounsfield.store import InvalidUID, StudyStore, check_uid
 
 __all__ = [
     "FetchFailed",
@@ -514,7 +514,7 @@ class Fetcher:
     """Finds studies on a source and retrieves what the index lacks (see the module docstring).
 
     ``complete`` is called with a ``retrieve`` completion after a C-GET (the caller routes it:
-    :meth:`services.router.routing.Router.on_study_complete`); C-MOVEd studies are completed by the
+    :meth:`hounsfield.router.routing.Router.on_study_complete`); C-MOVEd studies are completed by the
     listener that receives them, and the fetcher waits up to ``wait_s`` to report that completion.
     """
 
@@ -750,7 +750,7 @@ def run_fetch(
         def send(job: Job) -> None:
             nonlocal sender
             if sender is None:
-                from services.worker.celery_app import Enqueuer
+                from hounsfield.worker.celery_app import Enqueuer
 
                 sender = Enqueuer(settings)
             try:

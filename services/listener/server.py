@@ -1,7 +1,7 @@
 """The listener process: the DICOM engine (storage SCP) wired to the study store, index and router.
 
-The engine (:mod:`services.listener.engine`) serves C-STORE and C-ECHO on an asyncio loop of its
-own; every instance goes through :func:`~services.listener.storage.receive_instance` in its
+The engine (:mod:`hounsfield.listener.engine`) serves C-STORE and C-ECHO on an asyncio loop of its
+own; every instance goes through :func:`~hounsfield.listener.storage.receive_instance` in its
 thread pool. The association policy decides who may send before anything is stored.
 """
 
@@ -16,22 +16,22 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from services import __version__
-from services.config import Settings
-from services.contracts import StudyComplete
-from services.db import Database, Job, JobState, utcnow
-from services.listener.completeness import CompletenessTracker
-from services.listener.engine import DicomServer, EngineConfig
-from services.listener.ingest import JournaledStore
-from services.listener.journal import Journal
-from services.listener.metrics import ListenerMetrics
-from services.listener.policy import AssociationPolicy
-from services.listener.recovery import RecoveryReport, recover_store
-from services.listener.source_count import SourceCounter
-from services.listener.storage import StoreContext
-from services.registry.lifecycle import prepare_database
-from services.router.routing import Router, RouterThread
-from services.store import StudyStore
+from hounsfield import __version__
+from hounsfield.config import Settings
+from hounsfield.contracts import StudyComplete
+from hounsfield.db import Database, Job, JobState, utcnow
+from hounsfield.listener.completeness import CompletenessTracker
+from hounsfield.listener.engine import DicomServer, EngineConfig
+from hounsfield.listener.ingest import JournaledStore
+from hounsfield.listener.journal import Journal
+from hounsfield.listener.metrics import ListenerMetrics
+from hounsfield.listener.policy import AssociationPolicy
+from hounsfield.listener.recovery import RecoveryReport, recover_store
+from hounsfield.listener.source_count import SourceCounter
+from hounsfield.listener.storage import StoreContext
+from hounsfield.registry.lifecycle import prepare_database
+from hounsfield.router.routing import Router, RouterThread
+from hounsfield.store import StudyStore
 
 __all__ = ["Listener", "run"]
 
@@ -152,7 +152,7 @@ class Listener:
 
 def run(settings: Settings, stop: threading.Event | None = None) -> None:
     """Serve until ``stop`` is set (or the process is interrupted)."""
-    from services.worker.celery_app import Enqueuer
+    from hounsfield.worker.celery_app import Enqueuer
 
     listener = Listener(settings, Enqueuer(settings))
     listener.start()

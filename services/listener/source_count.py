@@ -21,10 +21,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from services.config import Settings, SourceSettings
-from services.db import Database
-from services.db.index import study_instance_count
-from services.listener.retrieve import QueryRetrieveClient, RetrieveError
+from hounsfield.config import Settings, SourceSettings
+from hounsfield.db import Database
+from hounsfield.db.index import study_instance_count
+from hounsfield.listener.retrieve import QueryRetrieveClient, RetrieveError
 
 __all__ = ["SourceCounter"]
 

@@ -3,7 +3,7 @@
 :func:`receive_instance` is transport-neutral. The DIMSE engine (C-STORE) and STOW-RS both hand it
 the dataset bytes as they arrived and the transfer syntax they arrived in; it reads the header
 (never the pixels), makes the Part 10 file durable without transcoding, indexes it, and returns a
-DICOM status. With the listener's ingest journal (:mod:`services.listener.ingest`), Success is
+DICOM status. With the listener's ingest journal (:mod:`hounsfield.listener.ingest`), Success is
 returned once the journal record holding the file and its index row is on stable storage; the file
 and row follow within moments. Without it (STOW-RS), Success is returned once the file is fsynced
 and its index row committed.
@@ -33,17 +33,17 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from services.db import Database
-from services.db.index import IndexedInstance
-from services.listener.completeness import CompletenessTracker
-from services.listener.header import dataset_text, quick_values
-from services.listener.indexer import GroupCommit
-from services.listener.metrics import ListenerMetrics
-from services.router.rules import INDEXED_TAGS
-from services.store import InvalidUID, StudyStore, check_uid
+from hounsfield.db import Database
+from hounsfield.db.index import IndexedInstance
+from hounsfield.listener.completeness import CompletenessTracker
+from hounsfield.listener.header import dataset_text, quick_values
+from hounsfield.listener.indexer import GroupCommit
+from hounsfield.listener.metrics import ListenerMetrics
+from hounsfield.router.rules import INDEXED_TAGS
+from hounsfield.store import InvalidUID, StudyStore, check_uid
 
 if TYPE_CHECKING:
-    from services.listener.ingest import JournaledStore
+    from hounsfield.listener.ingest import JournaledStore
 
 __all__ = [
     "STATUS",
@@ -262,7 +262,7 @@ _KEYWORDS = (
 def _header_values(dataset: bytes | bytearray | SpooledDataset, transfer_syntax: str) -> dict[str, str]:
     """The text of each of :data:`_KEYWORDS` the dataset has (as :func:`header_values` gives it).
 
-    The common case is read by :func:`~services.listener.header.quick_values` without decoding the
+    The common case is read by :func:`~hounsfield.listener.header.quick_values` without decoding the
     dataset; anything unusual goes through :func:`read_header` (pydicom), which may raise.
     """
     if not isinstance(dataset, SpooledDataset):

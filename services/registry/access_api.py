@@ -10,11 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from services.db import Database
-from services.db.access import ApiToken, AuditEntry
-from services.registry import audit
-from services.registry.auth import Principal, Role, create_token, require, revoke_token
-from services.registry.deps import Admin, Limit, Offset, SessionDep
+from hounsfield.db import Database
+from hounsfield.db.access import ApiToken, AuditEntry
+from hounsfield.registry import audit
+from hounsfield.registry.auth import Principal, Role, create_token, require, revoke_token
+from hounsfield.registry.deps import Admin, Limit, Offset, SessionDep
 
 __all__ = ["router"]
 

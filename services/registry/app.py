@@ -1,7 +1,7 @@
 """The registry's HTTP API: health, studies, jobs, results (read-only), access, the model catalog,
 routing rules and deployments, and STOW-RS intake.
 
-Everything but ``/health`` and ``/metrics`` needs a bearer credential (:mod:`services.registry.auth`):
+Everything but ``/health`` and ``/metrics`` needs a bearer credential (:mod:`hounsfield.registry.auth`):
 reads are open to viewers, radiologists and model developers, STOW-RS to senders, the rest to the
 roles each route names; administrators may do everything.
 """
@@ -20,15 +20,15 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import text
 
-from services import __version__
-from services.config import Settings
-from services.db import Database, Job, JobState, StudyState
-from services.exporter.withdrawal import NoSuchJob, WithdrawalRefused, withdraw_job
-from services.registry import access_api, audit, catalog_api, deployments_api, queries, rules_api, stow
-from services.registry.auth import READERS, Authenticator, Role, ensure_sign_in_possible, require
-from services.registry.deps import Limit, Offset, Radiologist, SessionDep
-from services.registry.lifecycle import prepare_database
-from services.registry.schemas import (
+from hounsfield import __version__
+from hounsfield.config import Settings
+from hounsfield.db import Database, Job, JobState, StudyState
+from hounsfield.exporter.withdrawal import NoSuchJob, WithdrawalRefused, withdraw_job
+from hounsfield.registry import access_api, audit, catalog_api, deployments_api, queries, rules_api, stow
+from hounsfield.registry.auth import READERS, Authenticator, Role, ensure_sign_in_possible, require
+from hounsfield.registry.deps import Limit, Offset, Radiologist, SessionDep
+from hounsfield.registry.lifecycle import prepare_database
+from hounsfield.registry.schemas import (
     JobPublic,
     ResultPublic,
     StudyDetail,
@@ -156,8 +156,8 @@ async def _unprocessable(request: Request, exc: Exception) -> JSONResponse:
 def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = None) -> FastAPI:
     """The API for ``settings``; the database schema is created when missing.
 
-    Raises :class:`~services.registry.auth.AuthSetupError` when nobody could sign in (see
-    :func:`~services.registry.auth.ensure_sign_in_possible`).
+    Raises :class:`~hounsfield.registry.auth.AuthSetupError` when nobody could sign in (see
+    :func:`~hounsfield.registry.auth.ensure_sign_in_possible`).
 
     With ``registry.stow_enabled`` the app also takes STOW-RS at ``/dicomweb/studies``; its lifespan
     then runs a completeness tracker and a router that hands jobs to ``enqueue`` (the Celery
@@ -174,7 +174,7 @@ def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = No
             yield
             return
         if enqueue is None:
-            from services.worker.celery_app import Enqueuer
+            from hounsfield.worker.celery_app import Enqueuer
 
             intake = stow.StowIntake(settings, db, Enqueuer(settings))
         else:

@@ -11,9 +11,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from services.db.access import AuditEntry
-from services.db.withdrawals import Withdrawal
-from services.registry.auth import Principal
+from hounsfield.db.access import AuditEntry
+from hounsfield.db.withdrawals import Withdrawal
+from hounsfield.registry.auth import Principal
 
 __all__ = ["record", "withdrawal_recorder"]
 

@@ -37,9 +37,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.config import OIDCSettings, Settings
-from services.db import Database, utcnow
-from services.db.access import ApiToken
+from hounsfield.config import OIDCSettings, Settings
+from hounsfield.db import Database, utcnow
+from hounsfield.db.access import ApiToken
 
 __all__ = [
     "READERS",
@@ -224,7 +224,7 @@ def _import_bootstrap_token(db: Database, variable: str) -> None:
     if not token.startswith(TOKEN_PREFIX) or len(token) < _MIN_BOOTSTRAP_LENGTH:
         shown = "is not set" if not token else f"must hold {TOKEN_PREFIX!r} and at least 32 more characters"
         raise AuthSetupError(f"registry.bootstrap_admin_token_env: the environment variable {variable} {shown}")
-    from services.registry.audit import record  # audit needs Principal from here
+    from hounsfield.registry.audit import record  # audit needs Principal from here
 
     try:
         with db.session() as session:
@@ -260,7 +260,7 @@ def ensure_sign_in_possible(settings: Settings, db: Database, authenticator: Aut
             "(`hounsfield tokens create NAME --role admin`), or configure registry.oidc "
             "(registry.development: true makes one for a demo installation)"
         )
-    from services.registry.audit import record  # audit needs Principal from here
+    from hounsfield.registry.audit import record  # audit needs Principal from here
 
     with db.session() as session:
         row, token = create_token(session, "development-admin", Role.ADMIN, "registry start-up")

@@ -1,7 +1,7 @@
 """The model catalog: the use-case taxonomy, models filed under it, and their versions from MAPs.
 
 Framework-free service functions over an SQLAlchemy session (the API in
-:mod:`services.registry.catalog_api` is a thin adapter). Failures are :class:`CatalogError`
+:mod:`hounsfield.registry.catalog_api` is a thin adapter). Failures are :class:`CatalogError`
 subclasses that say what is wrong; the API maps them to 404, 409 and 422.
 
 Versions are immutable once published: registering the same model and version again with the same
@@ -24,10 +24,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from services.db.catalog import Category, LatencyScope, Model, ModelVersion, UseCase
-from services.db.deployments import ACTIVE_STAGES, Deployment, Stage
-from services.db.models import Instance, Job, JobState, utcnow
-from services.registry.catalog_schemas import (
+from hounsfield.db.catalog import Category, LatencyScope, Model, ModelVersion, UseCase
+from hounsfield.db.deployments import ACTIVE_STAGES, Deployment, Stage
+from hounsfield.db.models import Instance, Job, JobState, utcnow
+from hounsfield.registry.catalog_schemas import (
     MeasuredLatency,
     ModelCreate,
     ModelPublic,
@@ -39,7 +39,7 @@ from services.registry.catalog_schemas import (
     VersionRegister,
     as_utc,
 )
-from services.registry.map_manifest import SemVer, content_digest, parse_manifests
+from hounsfield.registry.map_manifest import SemVer, content_digest, parse_manifests
 
 __all__ = [
     "LATENCY_WINDOW",
@@ -98,7 +98,7 @@ class Invalid(CatalogError):
 def load_taxonomy(text: str | None = None) -> Taxonomy:
     """The taxonomy shipped in ``services/registry/taxonomy.yaml`` (or ``text``), validated."""
     if text is None:
-        text = resources.files("services.registry").joinpath("taxonomy.yaml").read_text(encoding="utf-8")
+        text = resources.files("hounsfield.registry").joinpath("taxonomy.yaml").read_text(encoding="utf-8")
     taxonomy = Taxonomy.model_validate(yaml.safe_load(text))
     declared = {c.key for c in taxonomy.categories}
     if declared != set(Category):
@@ -250,7 +250,7 @@ def register_version(
 ) -> Registration:
     """Register (or re-register) a version of ``model_name`` from its MAP manifests.
 
-    Raises :class:`~services.registry.map_manifest.ManifestError` for manifests that do not follow
+    Raises :class:`~hounsfield.registry.map_manifest.ManifestError` for manifests that do not follow
     the MAP spec, :class:`Invalid` for a content digest that does not match them, :class:`NotFound`
     for an unknown model and :class:`Conflict` for a published version registered with other content.
     """

@@ -4,7 +4,7 @@ Reads are open to viewers, radiologists and model developers; adding a use case 
 administrator; filing a model or registering a version needs a model developer (administrators may
 do everything). Every write appends an audit row in its own transaction.
 
-The app provides ``app.state.db`` (a :class:`~services.db.Database`), ``app.state.settings`` (the
+The app provides ``app.state.db`` (a :class:`~hounsfield.db.Database`), ``app.state.settings`` (the
 Device UIDs of versions are made under ``settings.uid_root``) and ``app.state.auth``.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 
-from services.registry import audit, catalog
-from services.registry.catalog_schemas import (
+from hounsfield.registry import audit, catalog
+from hounsfield.registry.catalog_schemas import (
     ModelCreate,
     ModelPublic,
     UseCaseCreate,
@@ -24,8 +24,8 @@ from services.registry.catalog_schemas import (
     VersionPublic,
     VersionRegister,
 )
-from services.registry.deps import Admin, Developer, Limit, Offset, Reader, SessionDep, refuse
-from services.registry.map_manifest import ManifestError
+from hounsfield.registry.deps import Admin, Developer, Limit, Offset, Reader, SessionDep, refuse
+from hounsfield.registry.map_manifest import ManifestError
 
 __all__ = ["router"]
 

@@ -1,7 +1,7 @@
 """Request and response shapes of the model catalog: use cases, models, versions.
 
 Requests refuse unknown fields (``extra="forbid"``) so that a typo is a 422, not a silently ignored
-setting. Responses are built from the ORM rows by :mod:`services.registry.catalog`.
+setting. Responses are built from the ORM rows by :mod:`hounsfield.registry.catalog`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
-from services.db.catalog import CapacityTier, Category, LatencyScope, RegulatoryStatus, Workload
-from services.registry.map_manifest import SemVer
+from hounsfield.db.catalog import CapacityTier, Category, LatencyScope, RegulatoryStatus, Workload
+from hounsfield.registry.map_manifest import SemVer
 
 __all__ = [
     "Digest",

@@ -6,9 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.db.deployments import Stage
-from services.registry.catalog_schemas import Slug, UtcDatetime, Version
-from services.router.rules import Rule
+from hounsfield.db.deployments import Stage
+from hounsfield.registry.catalog_schemas import Slug, UtcDatetime, Version
+from hounsfield.router.rules import Rule
 
 __all__ = [
     "DeploymentCreate",

@@ -11,18 +11,18 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Request, status
 
-from services.config import Settings
-from services.db.deployments import Stage
-from services.registry import lifecycle
-from services.registry.auth import Role
-from services.registry.catalog import CatalogError
-from services.registry.deployment_schemas import (
+from hounsfield.config import Settings
+from hounsfield.db.deployments import Stage
+from hounsfield.registry import lifecycle
+from hounsfield.registry.auth import Role
+from hounsfield.registry.catalog import CatalogError
+from hounsfield.registry.deployment_schemas import (
     DeploymentCreate,
     DeploymentPublic,
     LifecycleRequest,
     PromoteRequest,
 )
-from services.registry.deps import Admin, Developer, Reader, SessionDep, refuse
+from hounsfield.registry.deps import Admin, Developer, Reader, SessionDep, refuse
 
 __all__ = ["router"]
 

@@ -8,9 +8,9 @@ from typing import Annotated, NoReturn
 from fastapi import Depends, HTTPException, Query, Request, status
 from sqlalchemy.orm import Session
 
-from services.registry.auth import READERS, Principal, Role, require
-from services.registry.catalog import CatalogError, Invalid, NotFound
-from services.registry.map_manifest import ManifestError
+from hounsfield.registry.auth import READERS, Principal, Role, require
+from hounsfield.registry.catalog import CatalogError, Invalid, NotFound
+from hounsfield.registry.map_manifest import ManifestError
 
 __all__ = ["Admin", "Developer", "Limit", "Offset", "Radiologist", "Reader", "SessionDep", "refuse"]
 

@@ -1,6 +1,6 @@
 """Routing rules and deployments as data: their lifecycle, and what the router and worker read.
 
-Lifecycle of a deployment (``services.db.deployments.Stage``)::
+Lifecycle of a deployment (``hounsfield.db.deployments.Stage``)::
 
     draft --validate--> validated --> shadow --> clinical --> retired
                                   \\-> research -> shadow
@@ -13,7 +13,7 @@ Lifecycle of a deployment (``services.db.deployments.Stage``)::
   the clinical deployment it superseded, if any, becomes clinical again.
 - ``retire`` stops a deployment for good.
 
-Every move appends a :class:`~services.db.deployments.DeploymentTransition` (who, when, why).
+Every move appends a :class:`~hounsfield.db.deployments.DeploymentTransition` (who, when, why).
 
 Deployments declared in the YAML configuration (``deployments:``) are written here at start-up by
 :func:`sync_declared`: their definition follows the file, and their ``mode`` is applied when it is
@@ -36,23 +36,23 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.config import DeploymentSettings, Settings
-from services.db import Database
-from services.db.catalog import Model, ModelVersion, RegulatoryStatus, UseCase, Workload
-from services.db.deployments import ACTIVE_STAGES, Deployment, DeploymentTransition, RoutingRule, Stage
-from services.db.models import utcnow
-from services.registry import audit
-from services.registry.auth import Principal, Role
-from services.registry.catalog import Conflict, Invalid, NotFound
-from services.registry.deployment_schemas import (
+from hounsfield.config import DeploymentSettings, Settings
+from hounsfield.db import Database
+from hounsfield.db.catalog import Model, ModelVersion, RegulatoryStatus, UseCase, Workload
+from hounsfield.db.deployments import ACTIVE_STAGES, Deployment, DeploymentTransition, RoutingRule, Stage
+from hounsfield.db.models import utcnow
+from hounsfield.registry import audit
+from hounsfield.registry.auth import Principal, Role
+from hounsfield.registry.catalog import Conflict, Invalid, NotFound
+from hounsfield.registry.deployment_schemas import (
     DeploymentCreate,
     DeploymentPublic,
     RulePublic,
     TransitionPublic,
     ValidationCheck,
 )
-from services.registry.map_manifest import ManifestError, load_map
-from services.router.rules import Rule
+from hounsfield.registry.map_manifest import ManifestError, load_map
+from hounsfield.router.rules import Rule
 
 __all__ = [
     "CONFIG_PRINCIPAL",
@@ -818,7 +818,7 @@ def prepare_database(db: Database, settings: Settings) -> None:
     The schema is migrated, the use-case taxonomy seeded, and the configuration's deployments
     written (:func:`sync_declared`).
     """
-    from services.registry.catalog import seed_taxonomy
+    from hounsfield.registry.catalog import seed_taxonomy
 
     db.create_schema()
     with db.session() as session:

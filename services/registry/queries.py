@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from services.db import Event, Job, JobState, Result, Study, StudyState
-from services.db.index import series_facts_rows
-from services.registry.schemas import EventPublic, JobPublic, SeriesPublic, StudyDetail, StudyPublic
+from hounsfield.db import Event, Job, JobState, Result, Study, StudyState
+from hounsfield.db.index import series_facts_rows
+from hounsfield.registry.schemas import EventPublic, JobPublic, SeriesPublic, StudyDetail, StudyPublic
 
 __all__ = ["get_job", "get_study", "list_jobs", "list_results", "list_studies"]
 

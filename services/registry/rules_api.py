@@ -12,13 +12,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from services.db import Study
-from services.registry import lifecycle
-from services.registry.catalog import CatalogError
-from services.registry.deployment_schemas import RulePublic, RulePut
-from services.registry.deps import Admin, Reader, SessionDep, refuse
-from services.router.dry_run import DeploymentVerdict, dry_run, match_tree, study_facts
-from services.router.rules import INDEXED_TAGS, Rule, SeriesFacts
+from hounsfield.db import Study
+from hounsfield.registry import lifecycle
+from hounsfield.registry.catalog import CatalogError
+from hounsfield.registry.deployment_schemas import RulePublic, RulePut
+from hounsfield.registry.deps import Admin, Reader, SessionDep, refuse
+from hounsfield.router.dry_run import DeploymentVerdict, dry_run, match_tree, study_facts
+from hounsfield.router.rules import INDEXED_TAGS, Rule, SeriesFacts
 
 __all__ = ["router"]
 

@@ -2,7 +2,7 @@
 
 ``POST /dicomweb/studies`` and ``POST /dicomweb/studies/{StudyInstanceUID}`` take a
 ``multipart/related; type="application/dicom"`` body whose parts are DICOM Part 10 files. Each part
-goes through the same :func:`~services.listener.storage.receive_instance` as a C-STORE: header read,
+goes through the same :func:`~hounsfield.listener.storage.receive_instance` as a C-STORE: header read,
 UIDs validated, file written and fsynced, index row committed, and only then counted as stored.
 
 Parsing streams: python-multipart's ``MultipartParser`` is fed the request body as it arrives, and
@@ -62,12 +62,12 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
-from services.config import Settings
-from services.db import Database, Job
-from services.listener.completeness import CompletenessTracker
-from services.listener.engine.spool import DatasetSink
-from services.listener.metrics import ListenerMetrics
-from services.listener.storage import (
+from hounsfield.config import Settings
+from hounsfield.db import Database, Job
+from hounsfield.listener.completeness import CompletenessTracker
+from hounsfield.listener.engine.spool import DatasetSink
+from hounsfield.listener.metrics import ListenerMetrics
+from hounsfield.listener.storage import (
     STATUS,
     Origin,
     Received,
@@ -76,8 +76,8 @@ from services.listener.storage import (
     part10_prefix,
     receive_instance,
 )
-from services.router.routing import Router, RouterThread
-from services.store import InvalidUID, StudyStore, check_uid
+from hounsfield.router.routing import Router, RouterThread
+from hounsfield.store import InvalidUID, StudyStore, check_uid
 
 __all__ = [
     "DICOM_JSON",
@@ -224,7 +224,7 @@ class StowTransaction:
     """One STOW-RS request: feed it the body, it stores each part as the part completes.
 
     A part's first bytes (up to 64 KiB) are kept until its file meta can be read; the dataset behind
-    it goes to a :class:`~services.listener.engine.spool.DatasetSink`, in memory up to 4 MiB and in a
+    it goes to a :class:`~hounsfield.listener.engine.spool.DatasetSink`, in memory up to 4 MiB and in a
     spool file on the store's file system beyond, as for a large C-STORE. Blocking (writes, fsyncs,
     database): call :meth:`feed` and :meth:`finish` off the event loop, and :meth:`release` at the end.
     """

@@ -1,6 +1,6 @@
 """What the router would do with a study, and why, without doing it (``POST /rules/dry-run``).
 
-The same evaluation as :class:`~services.router.routing.Router` (each deployment's typed rule on
+The same evaluation as :class:`~hounsfield.router.routing.Router` (each deployment's typed rule on
 each series of the study), with every matcher's verdict kept as a tree, and nothing written: no
 completion, no job, no event. Facts come from a stored study's index rows or are given directly
 (a study's tags, before it was ever sent); an ad-hoc rule may stand in for the deployments.
@@ -14,9 +14,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from services.db.index import series_facts_rows
-from services.registry.lifecycle import DeploymentSpec
-from services.router.rules import Match, Rule, SeriesFacts
+from hounsfield.db.index import series_facts_rows
+from hounsfield.registry.lifecycle import DeploymentSpec
+from hounsfield.router.rules import Match, Rule, SeriesFacts
 
 __all__ = ["DeploymentVerdict", "dry_run", "match_tree", "study_facts"]
 

@@ -1,6 +1,6 @@
 """From a complete study to jobs: evaluate every deployment's rule on every series.
 
-The deployments are the registry's running ones (``services.registry.lifecycle``), read afresh
+The deployments are the registry's running ones (``hounsfield.registry.lifecycle``), read afresh
 for every study: a promotion or a rollback applies to the next study routed.
 
 A study can complete more than once: series that arrive after it was routed set it back to
@@ -19,14 +19,14 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from services.config import Settings
-from services.contracts import StudyComplete
-from services.db import Database, Job, Study, StudyState
-from services.db.index import add_event, complete_study
-from services.db.jobs import create_job, idempotency_key, supersede_earlier_jobs
-from services.registry.lifecycle import DeploymentSpec, load_deployments
-from services.router.dry_run import study_facts
-from services.router.rules import Match, SeriesFacts
+from hounsfield.config import Settings
+from hounsfield.contracts import StudyComplete
+from hounsfield.db import Database, Job, Study, StudyState
+from hounsfield.db.index import add_event, complete_study
+from hounsfield.db.jobs import create_job, idempotency_key, supersede_earlier_jobs
+from hounsfield.registry.lifecycle import DeploymentSpec, load_deployments
+from hounsfield.router.dry_run import study_facts
+from hounsfield.router.rules import Match, SeriesFacts
 
 __all__ = ["Decision", "Router", "RouterThread", "evaluate_deployment"]
 

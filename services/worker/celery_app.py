@@ -5,8 +5,8 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
-from services.config import Settings
-from services.db import Job
+from hounsfield.config import Settings
+from hounsfield.db import Job
 
 __all__ = ["EXPORT_JOB_TASK", "QUEUES", "RUN_JOB_TASK", "Enqueuer", "make_celery"]
 
@@ -25,7 +25,7 @@ def make_celery(settings: Settings, *, longest_timeout_s: float | None = None) -
     """
     longest = max((d.timeout_s for d in settings.deployments), default=600.0)
     longest = max(longest, longest_timeout_s or 0.0)
-    app = Celery("hounsfield", broker=settings.broker_url, include=["services.worker.tasks"])
+    app = Celery("hounsfield", broker=settings.broker_url, include=["hounsfield.worker.tasks"])
     app.conf.update(
         task_queues=[Queue(name) for name in QUEUES],
         task_default_queue="routine",

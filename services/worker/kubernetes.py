@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.config import KubernetesSettings
-from services.registry.map_manifest import MapManifests, parse_manifests
-from services.worker.runtime import AppFailed, AppTimedOut
+from hounsfield.config import KubernetesSettings
+from hounsfield.registry.map_manifest import MapManifests, parse_manifests
+from hounsfield.worker.runtime import AppFailed, AppTimedOut
 
 __all__ = ["KubernetesRuntime", "build_job", "in_cluster", "needs_kubernetes"]
 

@@ -18,10 +18,10 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.config import Settings
-from services.db import Database, Event, Instance, Job, JobState, Result, Series, utcnow
-from services.db.index import add_event
-from services.db.jobs import (
+from hounsfield.config import Settings
+from hounsfield.db import Database, Event, Instance, Job, JobState, Result, Series, utcnow
+from hounsfield.db.index import add_event
+from hounsfield.db.jobs import (
     claim_job,
     claim_waiting_job,
     finish_job,
@@ -29,18 +29,18 @@ from services.db.jobs import (
     set_job_state,
     supersede_results,
 )
-from services.exporter.delivery import DestinationUnreachable, ExportFailed, deliver
-from services.exporter.display import DisplayIdentity, write_display_copies
-from services.exporter.fhir import NotifyFailed, announce
-from services.exporter.validation import ValidationFailed, ValidationReport, validate_object
-from services.exporter.withdrawal import is_withdrawn
-from services.registry.catalog_schemas import as_utc
-from services.registry.lifecycle import DeploymentSpec, get_spec
-from services.registry.map_manifest import parse_manifests
-from services.store import StudyStore
-from services.worker.kubernetes import KubernetesRuntime, in_cluster, needs_kubernetes
-from services.worker.preflight import BadInput, check_series
-from services.worker.runtime import AppFailed, AppTimedOut, InProcessRuntime, SubprocessRuntime
+from hounsfield.exporter.delivery import DestinationUnreachable, ExportFailed, deliver
+from hounsfield.exporter.display import DisplayIdentity, write_display_copies
+from hounsfield.exporter.fhir import NotifyFailed, announce
+from hounsfield.exporter.validation import ValidationFailed, ValidationReport, validate_object
+from hounsfield.exporter.withdrawal import is_withdrawn
+from hounsfield.registry.catalog_schemas import as_utc
+from hounsfield.registry.lifecycle import DeploymentSpec, get_spec
+from hounsfield.registry.map_manifest import parse_manifests
+from hounsfield.store import StudyStore
+from hounsfield.worker.kubernetes import KubernetesRuntime, in_cluster, needs_kubernetes
+from hounsfield.worker.preflight import BadInput, check_series
+from hounsfield.worker.runtime import AppFailed, AppTimedOut, InProcessRuntime, SubprocessRuntime
 
 __all__ = ["WorkerContext", "execute_job", "resume_export"]
 

@@ -38,8 +38,8 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from operators.runtime_support import ensure_cuda_runtime_loadable
-from services.registry.map_manifest import load_map
+from hounsfield.registry.map_manifest import load_map
+from hounsfield_operators.runtime_support import ensure_cuda_runtime_loadable
 
 __all__ = ["AppFailed", "AppTimedOut", "InProcessRuntime", "SubprocessRuntime"]
 

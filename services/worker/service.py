@@ -7,11 +7,11 @@ import os
 
 from celery.signals import worker_ready
 
-from services.config import Settings
-from services.db import Database
-from services.registry.lifecycle import load_deployments
-from services.worker.celery_app import make_celery
-from services.worker.runtime import InProcessRuntime
+from hounsfield.config import Settings
+from hounsfield.db import Database
+from hounsfield.registry.lifecycle import load_deployments
+from hounsfield.worker.celery_app import make_celery
+from hounsfield.worker.runtime import InProcessRuntime
 
 __all__ = ["run"]
 

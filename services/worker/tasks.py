@@ -1,4 +1,4 @@
-"""Celery tasks: thin adapters around :mod:`services.worker.pipeline`.
+"""Celery tasks: thin adapters around :mod:`hounsfield.worker.pipeline`.
 
 A job whose destination is unreachable ends its run as ``waiting``; the task then queues
 :data:`EXPORT_JOB_TASK` for it with a countdown that doubles each time (``worker.export_retry_first_s``
@@ -12,12 +12,12 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from services.config import Settings
-from services.db import Database, JobState
-from services.store import StudyStore
-from services.worker.celery_app import EXPORT_JOB_TASK, RUN_JOB_TASK
-from services.worker.pipeline import WorkerContext, execute_job, resume_export
-from services.worker.runtime import InProcessRuntime
+from hounsfield.config import Settings
+from hounsfield.db import Database, JobState
+from hounsfield.store import StudyStore
+from hounsfield.worker.celery_app import EXPORT_JOB_TASK, RUN_JOB_TASK
+from hounsfield.worker.pipeline import WorkerContext, execute_job, resume_export
+from hounsfield.worker.runtime import InProcessRuntime
 
 __all__ = ["export_job", "run_job"]
 

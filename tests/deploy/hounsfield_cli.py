@@ -7,7 +7,7 @@ from typing import Any
 
 import typer.main
 
-from services.cli import app
+from hounsfield.cli import app
 
 
 def check_cli(words: list[str]) -> None:

@@ -22,11 +22,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from services.config import load_settings
-from services.demo.orthanc import free_port
-from services.listener.server import Listener
-from services.registry.map_manifest import parse_manifests
-from services.worker.kubernetes import build_job
+from hounsfield.config import load_settings
+from hounsfield.demo.orthanc import free_port
+from hounsfield.listener.server import Listener
+from hounsfield.registry.map_manifest import parse_manifests
+from hounsfield.worker.kubernetes import build_job
 from tests.deploy.hounsfield_cli import check_cli
 
 REPO = Path(__file__).resolve().parents[2]

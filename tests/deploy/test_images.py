@@ -28,7 +28,7 @@ import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
 
-from services.config import load_settings
+from hounsfield.config import load_settings
 from tests.deploy.hounsfield_cli import check_cli
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from services.demo.orthanc import LocalOrthanc
-from services.demo.stack import HounsfieldStack
+from hounsfield.demo.orthanc import LocalOrthanc
+from hounsfield.demo.stack import HounsfieldStack
 from tests.services.db import postgres
 
 

@@ -14,9 +14,9 @@ import pydicom
 import pytest
 from orthanc_api_client import OrthancApiClient
 
-from operators.ct_lesion_seg.phantom import make_phantom, write_dicom_series
-from services.demo.orthanc import LocalOrthanc
-from services.demo.stack import HounsfieldStack
+from hounsfield.demo.orthanc import LocalOrthanc
+from hounsfield.demo.stack import HounsfieldStack
+from hounsfield_operators.ct_lesion_seg.phantom import make_phantom, write_dicom_series
 from tests.e2e.conftest import running_stack
 
 pytestmark = pytest.mark.e2e

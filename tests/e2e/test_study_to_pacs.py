@@ -22,10 +22,10 @@ import pydicom
 import pytest
 from orthanc_api_client import OrthancApiClient
 
-from operators.ct_lesion_seg.phantom import Phantom, make_phantom, write_dicom_series
-from services.demo.findings import lesion_findings
-from services.demo.orthanc import LocalOrthanc
-from services.demo.stack import CT_LESION_DEPLOYMENT, HounsfieldStack
+from hounsfield.demo.findings import lesion_findings
+from hounsfield.demo.orthanc import LocalOrthanc
+from hounsfield.demo.stack import CT_LESION_DEPLOYMENT, HounsfieldStack
+from hounsfield_operators.ct_lesion_seg.phantom import Phantom, make_phantom, write_dicom_series
 from tests.e2e.conftest import running_stack
 from tests.e2e.raising_app import MESSAGE
 
@@ -206,7 +206,7 @@ def test_failures_are_recorded_and_the_worker_goes_on(
 def test_demo_command_prints_one_json_summary() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOUNSFIELD_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "services.cli", "demo", "--json"], cwd=REPO, env=env,
+        [sys.executable, "-m", "hounsfield.cli", "demo", "--json"], cwd=REPO, env=env,
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

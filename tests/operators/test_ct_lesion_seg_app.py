@@ -19,17 +19,17 @@ import numpy as np
 import pydicom
 import pytest
 
-from operators.runtime_support import ensure_cuda_runtime_loadable
+from hounsfield_operators.runtime_support import ensure_cuda_runtime_loadable
 
 ensure_cuda_runtime_loadable()
 
 import highdicom as hd  # noqa: E402
 from pydicom.sr.codedict import codes  # noqa: E402
 
-from operators.ct_lesion_seg.app import APP_NAME, MODEL_NAME, CTLesionSegApp, PipelineError  # noqa: E402
-from operators.ct_lesion_seg.phantom import Phantom, make_phantom, write_dicom_series  # noqa: E402
-from operators.ct_lesion_seg.phantom import longest_axial_diameter_mm as truth_diameter_mm  # noqa: E402
-from operators.result_context import IHE_PROCESSING_ALGORITHM, ResultContext  # noqa: E402
+from hounsfield_operators.ct_lesion_seg.app import APP_NAME, MODEL_NAME, CTLesionSegApp, PipelineError  # noqa: E402
+from hounsfield_operators.ct_lesion_seg.phantom import Phantom, make_phantom, write_dicom_series  # noqa: E402
+from hounsfield_operators.ct_lesion_seg.phantom import longest_axial_diameter_mm as truth_diameter_mm  # noqa: E402
+from hounsfield_operators.result_context import IHE_PROCESSING_ALGORITHM, ResultContext  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

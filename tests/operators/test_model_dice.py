@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from operators.ct_lesion_seg.train import HELD_OUT_SEED_START, evaluate
+from hounsfield_operators.ct_lesion_seg.train import HELD_OUT_SEED_START, evaluate
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "operators" / "ct_lesion_seg" / "models"
 MODEL_PATH = MODELS_DIR / "model.ts"

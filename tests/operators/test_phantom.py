@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from operators.ct_lesion_seg.phantom import longest_axial_diameter_mm, make_phantom, write_dicom_series
+from hounsfield_operators.ct_lesion_seg.phantom import longest_axial_diameter_mm, make_phantom, write_dicom_series
 
 SMALL_SHAPE = (12, 64, 64)
 

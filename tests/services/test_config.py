@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.config import ConfigError, load_settings
+from hounsfield.config import ConfigError, load_settings
 
 
 def _write(tmp_path: Path, data: dict) -> Path:

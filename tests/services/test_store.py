@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from services.store import InvalidUID, StoreFull, StudyStore
+from hounsfield.store import InvalidUID, StoreFull, StudyStore
 
 
 def test_write_is_durable_and_idempotent(tmp_path: Path) -> None:

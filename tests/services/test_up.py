@@ -14,7 +14,7 @@ import httpx
 import psutil
 import yaml
 
-from services.demo.orthanc import free_port
+from hounsfield.demo.orthanc import free_port
 
 
 def _port_open(port: int) -> bool:
@@ -37,7 +37,7 @@ def test_up_runs_everything_and_ctrl_c_stops_it_cleanly(tmp_path: Path) -> None:
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOUNSFIELD_")}
     up = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up", "--config", str(config)],
+        [sys.executable, "-m", "hounsfield.cli", "up", "--config", str(config)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:

@@ -1,4 +1,4 @@
-"""Alembic environment for the Hounsfield database (run by :mod:`services.db.migrate`, no alembic.ini).
+"""Alembic environment for the Hounsfield database (run by :mod:`hounsfield.db.migrate`, no alembic.ini).
 
 The connection normally comes in ``config.attributes["connection"]`` (the caller's transaction, so
 that a lock taken before the upgrade holds through it); without one the URL in the config is used.
@@ -12,7 +12,7 @@ from alembic import context
 from sqlalchemy import Connection, create_engine
 from sqlalchemy.pool import NullPool
 
-from services.db.migrate import target_metadata
+from hounsfield.db.migrate import target_metadata
 
 __all__: list[str] = []
 

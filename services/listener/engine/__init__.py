@@ -12,6 +12,6 @@ pool so that other associations keep flowing.
 - :mod:`.server`: the loop in its own thread, plain and TLS ports, the association limit.
 """
 
-from services.listener.engine.server import DicomServer, EngineConfig
+from hounsfield.listener.engine.server import DicomServer, EngineConfig
 
 __all__ = ["DicomServer", "EngineConfig"]

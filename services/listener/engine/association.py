@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from services.listener.engine.dimse import (
+from hounsfield.listener.engine.dimse import (
     C_CANCEL_RQ,
     C_ECHO_RQ,
     C_STORE_RQ,
@@ -30,7 +30,7 @@ from services.listener.engine.dimse import (
     decode_command,
     encode_response,
 )
-from services.listener.engine.pdu import (
+from hounsfield.listener.engine.pdu import (
     APPLICATION_CONTEXT,
     HEADER,
     AbortReason,
@@ -47,9 +47,9 @@ from services.listener.engine.pdu import (
     encode_release_rp,
     iter_pdvs,
 )
-from services.listener.engine.spool import DatasetSink
-from services.listener.policy import AssociationPolicy
-from services.listener.storage import (
+from hounsfield.listener.engine.spool import DatasetSink
+from hounsfield.listener.policy import AssociationPolicy
+from hounsfield.listener.storage import (
     STATUS,
     Origin,
     Received,
@@ -60,7 +60,7 @@ from services.listener.storage import (
 )
 
 if TYPE_CHECKING:
-    from services.listener.engine.server import EngineConfig
+    from hounsfield.listener.engine.server import EngineConfig
 
 __all__ = ["Association", "EngineState", "negotiate_contexts"]
 

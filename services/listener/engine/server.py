@@ -24,10 +24,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from services.config import ListenerSettings, TLSSettings
-from services.listener.engine.association import Association, EngineState
-from services.listener.policy import AssociationPolicy
-from services.listener.storage import StoreContext
+from hounsfield.config import ListenerSettings, TLSSettings
+from hounsfield.listener.engine.association import Association, EngineState
+from hounsfield.listener.policy import AssociationPolicy
+from hounsfield.listener.storage import StoreContext
 
 __all__ = ["DicomServer", "EngineConfig", "tls_context"]
 

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from services.listener.storage import SpooledDataset
+from hounsfield.listener.storage import SpooledDataset
 
 __all__ = ["DatasetSink"]
 

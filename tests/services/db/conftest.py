@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.db import Database
+from hounsfield.db import Database
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from services.demo.orthanc import free_port
+from hounsfield.demo.orthanc import free_port
 
 __all__ = ["postgres_bindir", "scratch_database", "server_url", "whole_suite_on_postgres"]
 

@@ -6,8 +6,8 @@ from dataclasses import replace
 
 from sqlalchemy import func, select
 
-from services.db import Database, Instance, Series, Study, StudyState
-from services.db.index import (
+from hounsfield.db import Database, Instance, Series, Study, StudyState
+from hounsfield.db.index import (
     IndexedInstance,
     complete_study,
     record_instance,

@@ -7,9 +7,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from services.db import Database, Event, Job, JobState, Result
-from services.db.index import record_instances
-from services.db.jobs import (
+from hounsfield.db import Database, Event, Job, JobState, Result
+from hounsfield.db.index import record_instances
+from hounsfield.db.jobs import (
     claim_job,
     create_job,
     finish_job,

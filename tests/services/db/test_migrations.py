@@ -17,8 +17,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, MetaData, inspect, select
 from typer.testing import CliRunner
 
-from services.db import Database, Study, StudyState
-from services.db.migrate import (
+from hounsfield.db import Database, Study, StudyState
+from hounsfield.db.migrate import (
     INITIAL_REVISION,
     INITIAL_TABLES,
     current_revision,
@@ -161,7 +161,7 @@ def test_concurrent_upgrades_run_the_chain_once(database_url: str) -> None:
 
     repo = Path(__file__).resolve().parents[3]
     env = {**os.environ, "PYTHONPATH": str(repo), "HOUNSFIELD_CONFIG": ""}
-    argv = [sys.executable, "-m", "services.cli", "db", "upgrade", "--url", database_url]
+    argv = [sys.executable, "-m", "hounsfield.cli", "db", "upgrade", "--url", database_url]
     runs = [subprocess.Popen(argv, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
     runs += [subprocess.Popen(argv, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(3)]  # fmt: skip
@@ -177,3 +177,28 @@ def test_concurrent_upgrades_run_the_chain_once(database_url: str) -> None:
         assert versions == [(head_revision(),)]
     finally:
         db.dispose()
+
+
+def test_stored_applications_follow_the_installed_import_name(database_url: str) -> None:
+    """Revision 0006: a deployment stored with ``operators....`` (the folder's old import name) runs on."""
+    from hounsfield.db.deployments import Deployment, RoutingRule, Stage
+
+    database = Database(database_url)
+    try:
+        assert upgrade(database.engine, "0005") == "0005"
+        with database.session() as session:
+            session.add(RoutingRule(name="ct", definition={"kind": "modality", "in": ["CT"]}))
+            session.flush()
+            for name, app in (("old", "operators.ct_lesion_seg.app:CTLesionSegApp"), ("other", "mypkg.app:App")):
+                session.add(
+                    Deployment(
+                        name=name, model_name="m", model_version="1.0.0", rule_name="ct", app=app,
+                        model_path="/models", stage=Stage.DRAFT,
+                    )
+                )  # fmt: skip
+        assert upgrade(database.engine) == head_revision()
+        with database.session() as session:
+            apps = dict(session.execute(select(Deployment.name, Deployment.app)).tuples().all())
+        assert apps == {"old": "hounsfield_operators.ct_lesion_seg.app:CTLesionSegApp", "other": "mypkg.app:App"}
+    finally:
+        database.dispose()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from services.worker.runtime import InProcessRuntime
+from hounsfield.worker.runtime import InProcessRuntime
 from tests.support import write_study
 
 REPO = Path(__file__).resolve().parents[3]
@@ -21,8 +21,8 @@ def run_example(folder: Path, *, seed: int, shape: tuple[int, int, int]) -> tupl
     runtime = InProcessRuntime()
     try:
         runtime.run(
-            "operators.ct_lesion_seg.app:CTLesionSegApp", input_dir=files[0].parent, output_dir=folder / "out",
-            model_path=MODEL, workdir=folder, timeout_s=300,
+            "hounsfield_operators.ct_lesion_seg.app:CTLesionSegApp", input_dir=files[0].parent,
+            output_dir=folder / "out", model_path=MODEL, workdir=folder, timeout_s=300,
         )  # fmt: skip
     finally:
         runtime.close()

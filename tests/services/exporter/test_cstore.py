@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from orthanc_api_client import OrthancApiClient
 
-from services.config import DestinationSettings
-from services.demo.orthanc import LocalOrthanc, free_port
-from services.exporter.delivery import DestinationUnreachable, deliver
+from hounsfield.config import DestinationSettings
+from hounsfield.demo.orthanc import LocalOrthanc, free_port
+from hounsfield.exporter.delivery import DestinationUnreachable, deliver
 from tests.support import write_study
 
 

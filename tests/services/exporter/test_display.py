@@ -16,10 +16,10 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from sqlalchemy import select
 
-from services.config import DestinationSettings, Settings
-from services.db import JobState, Result
-from services.demo.orthanc import LocalOrthanc
-from services.exporter.display import (
+from hounsfield.config import DestinationSettings, Settings
+from hounsfield.db import JobState, Result
+from hounsfield.demo.orthanc import LocalOrthanc
+from hounsfield.exporter.display import (
     BANNER_ROWS,
     BORDER_RGB,
     DisplayIdentity,
@@ -27,8 +27,8 @@ from services.exporter.display import (
     lesion_masks,
     presentation_state,
 )
-from services.exporter.validation import validate_object
-from services.worker.pipeline import execute_job
+from hounsfield.exporter.validation import validate_object
+from hounsfield.worker.pipeline import execute_job
 from tests.services.exporter.conftest import run_example
 from tests.support import routed_job
 

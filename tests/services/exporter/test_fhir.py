@@ -22,10 +22,10 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from services.config import FhirSettings, Settings
-from services.db import Event, JobState
-from services.exporter.fhir import NotifyFailed, diagnostic_report, model_device_uid, post_report
-from services.worker.pipeline import execute_job
+from hounsfield.config import FhirSettings, Settings
+from hounsfield.db import Event, JobState
+from hounsfield.exporter.fhir import NotifyFailed, diagnostic_report, model_device_uid, post_report
+from hounsfield.worker.pipeline import execute_job
 from tests.support import routed_job
 
 

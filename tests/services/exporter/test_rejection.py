@@ -11,8 +11,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from services.exporter.rejection import build_rejection_note
-from services.exporter.validation import ValidationFailed, validate_object
+from hounsfield.exporter.rejection import build_rejection_note
+from hounsfield.exporter.validation import ValidationFailed, validate_object
 
 ROOT = "1.2.826.0.1.3680043.10.1392."
 

@@ -17,11 +17,11 @@ from orthanc_api_client import OrthancApiClient
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from services.config import DestinationSettings, Settings
-from services.db import Job, JobState, Result
-from services.demo.orthanc import LocalOrthanc, free_port
-from services.exporter.delivery import DestinationUnreachable, ExportFailed, deliver
-from services.worker.pipeline import execute_job
+from hounsfield.config import DestinationSettings, Settings
+from hounsfield.db import Job, JobState, Result
+from hounsfield.demo.orthanc import LocalOrthanc, free_port
+from hounsfield.exporter.delivery import DestinationUnreachable, ExportFailed, deliver
+from hounsfield.worker.pipeline import execute_job
 from tests.support import routed_job, write_study
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from services.exporter.validation import ValidationFailed, validate_object
+from hounsfield.exporter.validation import ValidationFailed, validate_object
 from tests.support import write_study
 
 

@@ -396,7 +396,7 @@ def check_acknowledged(db: Any, data_dir: Path, sop_instance_uid: str, sent: byt
 
 
 def _check_acknowledged(db: Any, data_dir: Path, sop_instance_uid: str, sent: bytes) -> None:
-    from services.db import Instance
+    from hounsfield.db import Instance
 
     with db.session() as session:
         row = session.get(Instance, sop_instance_uid)
@@ -460,7 +460,7 @@ class ListenerProcess:
         env["TCP_NODELAY"] = "1"
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "listener", "--config", str(self.config_path)],
+                [sys.executable, "-m", "hounsfield.cli", "listener", "--config", str(self.config_path)],
                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         deadline = time.monotonic() + timeout

@@ -17,16 +17,16 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 from sqlalchemy import select
 
-from operators.ct_lesion_seg.phantom import make_phantom, write_dicom_series
-from services.config import QueryRetrieveSettings, Settings, SourceSettings
-from services.contracts import StudyComplete
-from services.db import Database, Event, Job, JobState, Result, Study, StudyState
-from services.db.jobs import record_result, supersede_results
-from services.demo.orthanc import LocalOrthanc, free_port
-from services.demo.stack import storescu
-from services.listener.server import Listener
-from services.registry.lifecycle import prepare_database
-from services.router.routing import Router
+from hounsfield.config import QueryRetrieveSettings, Settings, SourceSettings
+from hounsfield.contracts import StudyComplete
+from hounsfield.db import Database, Event, Job, JobState, Result, Study, StudyState
+from hounsfield.db.jobs import record_result, supersede_results
+from hounsfield.demo.orthanc import LocalOrthanc, free_port
+from hounsfield.demo.stack import storescu
+from hounsfield.listener.server import Listener
+from hounsfield.registry.lifecycle import prepare_database
+from hounsfield.router.routing import Router
+from hounsfield_operators.ct_lesion_seg.phantom import make_phantom, write_dicom_series
 from tests.support import wait_for, write_study
 
 SOURCE_AE = "SRCPACS"
@@ -188,7 +188,7 @@ def _result(session, job_id: str, n: int) -> None:  # type: ignore[no-untyped-de
 
 
 def test_results_of_a_superseded_job_are_marked_once_the_new_job_is_done(settings: Settings, tmp_path: Path) -> None:
-    from services.db.index import IndexedInstance, record_instance
+    from hounsfield.db.index import IndexedInstance, record_instance
 
     db = Database(settings.sqlalchemy_url)
     prepare_database(db, settings)  # the configuration's deployment, as the listener writes it

@@ -29,8 +29,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 from sqlalchemy import select
 
-from services.db import Database, Instance, Study, StudyState
-from services.demo.orthanc import free_port
+from hounsfield.db import Database, Instance, Study, StudyState
+from hounsfield.demo.orthanc import free_port
 from tests.services.listener.dicom_wire import ListenerProcess, check_acknowledged, dataset_part
 
 SENDERS = 4

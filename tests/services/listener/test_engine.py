@@ -52,10 +52,10 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import func, select
 
-from services import __version__
-from services.config import Settings
-from services.db import Instance, Study
-from services.listener.server import Listener
+from hounsfield import __version__
+from hounsfield.config import Settings
+from hounsfield.db import Instance, Study
+from hounsfield.listener.server import Listener
 from tests.support import bare_ct, write_study
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}

@@ -39,8 +39,8 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config
 
-from services.db import Database, Instance
-from services.demo.orthanc import free_port
+from hounsfield.db import Database, Instance
+from hounsfield.demo.orthanc import free_port
 from tests.services.listener.dicom_wire import (
     A_ABORT,
     A_ASSOCIATE_AC,

@@ -11,8 +11,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom.dsutils import encode
 
-from services.listener import storage
-from services.listener.header import dataset_text, quick_values
+from hounsfield.listener import storage
+from hounsfield.listener.header import dataset_text, quick_values
 from tests.support import write_study
 
 KEYWORDS = storage._KEYWORDS

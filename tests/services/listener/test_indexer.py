@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from services.db import Database, Instance, Series, Study, StudyState
-from services.db.index import IndexedInstance, record_instance
-from services.listener.indexer import GroupCommit, _Entry
+from hounsfield.db import Database, Instance, Series, Study, StudyState
+from hounsfield.db.index import IndexedInstance, record_instance
+from hounsfield.listener.indexer import GroupCommit, _Entry
 
 
 def _item(study: str, series: str, sop: str, sha: str = "a" * 64, revision: int = 0) -> IndexedInstance:

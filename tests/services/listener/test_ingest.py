@@ -13,12 +13,12 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom.dsutils import encode
 from sqlalchemy import select
 
-from services.db import Database, Instance, Study, StudyState
-from services.listener.completeness import CompletenessTracker
-from services.listener.ingest import JournaledStore
-from services.listener.journal import Journal
-from services.listener.storage import STATUS, Origin, StoreContext, part10_bytes, receive_instance
-from services.store import StudyStore
+from hounsfield.db import Database, Instance, Study, StudyState
+from hounsfield.listener.completeness import CompletenessTracker
+from hounsfield.listener.ingest import JournaledStore
+from hounsfield.listener.journal import Journal
+from hounsfield.listener.storage import STATUS, Origin, StoreContext, part10_bytes, receive_instance
+from hounsfield.store import StudyStore
 from tests.support import bare_ct
 
 ORIGIN = Origin("assoc-1", "MODALITY", "HOUNSFIELD")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.listener.journal import Journal, JournalError
+from hounsfield.listener.journal import Journal, JournalError
 
 MiB = 1 << 20
 

@@ -13,10 +13,10 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 from sqlalchemy import func, select
 
-from services.config import Settings
-from services.db import Event, Instance, Job, Study, StudyState
-from services.demo.stack import storescu
-from services.listener.server import Listener
+from hounsfield.config import Settings
+from hounsfield.db import Event, Instance, Job, Study, StudyState
+from hounsfield.demo.stack import storescu
+from hounsfield.listener.server import Listener
 from tests.support import bare_ct, wait_for, write_study
 
 

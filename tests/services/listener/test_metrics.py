@@ -10,10 +10,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.config import Settings
-from services.demo.orthanc import free_port
-from services.demo.stack import StackError, storescu
-from services.listener.server import Listener
+from hounsfield.config import Settings
+from hounsfield.demo.orthanc import free_port
+from hounsfield.demo.stack import StackError, storescu
+from hounsfield.listener.server import Listener
 from tests.support import write_study
 
 

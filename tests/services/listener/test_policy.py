@@ -13,9 +13,9 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from services.config import ListenerSettings, Settings
-from services.listener.policy import AssociationPolicy, Rejection
-from services.listener.server import Listener
+from hounsfield.config import ListenerSettings, Settings
+from hounsfield.listener.policy import AssociationPolicy, Rejection
+from hounsfield.listener.server import Listener
 from tests.services.listener.dicom_wire import PresentationContext, associate_rq, read_pdu
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -63,7 +63,7 @@ def test_padding_is_not_significant() -> None:
 
 
 def test_open_mode_accepts_unknown_callers_and_logs_them(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="services.listener.policy"):
+    with caplog.at_level(logging.WARNING, logger="hounsfield.listener.policy"):
         decision = _policy(open_mode=True).decide("STRANGER", "HOUNSFIELD", "127.0.0.1")
     assert decision.accepted and decision.source is None
     assert "STRANGER" in caplog.text
@@ -114,13 +114,13 @@ def _rejection_on_the_wire(listener: Listener, calling: str, called: str) -> tup
 def test_rejected_with_the_policy_reason(
     closed_listener: Listener, caplog: pytest.LogCaptureFixture, calling: str, called: str, reason: int
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="services.listener.engine.association"):
+    with caplog.at_level(logging.WARNING, logger="hounsfield.listener.engine.association"):
         assert _rejection_on_the_wire(closed_listener, calling, called) == (1, 1, reason)
     assert f"association from {calling}" in caplog.text and "rejected" in caplog.text
 
 
 def test_a_configured_source_is_served(closed_listener: Listener, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="services.listener.engine.association"):
+    with caplog.at_level(logging.INFO, logger="hounsfield.listener.engine.association"):
         assoc = _associate(closed_listener, "CT01")
         assert assoc.is_established
         assert assoc.send_c_echo().Status == 0
@@ -149,7 +149,7 @@ def test_open_mode_accepts_and_logs_an_unknown_caller(settings: Settings, caplog
     running = Listener(settings, [].append)
     running.start()
     try:
-        with caplog.at_level(logging.WARNING, logger="services.listener.policy"):
+        with caplog.at_level(logging.WARNING, logger="hounsfield.listener.policy"):
             assert _echoscu(running, "WHOEVER").returncode == 0
         assert "unknown caller 'WHOEVER'" in caplog.text
     finally:
@@ -160,7 +160,7 @@ def test_hounsfield_echo_is_the_readiness_probe(closed_listener: Listener) -> No
     """`hounsfield echo` (the Helm chart's readiness probe) exits 0 only when the listener answers Success."""
     from typer.testing import CliRunner
 
-    from services.cli import app
+    from hounsfield.cli import app
 
     port = str(closed_listener.settings.listener.port)
     accepted = CliRunner().invoke(app, ["echo", "--port", port, "--calling-ae", "CT01"])

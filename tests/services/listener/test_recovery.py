@@ -16,15 +16,15 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import func, select, update
 
-from services.config import Settings
-from services.contracts import StudyComplete
-from services.db import Database, Instance, Series, Study, StudyState
-from services.db.index import complete_study
-from services.demo.stack import storescu
-from services.listener.completeness import CompletenessTracker
-from services.listener.recovery import recover_store
-from services.listener.server import Listener
-from services.store import StudyStore
+from hounsfield.config import Settings
+from hounsfield.contracts import StudyComplete
+from hounsfield.db import Database, Instance, Series, Study, StudyState
+from hounsfield.db.index import complete_study
+from hounsfield.demo.stack import storescu
+from hounsfield.listener.completeness import CompletenessTracker
+from hounsfield.listener.recovery import recover_store
+from hounsfield.listener.server import Listener
+from hounsfield.store import StudyStore
 from tests.support import write_study
 
 

@@ -20,13 +20,13 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from operators.ct_lesion_seg.phantom import make_phantom, write_dicom_series
-from services.config import QueryRetrieveSettings, Settings, SourceSettings
-from services.db import Database, Event, Instance, Job, JobState, Series, Study
-from services.demo.orthanc import LocalOrthanc, free_port
-from services.demo.stack import storescu
-from services.listener.retrieve import FetchFailed, run_fetch
-from services.listener.server import Listener
+from hounsfield.config import QueryRetrieveSettings, Settings, SourceSettings
+from hounsfield.db import Database, Event, Instance, Job, JobState, Series, Study
+from hounsfield.demo.orthanc import LocalOrthanc, free_port
+from hounsfield.demo.stack import storescu
+from hounsfield.listener.retrieve import FetchFailed, run_fetch
+from hounsfield.listener.server import Listener
+from hounsfield_operators.ct_lesion_seg.phantom import make_phantom, write_dicom_series
 from tests.support import write_study
 
 REPO = Path(__file__).resolve().parents[3]
@@ -228,7 +228,7 @@ def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
         "COLUMNS": "200",
     }
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", "fetch", "--config", str(config), *args],
+        [sys.executable, "-m", "hounsfield.cli", "fetch", "--config", str(config), *args],
         capture_output=True, text=True, timeout=60, check=False, env=env, cwd=REPO,
     )  # fmt: skip
 

@@ -8,10 +8,10 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom.dsutils import encode
 
-from services.db import Database
-from services.listener.completeness import CompletenessTracker
-from services.listener.storage import STATUS, Origin, StoreContext, receive_instance
-from services.store import StudyStore
+from hounsfield.db import Database
+from hounsfield.listener.completeness import CompletenessTracker
+from hounsfield.listener.storage import STATUS, Origin, StoreContext, receive_instance
+from hounsfield.store import StudyStore
 from tests.support import bare_ct
 
 

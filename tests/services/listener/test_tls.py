@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from services.config import Settings, TLSSettings
-from services.db import Instance
-from services.demo.orthanc import free_port
-from services.listener.server import Listener
+from hounsfield.config import Settings, TLSSettings
+from hounsfield.db import Instance
+from hounsfield.demo.orthanc import free_port
+from hounsfield.listener.server import Listener
 from tests.support import write_study
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -124,7 +124,7 @@ def test_tls_store_with_a_client_certificate(
 ) -> None:
     listener = tls_listener()
     _, files = write_study(tmp_path / "ct", seed=31, shape=(4, 32, 32))
-    with caplog.at_level(logging.INFO, logger="services.listener.engine.association"):
+    with caplog.at_level(logging.INFO, logger="hounsfield.listener.engine.association"):
         proc = _dcmtk(
             "storescu", listener, "+tls", str(pki.client_key), str(pki.client_cert), "+cf", str(pki.ca),
             files=tuple(files),

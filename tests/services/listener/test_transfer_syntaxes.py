@@ -26,11 +26,11 @@ from pynetdicom import AE, AllStoragePresentationContexts
 from pynetdicom.sop_class import _NON_PATIENT_OBJECT_CLASSES, _STORAGE_CLASSES  # type: ignore[attr-defined]
 from sqlalchemy import select
 
-from services.config import Settings, load_settings
-from services.db import Instance, Job
-from services.demo.orthanc import free_port
-from services.listener.server import Listener
-from services.worker.preflight import BadInput, check_series
+from hounsfield.config import Settings, load_settings
+from hounsfield.db import Instance, Job
+from hounsfield.demo.orthanc import free_port
+from hounsfield.listener.server import Listener
+from hounsfield.worker.preflight import BadInput, check_series
 from tests.transfer_syntaxes import IMAGE_FACTORIES, SYNTAXES, Syntax, encode, pixels_match
 
 CALLED_AE = "HOUNSFIELD"
@@ -261,7 +261,7 @@ def test_preflight_names_the_package_a_missing_decoder_needs(tmp_path: Path) -> 
         "import site, sys\n"
         f"site.addsitedir({str(farm)!r})\n"
         "from pathlib import Path\n"
-        "from services.worker.preflight import BadInput, check_series\n"
+        "from hounsfield.worker.preflight import BadInput, check_series\n"
         "try:\n"
         f"    check_series('1.2.3', 'htj2k', [Path({str(path)!r})])\n"
         "except BadInput as exc:\n"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.config import Settings
-from services.db import Database
-from services.registry.auth import Role, create_token
+from hounsfield.config import Settings
+from hounsfield.db import Database
+from hounsfield.registry.auth import Role, create_token
 
 
 @pytest.fixture

@@ -5,13 +5,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from services.config import Settings
-from services.contracts import StudyComplete
-from services.db import Database
-from services.db.index import IndexedInstance, record_instance
-from services.registry.app import create_app
-from services.registry.auth import Role
-from services.router.routing import Router
+from hounsfield.config import Settings
+from hounsfield.contracts import StudyComplete
+from hounsfield.db import Database
+from hounsfield.db.index import IndexedInstance, record_instance
+from hounsfield.registry.app import create_app
+from hounsfield.registry.auth import Role
+from hounsfield.router.routing import Router
 from tests.services.registry.conftest import bearer
 
 STUDY = "1.2.826.0.1.3680043.10.1392.1"

@@ -15,12 +15,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from services.cli import app as cli
-from services.config import Settings
-from services.db import Database
-from services.db.access import ApiToken
-from services.registry.app import create_app
-from services.registry.auth import DEV_TOKEN_FILE, AuthSetupError, Role
+from hounsfield.cli import app as cli
+from hounsfield.config import Settings
+from hounsfield.db import Database
+from hounsfield.db.access import ApiToken
+from hounsfield.registry.app import create_app
+from hounsfield.registry.auth import DEV_TOKEN_FILE, AuthSetupError, Role
 from tests.services.registry.conftest import bearer
 
 ISSUER, AUDIENCE = "https://idp.hospital.example/realms/radiology", "hounsfield-registry"

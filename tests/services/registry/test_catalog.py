@@ -18,14 +18,14 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from services.config import Settings
-from services.db import Database, Instance, Job, JobState, Series, Study, utcnow
-from services.db.access import AuditEntry
-from services.db.catalog import UseCase
-from services.registry.auth import Authenticator, Role
-from services.registry.catalog import device_uid, load_taxonomy, seed_taxonomy
-from services.registry.catalog_api import router
-from services.registry.map_manifest import load_map
+from hounsfield.config import Settings
+from hounsfield.db import Database, Instance, Job, JobState, Series, Study, utcnow
+from hounsfield.db.access import AuditEntry
+from hounsfield.db.catalog import UseCase
+from hounsfield.registry.auth import Authenticator, Role
+from hounsfield.registry.catalog import device_uid, load_taxonomy, seed_taxonomy
+from hounsfield.registry.catalog_api import router
+from hounsfield.registry.map_manifest import load_map
 from tests.services.registry.conftest import bearer
 from tests.services.registry.test_map_manifest import sdk_app, sdk_pkg, spec_app, spec_pkg, write_map
 

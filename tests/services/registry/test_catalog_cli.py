@@ -9,10 +9,10 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from services.cli import app as cli
-from services.config import Settings
-from services.registry.app import create_app
-from services.registry.auth import Role
+from hounsfield.cli import app as cli
+from hounsfield.config import Settings
+from hounsfield.registry.app import create_app
+from hounsfield.registry.auth import Role
 from tests.services.registry.conftest import bearer
 
 EXAMPLE_MAP = Path(__file__).resolve().parents[3] / "operators" / "ct_lesion_seg"

@@ -18,24 +18,24 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from typer.testing import CliRunner
 
-from services.cli import app as cli
-from services.config import DeploymentSettings, DestinationSettings, Settings, load_settings
-from services.contracts import StudyComplete
-from services.db import Database, Job
-from services.db.access import AuditEntry
-from services.db.deployments import Deployment, DeploymentTransition, Stage
-from services.registry import lifecycle
-from services.registry.app import create_app
-from services.registry.auth import Role
-from services.registry.catalog import Conflict
-from services.router.routing import Router
+from hounsfield.cli import app as cli
+from hounsfield.config import DeploymentSettings, DestinationSettings, Settings, load_settings
+from hounsfield.contracts import StudyComplete
+from hounsfield.db import Database, Job
+from hounsfield.db.access import AuditEntry
+from hounsfield.db.deployments import Deployment, DeploymentTransition, Stage
+from hounsfield.registry import lifecycle
+from hounsfield.registry.app import create_app
+from hounsfield.registry.auth import Role
+from hounsfield.registry.catalog import Conflict
+from hounsfield.router.routing import Router
 from tests.services.registry.conftest import bearer
 from tests.services.registry.test_map_manifest import spec_app, spec_pkg
 from tests.support import index_series
 
 REPO = Path(__file__).resolve().parents[3]
 MODEL_FILE = REPO / "operators" / "ct_lesion_seg" / "models" / "model.ts"
-APP = "operators.ct_lesion_seg.app:CTLesionSegApp"
+APP = "hounsfield_operators.ct_lesion_seg.app:CTLesionSegApp"
 CT_RULE = {"kind": "all", "rules": [{"kind": "modality", "in": ["CT"]}, {"kind": "instance_count", "min": 8}]}
 STUDY = "1.2.826.0.1.3680043.10.1392.8"
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from services.registry.map_manifest import (
+from hounsfield.registry.map_manifest import (
     ManifestError,
     SemVer,
     canonical_json,

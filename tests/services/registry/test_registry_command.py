@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from services.demo.orthanc import free_port
+from hounsfield.demo.orthanc import free_port
 from tests.support import wait_for
 
 REPO = Path(__file__).resolve().parents[3]
@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[3]
 def _hounsfield(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOUNSFIELD_")}
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "hounsfield.cli", *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
     )
 
 
@@ -34,7 +34,7 @@ def test_embedded_defaults_refuse_then_serve_with_a_token(tmp_path: Path) -> Non
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOUNSFIELD_")}
     server = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "registry", "--port", port],
+        [sys.executable, "-m", "hounsfield.cli", "registry", "--port", port],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:

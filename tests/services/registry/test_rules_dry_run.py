@@ -11,12 +11,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from services.cli import app as cli
-from services.config import Settings
-from services.db import Database, Event, Job, Study, StudyState
-from services.db.index import IndexedInstance, record_instance
-from services.registry.app import create_app
-from services.registry.auth import Role
+from hounsfield.cli import app as cli
+from hounsfield.config import Settings
+from hounsfield.db import Database, Event, Job, Study, StudyState
+from hounsfield.db.index import IndexedInstance, record_instance
+from hounsfield.registry.app import create_app
+from hounsfield.registry.auth import Role
 from tests.services.registry.conftest import bearer
 
 STUDY = "1.2.826.0.1.3680043.10.1392.7"

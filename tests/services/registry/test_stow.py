@@ -25,12 +25,12 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from requests import HTTPError
 from sqlalchemy import func, select
 
-from services.config import Settings
-from services.db import Database, Event, Instance, Job, Series, Study, StudyState
-from services.demo.orthanc import free_port
-from services.listener.storage import part10_bytes
-from services.registry.app import create_app
-from services.registry.auth import Role
+from hounsfield.config import Settings
+from hounsfield.db import Database, Event, Instance, Job, Series, Study, StudyState
+from hounsfield.demo.orthanc import free_port
+from hounsfield.listener.storage import part10_bytes
+from hounsfield.registry.app import create_app
+from hounsfield.registry.auth import Role
 from tests.services.registry.conftest import bearer
 from tests.support import wait_for, write_study
 

@@ -18,17 +18,17 @@ from orthanc_api_client import OrthancApiClient
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from services.cli import app as cli
-from services.config import DestinationSettings, Settings
-from services.contracts import StudyComplete
-from services.db import Database, Event, Job, JobState, Result
-from services.db.access import AuditEntry
-from services.demo.orthanc import LocalOrthanc
-from services.registry.app import create_app
-from services.registry.auth import Role
-from services.registry.lifecycle import prepare_database
-from services.router.routing import Router
-from services.worker.pipeline import WorkerContext, _export, execute_job
+from hounsfield.cli import app as cli
+from hounsfield.config import DestinationSettings, Settings
+from hounsfield.contracts import StudyComplete
+from hounsfield.db import Database, Event, Job, JobState, Result
+from hounsfield.db.access import AuditEntry
+from hounsfield.demo.orthanc import LocalOrthanc
+from hounsfield.registry.app import create_app
+from hounsfield.registry.auth import Role
+from hounsfield.registry.lifecycle import prepare_database
+from hounsfield.router.routing import Router
+from hounsfield.worker.pipeline import WorkerContext, _export, execute_job
 from tests.services.registry.conftest import bearer
 from tests.support import index_series, routed_job
 

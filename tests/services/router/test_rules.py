@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from services.router.rules import Rule, SeriesFacts
+from hounsfield.router.rules import Rule, SeriesFacts
 
 RULE = TypeAdapter(Rule)
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from services.config import Settings
-from services.contracts import StudyComplete
-from services.db import Database, Event, Job
-from services.registry import lifecycle
-from services.router.routing import Router
-from services.store import StudyStore
-from services.worker.pipeline import WorkerContext, _export_mode
+from hounsfield.config import Settings
+from hounsfield.contracts import StudyComplete
+from hounsfield.db import Database, Event, Job
+from hounsfield.registry import lifecycle
+from hounsfield.router.routing import Router
+from hounsfield.store import StudyStore
+from hounsfield.worker.pipeline import WorkerContext, _export_mode
 from tests.support import index_series
 
 STUDY = "1.2.826.0.1.3680043.10.1392.9"

@@ -14,9 +14,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from services.config import KubernetesSettings
-from services.registry.map_manifest import parse_manifests
-from services.worker.kubernetes import build_job, needs_kubernetes
+from hounsfield.config import KubernetesSettings
+from hounsfield.registry.map_manifest import parse_manifests
+from hounsfield.worker.kubernetes import build_job, needs_kubernetes
 from tests.services.registry.test_map_manifest import spec_app, spec_pkg
 
 REPO = Path(__file__).resolve().parents[3]

@@ -19,14 +19,14 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from services.config import Settings, load_settings
-from services.contracts import StudyComplete
-from services.db import Database, Job
-from services.demo.orthanc import free_port
-from services.registry.lifecycle import prepare_database
-from services.router.routing import Router
-from services.supervisor import LocalRedis
-from services.worker.celery_app import Enqueuer
+from hounsfield.config import Settings, load_settings
+from hounsfield.contracts import StudyComplete
+from hounsfield.db import Database, Job
+from hounsfield.demo.orthanc import free_port
+from hounsfield.registry.lifecycle import prepare_database
+from hounsfield.router.routing import Router
+from hounsfield.supervisor import LocalRedis
+from hounsfield.worker.celery_app import Enqueuer
 from tests.support import index_series, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
@@ -95,7 +95,7 @@ def test_stat_jumps_a_batch_backlog_and_batch_is_not_starved(config: Path) -> No
     log = (config.parent / "worker.log").open("wb")
     env = {**os.environ, "PYTHONPATH": str(REPO), "TCP_NODELAY": "1"}
     worker = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "worker", "--config", str(config)],
+        [sys.executable, "-m", "hounsfield.cli", "worker", "--config", str(config)],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     ready = Path(settings.worker.ready_file or "")

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from services.config import Settings
-from services.db import Event, Job, JobState
-from services.worker.pipeline import execute_job
-from services.worker.runtime import AppFailed, AppTimedOut, InProcessRuntime, SubprocessRuntime
+from hounsfield.config import Settings
+from hounsfield.db import Event, Job, JobState
+from hounsfield.worker.pipeline import execute_job
+from hounsfield.worker.runtime import AppFailed, AppTimedOut, InProcessRuntime, SubprocessRuntime
 from tests.e2e.raising_app import MESSAGE
 from tests.e2e.sleeping_app import MARKER
 from tests.services.worker.counting_app import FAIL_FLAG, HANG_FLAG, REPORT
@@ -39,7 +39,9 @@ def _folders(tmp_path: Path) -> dict[str, Path]:
 
 def test_the_example_application_runs_in_a_fork_and_writes_its_results(tmp_path: Path) -> None:
     folders = _folders(tmp_path)
-    InProcessRuntime().run("operators.ct_lesion_seg.app:CTLesionSegApp", model_path=MODEL, timeout_s=300, **folders)
+    InProcessRuntime().run(
+        "hounsfield_operators.ct_lesion_seg.app:CTLesionSegApp", model_path=MODEL, timeout_s=300, **folders
+    )
     written = sorted(p.name for p in folders["output_dir"].rglob("*.dcm"))
     assert len(written) == 2 and all(name.endswith(".dcm") for name in written), written
 
@@ -190,7 +192,9 @@ def test_after_a_timeout_the_next_job_runs_in_a_fresh_process(tmp_path: Path) ->
 def test_closing_the_runtime_lets_every_application_process_leave_at_once(tmp_path: Path) -> None:
     runtime = InProcessRuntime()
     pids = [_count(runtime, tmp_path, "counting")[0]]
-    runtime.run("operators.ct_lesion_seg.app:CTLesionSegApp", model_path=MODEL, timeout_s=300, **_folders(tmp_path))
+    runtime.run(
+        "hounsfield_operators.ct_lesion_seg.app:CTLesionSegApp", model_path=MODEL, timeout_s=300, **_folders(tmp_path)
+    )
     processes = [p.process for p in runtime._processes.values()]
     assert len(processes) == 2 and pids[0] in {p.pid for p in processes}
     started = time.monotonic()

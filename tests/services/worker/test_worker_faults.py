@@ -20,15 +20,15 @@ import yaml
 from orthanc_api_client import OrthancApiClient
 from sqlalchemy import select
 
-from services.config import Settings, load_settings
-from services.contracts import StudyComplete
-from services.db import Database, Event, Job, JobState, Result
-from services.demo.orthanc import LocalOrthanc, free_port
-from services.demo.stack import CT_LESION_DEPLOYMENT
-from services.registry.lifecycle import prepare_database
-from services.router.routing import Router
-from services.supervisor import LocalRedis
-from services.worker.celery_app import Enqueuer
+from hounsfield.config import Settings, load_settings
+from hounsfield.contracts import StudyComplete
+from hounsfield.db import Database, Event, Job, JobState, Result
+from hounsfield.demo.orthanc import LocalOrthanc, free_port
+from hounsfield.demo.stack import CT_LESION_DEPLOYMENT
+from hounsfield.registry.lifecycle import prepare_database
+from hounsfield.router.routing import Router
+from hounsfield.supervisor import LocalRedis
+from hounsfield.worker.celery_app import Enqueuer
 from tests.support import index_files, write_study
 
 REPO = Path(__file__).resolve().parents[3]
@@ -42,7 +42,7 @@ class Worker:
         self.log = (config.parent / f"{name}.log").open("wb")
         env = {**os.environ, "PYTHONPATH": str(REPO), "TCP_NODELAY": "1"}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "worker", "--config", str(config)],
+            [sys.executable, "-m", "hounsfield.cli", "worker", "--config", str(config)],
             cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
 

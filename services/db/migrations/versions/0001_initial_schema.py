@@ -1,7 +1,7 @@
 """The initial schema: studies, series, instances, jobs, results, events.
 
 Exactly what ``Base.metadata.create_all`` made before migrations existed, so a database from then is
-stamped at this revision (see :func:`services.db.migrate.upgrade`). Enums are stored as strings
+stamped at this revision (see :func:`hounsfield.db.migrate.upgrade`). Enums are stored as strings
 (``native_enum=False``, no CHECK constraint), JSON as JSON, times as timezone-aware timestamps.
 
 Revision ID: 0001
