@@ -39,7 +39,13 @@ $(STAMP): pyproject.toml
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy services operators
+	$(VENV)/bin/lint-imports
+	# mypy finds packages by folder name: .typecheck/ maps the import names to the folders (services/ is
+	# installed as hounsfield, operators/ as hounsfield_operators); its messages name the repository's paths.
+	@mkdir -p .typecheck && ln -sfn ../services .typecheck/hounsfield && ln -sfn ../operators .typecheck/hounsfield_operators
+	@out=$$($(VENV)/bin/mypy -p hounsfield -p hounsfield_operators 2>&1); status=$$?; \
+	  printf '%s\n' "$$out" | sed -e 's#^\.typecheck/hounsfield_operators/#operators/#' -e 's#^\.typecheck/hounsfield/#services/#'; \
+	  exit $$status
 
 clean:
-	rm -rf $(VENV) .hounsfield .pytest_cache
+	rm -rf $(VENV) .hounsfield .pytest_cache .typecheck

@@ -17,10 +17,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from hounsfield.router.rules import Rule
+from hounsfield.contracts.rules import Rule
+from hounsfield.errors import HounsfieldError
 
 __all__ = [
-    "ConfigError",
+    "ConfigurationInvalid",
     "DeploymentSettings",
     "DestinationSettings",
     "FhirSettings",
@@ -40,8 +41,8 @@ CONFIG_ENV = "HOUNSFIELD_CONFIG"
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash or control
 
 
-class ConfigError(ValueError):
-    """A configuration value is missing or wrong; the message names the key."""
+class ConfigurationInvalid(HounsfieldError, ValueError):
+    """The configuration is refused: a value is missing or wrong; the message names each key."""
 
 
 class _Strict(BaseModel):
@@ -441,7 +442,7 @@ def load_settings(config_path: Path | str | None = None, **overrides: Any) -> Se
 
     Raises
     ------
-    ConfigError
+    ConfigurationInvalid
         With one line per bad key, e.g. ``listener.port: Input should be less than or equal to 65535``.
     """
     path = config_path or os.environ.get(CONFIG_ENV)
@@ -453,11 +454,11 @@ def load_settings(config_path: Path | str | None = None, **overrides: Any) -> Se
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except OSError as exc:
-            raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
+            raise ConfigurationInvalid(f"cannot read configuration file {path}: {exc.strerror}") from exc
         except yaml.YAMLError as exc:
-            raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from exc
+            raise ConfigurationInvalid(f"configuration file {path} is not valid YAML: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"configuration file {path} must hold a mapping at the top level")
+            raise ConfigurationInvalid(f"configuration file {path} must hold a mapping at the top level")
         data = loaded or {}
         base = path.parent.resolve()
         for deployment in data.get("deployments") or []:
@@ -468,9 +469,11 @@ def load_settings(config_path: Path | str | None = None, **overrides: Any) -> Se
                         deployment[key] = str(base / given)
     unknown = _unknown_env_keys(dict(os.environ))
     if unknown:
-        raise ConfigError(f"invalid configuration ({source}):\n" + "\n".join(f"  {k}: unknown key" for k in unknown))
+        raise ConfigurationInvalid(
+            f"invalid configuration ({source}):\n" + "\n".join(f"  {k}: unknown key" for k in unknown)
+        )
     data.update(overrides)
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc, source)) from exc
+        raise ConfigurationInvalid(_format_error(exc, source)) from exc

@@ -24,6 +24,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from hounsfield.errors import HounsfieldError
+
 __all__ = [
     "InvalidUID",
     "StoreFull",
@@ -40,8 +42,8 @@ logger = logging.getLogger(__name__)
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
-class InvalidUID(ValueError):
-    """A UID that is empty, too long or not digits and dots."""
+class InvalidUID(HounsfieldError, ValueError):
+    """A UID refused: empty, too long, or not digits and dots."""
 
 
 def check_uid(value: object, name: str) -> str:
@@ -54,7 +56,7 @@ def check_uid(value: object, name: str) -> str:
     return uid
 
 
-class StoreFull(OSError):
+class StoreFull(HounsfieldError, OSError):
     """Writing would take the store's disk below its configured floor; nothing was written."""
 
 

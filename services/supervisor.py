@@ -16,9 +16,8 @@ from pathlib import Path
 
 import redis
 
+from hounsfield.catalog import open_database
 from hounsfield.config import Settings
-from hounsfield.db import Database
-from hounsfield.registry.lifecycle import prepare_database
 
 __all__ = ["LocalRedis", "Supervisor", "run_up"]
 
@@ -101,9 +100,7 @@ class Supervisor:
 
 def run_up(settings: Settings, config_path: Path | None, stop: threading.Event) -> int:
     """Run listener, worker and registry (and redis-server when needed) until ``stop``."""
-    db = Database(settings.sqlalchemy_url)
-    prepare_database(db, settings)  # before the services start, so that they find it done
-    db.dispose()
+    open_database(settings).dispose()  # migrated, seeded and synced before the services start
     env = dict(os.environ)
     if config_path is not None:
         env["HOUNSFIELD_CONFIG"] = str(config_path.resolve())

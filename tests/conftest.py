@@ -8,12 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from hounsfield.access import Principal, Role, create_token
 from hounsfield.config import Settings, load_settings
+from hounsfield.db import Database
 from hounsfield.demo.orthanc import free_port
 from tests.services.db import postgres
 from tests.support import CT_RULE
 
 os.environ.setdefault("TCP_NODELAY", "1")
+
+TEST_PRINCIPAL = Principal("tests", Role.ADMIN, "cli")
 
 
 @pytest.fixture(autouse=True)
@@ -78,3 +82,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         return
     with postgres.scratch_database(request.getfixturevalue("postgres_server")) as url:
         yield url
+
+
+@pytest.fixture
+def tokens(settings: Settings) -> dict[Role, str]:
+    """An API token for every role, made in ``settings``' database before any app starts."""
+    db = Database(settings.sqlalchemy_url)
+    db.create_schema()
+    made = {}
+    with db.session() as session:
+        for role in Role:
+            _, made[role] = create_token(session, TEST_PRINCIPAL, f"test-{role.value}", role)
+    db.dispose()
+    return made

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pydicom
+import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, generate_uid
 
@@ -19,6 +20,12 @@ from hounsfield_operators.ct_lesion_seg.phantom import make_phantom, write_dicom
 
 if TYPE_CHECKING:
     from hounsfield.worker.pipeline import WorkerContext
+    from hounsfield.worker.runtimes import ApplicationRun
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_APP = "hounsfield_operators.ct_lesion_seg.app:CTLesionSegApp"
+EXAMPLE_MAP = REPO / "operators" / "ct_lesion_seg"
+EXAMPLE_MODEL = EXAMPLE_MAP / "models" / "model.ts"
 
 CT_RULE = {"kind": "all", "rules": [{"kind": "modality", "in": ["CT"]}, {"kind": "instance_count", "min": 8}]}
 
@@ -100,7 +107,7 @@ def index_files(db: Database, files: list[Path], *, calling_ae: str = "CT01") ->
 def routed_job(tmp_path: Path, settings: Settings, seed: int, **deployment: object) -> tuple[WorkerContext, Job]:
     """A stored study routed to the first configured deployment (with ``deployment``'s changes), its
     database migrated; the job queued, and the worker's context to run it."""
-    from hounsfield.registry.lifecycle import prepare_database
+    from hounsfield.catalog import prepare_database
     from hounsfield.router.routing import Router
     from hounsfield.store import StudyStore
     from hounsfield.worker.pipeline import WorkerContext
@@ -115,3 +122,43 @@ def routed_job(tmp_path: Path, settings: Settings, seed: int, **deployment: obje
         StudyComplete(study_instance_uid=study_uid, trigger="manual")
     )
     return WorkerContext(settings=settings, db=db, store=StudyStore(settings.data_dir)), job
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The headers of a request with ``token`` as its bearer credential."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(name="settings")
+def settings_on_both_backends(settings: Settings, database_url: str) -> Settings:
+    """The shared settings with their database on each backend (an empty one per test): import this
+    fixture into a test module or conftest to run its tests on SQLite and on PostgreSQL."""
+    return settings.model_copy(update={"database_url": database_url})
+
+
+def application_run(
+    *,
+    input_dir: Path,
+    output_dir: Path,
+    workdir: Path,
+    app: str = EXAMPLE_APP,
+    model_path: Path = EXAMPLE_MODEL,
+    timeout_s: float = 600.0,
+    job_id: str = "job-1",
+    **deployment: object,
+) -> ApplicationRun:
+    """What a runtime is asked to run: a job of a running deployment of ``app`` (any other deployment
+    field given, e.g. ``runtime``, ``map_path``, ``application_root``), on these folders."""
+    from hounsfield.catalog.read_model import DeploymentSpec
+    from hounsfield.contracts.rules import TagEquals
+    from hounsfield.db.deployments import Stage
+    from hounsfield.worker.runtimes import ApplicationRun
+
+    rule = TagEquals(kind="tag_equals", keyword="Modality", value="CT")
+    spec = DeploymentSpec(
+        name="test-deployment", model_name="test-model", model_version="1.0.0", display_name="Test model",
+        device_uid=None, stage=Stage.RESEARCH, rule_name="test-rule", rule=rule, destinations=(), queue="routine",
+        app=app, model_path=model_path, manufacturer="Hounsfield", timeout_s=timeout_s,
+        **deployment,  # type: ignore[arg-type]
+    )  # fmt: skip
+    return ApplicationRun(job_id, spec, input_dir, output_dir, workdir)

@@ -1,16 +1,25 @@
-"""Database access: engine, sessions and the tables (SQLite by default, PostgreSQL in production)."""
+"""Database access: engine, sessions, the tables and every query outside the catalog's own
+(SQLite by default, PostgreSQL in production).
+
+The modules here hold the tables and the statements that read and write them: :mod:`.index`
+(studies, series, instances, the study's path), :mod:`.jobs` (jobs and results), :mod:`.access`
+(API tokens, the audit log), :mod:`.withdrawals`, :mod:`.group_commit` (the listener's batched
+index writes); the catalog's tables (:mod:`.catalog`, :mod:`.deployments`) are queried by the
+domain package :mod:`hounsfield.catalog` itself. Rooms above call these functions; they write no SQL.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url
+from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from hounsfield.db.engine import make_engine
+from hounsfield.db.migrate import migrated_tables, upgrade
 from hounsfield.db.models import Base, Event, Instance, Job, JobState, Result, Series, Study, StudyState, utcnow
 
 __all__ = [
@@ -22,22 +31,14 @@ __all__ = [
     "JobState",
     "Result",
     "Series",
+    "Session",
     "Study",
     "StudyState",
+    "ping",
     "utcnow",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def _sqlite_pragmas(dbapi_connection: Any, synchronous: str) -> None:
-    cursor = dbapi_connection.cursor()
-    # WAL lets the listener, worker and registry processes read while one writes.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA synchronous={synchronous}")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
 
 
 class Database:
@@ -53,15 +54,7 @@ class Database:
 
     def __init__(self, url: str, *, synchronous: Literal["FULL", "NORMAL"] = "FULL") -> None:
         self.url = url
-        kwargs: dict[str, Any] = {"pool_pre_ping": not url.startswith("sqlite")}  # a SQLite file never hangs up
-        if url.startswith("sqlite"):
-            database = make_url(url).database
-            if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
-        self.engine: Engine = create_engine(url, **kwargs)
-        if url.startswith("sqlite"):
-            event.listen(self.engine, "connect", lambda connection, _record: _sqlite_pragmas(connection, synchronous))
+        self.engine: Engine = make_engine(url, synchronous=synchronous)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def create_schema(self) -> None:
@@ -73,8 +66,6 @@ class Database:
         at the initial revision and upgraded. Tables of ORM modules that have no migration yet (not
         in :data:`hounsfield.db.migrate.MODEL_MODULES`) are then created directly, with a warning.
         """
-        from hounsfield.db.migrate import migrated_tables, upgrade  # migrate imports this package's models
-
         upgrade(self.engine, fast_empty=True)
         migrated = {table.name for table in migrated_tables()}
         pending = [table for table in Base.metadata.sorted_tables if table.name not in migrated]
@@ -99,3 +90,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def ping(session: Session) -> None:
+    """Ask the database for nothing: raises when it cannot answer (a health check)."""
+    session.execute(text("SELECT 1"))

@@ -1,16 +1,17 @@
-"""Who may use the registry API (hashed API tokens) and what they changed (the audit log)."""
+"""Who may use the registry API (hashed API tokens) and what they changed (the audit log): tables and queries."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Index, Integer, String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import JSON, Index, Integer, String, func, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from hounsfield.db.models import Base, utcnow
 
-__all__ = ["ApiToken", "AuditEntry"]
+__all__ = ["ApiToken", "AuditEntry", "active_token_count", "list_audit", "list_tokens", "token_by_digest"]
 
 
 class ApiToken(Base):
@@ -47,3 +48,37 @@ class AuditEntry(Base):
     entity_id: Mapped[str] = mapped_column(String(128))
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+
+
+def token_by_digest(session: Session, sha256: str) -> ApiToken | None:
+    """The token (active or revoked) whose SHA-256 is ``sha256``."""
+    return session.scalars(select(ApiToken).where(ApiToken.token_sha256 == sha256)).first()
+
+
+def active_token_count(session: Session) -> int:
+    return int(session.scalar(select(func.count()).where(ApiToken.revoked_at.is_(None))) or 0)
+
+
+def list_tokens(session: Session) -> Sequence[ApiToken]:
+    """Every token, revoked ones included, in the order they were made."""
+    return session.scalars(select(ApiToken).order_by(ApiToken.id)).all()
+
+
+def list_audit(
+    session: Session,
+    *,
+    entity: str | None = None,
+    entity_id: str | None = None,
+    actor: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> Sequence[AuditEntry]:
+    """The audit trail, newest first, optionally of one entity or actor."""
+    query = select(AuditEntry).order_by(AuditEntry.id.desc())
+    if entity is not None:
+        query = query.where(AuditEntry.entity == entity)
+    if entity_id is not None:
+        query = query.where(AuditEntry.entity_id == entity_id)
+    if actor is not None:
+        query = query.where(AuditEntry.actor == actor)
+    return session.scalars(query.limit(limit).offset(offset)).all()

@@ -47,7 +47,7 @@ def _stage_enum() -> Enum:
 
 
 class RoutingRule(Base):
-    """A named, typed routing rule (:data:`hounsfield.router.rules.Rule` as JSON)."""
+    """A named, typed routing rule (:data:`hounsfield.contracts.rules.Rule` as JSON)."""
 
     __tablename__ = "routing_rules"
 

@@ -6,7 +6,7 @@ import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Connection, CursorResult, Dialect, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -16,13 +16,23 @@ from hounsfield.db.models import Event, Instance, Series, Study, StudyState, utc
 
 __all__ = [
     "IndexedInstance",
+    "StudyStatus",
     "add_event",
     "complete_study",
+    "indexed_digests",
+    "indexed_files",
+    "instance_files",
+    "list_studies",
+    "receiving_studies",
     "record_instance",
     "record_instances",
     "series_facts_rows",
     "series_instance_counts",
+    "series_instance_paths",
+    "study_events",
     "study_instance_count",
+    "study_series_callers",
+    "study_state",
     "upsert_rows",
 ]
 
@@ -291,3 +301,89 @@ def study_instance_count(session: Session, study_uid: str) -> int:
         .where(Series.study_instance_uid == study_uid)
     )
     return int(session.scalar(statement) or 0)
+
+
+class StudyStatus(NamedTuple):
+    """Where a study is: its state, and the trigger that last completed it and when (None: never yet)."""
+
+    state: StudyState
+    completion_trigger: str | None
+    completed_at: datetime | None
+
+
+def study_state(session: Session, study_uid: str) -> StudyStatus | None:
+    """A study's state and last completion; None when the study is unknown."""
+    row = session.execute(
+        select(Study.state, Study.completion_trigger, Study.completed_at).where(Study.study_instance_uid == study_uid)
+    ).one_or_none()
+    return None if row is None else StudyStatus(StudyState(row.state), row.completion_trigger, row.completed_at)
+
+
+def list_studies(
+    session: Session, *, state: StudyState | None = None, limit: int = 100, offset: int = 0
+) -> Sequence[Study]:
+    """Studies, the most recently received first."""
+    query = select(Study).order_by(Study.last_received_at.desc()).limit(limit).offset(offset)
+    if state is not None:
+        query = query.where(Study.state == state)
+    return session.scalars(query).all()
+
+
+def study_events(session: Session, study_uid: str) -> Sequence[Event]:
+    """A study's path: every event, in order."""
+    return session.scalars(select(Event).where(Event.study_instance_uid == study_uid).order_by(Event.id)).all()
+
+
+def series_instance_paths(session: Session, series_uid: str) -> list[str]:
+    """The files of a series' instances, by instance number."""
+    query = select(Instance.path).where(Instance.series_instance_uid == series_uid).order_by(Instance.instance_number)
+    return list(session.scalars(query).all())
+
+
+def indexed_digests(session: Session, sop_uids: Sequence[str]) -> dict[str, str]:
+    """The SHA-256 the index holds for each of ``sop_uids`` that it has (asked in batches of 500)."""
+    found: dict[str, str] = {}
+    for start in range(0, len(sop_uids), 500):
+        batch = list(sop_uids[start : start + 500])
+        rows = session.execute(
+            select(Instance.sop_instance_uid, Instance.sha256).where(Instance.sop_instance_uid.in_(batch))
+        )
+        found.update({uid: digest for uid, digest in rows})
+    return found
+
+
+def indexed_files(session: Session, sop_uids: Sequence[str]) -> dict[str, tuple[str, int, datetime]]:
+    """Per indexed instance of ``sop_uids``: its file, revision and when it was received (batches of 500)."""
+    found: dict[str, tuple[str, int, datetime]] = {}
+    for start in range(0, len(sop_uids), 500):
+        batch = list(sop_uids[start : start + 500])
+        statement = select(Instance.sop_instance_uid, Instance.path, Instance.revision, Instance.received_at).where(
+            Instance.sop_instance_uid.in_(batch)
+        )
+        for sop_uid, path, revision, received_at in session.execute(statement):
+            found[sop_uid] = (path, revision, received_at)
+    return found
+
+
+def receiving_studies(session: Session) -> Sequence[str]:
+    """The Study Instance UIDs of studies still receiving, in UID order."""
+    query = select(Study.study_instance_uid).where(Study.state == StudyState.RECEIVING)
+    return session.scalars(query.order_by(Study.study_instance_uid)).all()
+
+
+def study_series_callers(session: Session, study_uid: str) -> list[tuple[str, str]]:
+    """Each series of a study with the calling AE title that sent it, by series number."""
+    rows = session.execute(
+        select(Series.series_instance_uid, Series.calling_ae)
+        .where(Series.study_instance_uid == study_uid)
+        .order_by(Series.series_number, Series.series_instance_uid)
+    ).all()
+    return [(uid, ae) for uid, ae in rows]
+
+
+def instance_files(session: Session, series_uids: Sequence[str]) -> list[tuple[str, int]]:
+    """Each indexed instance file of the series, with the size the index recorded."""
+    rows = session.execute(
+        select(Instance.path, Instance.size).where(Instance.series_instance_uid.in_(list(series_uids)))
+    )
+    return [(path, size) for path, size in rows]

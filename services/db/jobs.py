@@ -10,23 +10,31 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from hounsfield.db.index import add_event
-from hounsfield.db.models import Job, JobState, Result, utcnow
+from hounsfield.db.models import Event, Job, JobState, Result, utcnow
 
 __all__ = [
     "claim_job",
     "claim_waiting_job",
     "create_job",
     "finish_job",
+    "first_event_at",
+    "get_job",
     "idempotency_key",
+    "job_results",
+    "list_jobs",
+    "list_results",
+    "queued_jobs",
     "record_result",
     "set_job_state",
+    "study_jobs",
     "supersede_earlier_jobs",
     "supersede_results",
 ]
@@ -172,3 +180,56 @@ def supersede_results(session: Session, job_id: str) -> int:
     if marked:
         add_event(session, job.study_instance_uid, "worker", "results-superseded", job_id=job.id, results=marked)
     return marked
+
+
+# -- reads ----------------------------------------------------------------------------------------
+
+
+def get_job(session: Session, job_id: str) -> Job | None:
+    """One job with its results."""
+    return session.scalar(select(Job).options(selectinload(Job.results)).where(Job.id == job_id))
+
+
+def list_jobs(
+    session: Session, *, state: JobState | None = None, study_uid: str | None = None, limit: int = 100, offset: int = 0
+) -> Sequence[Job]:
+    """Jobs with their results, newest first."""
+    query = select(Job).options(selectinload(Job.results)).order_by(Job.created_at.desc()).limit(limit).offset(offset)
+    if state is not None:
+        query = query.where(Job.state == state)
+    if study_uid is not None:
+        query = query.where(Job.study_instance_uid == study_uid)
+    return session.scalars(query).all()
+
+
+def study_jobs(session: Session, study_uid: str) -> Sequence[Job]:
+    """A study's jobs with their results, oldest first."""
+    query = select(Job).options(selectinload(Job.results)).where(Job.study_instance_uid == study_uid)
+    return session.scalars(query.order_by(Job.created_at)).all()
+
+
+def queued_jobs(session: Session) -> Sequence[Job]:
+    """Jobs no worker has claimed yet."""
+    return session.scalars(select(Job).where(Job.state == JobState.QUEUED)).all()
+
+
+def job_results(session: Session, job_id: str, *, kind: str | None = None) -> Sequence[Result]:
+    """A job's results (of one ``kind``: SEG, SR, SC, PR, KO), in the order they were recorded."""
+    query = select(Result).where(Result.job_id == job_id)
+    if kind is not None:
+        query = query.where(Result.kind == kind)
+    return session.scalars(query.order_by(Result.id)).all()
+
+
+def list_results(session: Session, *, job_id: str | None = None, limit: int = 100, offset: int = 0) -> Sequence[Result]:
+    """Results, newest first."""
+    query = select(Result).order_by(Result.id.desc()).limit(limit).offset(offset)
+    if job_id is not None:
+        query = query.where(Result.job_id == job_id)
+    return session.scalars(query).all()
+
+
+def first_event_at(session: Session, job_id: str, kind: str) -> datetime | None:
+    """When the job's first event of ``kind`` (e.g. ``export-waiting``) happened; None when none did."""
+    query = select(Event.at).where(Event.job_id == job_id, Event.kind == kind).order_by(Event.id).limit(1)
+    return session.scalar(query)

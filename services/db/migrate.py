@@ -1,4 +1,4 @@
-"""Schema migrations (Alembic, kept inside the package: no alembic.ini) and the ``hounsfield db`` commands.
+"""Schema migrations (Alembic, kept inside the package: no alembic.ini); ``hounsfield db`` runs them.
 
 The migration scripts live in ``services/db/migrations``; the Alembic configuration is built here in
 code. :func:`upgrade` brings any database to a revision: a database made by ``create_all`` before
@@ -21,15 +21,14 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
 
-import typer
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, MetaData, Table, inspect, make_url, text
+from sqlalchemy import Connection, Engine, MetaData, Table, inspect, text
 
+from hounsfield.db.engine import make_engine
 from hounsfield.db.models import Base
 
 __all__ = [
@@ -39,7 +38,6 @@ __all__ = [
     "MODEL_MODULES",
     "alembic_config",
     "current_revision",
-    "db_app",
     "head_revision",
     "migrated_tables",
     "target_metadata",
@@ -110,19 +108,17 @@ def head_revision() -> str:
 
 @contextmanager
 def _connection(target: Engine | str) -> Iterator[Connection]:
-    """A connection to ``target`` (a URL gets a :class:`~hounsfield.db.Database`: SQLite pragmas included)."""
+    """A connection to ``target`` (a URL gets an engine of its own: SQLite pragmas included)."""
     if isinstance(target, Engine):
         with target.connect() as connection:
             yield connection
         return
-    from hounsfield.db import Database  # the package imports this module
-
-    database = Database(target)
+    engine = make_engine(target)
     try:
-        with database.engine.connect() as connection:
+        with engine.connect() as connection:
             yield connection
     finally:
-        database.dispose()
+        engine.dispose()
 
 
 def current_revision(target: Engine | str) -> str | None:
@@ -198,54 +194,3 @@ def _upgrade_locked(connection: Connection, revision: str, *, fast_empty: bool) 
     connection.commit()
     logger.info("database at revision %s", reached)
     return reached
-
-
-db_app = typer.Typer(help="The database schema: migrations.", no_args_is_help=True)
-
-_ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", help="YAML configuration file (default: $HOUNSFIELD_CONFIG).", exists=True, dir_okay=False
-    ),
-]
-_UrlOption = Annotated[str | None, typer.Option("--url", help="Database URL (default: from the configuration).")]
-
-
-def _url(config: Path | None, url: str | None) -> str:
-    if url is not None:
-        return url
-    from hounsfield.config import ConfigError, load_settings
-
-    try:
-        return load_settings(config).sqlalchemy_url
-    except ConfigError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from exc
-
-
-def _shown(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)
-
-
-@db_app.command("upgrade")
-def upgrade_command(
-    config: _ConfigOption = None,
-    url: _UrlOption = None,
-    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
-) -> None:
-    """Run the migrations up to REVISION (an older database made without migrations is stamped first)."""
-    target = _url(config, url)
-    reached = upgrade(target, revision)
-    typer.echo(f"{_shown(target)}: at revision {reached} (head {head_revision()})")
-
-
-@db_app.command("current")
-def current_command(config: _ConfigOption = None, url: _UrlOption = None) -> None:
-    """Print the database's revision; exit 1 when it is not at head."""
-    target = _url(config, url)
-    revision = current_revision(target)
-    head = head_revision()
-    state = "head" if revision == head else f"behind head {head}"
-    typer.echo(f"{_shown(target)}: revision {revision or 'none'} ({state})")
-    if revision != head:
-        raise typer.Exit(1)

@@ -10,12 +10,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Integer, String, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import ForeignKey, Integer, String, Text, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from hounsfield.db.models import Base, utcnow
 
-__all__ = ["Withdrawal"]
+__all__ = ["Withdrawal", "is_withdrawn", "withdrawal_of"]
 
 
 class Withdrawal(Base):
@@ -30,3 +30,12 @@ class Withdrawal(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     notes: Mapped[dict[str, Any]] = mapped_column(default=dict)
     """Destination name -> ``{sop_instance_uid, title, path, delivered_at, error}``."""
+
+
+def withdrawal_of(session: Session, job_id: str) -> Withdrawal | None:
+    """The job's withdrawal, if its results were withdrawn."""
+    return session.scalar(select(Withdrawal).where(Withdrawal.job_id == job_id))
+
+
+def is_withdrawn(session: Session, job_id: str) -> bool:
+    return session.scalar(select(Withdrawal.id).where(Withdrawal.job_id == job_id)) is not None

@@ -16,17 +16,18 @@ from rich.console import Console
 
 from hounsfield.demo.findings import lesion_findings
 from hounsfield.demo.orthanc import LocalOrthanc
-from hounsfield.demo.stack import HounsfieldStack, StackError
+from hounsfield.demo.stack import HounsfieldStack, StackFailed
+from hounsfield.errors import HounsfieldError
 from hounsfield_operators.ct_lesion_seg.phantom import make_phantom, write_dicom_series
 
-__all__ = ["DEMO_SEED", "DemoError", "print_summary", "run_demo"]
+__all__ = ["DEMO_SEED", "DemoFailed", "print_summary", "run_demo"]
 
 DEMO_SEED = 20261127
 REQUIRED_TOOLS = ("/usr/bin/storescu", "redis-server", "dciodvfy")
 UNITS = {"ml": "mL", "[hnsf'U]": "HU"}
 
 
-class DemoError(RuntimeError):
+class DemoFailed(HounsfieldError, RuntimeError):
     """The demo could not show a result arriving in the PACS; the message says why."""
 
 
@@ -35,7 +36,7 @@ def _check_tools() -> None:
     if shutil.which("Orthanc") is None and not Path("/usr/sbin/Orthanc").exists():
         missing.append("Orthanc")
     if missing:
-        raise DemoError(f"missing tools: {', '.join(missing)} (run `make demo`, which installs them)")
+        raise DemoFailed(f"missing tools: {', '.join(missing)} (run `make demo`, which installs them)")
 
 
 def _say(progress: Console | None, message: str) -> None:
@@ -72,8 +73,8 @@ def run_demo(*, timeout_s: float = 300.0, keep: bool = False, progress: Console 
         if keep:
             summary["kept"] = str(root)
         return summary
-    except (StackError, RuntimeError, OSError) as exc:
-        raise DemoError(f"{exc} (logs in {root})") from exc
+    except (StackFailed, RuntimeError, OSError) as exc:
+        raise DemoFailed(f"{exc} (logs in {root})") from exc
     finally:
         stack.stop()
         pacs.stop()
@@ -95,12 +96,12 @@ def _summary(
     jobs = []
     for job in study["jobs"]:
         if job["state"] != "done":
-            raise DemoError(f"job {job['id']} {job['state']}: {job['error']}")
+            raise DemoFailed(f"job {job['id']} {job['state']}: {job['error']}")
         objects = []
         for result in job["results"]:
             instance_id = orthanc.instances.lookup(result["sop_instance_uid"])
             if instance_id is None:
-                raise DemoError(f"{result['kind']} {result['sop_instance_uid']} is not in the PACS")
+                raise DemoFailed(f"{result['kind']} {result['sop_instance_uid']} is not in the PACS")
             series_id = orthanc.instances.get_parent_series_id(instance_id)
             entry = {
                 "kind": result["kind"],
@@ -126,7 +127,7 @@ def _summary(
             }
         )
     if not jobs:
-        raise DemoError("no model ran on the study (no route)")
+        raise DemoFailed("no model ran on the study (no route)")
     return {
         "study": {
             "study_instance_uid": study["study_instance_uid"],

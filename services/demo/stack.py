@@ -20,11 +20,12 @@ import httpx
 import yaml
 
 import hounsfield_operators.ct_lesion_seg as ct_lesion_seg
+from hounsfield.access import DEV_TOKEN_FILE
 from hounsfield.demo.orthanc import LocalOrthanc, free_port
+from hounsfield.errors import HounsfieldError
 from hounsfield.listener.echo import echo
-from hounsfield.registry.auth import DEV_TOKEN_FILE
 
-__all__ = ["CT_LESION_DEPLOYMENT", "HounsfieldStack", "StackError", "storescu"]
+__all__ = ["CT_LESION_DEPLOYMENT", "HounsfieldStack", "StackFailed", "storescu"]
 
 CT_LESION_MODEL = Path(ct_lesion_seg.__file__).parent / "models" / "model.ts"
 CT_LESION_DEPLOYMENT: dict[str, Any] = {
@@ -50,7 +51,7 @@ CT_LESION_DEPLOYMENT: dict[str, Any] = {
 _FINISHED = ("done", "failed", "timed_out", "superseded")
 
 
-class StackError(RuntimeError):
+class StackFailed(HounsfieldError, RuntimeError):
     """The stack did not start or did not answer in time."""
 
 
@@ -61,7 +62,7 @@ def storescu(files: Sequence[Path], *, host: str, port: int, called_ae: str, cal
     start = time.perf_counter()
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
     if proc.returncode != 0:
-        raise StackError(f"storescu failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+        raise StackFailed(f"storescu failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
     return time.perf_counter() - start
 
 
@@ -137,14 +138,14 @@ class HounsfieldStack:
         checks = {"registry": self._registry_up, "listener": self._listener_up, "worker": self._worker_up}
         while checks and time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise StackError(
+                raise StackFailed(
                     f"hounsfield up exited ({self.process.returncode}); see {self.folder / 'hounsfield.log'}"
                 )
             for name in [n for n, check in checks.items() if check()]:
                 del checks[name]
             time.sleep(0.5)
         if checks:
-            raise StackError(
+            raise StackFailed(
                 f"not ready after {timeout:.0f} s: {', '.join(checks)}; see {self.folder / 'hounsfield.log'}"
             )
 
@@ -197,7 +198,7 @@ class HounsfieldStack:
             if study is not None and done and all(job["state"] in _FINISHED for job in study["jobs"]):
                 return study
             time.sleep(0.5)
-        raise StackError(f"study not finished within {timeout:.0f} s (last seen: {study and study['state']})")
+        raise StackFailed(f"study not finished within {timeout:.0f} s (last seen: {study and study['state']})")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -10,11 +10,10 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
 from hounsfield.config import DestinationSettings
+from hounsfield.dicom_status import is_stored
 from hounsfield.exporter.errors import ExportFailed
 
 __all__ = ["send_once"]
-
-_SUCCESS = (0x0000, 0xB000, 0xB007, 0xB006)  # success, and the warnings that still store the object
 
 
 def send_once(paths: Sequence[Path], destination: DestinationSettings, calling_ae: str) -> None:
@@ -43,7 +42,7 @@ def send_once(paths: Sequence[Path], destination: DestinationSettings, calling_a
             code = getattr(status, "Status", None)
             if code is None:
                 raise ConnectionError("no C-STORE response (connection lost)")
-            if code not in _SUCCESS:
+            if not is_stored(code):
                 raise ExportFailed(f"refused a {ds.Modality} object with status 0x{code:04X}")
     finally:
         assoc.release()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from hounsfield.errors import HounsfieldError
+
 __all__ = ["DestinationUnreachable", "ExportFailed"]
 
 
-class ExportFailed(RuntimeError):
+class ExportFailed(HounsfieldError):
     """The destination refused an object or stayed unreachable after every retry."""
 
 

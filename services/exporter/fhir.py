@@ -26,8 +26,9 @@ from fhir.resources.R4B.observation import Observation
 from pydicom import Dataset
 
 from hounsfield.config import FhirSettings
+from hounsfield.errors import HounsfieldError
 
-__all__ = ["NotifyFailed", "announce", "diagnostic_report", "model_device_uid", "post_report"]
+__all__ = ["AnnouncementFailed", "announce", "diagnostic_report", "model_device_uid", "post_report"]
 
 DICOM_UID = "urn:dicom:uid"
 UCUM = "http://unitsofmeasure.org"
@@ -39,7 +40,7 @@ _SYSTEMS = {
 }
 
 
-class NotifyFailed(RuntimeError):
+class AnnouncementFailed(HounsfieldError):
     """The FHIR server could not be reached or refused the report."""
 
 
@@ -154,7 +155,7 @@ def post_report(report: DiagnosticReport, settings: FhirSettings) -> str:
     if settings.token_env:
         token = os.environ.get(settings.token_env)
         if not token:
-            raise NotifyFailed(f"the bearer token's variable {settings.token_env} is not set")
+            raise AnnouncementFailed(f"the bearer token's variable {settings.token_env} is not set")
         headers["Authorization"] = f"Bearer {token}"
     try:
         answer = httpx.post(
@@ -164,9 +165,9 @@ def post_report(report: DiagnosticReport, settings: FhirSettings) -> str:
             timeout=settings.timeout_s,
         )
     except httpx.HTTPError as exc:
-        raise NotifyFailed(f"{settings.url} unreachable: {type(exc).__name__}") from exc
+        raise AnnouncementFailed(f"{settings.url} unreachable: {type(exc).__name__}") from exc
     if answer.status_code not in (200, 201):
-        raise NotifyFailed(f"{settings.url} refused the report: HTTP {answer.status_code}{_issues(answer)}")
+        raise AnnouncementFailed(f"{settings.url} refused the report: HTTP {answer.status_code}{_issues(answer)}")
     return answer.headers.get("Location") or str(answer.json().get("id", ""))
 
 

@@ -17,18 +17,10 @@ import requests
 from dicomweb_client import DICOMwebClient
 
 from hounsfield.config import DestinationSettings
+from hounsfield.dicom_status import describe
 from hounsfield.exporter.errors import ExportFailed
 
 __all__ = ["store_once"]
-
-_FAILURE_REASONS = {  # PS3.18 Table I.2-3 and PS3.4 C.4.2.1.4
-    0xA700: "out of resources",
-    0xA900: "data set does not match SOP class",
-    0xC000: "cannot understand",
-    0xC122: "referenced transfer syntax not supported",
-    0x0110: "processing failure",
-    0x0122: "referenced SOP class not supported",
-}
 
 
 def _session(destination: DestinationSettings) -> requests.Session:
@@ -72,9 +64,7 @@ def store_once(paths: Sequence[Path], destination: DestinationSettings) -> None:
         reasons = []
         for item in failed:
             code = int(item.get("FailureReason", 0))
-            reasons.append(
-                f"{item.get('ReferencedSOPInstanceUID', '?')}: 0x{code:04X} {_FAILURE_REASONS.get(code, '')}".rstrip()
-            )
+            reasons.append(f"{item.get('ReferencedSOPInstanceUID', '?')}: 0x{code:04X} {describe(code)}".rstrip())
         raise ExportFailed(f"refused {len(failed)} instance(s): {'; '.join(reasons)}")
     stored = {str(item.ReferencedSOPInstanceUID) for item in answer.get("ReferencedSOPSequence") or []}
     missing = [str(ds.SOPInstanceUID) for ds in datasets if stored and str(ds.SOPInstanceUID) not in stored]

@@ -18,7 +18,9 @@ from pydicom.uid import (
     SegmentationStorage,
 )
 
-__all__ = ["ValidationFailed", "ValidationReport", "validate_object"]
+from hounsfield.errors import HounsfieldError
+
+__all__ = ["GateRejected", "ValidationReport", "validate_object"]
 
 _SR_CLASSES = {Comprehensive3DSRStorage, ComprehensiveSRStorage, EnhancedSRStorage}
 
@@ -34,25 +36,25 @@ class ValidationReport:
     warnings: list[str] = field(default_factory=list)
 
 
-class ValidationFailed(ValueError):
-    """An object failed the gate; the message carries the validator's words."""
+class GateRejected(HounsfieldError, ValueError):
+    """The validation gate refused an object; the message carries the validator's words."""
 
 
 def _dciodvfy(path: Path, executable: str) -> tuple[list[str], list[str]]:
     try:
         proc = subprocess.run([executable, str(path)], capture_output=True, text=True, timeout=120, check=False)
     except FileNotFoundError as exc:
-        raise ValidationFailed(f"validator {executable!r} is not installed (Debian package dicom3tools)") from exc
+        raise GateRejected(f"validator {executable!r} is not installed (Debian package dicom3tools)") from exc
     lines = [line.strip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     return [x for x in lines if x.startswith("Error")], [x for x in lines if x.startswith("Warning")]
 
 
 def validate_object(path: Path, *, dciodvfy: str = "dciodvfy") -> ValidationReport:
-    """Check one result object; raise :class:`ValidationFailed` with the reasons when it fails."""
+    """Check one result object; raise :class:`GateRejected` with the reasons when it fails."""
     try:
         ds = pydicom.dcmread(path)
     except Exception as exc:  # any parse failure means the object must not leave
-        raise ValidationFailed(f"{path.name}: not readable DICOM: {exc}") from exc
+        raise GateRejected(f"{path.name}: not readable DICOM: {exc}") from exc
     sop_class = str(ds.get("SOPClassUID", ""))
     try:
         if sop_class == SegmentationStorage:
@@ -74,7 +76,7 @@ def validate_object(path: Path, *, dciodvfy: str = "dciodvfy") -> ValidationRepo
         else:
             kind = str(ds.get("Modality", "OT"))
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise ValidationFailed(f"{path.name}: highdicom cannot read it back: {exc}") from exc
+        raise GateRejected(f"{path.name}: highdicom cannot read it back: {exc}") from exc
     errors, warnings = _dciodvfy(path, dciodvfy)
     report = ValidationReport(
         path=path,
@@ -86,5 +88,5 @@ def validate_object(path: Path, *, dciodvfy: str = "dciodvfy") -> ValidationRepo
         warnings=warnings,
     )
     if errors:
-        raise ValidationFailed(f"{path.name} ({kind}) failed dciodvfy: " + "; ".join(errors[:5]))
+        raise GateRejected(f"{path.name} ({kind}) failed dciodvfy: " + "; ".join(errors[:5]))
     return report

@@ -1,7 +1,7 @@
 """Withdraw a job's results: record it, and send each PACS that has them an IOCM rejection note.
 
-:func:`withdraw_job` records the withdrawal (who, why, when; an event on the study's path and, through
-``on_recorded``, an audit row in the same transaction), then, for each destination that received the
+:func:`withdraw_job` records the withdrawal (who, why, when; an event on the study's path and an audit
+row in the same transaction), then, for each destination that received the
 results, makes the rejection note its title calls for (113037 where the destination supports
 *Rejected for Patient Safety Reasons*, 113001 otherwise), checks it at the validation gate and
 delivers it. Each note's fate is recorded as it happens; a destination that could not be reached
@@ -12,37 +12,29 @@ withdrawn job are never exported again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pydicom
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
+from hounsfield.access import Principal, record
 from hounsfield.config import Settings
-from hounsfield.db import Database, Job, Result, utcnow
+from hounsfield.db import Database, Job, utcnow
 from hounsfield.db.index import add_event
-from hounsfield.db.withdrawals import Withdrawal
+from hounsfield.db.jobs import job_results
+from hounsfield.db.withdrawals import Withdrawal, withdrawal_of
+from hounsfield.errors import Conflict, NotFound
 from hounsfield.exporter.delivery import ExportFailed, deliver
 from hounsfield.exporter.rejection import REJECTION_TITLES, Reason, build_rejection_note, note_uids
-from hounsfield.exporter.validation import ValidationFailed, validate_object
+from hounsfield.exporter.validation import GateRejected, validate_object
 
-__all__ = ["NoSuchJob", "WithdrawalRefused", "is_withdrawn", "withdraw_job"]
+__all__ = ["WithdrawalRefused", "withdraw_job"]
 
 logger = logging.getLogger(__name__)
 
 
-class NoSuchJob(LookupError):
-    """No job has this id."""
-
-
-class WithdrawalRefused(ValueError):
+class WithdrawalRefused(Conflict):
     """The job has no results to withdraw, or was withdrawn for another reason."""
-
-
-def is_withdrawn(session: Session, job_id: str) -> bool:
-    return session.scalar(select(Withdrawal.id).where(Withdrawal.job_id == job_id)) is not None
 
 
 def withdraw_job(
@@ -51,26 +43,30 @@ def withdraw_job(
     job_id: str,
     *,
     reason: Reason,
-    requested_by: str,
+    principal: Principal,
     comment: str | None = None,
-    on_recorded: Callable[[Session, Withdrawal], None] | None = None,
 ) -> Withdrawal:
-    """Withdraw the job's results (see the module's docstring); returns the withdrawal, notes included."""
+    """Withdraw the job's results (see the module's docstring); returns the withdrawal, notes included.
+
+    Raises :class:`~hounsfield.errors.NotFound` for no such job and :class:`WithdrawalRefused` for a job
+    without results or one withdrawn for another reason.
+    """
+    requested_by = principal.subject
     with db.session() as session:
         job = session.get(Job, job_id)
         if job is None:
-            raise NoSuchJob(f"no job {job_id}")
-        results = session.scalars(select(Result).where(Result.job_id == job_id).order_by(Result.id)).all()
+            raise NotFound(f"no job {job_id}")
+        results = job_results(session, job_id)
         if not results:
             raise WithdrawalRefused(f"job {job_id} has no results to withdraw")
-        withdrawal = session.scalar(select(Withdrawal).where(Withdrawal.job_id == job_id))
+        withdrawal = withdrawal_of(session, job_id)
         if withdrawal is None:
             withdrawal = Withdrawal(job_id=job_id, reason=reason, comment=comment, requested_by=requested_by, notes={})
             session.add(withdrawal)
             session.flush()
             add_event(session, job.study_instance_uid, "registry", "results-withdrawn", job_id=job_id, reason=reason)
-            if on_recorded is not None:
-                on_recorded(session, withdrawal)
+            after = {"job_id": job_id, "reason": reason, "comment": comment}
+            record(session, principal, "results.withdraw", "job", job_id, after=after)
         elif withdrawal.reason != reason:
             raise WithdrawalRefused(f"job {job_id} was withdrawn already, for {withdrawal.reason} reasons")
         study_uid, job_key = job.study_instance_uid, job.idempotency_key
@@ -100,14 +96,14 @@ def withdraw_job(
                 ).save_as(path, enforce_file_format=True)
             validate_object(path, dciodvfy=settings.worker.dciodvfy)
             deliver([path], destination, calling_ae=settings.listener.ae_title)
-        except (ValidationFailed, ExportFailed, OSError) as exc:  # OSError: the results' files are gone
+        except (GateRejected, ExportFailed, OSError) as exc:  # OSError: the results' files are gone
             logger.warning("job %s: rejection note for %s not delivered: %s", job_id, name, exc)
             notes[name] = {**note, "delivered_at": None, "error": str(exc)}
         else:
             notes[name] = {**note, "delivered_at": utcnow().isoformat(), "error": None}
         _save(db, job_id, study_uid, name, notes)
     with db.session() as session:
-        saved = session.scalar(select(Withdrawal).where(Withdrawal.job_id == job_id))
+        saved = withdrawal_of(session, job_id)
         assert saved is not None
         session.expunge(saved)
     return saved
@@ -117,7 +113,7 @@ def _save(db: Database, job_id: str, study_uid: str, name: str, notes: dict[str,
     """Record one destination's note as it happened (an event on the study's path as well)."""
     outcome = notes[name]
     with db.session() as session:
-        row = session.scalar(select(Withdrawal).where(Withdrawal.job_id == job_id))
+        row = withdrawal_of(session, job_id)
         assert row is not None
         row.notes = dict(notes)
         kind = "rejection-note-delivered" if outcome.get("delivered_at") else "rejection-note-failed"

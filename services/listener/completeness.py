@@ -16,12 +16,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable
-from typing import TYPE_CHECKING
 
 from hounsfield.contracts import CompletionTrigger, StudyComplete
-
-if TYPE_CHECKING:
-    from hounsfield.listener.source_count import SourceCounter
+from hounsfield.listener.source_count import SourceCounter
 
 __all__ = ["CompletenessTracker"]
 

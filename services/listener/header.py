@@ -22,6 +22,8 @@ from typing import Any
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 
+from hounsfield.errors import HounsfieldError
+
 __all__ = ["dataset_int", "dataset_text", "quick_values"]
 
 _IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -36,7 +38,7 @@ _PLAIN = frozenset(range(0x20, 0x7F))
 _MAX_DEPTH = 32
 
 
-class _Unusual(Exception):
+class _Unusual(HounsfieldError):
     """Leave this dataset to pydicom."""
 
 

@@ -41,13 +41,10 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
-
-from hounsfield.db import Database, Instance
-from hounsfield.db.index import IndexedInstance
+from hounsfield.db import Database
+from hounsfield.db.group_commit import DatabaseUnavailable, GroupCommit
+from hounsfield.db.index import IndexedInstance, indexed_digests
 from hounsfield.listener.completeness import CompletenessTracker
-from hounsfield.listener.indexer import GroupCommit
 from hounsfield.listener.journal import Journal, JournalEntry, JournalLocation
 from hounsfield.store import StoredInstance, StoreFull, StudyStore, move_durably, sha256_file
 
@@ -232,15 +229,8 @@ class JournaledStore:
         return dataclasses.replace(item, path=str(path))
 
     def _indexed_digests(self, sop_uids: list[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
         with self._db.session() as session:
-            for start in range(0, len(sop_uids), 500):
-                batch = sop_uids[start : start + 500]
-                rows = session.execute(
-                    select(Instance.sop_instance_uid, Instance.sha256).where(Instance.sop_instance_uid.in_(batch))
-                )
-                found.update({uid: digest for uid, digest in rows})
-        return found
+            return indexed_digests(session, sop_uids)
 
     def start(self) -> None:
         if not self._replayed:
@@ -278,7 +268,7 @@ class JournaledStore:
 
         ``parts`` joined are the Part 10 file, ``item.size`` bytes; ``item.path``, ``revision`` and
         ``sha256`` are filled in here and by the applier (which hashes the file as it writes it).
-        Raises :class:`OSError` (:class:`StoreFull` below the disk floor, :class:`JournalError`)
+        Raises :class:`OSError` (:class:`StoreFull` below the disk floor, :class:`JournalFull`)
         when it cannot: nothing was acknowledged then.
         """
         incoming = _Digest(lambda: _sha256(parts))
@@ -537,7 +527,7 @@ class JournaledStore:
         delay = 0.1
         while True:
             errors = self._index.record_batch(items)
-            unavailable = [error for error in errors if isinstance(error, OperationalError)]
+            unavailable = [error for error in errors if isinstance(error, DatabaseUnavailable)]
             if not unavailable or self._stopping:
                 return errors
             logger.warning("the index database is unavailable; retrying in %.1f s", delay)

@@ -35,10 +35,16 @@ from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import select
 
-from hounsfield.db import Database, Instance, Series, Study, StudyState
-from hounsfield.db.index import IndexedInstance, record_instance
+from hounsfield.db import Database
+from hounsfield.db.index import (
+    IndexedInstance,
+    indexed_files,
+    instance_files,
+    receiving_studies,
+    record_instance,
+    study_series_callers,
+)
 from hounsfield.listener.completeness import CompletenessTracker
 from hounsfield.listener.storage import header_values, index_facts
 from hounsfield.store import InvalidUID, StudyStore, check_uid, sha256_file
@@ -49,7 +55,6 @@ logger = logging.getLogger(__name__)
 
 _TEMP_PREFIX = ".incoming-"
 _INSTANCE_NAME = re.compile(r"^(?P<sop>[0-9.]+?)(?:\.r(?P<revision>[0-9]+))?\.dcm$")
-_BATCH = 500
 _READ_ERRORS = (InvalidDicomError, InvalidUID, ValueError, TypeError, KeyError, AttributeError, EOFError, OSError)
 
 
@@ -118,11 +123,6 @@ def _study_folders(store: StudyStore) -> Iterator[Path]:
     yield from sorted(p for p in store.studies.iterdir() if p.is_dir())
 
 
-def _batches(items: list[str]) -> Iterator[list[str]]:
-    for start in range(0, len(items), _BATCH):
-        yield items[start : start + _BATCH]
-
-
 def _as_utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
@@ -174,14 +174,8 @@ def _indexed_item(candidate: _OnDisk, called_ae: str) -> IndexedInstance:
 
 
 def _index_study(db: Database, study: _Study, called_ae: str, counts: RecoveryReport) -> None:
-    rows: dict[str, tuple[str, int, datetime]] = {}
     with db.session() as session:
-        for batch in _batches(sorted(study.files)):
-            statement = select(Instance.sop_instance_uid, Instance.path, Instance.revision, Instance.received_at).where(
-                Instance.sop_instance_uid.in_(batch)
-            )
-            for sop_uid, path, revision, received_at in session.execute(statement):
-                rows[sop_uid] = (path, revision, received_at)
+        rows = indexed_files(session, sorted(study.files))
     items: list[IndexedInstance] = []
     for sop_uid, files in sorted(study.files.items()):
         candidate = _newest(files)
@@ -203,23 +197,11 @@ def _index_study(db: Database, study: _Study, called_ae: str, counts: RecoveryRe
 def _receiving(db: Database, counts: RecoveryReport) -> list[tuple[str, str]]:
     """Studies left receiving, each with the calling AE title of its first series; checks their files."""
     with db.session() as session:
-        uids = session.scalars(
-            select(Study.study_instance_uid)
-            .where(Study.state == StudyState.RECEIVING)
-            .order_by(Study.study_instance_uid)
-        ).all()
         studies: list[tuple[str, str]] = []
-        for uid in uids:
-            series = session.execute(
-                select(Series.series_instance_uid, Series.calling_ae)
-                .where(Series.study_instance_uid == uid)
-                .order_by(Series.series_number, Series.series_instance_uid)
-            ).all()
+        for uid in receiving_studies(session):
+            series = study_series_callers(session, uid)
             studies.append((uid, next((ae for _, ae in series if ae), "")))
-            rows = session.execute(
-                select(Instance.path, Instance.size).where(Instance.series_instance_uid.in_([s for s, _ in series]))
-            )
-            for path, size in rows:
+            for path, size in instance_files(session, [s for s, _ in series]):
                 try:
                     short = os.stat(path).st_size < size
                 except FileNotFoundError:

@@ -1,8 +1,9 @@
-"""The listener process: the DICOM engine (storage SCP) wired to the study store, index and router.
+"""The listener process: the DICOM engine (storage SCP) in front of the listener's :class:`Intake`.
 
 The engine (:mod:`hounsfield.listener.engine`) serves C-STORE and C-ECHO on an asyncio loop of its
 own; every instance goes through :func:`~hounsfield.listener.storage.receive_instance` in its
-thread pool. The association policy decides who may send before anything is stored.
+thread pool, into the intake (ingest journal, store, index, completeness, router). The association
+policy decides who may send before anything is stored.
 """
 
 from __future__ import annotations
@@ -14,24 +15,16 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select
-
 from hounsfield import __version__
+from hounsfield.catalog import open_database
 from hounsfield.config import Settings
-from hounsfield.contracts import StudyComplete
-from hounsfield.db import Database, Job, JobState, utcnow
-from hounsfield.listener.completeness import CompletenessTracker
+from hounsfield.db import Job, utcnow
+from hounsfield.db.jobs import queued_jobs
 from hounsfield.listener.engine import DicomServer, EngineConfig
-from hounsfield.listener.ingest import JournaledStore
-from hounsfield.listener.journal import Journal
-from hounsfield.listener.metrics import ListenerMetrics
+from hounsfield.listener.intake import Intake
 from hounsfield.listener.policy import AssociationPolicy
 from hounsfield.listener.recovery import RecoveryReport, recover_store
-from hounsfield.listener.source_count import SourceCounter
-from hounsfield.listener.storage import StoreContext
-from hounsfield.registry.lifecycle import prepare_database
-from hounsfield.router.routing import Router, RouterThread
-from hounsfield.store import StudyStore
+from hounsfield.queues import Enqueuer
 
 __all__ = ["Listener", "run"]
 
@@ -47,30 +40,26 @@ class Listener:
 
     def __post_init__(self) -> None:
         # One commit per instance: NORMAL (see Database) keeps it cheap; the instance files are fsynced.
-        self.db = Database(self.settings.sqlalchemy_url, synchronous="NORMAL")
-        prepare_database(self.db, self.settings)  # schema, taxonomy, the configuration's deployments
-        self.store = StudyStore(self.settings.data_dir, min_free_bytes=self.settings.listener.min_free_disk_mb * 2**20)
-        self.router_thread = RouterThread(Router(self.settings, self.db, self.enqueue))
-        self.tracker = CompletenessTracker(
-            self._study_complete,
-            complete_on_release=self.settings.listener.complete_on_release,
-            quiet_period_s=self.settings.listener.quiet_period_s,
-            source_counts=SourceCounter.from_settings(self.settings, self.db),
+        self.db = open_database(self.settings, synchronous="NORMAL")  # schema, taxonomy, declared deployments
+        cfg = self.settings.listener
+        self.intake = Intake(
+            self.settings,
+            self.db,
+            self.enqueue,
+            complete_on_release=cfg.complete_on_release,
+            count_sources=True,
+            journal=cfg.journal,
         )
-        self.metrics = ListenerMetrics(self.store)
-        self.journal: JournaledStore | None = None
-        if self.settings.listener.journal:
-            folder = self.settings.data_dir / "journal" / socket.gethostname()
-            segment = self.settings.listener.journal_segment_mb << 20
-            self.journal = JournaledStore(self.store, self.db, self.tracker, Journal(folder, segment_bytes=segment))
-            self.metrics.watch_journal(self.journal.backlog)
+        self.store, self.tracker, self.metrics, self.journal = (
+            self.intake.store,
+            self.intake.tracker,
+            self.intake.metrics,
+            self.intake.journal,
+        )
         self._server: DicomServer | None = None
         self._clean_marker = self.settings.data_dir / f".listener-stopped-cleanly-{socket.gethostname()}"
         self.recovery: RecoveryReport | None = None
         """What start-up recovery found (after :meth:`start`)."""
-
-    def _study_complete(self, event: StudyComplete) -> None:
-        self.router_thread.submit(event)
 
     def engine_config(self) -> EngineConfig:
         """How the DICOM engine serves, from the listener settings."""
@@ -79,7 +68,7 @@ class Listener:
     def requeue_pending(self) -> int:
         """Re-send queued jobs whose message may have been lost (a worker claims each once)."""
         with self.db.session() as session:
-            jobs = session.scalars(select(Job).where(Job.state == JobState.QUEUED)).all()
+            jobs = queued_jobs(session)
         for job in jobs:
             self.enqueue(job)
         return len(jobs)
@@ -94,8 +83,7 @@ class Listener:
             self.journal.replay()  # before recovery: it rewrites files a crash may have left partial
             self.journal.start()
         self.recovery = recover_store(self.store, self.db, self.tracker, called_ae=cfg.ae_title, scan_files=not clean)
-        self.router_thread.start()
-        self.tracker.start()
+        self.intake.start()
         try:
             pending = self.requeue_pending()
             if pending:
@@ -108,8 +96,7 @@ class Listener:
         if cfg.metrics_port is not None:
             self.metrics.serve(cfg.host, cfg.metrics_port)
             logger.info("metrics on %s:%d/metrics", cfg.host, cfg.metrics_port)
-        context = StoreContext(self.store, self.db, self.tracker, self.metrics, self.journal)
-        self._server = DicomServer(self.engine_config(), AssociationPolicy(cfg), context)
+        self._server = DicomServer(self.engine_config(), AssociationPolicy(cfg), self.intake.context)
         self._server.start()
         tls = f" and TLS on {cfg.host}:{cfg.tls.port}" if cfg.tls is not None else ""
         logger.info("listening as %s on %s:%d%s", cfg.ae_title, cfg.host, cfg.port, tls)
@@ -135,8 +122,7 @@ class Listener:
         elif self.journal is not None:
             self.journal.stop()
         self.metrics.stop()
-        self.tracker.stop()
-        self.router_thread.stop()
+        self.intake.stop()
         self.db.dispose()
 
     def _write_clean_marker(self) -> None:
@@ -152,8 +138,6 @@ class Listener:
 
 def run(settings: Settings, stop: threading.Event | None = None) -> None:
     """Serve until ``stop`` is set (or the process is interrupted)."""
-    from hounsfield.worker.celery_app import Enqueuer
-
     listener = Listener(settings, Enqueuer(settings))
     listener.start()
     stop = stop or threading.Event()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from hounsfield.config import Settings, SourceSettings
 from hounsfield.db import Database
 from hounsfield.db.index import study_instance_count
-from hounsfield.listener.retrieve import QueryRetrieveClient, RetrieveError
+from hounsfield.listener.qr_client import QueryRetrieveClient, RetrieveError
 
 __all__ = ["SourceCounter"]
 

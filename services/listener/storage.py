@@ -23,7 +23,7 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
@@ -31,22 +31,20 @@ from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-from sqlalchemy.exc import IntegrityError, OperationalError
 
+from hounsfield.contracts.rules import INDEXED_TAGS
 from hounsfield.db import Database
+from hounsfield.db.group_commit import DatabaseUnavailable, GroupCommit, IndexConflict
 from hounsfield.db.index import IndexedInstance
+from hounsfield.dicom_status import Status
+from hounsfield.errors import HounsfieldError
 from hounsfield.listener.completeness import CompletenessTracker
 from hounsfield.listener.header import dataset_text, quick_values
-from hounsfield.listener.indexer import GroupCommit
+from hounsfield.listener.ingest import JournaledStore
 from hounsfield.listener.metrics import ListenerMetrics
-from hounsfield.router.rules import INDEXED_TAGS
 from hounsfield.store import InvalidUID, StudyStore, check_uid
 
-if TYPE_CHECKING:
-    from hounsfield.listener.ingest import JournaledStore
-
 __all__ = [
-    "STATUS",
     "EncodingMismatch",
     "Origin",
     "Received",
@@ -61,14 +59,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-STATUS = {
-    "success": 0x0000,
-    "out_of_resources": 0xA700,
-    "dataset_mismatch": 0xA900,
-    "cannot_understand": 0xC210,
-    "processing_failure": 0x0110,
-}
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 _PIXEL_DATA_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
@@ -131,7 +121,7 @@ class Received:
 
     @property
     def ok(self) -> bool:
-        return self.status == STATUS["success"]
+        return self.status == Status.SUCCESS
 
 
 @dataclass(frozen=True)
@@ -152,7 +142,7 @@ class SpooledDataset:
     """The dataset's first bytes, kept in memory, where its header usually is whole."""
 
 
-class EncodingMismatch(ValueError):
+class EncodingMismatch(HounsfieldError, ValueError):
     """The dataset's encoding is not the one its transfer syntax announces."""
 
 
@@ -246,10 +236,10 @@ def _int(values: Mapping[str, str], keyword: str) -> int | None:
 
 
 def _refuse(
-    status: str, reason: str, *, sop_class_uid: str = "", sop_instance_uid: str = "", study_instance_uid: str = ""
+    status: Status, reason: str, *, sop_class_uid: str = "", sop_instance_uid: str = "", study_instance_uid: str = ""
 ) -> Received:
-    logger.warning("instance refused (0x%04X): %s", STATUS[status], reason)
-    return Received(STATUS[status], reason, sop_class_uid, sop_instance_uid, study_instance_uid)
+    logger.warning("instance refused (0x%04X): %s", status, reason)
+    return Received(status, reason, sop_class_uid, sop_instance_uid, study_instance_uid)
 
 
 _FACTS = ("PatientID", "AccessionNumber", "StudyDate", "Modality", "SeriesDescription")
@@ -327,7 +317,7 @@ def receive_instance(
         expected_study_instance_uid=expected_study_instance_uid,
     )
     if context.metrics is not None:
-        outcome = _OUTCOMES.get(received.status, "other") if not received.ok else "stored"
+        outcome = _outcome(received.status)
         if received.duplicate:
             outcome = "duplicate"
         context.metrics.instances.labels(origin.transport, outcome).inc()
@@ -336,7 +326,11 @@ def receive_instance(
     return received
 
 
-_OUTCOMES = {status: name for name, status in STATUS.items()}
+def _outcome(status: int) -> str:
+    """The metrics label of a status: ``stored``, or the refusal's name (``out_of_resources``)."""
+    if status == Status.SUCCESS:
+        return "stored"
+    return Status(status).label if status in Status.__members__.values() else "other"
 
 
 def _receive(
@@ -359,19 +353,21 @@ def _receive(
         sop_uid = check_uid(header.get("SOPInstanceUID"), "SOPInstanceUID")
         sop_class = check_uid(header.get("SOPClassUID"), "SOPClassUID")
     except InvalidUID as exc:
-        return _refuse("dataset_mismatch", str(exc)), 0
+        return _refuse(Status.DATASET_MISMATCH, str(exc)), 0
     except _HEADER_ERRORS as exc:
         if isinstance(exc, EncodingMismatch):  # our own words, no value from the dataset
-            return _refuse("cannot_understand", str(exc)), 0
-        return _refuse("cannot_understand", f"the dataset cannot be decoded ({type(exc).__name__})"), 0
+            return _refuse(Status.CANNOT_UNDERSTAND, str(exc)), 0
+        return _refuse(Status.CANNOT_UNDERSTAND, f"the dataset cannot be decoded ({type(exc).__name__})"), 0
     uids = {"sop_class_uid": sop_class, "sop_instance_uid": sop_uid, "study_instance_uid": study_uid}
     if expected_sop_instance_uid is not None and sop_uid != expected_sop_instance_uid.strip().rstrip("\x00"):
         reason = "SOPInstanceUID differs from the request's Affected SOP Instance UID"
-        return _refuse("dataset_mismatch", reason, **uids), 0
+        return _refuse(Status.DATASET_MISMATCH, reason, **uids), 0
     if expected_sop_class_uid is not None and sop_class != expected_sop_class_uid.strip().rstrip("\x00"):
-        return _refuse("dataset_mismatch", "SOPClassUID differs from the request's Affected SOP Class UID", **uids), 0
+        return _refuse(
+            Status.DATASET_MISMATCH, "SOPClassUID differs from the request's Affected SOP Class UID", **uids
+        ), 0
     if expected_study_instance_uid is not None and study_uid != expected_study_instance_uid:
-        return _refuse("dataset_mismatch", "StudyInstanceUID is not the study the request names", **uids), 0
+        return _refuse(Status.DATASET_MISMATCH, "StudyInstanceUID is not the study the request names", **uids), 0
 
     if context.journal is not None:
         return _receive_journaled(context, context.journal, dataset, transfer_syntax, origin, header, uids, series_uid)
@@ -386,7 +382,7 @@ def _receive(
             )
             stored = context.store.write_instance(study_uid, series_uid, sop_uid, data)
     except OSError as exc:  # StoreFull included: the disk floor was reached, nothing was written
-        return _refuse("out_of_resources", f"the study store cannot take it: {exc.strerror or exc}", **uids), 0
+        return _refuse(Status.OUT_OF_RESOURCES, f"the study store cannot take it: {exc.strerror or exc}", **uids), 0
 
     item = _indexed(header, uids, series_uid, transfer_syntax, origin, str(stored.path), stored.size, stored.sha256)
     item = dataclasses.replace(item, revision=stored.revision)
@@ -394,17 +390,17 @@ def _receive(
         try:
             context.index.record(item)
             break
-        except IntegrityError:
+        except IndexConflict:
             # Another association indexed the same study or series first: read it and retry.
             if attempt == 2:
                 logger.exception("index conflict persisted")
-                return _refuse("processing_failure", "the index kept conflicting", **uids), 0
-        except OperationalError:
+                return _refuse(Status.PROCESSING_FAILURE, "the index kept conflicting", **uids), 0
+        except DatabaseUnavailable:
             logger.exception("the index database is unavailable")
-            return _refuse("out_of_resources", "the index database is unavailable", **uids), 0
+            return _refuse(Status.OUT_OF_RESOURCES, "the index database is unavailable", **uids), 0
     context.tracker.instance_received(origin.key, study_uid, origin.calling_ae)
     written = 0 if stored.duplicate else stored.size
-    return Received(STATUS["success"], duplicate=stored.duplicate, series_instance_uid=series_uid, **uids), written
+    return Received(Status.SUCCESS, duplicate=stored.duplicate, series_instance_uid=series_uid, **uids), written
 
 
 def _indexed(
@@ -457,7 +453,7 @@ def _receive_journaled(
             size = len(prefix) + len(dataset)
             item = _indexed(header, uids, series_uid, transfer_syntax, origin, "", size, "")  # hashed when applied
             stored = journal.write(item, (prefix, dataset), origin.key)
-    except OSError as exc:  # StoreFull and JournalError included: nothing was acknowledged
-        return _refuse("out_of_resources", f"the study store cannot take it: {exc.strerror or exc}", **uids), 0
+    except OSError as exc:  # StoreFull and JournalFull included: nothing was acknowledged
+        return _refuse(Status.OUT_OF_RESOURCES, f"the study store cannot take it: {exc.strerror or exc}", **uids), 0
     written = 0 if stored.duplicate else stored.size
-    return Received(STATUS["success"], duplicate=stored.duplicate, series_instance_uid=series_uid, **uids), written
+    return Received(Status.SUCCESS, duplicate=stored.duplicate, series_instance_uid=series_uid, **uids), written

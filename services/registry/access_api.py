@@ -7,13 +7,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
+from hounsfield.access import Principal, Role, create_token, revoke_token
 from hounsfield.db import Database
-from hounsfield.db.access import ApiToken, AuditEntry
-from hounsfield.registry import audit
-from hounsfield.registry.auth import Principal, Role, create_token, require, revoke_token
+from hounsfield.db.access import list_audit as audit_entries
+from hounsfield.db.access import list_tokens as token_rows
+from hounsfield.registry.auth import require
 from hounsfield.registry.deps import Admin, Limit, Offset, SessionDep
 
 __all__ = ["router"]
@@ -79,31 +78,23 @@ def whoami(principal: Anyone) -> WhoAmI:
 def post_token(body: TokenRequest, principal: Admin, request: Request) -> TokenCreated:
     """Make an API token; the response is the only time the token is shown."""
     db: Database = request.app.state.db
-    try:
-        with db.session() as session:
-            row, token = create_token(session, body.name, body.role, principal.subject)
-            audit.record(
-                session, principal, "token.create", "api_token", str(row.id),
-                after={"name": body.name, "role": body.role.value},
-            )  # fmt: skip
-            public = TokenPublic.model_validate(row)
-    except IntegrityError:
-        raise HTTPException(409, detail=f"a token named {body.name!r} exists already") from None
+    with db.session() as session:  # committed before the token is shown (a name taken: 409)
+        row, token = create_token(session, principal, body.name, body.role)
+        public = TokenPublic.model_validate(row)
     return TokenCreated(**public.model_dump(), token=token)
 
 
 @router.get("/tokens", response_model=list[TokenPublic])
 def list_tokens(principal: Admin, session: SessionDep) -> list[TokenPublic]:
     """Every API token, revoked ones included (never the tokens themselves)."""
-    return [TokenPublic.model_validate(row) for row in session.scalars(select(ApiToken).order_by(ApiToken.id))]
+    return [TokenPublic.model_validate(row) for row in token_rows(session)]
 
 
 @router.delete("/tokens/{token_id}", status_code=204, responses={404: {"description": "no such active token"}})
 def delete_token(token_id: int, principal: Admin, session: SessionDep) -> Response:
     """Revoke a token at once; the row stays, for the audit trail."""
-    if not revoke_token(session, token_id):
+    if not revoke_token(session, principal, token_id):
         raise HTTPException(404, detail="no active token with this id")
-    audit.record(session, principal, "token.revoke", "api_token", str(token_id), after={"revoked": True})
     return Response(status_code=204)
 
 
@@ -118,11 +109,5 @@ def list_audit(
     offset: Offset = 0,
 ) -> list[AuditPublic]:
     """The audit trail, newest first."""
-    query = select(AuditEntry).order_by(AuditEntry.id.desc())
-    if entity is not None:
-        query = query.where(AuditEntry.entity == entity)
-    if entity_id is not None:
-        query = query.where(AuditEntry.entity_id == entity_id)
-    if actor is not None:
-        query = query.where(AuditEntry.actor == actor)
-    return [AuditPublic.model_validate(row) for row in session.scalars(query.limit(limit).offset(offset))]
+    found = audit_entries(session, entity=entity, entity_id=entity_id, actor=actor, limit=limit, offset=offset)
+    return [AuditPublic.model_validate(row) for row in found]

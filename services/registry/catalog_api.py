@@ -2,7 +2,8 @@
 
 Reads are open to viewers, radiologists and model developers; adding a use case needs an
 administrator; filing a model or registering a version needs a model developer (administrators may
-do everything). Every write appends an audit row in its own transaction.
+do everything). Every write is audited by the catalog in its own transaction; refusals are answered
+by the app's handler (404, 409, 422).
 
 The app provides ``app.state.db`` (a :class:`~hounsfield.db.Database`), ``app.state.settings`` (the
 Device UIDs of versions are made under ``settings.uid_root``) and ``app.state.auth``.
@@ -14,8 +15,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 
-from hounsfield.registry import audit, catalog
-from hounsfield.registry.catalog_schemas import (
+from hounsfield.catalog import latency, models, taxonomy
+from hounsfield.catalog.schemas import (
     ModelCreate,
     ModelPublic,
     UseCaseCreate,
@@ -24,19 +25,11 @@ from hounsfield.registry.catalog_schemas import (
     VersionPublic,
     VersionRegister,
 )
-from hounsfield.registry.deps import Admin, Developer, Limit, Offset, Reader, SessionDep, refuse
-from hounsfield.registry.map_manifest import ManifestError
+from hounsfield.registry.deps import Admin, Developer, Limit, Offset, Reader, SessionDep
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["catalog"])
-
-
-_ACTIONS = {
-    "created": "model_version.create",
-    "published": "model_version.publish",
-    "replaced": "model_version.replace",
-}
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such use case, model or version."},
@@ -47,26 +40,18 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 @router.get("/use-cases", response_model=list[UseCasePublic])
 def list_use_cases(session: SessionDep, _: Reader) -> list[UseCasePublic]:
     """The use-case taxonomy: built-in use cases and those administrators added."""
-    return catalog.list_use_cases(session)
+    return taxonomy.list_use_cases(session)
 
 
 @router.get("/use-cases/{key}", response_model=UseCasePublic, responses=_ERRORS)
 def get_use_case(key: str, session: SessionDep, _: Reader) -> UseCasePublic:
-    try:
-        return catalog.get_use_case(session, key=key)
-    except catalog.CatalogError as error:
-        refuse(error)
+    return taxonomy.get_use_case(session, key=key)
 
 
 @router.post("/use-cases", response_model=UseCasePublic, status_code=status.HTTP_201_CREATED, responses=_ERRORS)
 def create_use_case(body: UseCaseCreate, session: SessionDep, principal: Admin) -> UseCasePublic:
     """Extend the taxonomy with a use case (administrators)."""
-    try:
-        created = catalog.create_use_case(session, request=body)
-    except catalog.CatalogError as error:
-        refuse(error)
-    audit.record(session, principal, "use_case.create", "use_case", created.key, after=created.model_dump(mode="json"))
-    return created
+    return taxonomy.create_use_case(session, principal, body)
 
 
 @router.get("/use-cases/{key}/versions", response_model=list[UseCaseVersion], responses=_ERRORS)
@@ -75,10 +60,7 @@ def use_case_versions(key: str, session: SessionDep, _: Reader) -> list[UseCaseV
 
     ``mode`` is null and ``deployments`` empty until deployments are recorded in the registry.
     """
-    try:
-        return catalog.use_case_versions(session, key=key)
-    except catalog.CatalogError as error:
-        refuse(error)
+    return latency.use_case_versions(session, key=key)
 
 
 @router.get("/models", response_model=list[ModelPublic], responses=_ERRORS)
@@ -86,29 +68,18 @@ def list_models(
     session: SessionDep, _: Reader, use_case: str | None = None, limit: Limit = 100, offset: Offset = 0
 ) -> list[ModelPublic]:
     """The models, optionally only those filed under ``use_case``."""
-    try:
-        return catalog.list_models(session, use_case=use_case, limit=limit, offset=offset)
-    except catalog.CatalogError as error:
-        refuse(error)
+    return models.list_models(session, use_case=use_case, limit=limit, offset=offset)
 
 
 @router.get("/models/{name}", response_model=ModelPublic, responses=_ERRORS)
 def get_model(name: str, session: SessionDep, _: Reader) -> ModelPublic:
-    try:
-        return catalog.get_model(session, name=name)
-    except catalog.CatalogError as error:
-        refuse(error)
+    return models.get_model(session, name=name)
 
 
 @router.post("/models", response_model=ModelPublic, status_code=status.HTTP_201_CREATED, responses=_ERRORS)
 def create_model(body: ModelCreate, session: SessionDep, principal: Developer) -> ModelPublic:
     """File a model under one or more use cases (model developers)."""
-    try:
-        created = catalog.create_model(session, request=body, actor=principal.subject)
-    except catalog.CatalogError as error:
-        refuse(error)
-    audit.record(session, principal, "model.create", "model", created.name, after=created.model_dump(mode="json"))
-    return created
+    return models.create_model(session, principal, body)
 
 
 @router.post(
@@ -124,43 +95,19 @@ def register_version(
 
     A published version is immutable: the same version with other content is refused (409).
     """
-    try:
-        done = catalog.register_version(
-            session,
-            model_name=name,
-            request=body,
-            uid_root=request.app.state.settings.uid_root,
-            actor=principal.subject,
-        )
-    except (catalog.CatalogError, ManifestError) as error:
-        refuse(error)
+    uid_root = request.app.state.settings.uid_root
+    done = models.register_version(session, principal, model_name=name, request=body, uid_root=uid_root)
     if done.outcome != "created":
         response.status_code = status.HTTP_200_OK
-    if done.outcome != "unchanged":
-        audit.record(
-            session,
-            principal,
-            _ACTIONS[done.outcome],
-            "model_version",
-            f"{name}@{done.version.version}",
-            before=done.before.model_dump(mode="json") if done.before else None,
-            after=done.version.model_dump(mode="json"),
-        )
     return done.version
 
 
 @router.get("/models/{name}/versions", response_model=list[VersionPublic], responses=_ERRORS)
 def list_versions(name: str, session: SessionDep, _: Reader) -> list[VersionPublic]:
     """A model's versions, newest (highest semver precedence) first."""
-    try:
-        return catalog.list_versions(session, model_name=name)
-    except catalog.CatalogError as error:
-        refuse(error)
+    return models.list_versions(session, model_name=name)
 
 
 @router.get("/models/{name}/versions/{version}", response_model=VersionPublic, responses=_ERRORS)
 def get_version(name: str, version: str, session: SessionDep, _: Reader) -> VersionPublic:
-    try:
-        return catalog.get_version(session, model_name=name, version=version)
-    except catalog.CatalogError as error:
-        refuse(error)
+    return models.get_version(session, model_name=name, version=version)

@@ -11,18 +11,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Request, status
 
+from hounsfield.access import Role
+from hounsfield.catalog import deployments
+from hounsfield.catalog.schemas import DeploymentCreate, DeploymentPublic, LifecycleRequest, PromoteRequest
 from hounsfield.config import Settings
 from hounsfield.db.deployments import Stage
-from hounsfield.registry import lifecycle
-from hounsfield.registry.auth import Role
-from hounsfield.registry.catalog import CatalogError
-from hounsfield.registry.deployment_schemas import (
-    DeploymentCreate,
-    DeploymentPublic,
-    LifecycleRequest,
-    PromoteRequest,
-)
-from hounsfield.registry.deps import Admin, Developer, Reader, SessionDep, refuse
+from hounsfield.registry.deps import Admin, Developer, Reader, SessionDep
 
 __all__ = ["router"]
 
@@ -41,15 +35,12 @@ def list_deployments(
     session: SessionDep, _: Reader, stage: Stage | None = None, model: str | None = None
 ) -> list[DeploymentPublic]:
     """Every deployment (or those in ``stage``, of ``model``), with its transitions."""
-    return lifecycle.list_deployments(session, stage=stage, model=model)
+    return deployments.list_deployments(session, stage=stage, model=model)
 
 
 @router.get("/{name}", response_model=DeploymentPublic, responses=_ERRORS)
 def get_deployment(name: Name, session: SessionDep, _: Reader) -> DeploymentPublic:
-    try:
-        return lifecycle.get_deployment(session, name)
-    except CatalogError as exc:
-        refuse(exc)
+    return deployments.get_deployment(session, name)
 
 
 @router.post("", response_model=DeploymentPublic, status_code=status.HTTP_201_CREATED, responses=_ERRORS)
@@ -58,10 +49,7 @@ def create_deployment(
 ) -> DeploymentPublic:
     """A draft deployment of a published catalog version on a stored rule; it runs once promoted."""
     settings: Settings = request.app.state.settings
-    try:
-        return lifecycle.create_deployment(session, principal, body, settings)
-    except CatalogError as exc:
-        refuse(exc)
+    return deployments.create_deployment(session, principal, body, settings)
 
 
 @router.post("/{name}/promote", response_model=DeploymentPublic, responses=_ERRORS)
@@ -74,33 +62,22 @@ def promote(
     is clinical on the same rule unless ``supersede`` is set (that one is then retired).
     """
     settings: Settings = request.app.state.settings
-    try:
-        row = lifecycle.get_deployment(session, name)
-        target = Stage(body.to) if body.to else None
-        if (
-            target is Stage.CLINICAL or (target is None and row.stage is Stage.SHADOW)
-        ) and principal.role != Role.ADMIN:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, detail="promotion to clinical needs the admin role")
-        return lifecycle.promote(
-            session, principal, name, reason=body.reason, settings=settings, to=target, supersede=body.supersede
-        )
-    except CatalogError as exc:
-        refuse(exc)
+    row = deployments.get_deployment(session, name)
+    target = Stage(body.to) if body.to else None
+    if (target is Stage.CLINICAL or (target is None and row.stage is Stage.SHADOW)) and principal.role != Role.ADMIN:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="promotion to clinical needs the admin role")
+    return deployments.promote(
+        session, principal, name, reason=body.reason, settings=settings, to=target, supersede=body.supersede
+    )
 
 
 @router.post("/{name}/rollback", response_model=DeploymentPublic, responses=_ERRORS)
 def rollback(name: Name, body: LifecycleRequest, session: SessionDep, principal: Admin) -> DeploymentPublic:
     """Undo the last promotion; a clinical deployment goes back to shadow and the one it replaced returns."""
-    try:
-        return lifecycle.rollback(session, principal, name, reason=body.reason)
-    except CatalogError as exc:
-        refuse(exc)
+    return deployments.rollback(session, principal, name, reason=body.reason)
 
 
 @router.post("/{name}/retire", response_model=DeploymentPublic, responses=_ERRORS)
 def retire(name: Name, body: LifecycleRequest, session: SessionDep, principal: Admin) -> DeploymentPublic:
     """Stop it for good; its jobs and results stay, and jobs still queued are not sent clinically."""
-    try:
-        return lifecycle.retire(session, principal, name, reason=body.reason)
-    except CatalogError as exc:
-        refuse(exc)
+    return deployments.retire(session, principal, name, reason=body.reason)

@@ -1,18 +1,17 @@
-"""What the registry's routes share: a session per request, callers by role, paging, refusals."""
+"""What the registry's routes share: a session per request, callers by role, paging."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, NoReturn
+from typing import Annotated
 
-from fastapi import Depends, HTTPException, Query, Request, status
-from sqlalchemy.orm import Session
+from fastapi import Depends, Query, Request
 
-from hounsfield.registry.auth import READERS, Principal, Role, require
-from hounsfield.registry.catalog import CatalogError, Invalid, NotFound
-from hounsfield.registry.map_manifest import ManifestError
+from hounsfield.access import READERS, Principal, Role
+from hounsfield.db import Session
+from hounsfield.registry.auth import require
 
-__all__ = ["Admin", "Developer", "Limit", "Offset", "Radiologist", "Reader", "SessionDep", "refuse"]
+__all__ = ["Admin", "Developer", "Limit", "Offset", "Radiologist", "Reader", "SessionDep"]
 
 
 def _session(request: Request) -> Iterator[Session]:
@@ -30,29 +29,3 @@ Reader = Annotated[Principal, Depends(require(*READERS))]
 Developer = Annotated[Principal, Depends(require(Role.MODEL_DEVELOPER))]
 Radiologist = Annotated[Principal, Depends(require(Role.RADIOLOGIST))]
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
-
-
-def refuse(error: CatalogError | ManifestError) -> NoReturn:
-    """Translate a refusal to its HTTP answer: 422 in FastAPI's validation shape (a bad manifest or
-    field), 404 (no such thing), or 409 (conflicts with what is stored; a failed validation's checks
-    come along)."""
-    if isinstance(error, ManifestError):
-        detail: object = [
-            {
-                "loc": ["body", issue.file.removesuffix(".json"), *[p for p in issue.field.split(".") if p]],
-                "msg": f"{issue.file}: {issue.reason}",
-                "type": "map_manifest",
-            }
-            for issue in error.issues
-        ]
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
-    if isinstance(error, Invalid):
-        detail = [{"loc": ["body", error.field], "msg": error.reason, "type": "value_error"}]
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
-    if isinstance(error, NotFound):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(error))
-    checks = getattr(error, "checks", None)  # lifecycle.ValidationFailed: which checks failed, and why
-    if checks is not None:
-        detail = {"message": str(error), "checks": [c.model_dump() for c in checks]}
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=detail)
-    raise HTTPException(status.HTTP_409_CONFLICT, detail=str(error))

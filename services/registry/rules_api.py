@@ -12,13 +12,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from hounsfield.db import Study
-from hounsfield.registry import lifecycle
-from hounsfield.registry.catalog import CatalogError
-from hounsfield.registry.deployment_schemas import RulePublic, RulePut
-from hounsfield.registry.deps import Admin, Reader, SessionDep, refuse
+from hounsfield.catalog import rules
+from hounsfield.catalog.read_model import load_deployments
+from hounsfield.catalog.schemas import RulePublic, RulePut
+from hounsfield.contracts.rules import INDEXED_TAGS, Rule, SeriesFacts
+from hounsfield.registry.deps import Admin, Reader, SessionDep
 from hounsfield.router.dry_run import DeploymentVerdict, dry_run, match_tree, study_facts
-from hounsfield.router.rules import INDEXED_TAGS, Rule, SeriesFacts
 
 __all__ = ["router"]
 
@@ -121,21 +120,18 @@ def _answer(verdict: DeploymentVerdict) -> DeploymentDryRun:
 @router.get("", response_model=list[RulePublic])
 def list_rules(session: SessionDep, _: Reader) -> list[RulePublic]:
     """Every stored routing rule, with the deployments bound to it."""
-    return lifecycle.list_rules(session)
+    return rules.list_rules(session)
 
 
 @router.get("/{name}", response_model=RulePublic, responses=_ERRORS)
 def get_rule(name: RuleName, session: SessionDep, _: Reader) -> RulePublic:
-    try:
-        return lifecycle.get_rule(session, name)
-    except CatalogError as exc:
-        refuse(exc)
+    return rules.get_rule(session, name)
 
 
 @router.put("/{name}", response_model=RulePublic, responses={201: {"description": "Made."}, **_ERRORS})
 def put_rule(name: RuleName, body: RulePut, response: Response, session: SessionDep, principal: Admin) -> RulePublic:
     """Make or replace a rule (201 when new). A replaced rule applies to the next study routed."""
-    stored, outcome = lifecycle.put_rule(session, principal, name, body.rule, body.description)
+    stored, outcome = rules.put_rule(session, principal, name, body.rule, body.description)
     if outcome == "created":
         response.status_code = status.HTTP_201_CREATED
     return stored
@@ -144,26 +140,23 @@ def put_rule(name: RuleName, body: RulePut, response: Response, session: Session
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
 def delete_rule(name: RuleName, session: SessionDep, principal: Admin) -> None:
     """Delete a rule that no deployment is bound to."""
-    try:
-        lifecycle.delete_rule(session, principal, name)
-    except CatalogError as exc:
-        refuse(exc)
+    rules.delete_rule(session, principal, name)
 
 
 @router.post("/dry-run", response_model=DryRunAnswer, responses={404: {"description": "no such stored study"}})
 def post_dry_run(body: DryRunRequest, session: SessionDep, _: Reader) -> DryRunAnswer:
     """Evaluate the deployments' rules (or ``rule``) on a study's series; nothing is completed or queued."""
     if body.deployments is not None:
-        chosen = lifecycle.load_deployments(session, names=body.deployments, stages=None)
+        chosen = load_deployments(session, names=body.deployments, stages=None)
         missing = sorted(set(body.deployments) - {d.name for d in chosen})
         if missing:
             raise HTTPException(404, detail=f"no deployment named {', '.join(missing)}")
     else:
-        chosen = lifecycle.load_deployments(session)
+        chosen = load_deployments(session)
     if body.study_instance_uid is not None:
-        if session.get(Study, body.study_instance_uid) is None:
-            raise HTTPException(404, detail="no stored study with this Study Instance UID")
         facts = study_facts(session, body.study_instance_uid)
+        if not facts:
+            raise HTTPException(404, detail="no stored study with this Study Instance UID")
     else:
         assert body.series is not None
         facts = [SeriesFacts(**item.model_dump()) for item in body.series]

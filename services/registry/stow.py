@@ -64,27 +64,19 @@ from starlette.concurrency import run_in_threadpool
 
 from hounsfield.config import Settings
 from hounsfield.db import Database, Job
-from hounsfield.listener.completeness import CompletenessTracker
+from hounsfield.dicom_status import Status
+from hounsfield.errors import HounsfieldError
 from hounsfield.listener.engine.spool import DatasetSink
-from hounsfield.listener.metrics import ListenerMetrics
-from hounsfield.listener.storage import (
-    STATUS,
-    Origin,
-    Received,
-    SpooledDataset,
-    StoreContext,
-    part10_prefix,
-    receive_instance,
-)
-from hounsfield.router.routing import Router, RouterThread
-from hounsfield.store import InvalidUID, StudyStore, check_uid
+from hounsfield.listener.intake import Intake
+from hounsfield.listener.storage import Origin, Received, SpooledDataset, part10_prefix, receive_instance
+from hounsfield.store import InvalidUID, check_uid
 
 __all__ = [
     "DICOM_JSON",
     "STOW_CALLING_AE",
     "PartOutcome",
-    "StowError",
     "StowIntake",
+    "StowRequestRefused",
     "StowTransaction",
     "boundary_of",
     "router",
@@ -99,15 +91,14 @@ _FEED_BYTES = 1 << 20  # hand the parser about 1 MiB at a time (one thread hop p
 _MAX_WARNINGS = 8
 _META_LIMIT = 1 << 16  # a file meta is a few hundred bytes; 64 KiB is beyond any sane one
 _SPOOL_THRESHOLD = 4 << 20  # larger datasets go to a spool file while they arrive (as in the listener)
-_STATUS = {**STATUS, "syntax_not_supported": 0xC122}  # PS3.18 Table I.2-2: Referenced Transfer Syntax not supported
 _SYNTAXES = frozenset(str(uid) for uid in ALL_TRANSFER_SYNTAXES)  # what the listener accepts over C-STORE
 _HEADER_ERRORS = (
     InvalidDicomError, ValueError, TypeError, KeyError, AttributeError, EOFError, OverflowError, zlib.error
 )  # fmt: skip
 
 
-class StowError(Exception):
-    """The request as a whole cannot be taken: an HTTP status and a reason without patient data."""
+class StowRequestRefused(HounsfieldError):
+    """The request as a whole is refused: an HTTP status and a reason without patient data."""
 
     def __init__(self, status_code: int, reason: str) -> None:
         super().__init__(reason)
@@ -137,7 +128,8 @@ class _Part:
 
 
 class StowIntake:
-    """The registry's receiving side: study store, index, and a completeness tracker that routes.
+    """The registry's receiving side: an :class:`~hounsfield.listener.intake.Intake` whose studies the
+    quiet period completes, and a spool folder of its own.
 
     Built per app; :meth:`start` and :meth:`stop` run the tracker and router threads (the app's
     lifespan calls them).
@@ -145,16 +137,12 @@ class StowIntake:
 
     def __init__(self, settings: Settings, db: Database, enqueue: Callable[[Job], None]) -> None:
         self.settings = settings
-        store = StudyStore(settings.data_dir, min_free_bytes=settings.listener.min_free_disk_mb * 2**20)
-        self.router_thread = RouterThread(Router(settings, db, enqueue))
-        self.tracker = CompletenessTracker(
-            self.router_thread.submit, complete_on_release=False, quiet_period_s=settings.listener.quiet_period_s
-        )
-        self.metrics = ListenerMetrics(store)
-        self.context = StoreContext(store, db, self.tracker, self.metrics)
+        self.intake = Intake(settings, db, enqueue)
+        self.context = self.intake.context
+        self.metrics = self.intake.metrics
         # A folder of its own under the store's spool folder: the listener clears its own leftovers
         # at start, and must not take a spool file from under a STOW-RS request.
-        self.spool_dir = store.spool_dir / "stow"
+        self.spool_dir = self.intake.store.spool_dir / "stow"
 
     @property
     def max_body_bytes(self) -> int:
@@ -166,31 +154,29 @@ class StowIntake:
             leftover.unlink(missing_ok=True)
         if leftovers:
             logger.info("removed %d STOW-RS spool file(s) left by an earlier run", len(leftovers))
-        self.router_thread.start()
-        self.tracker.start()
+        self.intake.start()
 
     def stop(self) -> None:
-        self.tracker.stop()
-        self.router_thread.stop()
+        self.intake.stop()
 
 
 def boundary_of(content_type: str | None) -> bytes:
     """The multipart boundary of a ``multipart/related; type="application/dicom"`` content type.
 
-    Raises :class:`StowError` 415 for another media type, 400 when the boundary is missing.
+    Raises :class:`StowRequestRefused` 415 for another media type, 400 when the boundary is missing.
     """
     main, params = parse_options_header(content_type or "")
     options = {key.lower(): value for key, value in params.items()}
     kind = options.get(b"type", b"").split(b";")[0].strip().lower()
     if main != b"multipart/related" or kind != b"application/dicom":
-        raise StowError(
+        raise StowRequestRefused(
             415,
             'STOW-RS here takes Content-Type: multipart/related; type="application/dicom" '
             "(DICOM Part 10 files; JSON or XML metadata with bulk data is not supported)",
         )
     boundary = options.get(b"boundary", b"")
     if not boundary:
-        raise StowError(400, "the multipart/related Content-Type has no boundary parameter")
+        raise StowRequestRefused(400, "the multipart/related Content-Type has no boundary parameter")
     return boundary
 
 
@@ -214,8 +200,7 @@ def _meta_uid(meta: Dataset, keyword: str) -> str | None:
         return None
 
 
-def _failure(status: str, reason: str, sop_class_uid: str | None, sop_instance_uid: str | None) -> PartOutcome:
-    code = _STATUS[status]
+def _failure(code: Status, reason: str, sop_class_uid: str | None, sop_instance_uid: str | None) -> PartOutcome:
     logger.warning("STOW-RS part refused (0x%04X): %s", code, reason)
     return PartOutcome(Received(code, reason, sop_class_uid or "", sop_instance_uid or ""))
 
@@ -259,7 +244,7 @@ class StowTransaction:
                 },
             )
         except ValueError as exc:  # python-multipart refuses over-long boundaries
-            raise StowError(400, f"unusable multipart boundary: {exc}") from exc
+            raise StowRequestRefused(400, f"unusable multipart boundary: {exc}") from exc
 
     # python-multipart callbacks (synchronous, inside MultipartParser.write)
     def _on_part_begin(self) -> None:
@@ -299,12 +284,12 @@ class StowTransaction:
         head, part.head = part.head, bytearray()
         media_type = parse_options_header(part.headers.get("content-type", "application/dicom"))[0]
         if media_type != b"application/dicom":
-            part.outcome = _failure("cannot_understand", "a part is not application/dicom", None, None)
+            part.outcome = _failure(Status.CANNOT_UNDERSTAND, "a part is not application/dicom", None, None)
             return
         try:
             meta, offset = _split_part10(head)
         except _HEADER_ERRORS:
-            part.outcome = _failure("cannot_understand", "a part is not a DICOM Part 10 file", None, None)
+            part.outcome = _failure(Status.CANNOT_UNDERSTAND, "a part is not a DICOM Part 10 file", None, None)
             return
         sop_class = _meta_uid(meta, "MediaStorageSOPClassUID")
         sop_instance = _meta_uid(meta, "MediaStorageSOPInstanceUID")
@@ -312,11 +297,11 @@ class StowTransaction:
         part.syntax = str(meta.TransferSyntaxUID).strip().rstrip("\x00")
         if sop_class is None or sop_instance is None:
             reason = "the file meta lacks a valid Media Storage SOP Class or Instance UID"
-            part.outcome = _failure("cannot_understand", reason, sop_class, sop_instance)
+            part.outcome = _failure(Status.CANNOT_UNDERSTAND, reason, sop_class, sop_instance)
             return
         if part.syntax not in _SYNTAXES:
             reason = "the file meta names a transfer syntax this node does not take"
-            part.outcome = _failure("syntax_not_supported", reason, sop_class, sop_instance)
+            part.outcome = _failure(Status.TRANSFER_SYNTAX_NOT_SUPPORTED, reason, sop_class, sop_instance)
             return
         syntax = part.syntax
         part.sink = DatasetSink(
@@ -337,11 +322,11 @@ class StowTransaction:
         """Parse ``chunk`` and store every part it completes."""
         self._seen += len(chunk)
         if self._seen > self._max_bytes:
-            raise StowError(413, f"the request body exceeds {self._max_bytes // 2**20} MiB")
+            raise StowRequestRefused(413, f"the request body exceeds {self._max_bytes // 2**20} MiB")
         try:
             self._parser.write(chunk)
         except MultipartParseError as exc:
-            raise StowError(400, f"the multipart body is malformed: {exc}") from exc
+            raise StowRequestRefused(400, f"the multipart body is malformed: {exc}") from exc
         finally:
             complete, self._complete = self._complete, []
             for part in complete:
@@ -350,9 +335,9 @@ class StowTransaction:
     def finish(self) -> None:
         """Check that the body ended with its closing boundary and held at least one part."""
         if not self._ended:
-            raise StowError(400, "the multipart body ends before its closing boundary")
+            raise StowRequestRefused(400, "the multipart body ends before its closing boundary")
         if not self.outcomes:
-            raise StowError(400, "the multipart body holds no DICOM instance")
+            raise StowRequestRefused(400, "the multipart body holds no DICOM instance")
 
     def release(self) -> None:
         """The request is over: drop an unfinished part; its studies are no longer busy, the quiet period decides."""
@@ -367,7 +352,7 @@ class StowTransaction:
         assert part.sink is not None
         dataset = part.sink.finish()
         if dataset is None:
-            return _failure("out_of_resources", part.sink.failure, part.sop_class_uid, part.sop_instance_uid)
+            return _failure(Status.OUT_OF_RESOURCES, part.sink.failure, part.sop_class_uid, part.sop_instance_uid)
         try:
             return self._receive(part, dataset)
         finally:
@@ -439,13 +424,13 @@ async def _store_instances(request: Request, study_uid: str | None) -> JSONRespo
             try:
                 study_uid = check_uid(study_uid, "StudyInstanceUID")
             except InvalidUID as exc:
-                raise StowError(400, f"the URL's {exc}") from exc
+                raise StowRequestRefused(400, f"the URL's {exc}") from exc
         boundary = boundary_of(request.headers.get("content-type"))
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > intake.max_body_bytes:
-            raise StowError(413, f"the request body exceeds {intake.max_body_bytes // 2**20} MiB")
+            raise StowRequestRefused(413, f"the request body exceeds {intake.max_body_bytes // 2**20} MiB")
         transaction = StowTransaction(intake, boundary, study_instance_uid=study_uid)
-    except StowError as exc:
+    except StowRequestRefused as exc:
         raise HTTPException(exc.status_code, exc.reason) from exc
     try:
         pending: list[bytes] = []
@@ -459,7 +444,7 @@ async def _store_instances(request: Request, study_uid: str | None) -> JSONRespo
         if pending:
             await run_in_threadpool(transaction.feed, b"".join(pending))
         transaction.finish()
-    except StowError as exc:
+    except StowRequestRefused as exc:
         kept = transaction.stored
         note = f"; {kept} instance(s) complete before that were stored (sending them again is harmless)"
         raise HTTPException(exc.status_code, exc.reason + (note if kept else "")) from exc

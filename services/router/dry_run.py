@@ -12,11 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.orm import Session
-
+from hounsfield.catalog.read_model import DeploymentSpec
+from hounsfield.contracts.rules import Match, Rule, SeriesFacts
+from hounsfield.db import Session
 from hounsfield.db.index import series_facts_rows
-from hounsfield.registry.lifecycle import DeploymentSpec
-from hounsfield.router.rules import Match, Rule, SeriesFacts
 
 __all__ = ["DeploymentVerdict", "dry_run", "match_tree", "study_facts"]
 

@@ -1,6 +1,6 @@
 """From a complete study to jobs: evaluate every deployment's rule on every series.
 
-The deployments are the registry's running ones (``hounsfield.registry.lifecycle``), read afresh
+The deployments are the catalog's running ones (:mod:`hounsfield.catalog.read_model`), read afresh
 for every study: a promotion or a rollback applies to the next study routed.
 
 A study can complete more than once: series that arrive after it was routed set it back to
@@ -17,16 +17,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select
-
+from hounsfield.catalog.read_model import DeploymentSpec, load_deployments
 from hounsfield.config import Settings
-from hounsfield.contracts import StudyComplete
+from hounsfield.contracts import Match, SeriesFacts, StudyComplete
 from hounsfield.db import Database, Job, Study, StudyState
-from hounsfield.db.index import add_event, complete_study
+from hounsfield.db.index import add_event, complete_study, study_state
 from hounsfield.db.jobs import create_job, idempotency_key, supersede_earlier_jobs
-from hounsfield.registry.lifecycle import DeploymentSpec, load_deployments
 from hounsfield.router.dry_run import study_facts
-from hounsfield.router.rules import Match, SeriesFacts
 
 __all__ = ["Decision", "Router", "RouterThread", "evaluate_deployment"]
 
@@ -67,9 +64,7 @@ class Router:
         uid = event.study_instance_uid
         created: list[Job] = []
         with self._db.session() as session:
-            earlier = session.execute(
-                select(Study.completed_at, Study.completion_trigger).where(Study.study_instance_uid == uid)
-            ).one_or_none()
+            earlier = study_state(session, uid)
             if not complete_study(session, uid, event.trigger):
                 logger.info("study already routed or unknown; ignoring %s trigger", event.trigger)
                 return []

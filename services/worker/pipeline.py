@@ -12,35 +12,38 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
+from hounsfield.catalog.read_model import DeploymentSpec, get_spec
+from hounsfield.catalog.schemas import as_utc
 from hounsfield.config import Settings
-from hounsfield.db import Database, Event, Instance, Job, JobState, Result, Series, utcnow
-from hounsfield.db.index import add_event
+from hounsfield.db import Database, Job, JobState, Result, Series, Session, utcnow
+from hounsfield.db.index import add_event, series_instance_paths
 from hounsfield.db.jobs import (
     claim_job,
     claim_waiting_job,
     finish_job,
+    first_event_at,
+    job_results,
     record_result,
     set_job_state,
     supersede_results,
 )
+from hounsfield.db.withdrawals import is_withdrawn
 from hounsfield.exporter.delivery import DestinationUnreachable, ExportFailed, deliver
 from hounsfield.exporter.display import DisplayIdentity, write_display_copies
-from hounsfield.exporter.fhir import NotifyFailed, announce
-from hounsfield.exporter.validation import ValidationFailed, ValidationReport, validate_object
-from hounsfield.exporter.withdrawal import is_withdrawn
-from hounsfield.registry.catalog_schemas import as_utc
-from hounsfield.registry.lifecycle import DeploymentSpec, get_spec
-from hounsfield.registry.map_manifest import parse_manifests
+from hounsfield.exporter.fhir import AnnouncementFailed, announce
+from hounsfield.exporter.validation import GateRejected, ValidationReport, validate_object
 from hounsfield.store import StudyStore
-from hounsfield.worker.kubernetes import KubernetesRuntime, in_cluster, needs_kubernetes
-from hounsfield.worker.preflight import BadInput, check_series
-from hounsfield.worker.runtime import AppFailed, AppTimedOut, InProcessRuntime, SubprocessRuntime
+from hounsfield.worker.preflight import InputRejected, check_series
+from hounsfield.worker.runtimes import (
+    ApplicationFailed,
+    ApplicationRun,
+    ApplicationTimedOut,
+    InProcessRuntime,
+    Runtimes,
+)
 
 __all__ = ["WorkerContext", "execute_job", "resume_export"]
 
@@ -57,7 +60,12 @@ class WorkerContext:
     settings: Settings
     db: Database
     store: StudyStore
-    runtime: InProcessRuntime = field(default_factory=InProcessRuntime)
+    in_process: InitVar[InProcessRuntime | None] = None
+    """The in-process runtime the worker warmed its applications in (a fresh one when not given)."""
+    runtimes: Runtimes = field(init=False)
+
+    def __post_init__(self, in_process: InProcessRuntime | None) -> None:
+        self.runtimes = Runtimes(self.settings, self.store.root, in_process=in_process)
 
 
 class _Stopwatch:
@@ -77,11 +85,8 @@ def _inputs(session: Session, job: Job) -> list[tuple[Series, list[Path]]]:
     for uid in job.series_instance_uids:
         series = session.get(Series, uid)
         if series is None:
-            raise BadInput(f"series {uid} is no longer indexed")
-        paths = session.scalars(
-            select(Instance.path).where(Instance.series_instance_uid == uid).order_by(Instance.instance_number)
-        ).all()
-        out.append((series, [Path(p) for p in paths]))
+            raise InputRejected(f"series {uid} is no longer indexed")
+        out.append((series, [Path(p) for p in series_instance_paths(session, uid)]))
     return out
 
 
@@ -137,28 +142,22 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
             )
         )
         watch.lap("load")
-        _runtime(ctx, deployment, job_id).run(
-            deployment.app,
-            input_dir=workspace.input,
-            output_dir=workspace.output,
-            model_path=deployment.model_path,
-            workdir=workspace.work,
-            timeout_s=deployment.timeout_s,
-        )
+        run = ApplicationRun(job_id, deployment, workspace.input, workspace.output, workspace.work)
+        ctx.runtimes.for_deployment(deployment).run(run)
         watch.lap("inference")
         produced = sorted(workspace.output.rglob("*.dcm"))
         if not produced:
-            raise AppFailed("the application finished without writing any DICOM object")
+            raise ApplicationFailed("the application finished without writing any DICOM object")
         reports = [validate_object(path, dciodvfy=settings.worker.dciodvfy) for path in produced]
         copies = _display_copies(
             ctx, job, deployment, reports, [p for _, paths in inputs for p in paths], workspace.output
         )
         reports += [validate_object(path, dciodvfy=settings.worker.dciodvfy) for path in copies]
         watch.lap("validate")
-    except AppTimedOut as exc:
+    except ApplicationTimedOut as exc:
         watch.lap("inference")
         return _fail(ctx, job_id, f"timed out: {exc}", watch, state=JobState.TIMED_OUT)
-    except (BadInput, AppFailed, ValidationFailed) as exc:
+    except (InputRejected, ApplicationFailed, GateRejected) as exc:
         return _fail(ctx, job_id, str(exc), watch)
     except OSError as exc:
         return _fail(ctx, job_id, f"workspace error: {exc}", watch)
@@ -219,12 +218,12 @@ def _announce(ctx: WorkerContext, job: Job, mode: str) -> None:
     with ctx.db.session() as session:
         if is_withdrawn(session, job.id):
             return
-        sr = session.scalar(select(Result).where(Result.job_id == job.id, Result.kind == "SR"))
+        sr = next(iter(job_results(session, job.id, kind="SR")), None)
     if sr is None:
         return
     try:
         where = announce(Path(sr.path), fhir, model_name=job.model_name, model_version=job.model_version)
-    except (NotifyFailed, ValueError) as exc:
+    except (AnnouncementFailed, ValueError) as exc:
         logger.warning("job %s: results not announced over FHIR: %s", job.id, exc)
         with ctx.db.session() as session:
             add_event(session, job.study_instance_uid, "worker", "fhir-failed", job_id=job.id, reason=str(exc))
@@ -255,9 +254,7 @@ def resume_export(ctx: WorkerContext, job_id: str) -> JobState | None:
 def _waited_s(ctx: WorkerContext, job: Job) -> float | None:
     """Seconds since the job first had to wait for a destination; None when it never waited."""
     with ctx.db.session() as session:
-        first = session.scalar(
-            select(Event.at).where(Event.job_id == job.id, Event.kind == "export-waiting").order_by(Event.id).limit(1)
-        )
+        first = first_event_at(session, job.id, "export-waiting")
     return None if first is None else (utcnow() - as_utc(first)).total_seconds()
 
 
@@ -274,24 +271,6 @@ def _wait_or_fail(
         set_job_state(session, job.id, JobState.WAITING, watch.timings)
         add_event(session, job.study_instance_uid, "worker", "export-waiting", job_id=job.id, reason=reason)
     return JobState.WAITING
-
-
-def _runtime(
-    ctx: WorkerContext, deployment: DeploymentSpec, job_id: str
-) -> InProcessRuntime | SubprocessRuntime | KubernetesRuntime:
-    """How this job's application runs: a Kubernetes Job for a MAP declaring a GPU or large memory
-    (in a cluster, with an image), else the deployment's runtime."""
-    k8s = ctx.settings.worker.kubernetes
-    if k8s.enabled and deployment.image and deployment.map_manifest and in_cluster():
-        manifests = parse_manifests(deployment.map_manifest["app"], deployment.map_manifest["pkg"])
-        if needs_kubernetes(manifests, k8s):
-            return KubernetesRuntime(
-                job_id, deployment.name, deployment.image, deployment.map_manifest, ctx.store.root, k8s
-            )
-    if deployment.runtime == "subprocess":
-        assert deployment.map_path is not None  # validated with the deployment
-        return SubprocessRuntime(deployment.map_path, deployment.application_root or deployment.map_path)
-    return ctx.runtime
 
 
 def _keep_results(ctx: WorkerContext, job_id: str, reports: list[ValidationReport]) -> None:
@@ -338,7 +317,7 @@ def _export(ctx: WorkerContext, job: Job, names: Sequence[str], mode: str) -> No
             logger.info("job %s: its results were withdrawn; nothing more is sent", job.id)
             add_event(session, job.study_instance_uid, "worker", "export-withdrawn", job_id=job.id)
             return
-        results = session.scalars(select(Result).where(Result.job_id == job.id).order_by(Result.id)).all()
+        results = job_results(session, job.id)
     for name in names:
         destination = ctx.settings.destinations.get(name)
         if destination is None:

@@ -15,29 +15,31 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder, pixel_array
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-__all__ = ["BadInput", "check_decodable", "check_series"]
+from hounsfield.errors import HounsfieldError
+
+__all__ = ["InputRejected", "check_decodable", "check_series"]
 
 # What pydicom and its decoder plugins raise for a code stream they cannot decode.
 _DECODE_ERRORS = (ValueError, RuntimeError, NotImplementedError, TypeError, KeyError, IndexError, EOFError, OSError)
 
 
-class BadInput(ValueError):
+class InputRejected(HounsfieldError, ValueError):
     """The study cannot be processed by this model; retrying will not help."""
 
 
 def check_series(series_uid: str, description: str, paths: list[Path]) -> None:
     """Every instance must be readable DICOM and carry pixel data that this installation can decode."""
     if not paths:
-        raise BadInput(f"series {description!r} has no stored instances")
+        raise InputRejected(f"series {description!r} has no stored instances")
     decoded: set[UID] = set()
     for path in paths:
         try:
             ds = pydicom.dcmread(path, defer_size="1 KB")
         except (InvalidDicomError, OSError, EOFError) as exc:
-            raise BadInput(f"series {description!r}: an instance is not readable DICOM ({exc})") from exc
+            raise InputRejected(f"series {description!r}: an instance is not readable DICOM ({exc})") from exc
         if "PixelData" not in ds:
             number = ds.get("InstanceNumber", "?")
-            raise BadInput(
+            raise InputRejected(
                 f"series {description!r} ({len(paths)} instances): instance number {number} has no pixel data"
             )
         syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
@@ -48,11 +50,11 @@ def check_series(series_uid: str, description: str, paths: list[Path]) -> None:
                 # frame is read; pydicom does not inflate a deflated file that way, so that one is read whole.
                 pixel_array(pydicom.dcmread(path) if syntax == DeflatedExplicitVRLittleEndian else path, index=0)
                 decoded.add(syntax)
-        except BadInput as exc:
-            raise BadInput(f"series {description!r}: {exc}") from exc
+        except InputRejected as exc:
+            raise InputRejected(f"series {description!r}: {exc}") from exc
         except _DECODE_ERRORS as exc:
             number = ds.get("InstanceNumber", "?")
-            raise BadInput(
+            raise InputRejected(
                 f"series {description!r}: undecodable pixels: instance number {number} ({_name(syntax)}) "
                 f"could not be decoded ({type(exc).__name__}: {' '.join(str(exc).split())})"
             ) from exc
@@ -65,7 +67,7 @@ def _name(syntax: UID) -> str:
 
 
 def check_decodable(syntax: UID) -> None:
-    """Raise :class:`BadInput` unless pydicom can decode pixel data in ``syntax`` here.
+    """Raise :class:`InputRejected` unless pydicom can decode pixel data in ``syntax`` here.
 
     The reason names the syntax and what is missing: no decoder exists in pydicom at all (video, JPEG XL,
     an unknown UID), or the packages that one of its plugins needs are not installed.
@@ -73,9 +75,9 @@ def check_decodable(syntax: UID) -> None:
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:
-        raise BadInput(
+        raise InputRejected(
             f"undecodable pixels: {_name(syntax)} needs a pixel data decoder, and pydicom has none"
         ) from None
     if not decoder.is_available:
         needs = "; or ".join(decoder.missing_dependencies) or "a decoder plugin"
-        raise BadInput(f"undecodable pixels: {_name(syntax)} needs {needs}")
+        raise InputRejected(f"undecodable pixels: {_name(syntax)} needs {needs}")

@@ -7,11 +7,11 @@ import os
 
 from celery.signals import worker_ready
 
+from hounsfield.catalog.read_model import load_deployments
 from hounsfield.config import Settings
 from hounsfield.db import Database
-from hounsfield.registry.lifecycle import load_deployments
-from hounsfield.worker.celery_app import make_celery
-from hounsfield.worker.runtime import InProcessRuntime
+from hounsfield.queues import make_celery
+from hounsfield.worker.runtimes import InProcessRuntime
 
 __all__ = ["run"]
 

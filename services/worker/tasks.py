@@ -14,10 +14,9 @@ from celery import Task, shared_task
 
 from hounsfield.config import Settings
 from hounsfield.db import Database, JobState
+from hounsfield.queues import EXPORT_JOB_TASK, RUN_JOB_TASK
 from hounsfield.store import StudyStore
-from hounsfield.worker.celery_app import EXPORT_JOB_TASK, RUN_JOB_TASK
 from hounsfield.worker.pipeline import WorkerContext, execute_job, resume_export
-from hounsfield.worker.runtime import InProcessRuntime
 
 __all__ = ["export_job", "run_job"]
 
@@ -28,9 +27,9 @@ class _JobTask(Task):  # type: ignore[misc]
     @cached_property
     def context(self) -> WorkerContext:
         settings: Settings = self.app.conf.hounsfield_settings
-        runtime = self.app.conf.get("hounsfield_runtime") or InProcessRuntime(settings.worker.app_max_jobs)
+        in_process = self.app.conf.get("hounsfield_runtime")  # warmed by the worker process (service.run)
         db, store = Database(settings.sqlalchemy_url), StudyStore(settings.data_dir)
-        return WorkerContext(settings=settings, db=db, store=store, runtime=runtime)
+        return WorkerContext(settings=settings, db=db, store=store, in_process=in_process)
 
     def retry_export_later(self, job_id: str, attempt: int) -> None:
         """Queue the next export attempt of a waiting job on the queue this task came from."""

@@ -22,11 +22,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from hounsfield.catalog.manifests import parse_manifests
 from hounsfield.config import load_settings
 from hounsfield.demo.orthanc import free_port
 from hounsfield.listener.server import Listener
-from hounsfield.registry.map_manifest import parse_manifests
-from hounsfield.worker.kubernetes import build_job
+from hounsfield.worker.runtimes.kubernetes import build_job
 from tests.deploy.hounsfield_cli import check_cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -195,7 +195,7 @@ def test_the_gpu_worker_requests_exactly_what_the_maps_pkg_json_declares(chart: 
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert json.loads(env["HOUNSFIELD_WORKER__QUEUES"]) == ["stat", "routine"]
 
-    # The same MAP run as a Kubernetes Job by a CPU worker (services/worker/kubernetes.py), with the
+    # The same MAP run as a Kubernetes Job by a CPU worker (services/worker/runtimes/kubernetes.py), with the
     # settings the chart wrote: the same resources, the same GPU node selector, the chart's claim.
     settings = load_settings(_written(hounsfield_config(objects), tmp_path))
     app_json = {"command": "python3 -m app", "input": {"formats": ["diagnostic"]}, "output": {"format": {}}}

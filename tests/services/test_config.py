@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hounsfield.config import ConfigError, load_settings
+from hounsfield.config import ConfigurationInvalid, load_settings
 
 
 def _write(tmp_path: Path, data: dict) -> Path:
@@ -32,19 +32,19 @@ def test_environment_overrides_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_unknown_yaml_key_is_named(tmp_path: Path) -> None:
     path = _write(tmp_path, {"listener": {"prot": 104}})
-    with pytest.raises(ConfigError, match=r"listener\.prot: unknown key"):
+    with pytest.raises(ConfigurationInvalid, match=r"listener\.prot: unknown key"):
         load_settings(path)
 
 
 def test_bad_value_is_named(tmp_path: Path) -> None:
     path = _write(tmp_path, {"listener": {"port": 70000}})
-    with pytest.raises(ConfigError, match=r"listener\.port: Input should be less than or equal to 65535"):
+    with pytest.raises(ConfigurationInvalid, match=r"listener\.port: Input should be less than or equal to 65535"):
         load_settings(path)
 
 
 def test_unknown_environment_key_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOUNSFIELD_LISTNER__PORT", "1")
-    with pytest.raises(ConfigError, match="HOUNSFIELD_LISTNER__PORT: unknown key"):
+    with pytest.raises(ConfigurationInvalid, match="HOUNSFIELD_LISTNER__PORT: unknown key"):
         load_settings(None)
 
 
@@ -56,7 +56,9 @@ def test_bad_rule_points_at_the_rule(tmp_path: Path) -> None:
             {"kind": "tag_equals", "keyword": "PatientName", "value": "x"},
         ]},
     }  # fmt: skip
-    with pytest.raises(ConfigError, match=r"deployments\.0\.rule\.all\.rules\.1\.tag_equals\.keyword: .*not indexed"):
+    with pytest.raises(
+        ConfigurationInvalid, match=r"deployments\.0\.rule\.all\.rules\.1\.tag_equals\.keyword: .*not indexed"
+    ):
         load_settings(_write(tmp_path, {"deployments": [deployment]}))
 
 
@@ -65,7 +67,7 @@ def test_unknown_destination_is_refused(tmp_path: Path) -> None:
         "name": "d", "app": "m:C", "model_path": "x", "model_name": "m", "model_version": "1.0.0",
         "rule": {"kind": "modality", "in": ["CT"]}, "destinations": ["nowhere"],
     }  # fmt: skip
-    with pytest.raises(ConfigError, match="unknown destination 'nowhere'"):
+    with pytest.raises(ConfigurationInvalid, match="unknown destination 'nowhere'"):
         load_settings(_write(tmp_path, {"deployments": [deployment]}))
 
 

@@ -109,7 +109,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{/* The GPU worker's resources: exactly what the MAP's pkg.json declares (requests = limits, as the
-     Kubernetes Jobs of services/worker/kubernetes.py), else the values' resources with `gpus` GPUs. */}}
+     Kubernetes Jobs of services/worker/runtimes/kubernetes.py), else the values' resources with `gpus` GPUs. */}}
 {{- define "hounsfield.gpuResources" -}}
 {{- $gpu := .Values.gpuWorker -}}
 {{- if $gpu.mapPackage -}}

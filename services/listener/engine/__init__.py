@@ -9,9 +9,11 @@ pool so that other associations keep flowing.
 - :mod:`.pdu`: PDU framing, P-DATA fragments, association PDU codecs.
 - :mod:`.dimse`: DIMSE command sets (implicit VR little endian, group 0000).
 - :mod:`.association`: one connection's state machine (an :class:`asyncio.Protocol`).
+- :mod:`.config`: :class:`EngineConfig` (ports, timeouts, limits, TLS), from the listener's settings.
 - :mod:`.server`: the loop in its own thread, plain and TLS ports, the association limit.
 """
 
-from hounsfield.listener.engine.server import DicomServer, EngineConfig
+from hounsfield.listener.engine.config import EngineConfig
+from hounsfield.listener.engine.server import DicomServer
 
 __all__ = ["DicomServer", "EngineConfig"]

@@ -19,14 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
+from hounsfield.dicom_status import Status
+from hounsfield.listener.engine.config import EngineConfig
 from hounsfield.listener.engine.dimse import (
     C_CANCEL_RQ,
     C_ECHO_RQ,
     C_STORE_RQ,
     Command,
-    CommandError,
+    CommandUndecodable,
     decode_command,
     encode_response,
 )
@@ -38,7 +40,7 @@ from hounsfield.listener.engine.pdu import (
     ContextResult,
     NegotiatedContext,
     PDUType,
-    ProtocolError,
+    ProtocolViolation,
     decode_associate_rq,
     encode_abort,
     encode_associate_ac,
@@ -50,7 +52,6 @@ from hounsfield.listener.engine.pdu import (
 from hounsfield.listener.engine.spool import DatasetSink
 from hounsfield.listener.policy import AssociationPolicy
 from hounsfield.listener.storage import (
-    STATUS,
     Origin,
     Received,
     SpooledDataset,
@@ -59,9 +60,6 @@ from hounsfield.listener.storage import (
     receive_instance,
 )
 
-if TYPE_CHECKING:
-    from hounsfield.listener.engine.server import EngineConfig
-
 __all__ = ["Association", "EngineState", "negotiate_contexts"]
 
 logger = logging.getLogger(__name__)
@@ -69,8 +67,6 @@ logger = logging.getLogger(__name__)
 _MAX_CONTROL_PDU = 1 << 20
 """Largest non-P-DATA PDU accepted (an A-ASSOCIATE-RQ with 128 contexts is ~15 KiB)."""
 _ABSURD_PDU = 256 << 20
-_UNRECOGNIZED_OPERATION = 0x0211
-_SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 
 @dataclass
@@ -176,7 +172,7 @@ class Association(asyncio.Protocol):
                 consumed = self._parse(data)
                 if consumed < len(data):
                     self._buffer += memoryview(data)[consumed:]
-        except ProtocolError as exc:
+        except ProtocolViolation as exc:
             self.abort(str(exc), exc.reason)
 
     def eof_received(self) -> bool | None:
@@ -227,33 +223,35 @@ class Association(asyncio.Protocol):
 
     def _check_length(self, pdu_type: int, length: int) -> None:
         if length > _ABSURD_PDU:
-            raise ProtocolError(f"PDU claims {length} bytes", AbortReason.INVALID_PDU_PARAMETER)
+            raise ProtocolViolation(f"PDU claims {length} bytes", AbortReason.INVALID_PDU_PARAMETER)
         if pdu_type == PDUType.P_DATA_TF:
             # Peers count the maximum length differently (PDV items or PDU body): allow some slack.
             if length > 2 * self._config.max_pdu + 1024:
-                raise ProtocolError(
+                raise ProtocolViolation(
                     f"P-DATA-TF of {length} bytes exceeds the negotiated maximum {self._config.max_pdu}",
                     AbortReason.INVALID_PDU_PARAMETER,
                 )
         elif length > _MAX_CONTROL_PDU:
-            raise ProtocolError(f"PDU type {pdu_type:#04x} claims {length} bytes", AbortReason.INVALID_PDU_PARAMETER)
+            raise ProtocolViolation(
+                f"PDU type {pdu_type:#04x} claims {length} bytes", AbortReason.INVALID_PDU_PARAMETER
+            )
 
     def _on_control(self, pdu_type: int, pdu: memoryview) -> None:
         if pdu_type == PDUType.ASSOCIATE_RQ:
             if self._phase != "request":
-                raise ProtocolError("A-ASSOCIATE-RQ on an established association", AbortReason.UNEXPECTED_PDU)
+                raise ProtocolViolation("A-ASSOCIATE-RQ on an established association", AbortReason.UNEXPECTED_PDU)
             self._on_associate(decode_associate_rq(bytes(pdu)))
         elif pdu_type == PDUType.RELEASE_RQ:
             if self._phase != "established":
-                raise ProtocolError("A-RELEASE-RQ outside an association", AbortReason.UNEXPECTED_PDU)
+                raise ProtocolViolation("A-RELEASE-RQ outside an association", AbortReason.UNEXPECTED_PDU)
             self._on_release()
         elif pdu_type == PDUType.ABORT_RQ:
             logger.info("association from %s (%s) aborted by the peer", self._calling, self._peer)
             self._close()
         elif pdu_type in (PDUType.ASSOCIATE_AC, PDUType.ASSOCIATE_RJ, PDUType.RELEASE_RP):
-            raise ProtocolError(f"unexpected PDU type {pdu_type:#04x} for an acceptor", AbortReason.UNEXPECTED_PDU)
+            raise ProtocolViolation(f"unexpected PDU type {pdu_type:#04x} for an acceptor", AbortReason.UNEXPECTED_PDU)
         else:
-            raise ProtocolError(f"unrecognized PDU type {pdu_type:#04x}", AbortReason.UNRECOGNIZED_PDU)
+            raise ProtocolViolation(f"unrecognized PDU type {pdu_type:#04x}", AbortReason.UNRECOGNIZED_PDU)
 
     # -- association establishment ---------------------------------------------------------------------
 
@@ -322,11 +320,11 @@ class Association(asyncio.Protocol):
 
     def _on_pdata(self, body: memoryview) -> None:
         if self._phase != "established":
-            raise ProtocolError("P-DATA-TF outside an established association", AbortReason.UNEXPECTED_PDU)
+            raise ProtocolViolation("P-DATA-TF outside an established association", AbortReason.UNEXPECTED_PDU)
         for context_id, control, fragment in iter_pdvs(body):
             context = self._contexts.get(context_id)
             if context is None:
-                raise ProtocolError(f"P-DATA on presentation context {context_id}, which is not accepted")
+                raise ProtocolViolation(f"P-DATA on presentation context {context_id}, which is not accepted")
             if control & 0x01:
                 self._on_command_fragment(context, fragment, last=bool(control & 0x02))
             else:
@@ -334,19 +332,19 @@ class Association(asyncio.Protocol):
 
     def _on_command_fragment(self, context: NegotiatedContext, fragment: memoryview, *, last: bool) -> None:
         if self._receiving is not None:
-            raise ProtocolError("a command fragment arrived while a dataset was expected")
+            raise ProtocolViolation("a command fragment arrived while a dataset was expected")
         if self._command and context.context_id != self._command_context:
-            raise ProtocolError("command fragments on different presentation contexts")
+            raise ProtocolViolation("command fragments on different presentation contexts")
         self._command_context = context.context_id
         self._command += fragment
         if len(self._command) > _MAX_CONTROL_PDU:
-            raise ProtocolError("command set larger than 1 MiB")
+            raise ProtocolViolation("command set larger than 1 MiB")
         if not last:
             return
         try:
             command = decode_command(self._command)
-        except CommandError as exc:
-            raise ProtocolError(f"undecodable command set: {exc}") from exc
+        except CommandUndecodable as exc:
+            raise ProtocolViolation(f"undecodable command set: {exc}") from exc
         self._command = bytearray()
         message = _Message(context, command)
         if command.has_dataset:
@@ -380,9 +378,9 @@ class Association(asyncio.Protocol):
     def _on_dataset_fragment(self, context: NegotiatedContext, fragment: memoryview, *, last: bool) -> None:
         message = self._receiving
         if message is None or message.sink is None:
-            raise ProtocolError("a dataset fragment arrived without a command that announced one")
+            raise ProtocolViolation("a dataset fragment arrived without a command that announced one")
         if context.context_id != message.context.context_id:
-            raise ProtocolError("dataset fragments on a different presentation context than their command")
+            raise ProtocolViolation("dataset fragments on a different presentation context than their command")
         if message.command.command_field == C_STORE_RQ:
             message.sink.write(fragment)
         else:
@@ -412,12 +410,12 @@ class Association(asyncio.Protocol):
             if field_ == C_STORE_RQ:
                 self._store(message)
             elif field_ == C_ECHO_RQ:
-                self._respond(message, 0x0000)
+                self._respond(message, Status.SUCCESS)
             elif field_ == C_CANCEL_RQ or not command.is_request:
                 logger.debug("ignored DIMSE command %#06x from %s", field_, self._calling)
             else:
                 logger.info("unsupported DIMSE command %#06x from %s answered 0x0211", field_, self._calling)
-                self._respond(message, _UNRECOGNIZED_OPERATION, "only C-STORE and C-ECHO are served")
+                self._respond(message, Status.UNRECOGNISED_OPERATION, "only C-STORE and C-ECHO are served")
         if self._queue or self._busy or self._closing:
             return
         if self._paused and self._transport is not None:
@@ -431,13 +429,15 @@ class Association(asyncio.Protocol):
         if message.dataset is None:
             failure = message.sink.failure if message.sink is not None else ""
             if failure:
-                self._respond(message, STATUS["out_of_resources"], failure)
+                self._respond(message, Status.OUT_OF_RESOURCES, failure)
             else:
-                self._respond(message, STATUS["processing_failure"], "C-STORE-RQ without a dataset")
+                self._respond(message, Status.PROCESSING_FAILURE, "C-STORE-RQ without a dataset")
             return
         if command.affected_sop_class_uid != context.abstract_syntax:
             _discard(message)
-            self._respond(message, _SOP_CLASS_NOT_SUPPORTED, "Affected SOP Class differs from the presentation context")
+            self._respond(
+                message, Status.SOP_CLASS_NOT_SUPPORTED, "Affected SOP Class differs from the presentation context"
+            )
             return
         assert self._origin is not None
         if self._state.established == 1 and self._state.store.journal is not None and not _spooled(message):
@@ -459,7 +459,7 @@ class Association(asyncio.Protocol):
             received = future.result()
         except Exception:  # the store's own failures are statuses; anything else is a bug, answered 0x0110
             logger.exception("storing an instance failed unexpectedly")
-            received = Received(STATUS["processing_failure"], "internal error while storing")
+            received = Received(Status.PROCESSING_FAILURE, "internal error while storing")
         if self._closing:
             self._notify_end()
             return
@@ -475,7 +475,7 @@ class Association(asyncio.Protocol):
 
     def _on_release(self) -> None:
         if self._receiving is not None or self._command:
-            raise ProtocolError("A-RELEASE-RQ in the middle of a message", AbortReason.UNEXPECTED_PDU)
+            raise ProtocolViolation("A-RELEASE-RQ in the middle of a message", AbortReason.UNEXPECTED_PDU)
         self._release_requested = True
         self._phase = "releasing"
         self._next()

@@ -10,13 +10,15 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from hounsfield.errors import HounsfieldError
+
 __all__ = [
     "C_CANCEL_RQ",
     "C_ECHO_RQ",
     "C_STORE_RQ",
     "NO_DATASET",
     "Command",
-    "CommandError",
+    "CommandUndecodable",
     "decode_command",
     "encode_response",
 ]
@@ -43,7 +45,7 @@ _AFFECTED_SOP_INSTANCE = 0x1000
 _REQUESTED_SOP_INSTANCE = 0x1001
 
 
-class CommandError(ValueError):
+class CommandUndecodable(HounsfieldError, ValueError):
     """The command set cannot be decoded (truncated, wrong group, missing Command Field)."""
 
 
@@ -67,25 +69,25 @@ def _text(value: bytes) -> str:
 
 
 def decode_command(data: bytes | bytearray | memoryview) -> Command:
-    """Decode a command set; :class:`CommandError` when it is not one."""
+    """Decode a command set; :class:`CommandUndecodable` when it is not one."""
     view = memoryview(data)
     offset, end = 0, len(view)
     values: dict[int, bytes] = {}
     while offset < end:
         if end - offset < 8:
-            raise CommandError("truncated command element")
+            raise CommandUndecodable("truncated command element")
         group, element, length = _ELEMENT.unpack_from(view, offset)
         offset += 8
         if group != 0x0000:
-            raise CommandError(f"command set element in group {group:04X}")
+            raise CommandUndecodable(f"command set element in group {group:04X}")
         if length == 0xFFFFFFFF or offset + length > end:
-            raise CommandError("command element length exceeds the command set")
+            raise CommandUndecodable("command element length exceeds the command set")
         values[element] = bytes(view[offset : offset + length])
         offset += length
     try:
         command_field = _US.unpack(values[_COMMAND_FIELD])[0]
     except (KeyError, struct.error) as exc:
-        raise CommandError("command set without a valid Command Field") from exc
+        raise CommandUndecodable("command set without a valid Command Field") from exc
 
     def us(element: int, default: int) -> int:
         raw = values.get(element)

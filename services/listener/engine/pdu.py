@@ -23,6 +23,8 @@ from pynetdicom.pdu_items import (
     UserInformationItem,
 )
 
+from hounsfield.errors import HounsfieldError
+
 __all__ = [
     "APPLICATION_CONTEXT",
     "HEADER",
@@ -32,7 +34,7 @@ __all__ = [
     "NegotiatedContext",
     "PDUType",
     "ProposedContext",
-    "ProtocolError",
+    "ProtocolViolation",
     "decode_associate_rq",
     "encode_abort",
     "encode_associate_ac",
@@ -84,7 +86,7 @@ class ContextResult:
     TRANSFER_SYNTAXES_NOT_SUPPORTED = 4
 
 
-class ProtocolError(Exception):
+class ProtocolViolation(HounsfieldError):
     """The peer broke the upper-layer protocol; the association is aborted with ``reason``."""
 
     def __init__(self, message: str, reason: int = AbortReason.INVALID_PDU_PARAMETER) -> None:
@@ -138,7 +140,7 @@ def _uid(value: object) -> str:
 
 
 def decode_associate_rq(pdu: bytes) -> AssociateRequest:
-    """Decode a whole A-ASSOCIATE-RQ PDU (header included); :class:`ProtocolError` when malformed."""
+    """Decode a whole A-ASSOCIATE-RQ PDU (header included); :class:`ProtocolViolation` when malformed."""
     decoded = A_ASSOCIATE_RQ()
     try:
         decoded.decode(pdu)
@@ -163,9 +165,9 @@ def decode_associate_rq(pdu: bytes) -> AssociateRequest:
             implementation_version_name=str((user.implementation_version_name if user is not None else "") or ""),
         )
     except _DECODE_ERRORS as exc:
-        raise ProtocolError(f"malformed A-ASSOCIATE-RQ ({type(exc).__name__})") from exc
+        raise ProtocolViolation(f"malformed A-ASSOCIATE-RQ ({type(exc).__name__})") from exc
     if not contexts:
-        raise ProtocolError("A-ASSOCIATE-RQ without presentation contexts")
+        raise ProtocolViolation("A-ASSOCIATE-RQ without presentation contexts")
     return request
 
 
@@ -227,13 +229,13 @@ def iter_pdvs(body: memoryview) -> Iterator[tuple[int, int, memoryview]]:
     """(context ID, message control header, fragment) for each PDV item of a P-DATA-TF body."""
     offset, end = 0, len(body)
     if end == 0:
-        raise ProtocolError("P-DATA-TF without presentation data values")
+        raise ProtocolViolation("P-DATA-TF without presentation data values")
     while offset < end:
         if end - offset < 6:
-            raise ProtocolError("truncated presentation data value item")
+            raise ProtocolViolation("truncated presentation data value item")
         length, context_id, control = _PDV_HEADER.unpack_from(body, offset)
         if length < 2 or offset + 4 + length > end:
-            raise ProtocolError("presentation data value length disagrees with the PDU length")
+            raise ProtocolViolation("presentation data value length disagrees with the PDU length")
         yield context_id, control, body[offset + 6 : offset + 4 + length]
         offset += 4 + length
 

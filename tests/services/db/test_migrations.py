@@ -17,12 +17,12 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, MetaData, inspect, select
 from typer.testing import CliRunner
 
+from hounsfield.cli.database import db as db_app
 from hounsfield.db import Database, Study, StudyState
 from hounsfield.db.migrate import (
     INITIAL_REVISION,
     INITIAL_TABLES,
     current_revision,
-    db_app,
     head_revision,
     migrated_tables,
     target_metadata,
@@ -198,7 +198,7 @@ def test_stored_applications_follow_the_installed_import_name(database_url: str)
                 )  # fmt: skip
         assert upgrade(database.engine) == head_revision()
         with database.session() as session:
-            apps = dict(session.execute(select(Deployment.name, Deployment.app)).tuples().all())
+            apps = {name: app for name, app in session.execute(select(Deployment.name, Deployment.app))}
         assert apps == {"old": "hounsfield_operators.ct_lesion_seg.app:CTLesionSegApp", "other": "mypkg.app:App"}
     finally:
         database.dispose()

@@ -8,11 +8,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from hounsfield.worker.runtime import InProcessRuntime
-from tests.support import write_study
-
-REPO = Path(__file__).resolve().parents[3]
-MODEL = REPO / "operators" / "ct_lesion_seg" / "models" / "model.ts"
+from hounsfield.worker.runtimes import InProcessRuntime
+from tests.support import application_run, write_study
 
 
 def run_example(folder: Path, *, seed: int, shape: tuple[int, int, int]) -> tuple[list[Path], Path]:
@@ -21,9 +18,8 @@ def run_example(folder: Path, *, seed: int, shape: tuple[int, int, int]) -> tupl
     runtime = InProcessRuntime()
     try:
         runtime.run(
-            "hounsfield_operators.ct_lesion_seg.app:CTLesionSegApp", input_dir=files[0].parent,
-            output_dir=folder / "out", model_path=MODEL, workdir=folder, timeout_s=300,
-        )  # fmt: skip
+            application_run(input_dir=files[0].parent, output_dir=folder / "out", workdir=folder, timeout_s=300)
+        )
     finally:
         runtime.close()
     return files, folder / "out"

@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from hounsfield.config import FhirSettings, Settings
 from hounsfield.db import Event, JobState
-from hounsfield.exporter.fhir import NotifyFailed, diagnostic_report, model_device_uid, post_report
+from hounsfield.exporter.fhir import AnnouncementFailed, diagnostic_report, model_device_uid, post_report
 from hounsfield.worker.pipeline import execute_job
 from tests.support import routed_job
 
@@ -134,17 +134,17 @@ def test_posting_twice_leaves_one_report_and_a_refusal_names_no_patient(
     assert len(fhir_server.reports) == 1, "conditional create: the same SR is announced once"
 
     fhir_server.refuse = True
-    with pytest.raises(NotifyFailed, match=r"refused the report: HTTP 422 \(invalid\)") as refused:
+    with pytest.raises(AnnouncementFailed, match=r"refused the report: HTTP 422 \(invalid\)") as refused:
         post_report(report, settings)
     assert "HF-PHANTOM" not in str(refused.value), "the server's diagnostics (patient data) are not repeated"
     fhir_server.refuse = False
 
     fhir_server.token = "t0ken"
     guarded = FhirSettings(url=fhir_server.url, token_env="EHR_TOKEN")
-    with pytest.raises(NotifyFailed, match="EHR_TOKEN is not set"):
+    with pytest.raises(AnnouncementFailed, match="EHR_TOKEN is not set"):
         post_report(report, guarded)
     monkeypatch.setenv("EHR_TOKEN", "wrong")
-    with pytest.raises(NotifyFailed, match="HTTP 401"):
+    with pytest.raises(AnnouncementFailed, match="HTTP 401"):
         post_report(report, guarded)
     monkeypatch.setenv("EHR_TOKEN", "t0ken")
     post_report(report, guarded)

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 
 from hounsfield.exporter.rejection import build_rejection_note
-from hounsfield.exporter.validation import ValidationFailed, validate_object
+from hounsfield.exporter.validation import GateRejected, validate_object
 
 ROOT = "1.2.826.0.1.3680043.10.1392."
 
@@ -59,7 +59,7 @@ def test_a_broken_note_never_passes_the_gate(example_results: list[pydicom.Datas
     del note.CurrentRequestedProcedureEvidenceSequence  # type 1 in the Key Object Document module
     path = tmp_path / "broken.dcm"
     note.save_as(path, enforce_file_format=True)
-    with pytest.raises(ValidationFailed, match=r"broken\.dcm"):
+    with pytest.raises(GateRejected, match=r"broken\.dcm"):
         validate_object(path)
 
 

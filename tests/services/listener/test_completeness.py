@@ -17,6 +17,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 from sqlalchemy import select
 
+from hounsfield.catalog import prepare_database
 from hounsfield.config import QueryRetrieveSettings, Settings, SourceSettings
 from hounsfield.contracts import StudyComplete
 from hounsfield.db import Database, Event, Job, JobState, Result, Study, StudyState
@@ -24,7 +25,6 @@ from hounsfield.db.jobs import record_result, supersede_results
 from hounsfield.demo.orthanc import LocalOrthanc, free_port
 from hounsfield.demo.stack import storescu
 from hounsfield.listener.server import Listener
-from hounsfield.registry.lifecycle import prepare_database
 from hounsfield.router.routing import Router
 from hounsfield_operators.ct_lesion_seg.phantom import make_phantom, write_dicom_series
 from tests.support import wait_for, write_study

@@ -14,10 +14,11 @@ from pynetdicom.dsutils import encode
 from sqlalchemy import select
 
 from hounsfield.db import Database, Instance, Study, StudyState
+from hounsfield.dicom_status import Status
 from hounsfield.listener.completeness import CompletenessTracker
 from hounsfield.listener.ingest import JournaledStore
 from hounsfield.listener.journal import Journal
-from hounsfield.listener.storage import STATUS, Origin, StoreContext, part10_bytes, receive_instance
+from hounsfield.listener.storage import Origin, StoreContext, part10_bytes, receive_instance
 from hounsfield.store import StudyStore
 from tests.support import bare_ct
 
@@ -84,7 +85,7 @@ def _expected_file(ds: pydicom.Dataset, data: bytes) -> bytes:
 def test_acknowledged_instances_are_applied_to_files_and_rows(rig: Rig) -> None:
     sent = [_dataset() for _ in range(5)]
     for _, data in sent:
-        assert _receive(rig.context, data) == STATUS["success"]
+        assert _receive(rig.context, data) == Status.SUCCESS
     assert rig.journaled.drain(10)
     rows = rig.rows()
     for ds, data in sent:
@@ -97,7 +98,7 @@ def test_a_crash_before_applying_is_replayed_at_the_next_start(tmp_path: Path) -
     first = _rig(tmp_path, start=False)  # the applier never runs: acknowledged, then the process dies
     sent = [_dataset() for _ in range(4)]
     for _, data in sent:
-        assert _receive(first.context, data) == STATUS["success"]
+        assert _receive(first.context, data) == Status.SUCCESS
     assert first.rows() == {} and not list(first.store.root.rglob("*.dcm"))
     first.journaled.journal.close()
     first.db.dispose()
@@ -123,7 +124,7 @@ def test_a_crash_before_applying_is_replayed_at_the_next_start(tmp_path: Path) -
 def test_replay_leaves_studies_already_indexed_alone(tmp_path: Path) -> None:
     first = _rig(tmp_path, checkpoint_after_s=3600)  # applied at once, checkpointed only after an hour
     ds, data = _dataset()
-    assert _receive(first.context, data) == STATUS["success"]
+    assert _receive(first.context, data) == Status.SUCCESS
     assert first.journaled.drain(10)
     with first.db.session() as session:
         session.get(Study, ds.StudyInstanceUID).state = StudyState.ROUTED
@@ -199,7 +200,7 @@ def test_below_the_disk_floor_nothing_is_journaled(tmp_path: Path) -> None:
     rig = _rig(tmp_path, min_free_bytes=1 << 60)
     try:
         received = receive_instance(rig.context, _dataset()[1], ExplicitVRLittleEndian, ORIGIN)
-        assert received.status == STATUS["out_of_resources"]
+        assert received.status == Status.OUT_OF_RESOURCES
         assert "below the floor" in received.reason
         assert rig.journaled.journal.last_seq == 0
     finally:

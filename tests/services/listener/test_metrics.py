@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hounsfield.config import Settings
 from hounsfield.demo.orthanc import free_port
-from hounsfield.demo.stack import StackError, storescu
+from hounsfield.demo.stack import StackFailed, storescu
 from hounsfield.listener.server import Listener
 from tests.support import write_study
 
@@ -51,7 +51,7 @@ def test_stored_duplicate_and_rejected_are_counted(serve: list[Listener], settin
     port = listener.settings.listener.port
     storescu(files[:3], host="127.0.0.1", port=port, called_ae="HOUNSFIELD", calling_ae="CT01")
     storescu(files[:1], host="127.0.0.1", port=port, called_ae="HOUNSFIELD", calling_ae="CT01")
-    with pytest.raises(StackError):
+    with pytest.raises(StackFailed):
         storescu(files[:1], host="127.0.0.1", port=port, called_ae="HOUNSFIELD", calling_ae="STRANGER")
     listener.flush()
     samples = _samples(listener)
@@ -71,7 +71,7 @@ def test_disk_floor_refusals_show_in_the_metrics(serve: list[Listener], settings
     listener = _serve(settings, min_free_disk_mb=free_mb + 1024)  # the floor is above what is free
     serve.append(listener)
     _, files = write_study(tmp_path / "ct", seed=6)
-    with pytest.raises(StackError):  # storescu reports the 0xA700 status as a failure and halts
+    with pytest.raises(StackFailed):  # storescu reports the 0xA700 status as a failure and halts
         storescu(files[:2], host="127.0.0.1", port=listener.settings.listener.port, called_ae="HOUNSFIELD",
                  calling_ae="CT01")  # fmt: skip
     samples = _samples(listener)

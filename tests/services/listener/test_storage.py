@@ -9,8 +9,9 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 from pynetdicom.dsutils import encode
 
 from hounsfield.db import Database
+from hounsfield.dicom_status import Status
 from hounsfield.listener.completeness import CompletenessTracker
-from hounsfield.listener.storage import STATUS, Origin, StoreContext, receive_instance
+from hounsfield.listener.storage import Origin, StoreContext, receive_instance
 from hounsfield.store import StudyStore
 from tests.support import bare_ct
 
@@ -32,7 +33,7 @@ def test_dataset_encoded_otherwise_than_its_syntax_is_refused(
 ) -> None:
     data = bytes(encode(bare_ct(), encoded_implicit, True))
     received = receive_instance(context, data, announced, Origin("test", "MODALITY", "HOUNSFIELD"))
-    assert received.status == STATUS["cannot_understand"]
+    assert received.status == Status.CANNOT_UNDERSTAND
     assert received.reason == f"the dataset is encoded with {found} VR, not as its transfer syntax says"
     assert not list(context.store.root.rglob("*.dcm")), "nothing stored under a syntax that lies"
 

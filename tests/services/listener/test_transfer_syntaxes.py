@@ -30,7 +30,7 @@ from hounsfield.config import Settings, load_settings
 from hounsfield.db import Instance, Job
 from hounsfield.demo.orthanc import free_port
 from hounsfield.listener.server import Listener
-from hounsfield.worker.preflight import BadInput, check_series
+from hounsfield.worker.preflight import InputRejected, check_series
 from tests.transfer_syntaxes import IMAGE_FACTORIES, SYNTAXES, Syntax, encode, pixels_match
 
 CALLED_AE = "HOUNSFIELD"
@@ -232,7 +232,7 @@ def test_preflight_refuses_a_syntax_pydicom_cannot_decode(tmp_path: Path) -> Non
     video = pydicom.dcmread(path)
     video.file_meta.TransferSyntaxUID = uid.MPEG2MPML  # encapsulated, but no pydicom decoder exists for video
     video.save_as(path, enforce_file_format=True)
-    with pytest.raises(BadInput, match=r"undecodable pixels: MPEG2 Main Profile / Main Level needs a pixel data"):
+    with pytest.raises(InputRejected, match=r"undecodable pixels: MPEG2 Main Profile / Main Level needs a pixel data"):
         check_series(ds.SeriesInstanceUID, "video", [path])
 
 
@@ -261,10 +261,10 @@ def test_preflight_names_the_package_a_missing_decoder_needs(tmp_path: Path) -> 
         "import site, sys\n"
         f"site.addsitedir({str(farm)!r})\n"
         "from pathlib import Path\n"
-        "from hounsfield.worker.preflight import BadInput, check_series\n"
+        "from hounsfield.worker.preflight import InputRejected, check_series\n"
         "try:\n"
         f"    check_series('1.2.3', 'htj2k', [Path({str(path)!r})])\n"
-        "except BadInput as exc:\n"
+        "except InputRejected as exc:\n"
         "    print(exc)\n"
         "else:\n"
         "    print('accepted')\n"
@@ -286,5 +286,7 @@ def test_preflight_reports_a_truncated_code_stream(tmp_path: Path) -> None:
     frame = next(generate_frames(broken.PixelData, number_of_frames=1))
     broken.PixelData = encapsulate([frame[: len(frame) // 2 & ~1]])  # the second half of the frame never came
     broken.save_as(path, enforce_file_format=True)
-    with pytest.raises(BadInput, match=r"undecodable pixels: instance number 1 \(JPEG 2000 Image Compression \(Loss"):
+    with pytest.raises(
+        InputRejected, match=r"undecodable pixels: instance number 1 \(JPEG 2000 Image Compression \(Loss"
+    ):
         check_series(ds.SeriesInstanceUID, "truncated", [path])

@@ -5,14 +5,14 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from hounsfield.access import Role
 from hounsfield.config import Settings
 from hounsfield.contracts import StudyComplete
 from hounsfield.db import Database
 from hounsfield.db.index import IndexedInstance, record_instance
 from hounsfield.registry.app import create_app
-from hounsfield.registry.auth import Role
 from hounsfield.router.routing import Router
-from tests.services.registry.conftest import bearer
+from tests.support import bearer
 
 STUDY = "1.2.826.0.1.3680043.10.1392.1"
 

@@ -15,13 +15,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from hounsfield.access import DEV_TOKEN_FILE, Role, SignInImpossible
 from hounsfield.cli import app as cli
 from hounsfield.config import Settings
 from hounsfield.db import Database
 from hounsfield.db.access import ApiToken
 from hounsfield.registry.app import create_app
-from hounsfield.registry.auth import DEV_TOKEN_FILE, AuthSetupError, Role
-from tests.services.registry.conftest import bearer
+from tests.support import bearer
 
 ISSUER, AUDIENCE = "https://idp.hospital.example/realms/radiology", "hounsfield-registry"
 
@@ -31,7 +31,7 @@ def _with_registry(settings: Settings, **registry: object) -> Settings:
 
 
 def test_start_up_refuses_while_nobody_could_sign_in(settings: Settings) -> None:
-    with pytest.raises(AuthSetupError, match="hounsfield tokens create"):
+    with pytest.raises(SignInImpossible, match="hounsfield tokens create"):
         create_app(settings)
 
 
@@ -52,10 +52,10 @@ def test_a_bootstrap_token_from_the_environment_becomes_the_first_admin(
 ) -> None:
     """What the Helm chart does: an admin token from a Secret, stored (hashed) while nobody could sign in."""
     bootstrapped = _with_registry(settings, bootstrap_admin_token_env="TEST_BOOTSTRAP_TOKEN")
-    with pytest.raises(AuthSetupError, match="TEST_BOOTSTRAP_TOKEN is not set"):
+    with pytest.raises(SignInImpossible, match="TEST_BOOTSTRAP_TOKEN is not set"):
         create_app(bootstrapped)
     monkeypatch.setenv("TEST_BOOTSTRAP_TOKEN", "hf_short")
-    with pytest.raises(AuthSetupError, match="at least 32 more characters"):
+    with pytest.raises(SignInImpossible, match="at least 32 more characters"):
         create_app(bootstrapped)
     token = "hf_" + "b" * 40
     monkeypatch.setenv("TEST_BOOTSTRAP_TOKEN", token)
@@ -66,7 +66,7 @@ def test_a_bootstrap_token_from_the_environment_becomes_the_first_admin(
         rows = session.scalars(select(ApiToken)).all()
         assert [(row.name, row.token_sha256 != token) for row in rows] == [("bootstrap-admin", True)]
     assert client.delete(f"/tokens/{rows[0].id}").status_code in (200, 204)
-    with pytest.raises(AuthSetupError, match="was revoked"):
+    with pytest.raises(SignInImpossible, match="was revoked"):
         create_app(bootstrapped)  # a revoked bootstrap token is never brought back
 
 

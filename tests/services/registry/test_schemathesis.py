@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
+from hounsfield.access import Role
 from hounsfield.config import Settings
 from hounsfield.registry.app import create_app
-from hounsfield.registry.auth import Role
-from tests.services.registry.conftest import bearer
+from tests.support import bearer
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

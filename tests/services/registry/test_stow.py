@@ -25,14 +25,13 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from requests import HTTPError
 from sqlalchemy import func, select
 
+from hounsfield.access import Role
 from hounsfield.config import Settings
 from hounsfield.db import Database, Event, Instance, Job, Series, Study, StudyState
 from hounsfield.demo.orthanc import free_port
 from hounsfield.listener.storage import part10_bytes
 from hounsfield.registry.app import create_app
-from hounsfield.registry.auth import Role
-from tests.services.registry.conftest import bearer
-from tests.support import wait_for, write_study
+from tests.support import bearer, wait_for, write_study
 
 BOUNDARY = "hounsfield-test-boundary-7f3a"
 STOW_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'

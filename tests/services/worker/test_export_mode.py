@@ -9,10 +9,11 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
+from hounsfield.access import CONFIG_PRINCIPAL
+from hounsfield.catalog import deployments, prepare_database
 from hounsfield.config import Settings
 from hounsfield.contracts import StudyComplete
 from hounsfield.db import Database, Event, Job
-from hounsfield.registry import lifecycle
 from hounsfield.router.routing import Router
 from hounsfield.store import StudyStore
 from hounsfield.worker.pipeline import WorkerContext, _export_mode
@@ -26,7 +27,7 @@ def context(settings: Settings, database_url: str) -> WorkerContext:
     declared = settings.deployments[0].model_copy(update={"mode": "clinical"})
     settings = settings.model_copy(update={"database_url": database_url, "deployments": [declared]})
     db = Database(settings.sqlalchemy_url)
-    lifecycle.prepare_database(db, settings)
+    prepare_database(db, settings)
     return WorkerContext(settings=settings, db=db, store=StudyStore(settings.data_dir))
 
 
@@ -47,7 +48,7 @@ def test_a_clinical_job_exports_clinically_while_its_deployment_is_clinical(cont
 def test_results_are_held_back_once_the_deployment_left_clinical(context: WorkerContext, move: str) -> None:
     job = _queued_job(context)
     with context.db.session() as session:
-        getattr(lifecycle, move)(session, lifecycle.CONFIG_PRINCIPAL, "ct-lesion-seg", reason="recalled")
+        getattr(deployments, move)(session, CONFIG_PRINCIPAL, "ct-lesion-seg", reason="recalled")
     assert _export_mode(context, job) == "shadow"  # shadow: never to a clinical destination
     with context.db.session() as session:
         held = session.scalars(select(Event).where(Event.kind == "export-held")).all()

@@ -19,14 +19,14 @@ import pytest
 import yaml
 from sqlalchemy import select
 
+from hounsfield.catalog import prepare_database
 from hounsfield.config import Settings, load_settings
 from hounsfield.contracts import StudyComplete
 from hounsfield.db import Database, Job
 from hounsfield.demo.orthanc import free_port
-from hounsfield.registry.lifecycle import prepare_database
+from hounsfield.queues import Enqueuer
 from hounsfield.router.routing import Router
 from hounsfield.supervisor import LocalRedis
-from hounsfield.worker.celery_app import Enqueuer
 from tests.support import index_series, wait_for
 
 REPO = Path(__file__).resolve().parents[3]

@@ -20,15 +20,15 @@ import yaml
 from orthanc_api_client import OrthancApiClient
 from sqlalchemy import select
 
+from hounsfield.catalog import prepare_database
 from hounsfield.config import Settings, load_settings
 from hounsfield.contracts import StudyComplete
 from hounsfield.db import Database, Event, Job, JobState, Result
 from hounsfield.demo.orthanc import LocalOrthanc, free_port
 from hounsfield.demo.stack import CT_LESION_DEPLOYMENT
-from hounsfield.registry.lifecycle import prepare_database
+from hounsfield.queues import Enqueuer
 from hounsfield.router.routing import Router
 from hounsfield.supervisor import LocalRedis
-from hounsfield.worker.celery_app import Enqueuer
 from tests.support import index_files, write_study
 
 REPO = Path(__file__).resolve().parents[3]

@@ -1,0 +1,39 @@
+"""The SQLAlchemy engine of a database URL, with SQLite's pragmas (WAL, durability, busy timeout)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import Engine, create_engine, event, make_url
+
+__all__ = ["make_engine", "shown_url"]
+
+
+def _sqlite_pragmas(dbapi_connection: Any, synchronous: str) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the listener, worker and registry processes read while one writes.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA synchronous={synchronous}")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_engine(url: str, *, synchronous: Literal["FULL", "NORMAL"] = "FULL") -> Engine:
+    """An engine for ``url``; on SQLite its folder is made and every connection gets the pragmas."""
+    kwargs: dict[str, Any] = {"pool_pre_ping": not url.startswith("sqlite")}  # a SQLite file never hangs up
+    if url.startswith("sqlite"):
+        database = make_url(url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+    engine = create_engine(url, **kwargs)
+    if url.startswith("sqlite"):
+        event.listen(engine, "connect", lambda connection, _record: _sqlite_pragmas(connection, synchronous))
+    return engine
+
+
+def shown_url(url: str) -> str:
+    """``url`` as it may be printed: the password hidden."""
+    return make_url(url).render_as_string(hide_password=True)

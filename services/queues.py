@@ -1,0 +1,62 @@
+"""The job queues on Redis: the Celery application, its queues and task names.
+
+The router puts each job on the queue of its priority (:class:`Enqueuer`); workers consume them
+(:mod:`hounsfield.worker.tasks` defines the tasks, by the names here). Queues are ``stat``,
+``routine`` and ``batch`` (from the model's use cases); messages are acknowledged late, so that a
+job whose worker died is handed to another one.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from hounsfield.config import Settings
+from hounsfield.db import Job
+
+__all__ = ["EXPORT_JOB_TASK", "QUEUES", "RUN_JOB_TASK", "Enqueuer", "make_celery"]
+
+QUEUES = ("stat", "routine", "batch")
+RUN_JOB_TASK = "hounsfield.run_job"
+EXPORT_JOB_TASK = "hounsfield.export_job"
+_TASKS_MODULE = "hounsfield.worker.tasks"
+"""Where a worker finds the tasks (imported by name when the worker starts; senders never import it)."""
+
+
+def make_celery(settings: Settings, *, longest_timeout_s: float | None = None) -> Celery:
+    """A Celery app configured for ``settings`` (no connection is made until it is used).
+
+    A job's message is redelivered when its worker has not acknowledged it within the visibility
+    timeout (acks_late: a worker that died mid-job). It is set well above ``longest_timeout_s``, the
+    longest timeout of any deployed version (the worker passes the registry's), so that a job still
+    running is never handed to a second worker.
+    """
+    longest = max((d.timeout_s for d in settings.deployments), default=600.0)
+    longest = max(longest, longest_timeout_s or 0.0)
+    app = Celery("hounsfield", broker=settings.broker_url, include=[_TASKS_MODULE])
+    app.conf.update(
+        task_queues=[Queue(name) for name in QUEUES],
+        task_default_queue="routine",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": int(settings.worker.visibility_timeout_s or longest * 2 + 300)},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    app.conf.hounsfield_settings = settings
+    return app
+
+
+class Enqueuer:
+    """Puts jobs on their priority queue (the router's side of the broker)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._app = make_celery(settings)
+
+    def __call__(self, job: Job) -> None:
+        self._app.send_task(RUN_JOB_TASK, args=[job.id], queue=job.queue)

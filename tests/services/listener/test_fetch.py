@@ -1,0 +1,265 @@
+"""``hounsfield fetch`` against a real Orthanc as the source PACS: C-FIND, then C-MOVE or C-GET.
+
+Orthanc knows the listener's AE title (DicomModalities), so it accepts our queries and can C-MOVE
+to the running listener; its sub-associations call from Orthanc's own AE title, configured here as
+a source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+import yaml
+from sqlalchemy import func, select
+
+from hounsfield.config import QueryRetrieveSettings, Settings, SourceSettings
+from hounsfield.db import Database, Event, Instance, Job, JobState, Series, Study
+from hounsfield.demo.orthanc import LocalOrthanc, free_port
+from hounsfield.demo.stack import storescu
+from hounsfield.listener.fetch import FetchFailed, run_fetch
+from hounsfield.listener.server import Listener
+from hounsfield_operators.ct_lesion_seg.phantom import make_phantom, write_dicom_series
+from tests.support import write_study
+
+REPO = Path(__file__).resolve().parents[3]
+SOURCE_AE = "SRCPACS"
+
+
+def _configure(settings: Settings, port: int, **query: object) -> Settings:
+    """The test settings with Orthanc as source ``pacs`` and the sending modality as source ``modality``."""
+    sources = {
+        "pacs": SourceSettings(
+            ae_title=SOURCE_AE, query=QueryRetrieveSettings(host="127.0.0.1", port=port, timeout_s=10, **query)
+        ),
+        "modality": SourceSettings(ae_title="MODALITY"),
+    }
+    return settings.model_copy(update={"listener": settings.listener.model_copy(update={"sources": sources})})
+
+
+@pytest.fixture
+def orthanc(settings: Settings, tmp_path: Path) -> Iterator[LocalOrthanc]:
+    """Orthanc that knows the listener (AE HOUNSFIELD on the test's listener port)."""
+    listener = ("HOUNSFIELD", "127.0.0.1", settings.listener.port)
+    pacs = LocalOrthanc(tmp_path / "orthanc", aet=SOURCE_AE, modalities={"hounsfield": listener})
+    pacs.start()
+    yield pacs
+    pacs.stop()
+
+
+def _upload(pacs: LocalOrthanc, files: list[Path]) -> None:
+    with httpx.Client(base_url=pacs.url, timeout=30) as client:
+        for path in files:
+            client.post("/instances", content=path.read_bytes()).raise_for_status()
+
+
+def _study(folder: Path, seed: int, *, accession: str, patient_id: str, study_date: str = "20240115") -> list[Path]:
+    """A CT series written for one patient, accession and date."""
+    _, files = write_study(folder, seed, shape=(8, 32, 32), accession_number=accession, patient_id=patient_id)
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.StudyDate = study_date
+        ds.save_as(path)
+    return files
+
+
+def _second_series(folder: Path, first: list[Path], slices: int = 8) -> list[Path]:
+    """Another series of the study of ``first`` (same patient and accession)."""
+    head = pydicom.dcmread(first[0], stop_before_pixels=True)
+    phantom = make_phantom(99, shape_zyx=(slices, 32, 32), n_lesions=1)
+    return write_dicom_series(
+        phantom, folder, study_instance_uid=head.StudyInstanceUID, patient_id=head.PatientID,
+        accession_number=head.AccessionNumber, series_description="Second series", uid_seed=f"b-{folder}",
+    )  # fmt: skip
+
+
+def _uid(files: list[Path]) -> str:
+    return str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+
+
+def _count_here(db: Database, study_uid: str) -> int:
+    with db.session() as session:
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(Instance)
+                .join(Series, Series.series_instance_uid == Instance.series_instance_uid)
+                .where(Series.study_instance_uid == study_uid)
+            )
+            or 0
+        )
+
+
+def test_fetch_by_accession_moves_the_study_to_the_listener_which_completes_it(
+    settings: Settings, orthanc: LocalOrthanc, tmp_path: Path
+) -> None:
+    configured = _configure(settings, orthanc.dicom_port, count_completeness=False)
+    files = _study(tmp_path / "a", 11, accession="RQ0001", patient_id="PAT-A")
+    other = _study(tmp_path / "b", 12, accession="RQ0002", patient_id="PAT-A")
+    _upload(orthanc, files + other)
+    queued: list[Job] = []
+    listener = Listener(configured, queued.append)
+    listener.start()
+    try:
+        report = run_fetch(configured, "pacs", accession_number="RQ0001", enqueue=queued.append)
+    finally:
+        listener.stop()
+    assert report.ok and report.method == "c-move" and report.matched == 1
+    (study,) = report.studies
+    assert study.study_instance_uid == _uid(files)
+    assert study.outcome == "retrieved" and study.on_source == len(files)
+    assert (study.here_before, study.here_after, study.retrieved) == (0, len(files), len(files))
+    assert study.completion_trigger == "association-release" and study.state == "routed"
+    assert _count_here(listener.db, _uid(files)) == len(files)
+    assert _count_here(listener.db, _uid(other)) == 0, "only the matching study is retrieved"
+    stored = sorted(p.name for p in (configured.data_dir / "studies").rglob("*.dcm"))
+    assert stored == sorted(f"{pydicom.dcmread(p).SOPInstanceUID}.dcm" for p in files)
+    assert [job.study_instance_uid for job in queued] == [_uid(files)]
+
+
+def test_fetch_by_patient_and_by_date_range(settings: Settings, orthanc: LocalOrthanc, tmp_path: Path) -> None:
+    configured = _configure(settings, orthanc.dicom_port, retrieve="c-get")
+    january = _study(tmp_path / "j", 21, accession="RQ0021", patient_id="PAT-B", study_date="20240110")
+    march = _study(tmp_path / "m", 22, accession="RQ0022", patient_id="PAT-B", study_date="20240305")
+    stranger = _study(tmp_path / "s", 23, accession="RQ0023", patient_id="PAT-C", study_date="20240112")
+    _upload(orthanc, january + march + stranger)
+
+    by_patient = run_fetch(configured, "pacs", patient_id="PAT-B", dry_run=True)
+    assert by_patient.ok and by_patient.dry_run
+    assert sorted(s.study_instance_uid for s in by_patient.studies) == sorted([_uid(january), _uid(march)])
+    assert {s.outcome for s in by_patient.studies} == {"would-retrieve"}
+    assert all(s.here_after == 0 and s.series_to_retrieve == 1 for s in by_patient.studies)
+
+    queued: list[Job] = []
+    by_date = run_fetch(configured, "pacs", study_date="20240101-20240131", enqueue=queued.append)
+    assert by_date.ok
+    assert sorted(s.study_instance_uid for s in by_date.studies) == sorted([_uid(january), _uid(stranger)])
+    assert {s.outcome for s in by_date.studies} == {"retrieved"}
+    assert {s.completion_trigger for s in by_date.studies} == {"retrieve"}
+    db = Database(configured.sqlalchemy_url)
+    try:
+        assert _count_here(db, _uid(january)) == len(january)
+        assert _count_here(db, _uid(stranger)) == len(stranger)
+        assert _count_here(db, _uid(march)) == 0, "March is outside the range"
+        with db.session() as session:
+            study = session.get(Study, _uid(january))
+            assert study is not None and study.completion_trigger == "retrieve" and study.state.value == "routed"
+            kinds = session.scalars(
+                select(Event.kind).where(Event.study_instance_uid == _uid(january)).order_by(Event.id)
+            ).all()
+        assert kinds == ["study-complete", "job-queued"]
+    finally:
+        db.dispose()
+    assert sorted(job.study_instance_uid for job in queued) == sorted([_uid(january), _uid(stranger)])
+
+    again = run_fetch(configured, "pacs", study_date="20240110", enqueue=queued.append)
+    assert [s.outcome for s in again.studies] == ["complete-here"], "nothing is retrieved twice"
+    assert len(queued) == 2
+
+
+def test_partial_push_then_fetch_retrieves_only_the_missing_series(
+    settings: Settings, orthanc: LocalOrthanc, tmp_path: Path
+) -> None:
+    configured = _configure(settings, orthanc.dicom_port, count_completeness=False)
+    first = _study(tmp_path / "a", 31, accession="RQ0031", patient_id="PAT-D")
+    study_uid = _uid(first)
+    second = _second_series(tmp_path / "b", first)
+    _upload(orthanc, first + second)
+    queued: list[Job] = []
+    listener = Listener(configured, queued.append)
+    listener.start()
+    try:
+        storescu(first, host="127.0.0.1", port=configured.listener.port, called_ae="HOUNSFIELD", calling_ae="MODALITY")
+        report = run_fetch(configured, "pacs", study_instance_uid=study_uid, enqueue=queued.append)
+    finally:
+        listener.stop()
+    (study,) = report.studies
+    assert report.ok and study.outcome == "retrieved"
+    assert study.series_on_source == 2 and study.series_to_retrieve == 1
+    assert (study.here_before, study.retrieved, study.here_after) == (len(first), len(second), len(first + second))
+    assert study.completion_trigger == "association-release"
+    with listener.db.session() as session:
+        jobs = session.scalars(select(Job).order_by(Job.created_at)).all()
+        events = select(Event.kind).where(Event.study_instance_uid == study_uid).order_by(Event.id)
+        kinds = session.scalars(events).all()
+    assert [len(job.series_instance_uids) for job in jobs] == [1, 2]
+    assert jobs[0].superseded_by == jobs[1].id and jobs[1].supersedes == jobs[0].id
+    assert jobs[0].state is JobState.SUPERSEDED, "the first job had not run: it never will"
+    assert "re-evaluated" in kinds
+
+
+def test_a_move_nobody_receives_fails_with_a_reason(settings: Settings, orthanc: LocalOrthanc, tmp_path: Path) -> None:
+    files = _study(tmp_path / "a", 41, accession="RQ0041", patient_id="PAT-E")
+    _upload(orthanc, files)
+    unknown = _configure(settings, orthanc.dicom_port, move_destination="NOBODY")
+    listener_down = _configure(settings, orthanc.dicom_port)  # Orthanc knows HOUNSFIELD; nothing listens there
+    for configured, destination in ((unknown, "NOBODY"), (listener_down, "HOUNSFIELD")):
+        report = run_fetch(configured, "pacs", accession_number="RQ0041", wait_s=0)
+        (study,) = report.studies
+        assert not report.ok and study.outcome == "failed"
+        assert f"move destination {destination!r}" in study.reason and "is the listener running" in study.reason
+        assert study.here_after == 0 and study.retrieved == 0
+
+
+def test_unknown_source_and_bad_keys_are_refused(settings: Settings) -> None:
+    configured = _configure(settings, free_port())
+    with pytest.raises(FetchFailed, match="no source named 'nope'") as unknown:
+        run_fetch(configured, "nope", accession_number="X")
+    assert unknown.value.exit_code == 2
+    with pytest.raises(FetchFailed, match="wildcards") as wildcard:
+        run_fetch(configured, "pacs", accession_number="RQ*")
+    assert wildcard.value.exit_code == 2
+    with pytest.raises(FetchFailed, match="ends before it starts"):
+        run_fetch(configured, "pacs", study_date="20240301-20240101")
+    with pytest.raises(FetchFailed, match="has no query settings"):
+        run_fetch(configured, "modality", accession_number="X")
+
+
+def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOUNSFIELD_")} | {
+        "PYTHONPATH": str(REPO),
+        "COLUMNS": "200",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "hounsfield.cli", "fetch", "--config", str(config), *args],
+        capture_output=True, text=True, timeout=60, check=False, env=env, cwd=REPO,
+    )  # fmt: skip
+
+
+def _write_config(path: Path, settings: Settings) -> Path:
+    data = settings.model_dump(mode="json", by_alias=True, exclude_none=True)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_cli_reports_an_unreachable_source_without_a_traceback(settings: Settings, tmp_path: Path) -> None:
+    configured = _configure(settings, free_port())
+    proc = _cli(_write_config(tmp_path / "h.yaml", configured), "--source", "pacs", "--accession", "RQ0051")
+    assert proc.returncode == 1
+    assert "fetch failed" in proc.stderr and "is not reachable" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_dry_run_prints_json(settings: Settings, orthanc: LocalOrthanc, tmp_path: Path) -> None:
+    configured = _configure(settings, orthanc.dicom_port)
+    files = _study(tmp_path / "a", 61, accession="RQ0061", patient_id="PAT-F")
+    _upload(orthanc, files)
+    config = _write_config(tmp_path / "h.yaml", configured)
+    proc = _cli(config, "--source", "pacs", "--accession", "RQ0061", "--dry-run", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] and report["matched"] == 1 and report["dry_run"]
+    (study,) = report["studies"]
+    assert study["study_instance_uid"] == _uid(files) and study["outcome"] == "would-retrieve"
+    assert study["on_source"] == len(files) and study["here_after"] == 0
+    table = _cli(config, "--source", "pacs", "--study-date", "20240115", "--dry-run")
+    assert table.returncode == 0 and "would-retrieve" in table.stdout and "RQ0061" in table.stdout
+    bad = _cli(config, "--source", "pacs", "--study-date", "2024-01-15")
+    assert bad.returncode == 2 and "YYYYMMDD" in bad.stderr
