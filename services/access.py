@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from hounsfield.config import Settings
 from hounsfield.db import Database, utcnow
-from hounsfield.db.access import ApiToken, AuditEntry, active_token_count, token_by_digest
+from hounsfield.db.access import ApiToken, AuditEntry, active_token_count, token_by_digest, token_by_name
 from hounsfield.errors import Conflict, HounsfieldError
 
 __all__ = [
@@ -133,12 +133,15 @@ def create_token(
     audit row. A name (or token) taken already is a :class:`~hounsfield.errors.Conflict`.
     """
     token = token or TOKEN_PREFIX + secrets.token_urlsafe(32)
+    taken = Conflict(f"a token named {name!r} exists already")
+    if token_by_name(session, name) is not None:
+        raise taken
     row = ApiToken(name=name, role=role.value, token_sha256=_digest(token), created_by=principal.subject)
-    try:
-        with session.begin_nested():
-            session.add(row)
-    except IntegrityError:
-        raise Conflict(f"a token named {name!r} exists already") from None
+    session.add(row)
+    try:  # no savepoint: on SQLite a savepoint opening the transaction would commit the row on its own
+        session.flush()
+    except IntegrityError:  # made at the same moment by another caller (or the same token): the session is done
+        raise taken from None
     record(
         session,
         principal,

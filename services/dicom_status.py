@@ -18,7 +18,6 @@ from pynetdicom.status import (
     QR_GET_SERVICE_CLASS_STATUS,
     QR_MOVE_SERVICE_CLASS_STATUS,
     STATUS_PENDING,
-    STATUS_SUCCESS,
     STATUS_WARNING,
     STORAGE_SERVICE_CLASS_STATUS,
     code_to_category,
@@ -46,6 +45,7 @@ class Status(enum.IntEnum):
     TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
     """STOW-RS: Referenced Transfer Syntax not supported (PS3.18 Table I.2-2; no DIMSE code)."""
     MOVE_DESTINATION_UNKNOWN = 0xA801
+    CANCEL = 0xFE00
 
     @property
     def label(self) -> str:
@@ -61,7 +61,10 @@ _TABLES = {
     "move": QR_MOVE_SERVICE_CLASS_STATUS,
     "get": QR_GET_SERVICE_CLASS_STATUS,
 }
-_OWN_WORDS = {Status.TRANSFER_SYNTAX_NOT_SUPPORTED: "Referenced Transfer Syntax not supported"}
+_OWN_WORDS = {
+    Status.TRANSFER_SYNTAX_NOT_SUPPORTED: "Referenced Transfer Syntax not supported",
+    Status.CANCEL: "Sub-operations terminated due to Cancel indication",  # PS3.4 C.4.2.1.5; no words in pynetdicom
+}
 
 
 def describe(code: int, service: Service = "storage") -> str:
@@ -72,9 +75,21 @@ def describe(code: int, service: Service = "storage") -> str:
     return words or ("Success" if code == Status.SUCCESS else "")
 
 
+_STORED = frozenset(
+    {Status.SUCCESS}
+    | {
+        code
+        for code, (category, _) in STORAGE_SERVICE_CLASS_STATUS.items()
+        if category == STATUS_WARNING and code >> 12 == 0xB
+    }
+)
+"""Success and the Storage Service Class's own warnings (PS3.4 B.2.3: Bxxx, the object stored). pynetdicom's
+table also lists the DIMSE-N warnings 0107 and 0116, which no C-STORE response carries."""
+
+
 def is_stored(code: int) -> bool:
-    """A C-STORE response that means the object was stored: Success, or a Warning (PS3.4 B.2.3)."""
-    return code_to_category(code) in (STATUS_SUCCESS, STATUS_WARNING)
+    """A C-STORE response that means the object was stored: Success, or a Storage warning (PS3.4 B.2.3)."""
+    return code in _STORED
 
 
 def is_pending(code: int) -> bool:

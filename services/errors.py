@@ -5,19 +5,17 @@ was refused or what failed, and its message says why in words that never carry p
 callers rely on a built-in family as well (``except OSError`` around a disk write, ``except
 ValueError`` around parsing), a class derives from both.
 
-Three refusals of a request are shared by every room and translated once by each face:
+Three refusals of a request are shared by every room, and each face translates them once: the
+registry in one exception handler (:func:`hounsfield.registry.app.add_exception_handlers`), the CLI by
+printing the reason and exiting non-zero.
 
-================  ===========================================  ===========================
-refusal           meaning                                      HTTP (registry) / CLI exit
-================  ===========================================  ===========================
-:class:`NotFound`  no such use case, model, rule, job, ...     404 / 1
-:class:`Conflict`  contradicts what is stored, or its state    409 / 1
-:class:`Invalid`   a field only the domain can judge is wrong  422 / 2
-================  ===========================================  ===========================
+- :class:`NotFound`: no such use case, model, version, rule, deployment, job (HTTP 404);
+- :class:`Conflict`: contradicts what is stored, or the state something is in (HTTP 409);
+- :class:`Invalid`: a field only the domain can judge is wrong (HTTP 422, in FastAPI's validation shape).
 
 Subclasses add detail (:class:`~hounsfield.catalog.manifests.ManifestInvalid` names each file and
-field; :class:`~hounsfield.catalog.deployments.DeploymentChecksFailed` carries every check). The
-registry maps them in one exception handler (:mod:`hounsfield.registry.app`); no route catches them.
+field; :class:`~hounsfield.catalog.deployments.DeploymentChecksFailed` carries every check); no route
+catches them.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,17 @@ from tests.support import CT_RULE
 os.environ.setdefault("TCP_NODELAY", "1")
 
 TEST_PRINCIPAL = Principal("tests", Role.ADMIN, "cli")
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """Commands run in-process (Typer's CliRunner) set up process logging on a stream that is closed
+    after them; later tests' records would go to it. Each test leaves the root logger as it found it."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(autouse=True)

@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hounsfield.access import CONFIG_PRINCIPAL, Principal, record
-from hounsfield.catalog.manifests import ManifestInvalid, load_map
+from hounsfield.catalog.manifests import load_map
 from hounsfield.catalog.rules import RULE, put_rule
 from hounsfield.catalog.schemas import DeploymentCreate, DeploymentPublic, TransitionPublic, ValidationCheck
 from hounsfield.config import DeploymentSettings, Settings
@@ -301,7 +301,7 @@ def _map_problem(row: Deployment) -> str | None:
         return "no map_path"
     try:
         load_map(Path(row.map_path))
-    except (ManifestInvalid, OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # ManifestInvalid is a ValueError
         return f"{row.map_path}: {exc}"
     root = Path(row.application_root or row.map_path)
     return None if root.is_dir() else f"application root {root} is not a folder"

@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hounsfield.errors import Invalid
+from hounsfield.errors import Refused
 
 __all__ = [
     "AppManifest",
@@ -320,17 +320,12 @@ class ManifestIssue:
         return f"{self.file}: {self.field or '(document)'}: {self.reason}"
 
 
-class ManifestInvalid(Invalid):
+class ManifestInvalid(Refused, ValueError):
     """A MAP manifest refused: missing, unreadable, or not following the MAP spec; ``issues`` says where."""
 
     def __init__(self, issues: list[ManifestIssue]) -> None:
         self.issues = issues
-        text = "; ".join(str(i) for i in issues)
-        super().__init__(issues[0].file.removesuffix(".json") if issues else "manifest", text)
-        self.args = (text,)
-
-    def __str__(self) -> str:
-        return str(self.args[0])
+        super().__init__("; ".join(str(i) for i in issues))
 
 
 def _issues(file: str, error: ValidationError) -> list[ManifestIssue]:

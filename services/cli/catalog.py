@@ -173,13 +173,13 @@ def rules_apply(
 
 
 def _lifecycle_call(config: Path | None, call: str, name: str, **kwargs: object) -> None:
-    from hounsfield.catalog import deployments as lifecycle
+    from hounsfield.catalog import deployments as catalog_deployments
 
     settings, db = database(config)
     if call == "promote":
         kwargs["settings"] = settings
     with session_or_exit(db) as session:
-        changed = getattr(lifecycle, call)(session, cli_principal(), name, **kwargs)
+        changed = getattr(catalog_deployments, call)(session, cli_principal(), name, **kwargs)
     typer.echo(f"{changed.name}: {changed.stage.value}")
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hounsfield.cli._common import ConfigOption, settings_or_exit
+from hounsfield.cli._common import ConfigOption
 
 __all__ = ["db"]
 
@@ -17,7 +17,15 @@ UrlOption = Annotated[str | None, typer.Option("--url", help="Database URL (defa
 
 
 def _url(config: Path | None, url: str | None) -> str:
-    return url if url is not None else settings_or_exit(config, "db").sqlalchemy_url
+    if url is not None:
+        return url
+    from hounsfield.config import ConfigurationInvalid, load_settings
+
+    try:
+        return load_settings(config).sqlalchemy_url
+    except ConfigurationInvalid as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
 
 
 @db.command("upgrade")

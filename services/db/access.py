@@ -11,7 +11,15 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from hounsfield.db.models import Base, utcnow
 
-__all__ = ["ApiToken", "AuditEntry", "active_token_count", "list_audit", "list_tokens", "token_by_digest"]
+__all__ = [
+    "ApiToken",
+    "AuditEntry",
+    "active_token_count",
+    "list_audit",
+    "list_tokens",
+    "token_by_digest",
+    "token_by_name",
+]
 
 
 class ApiToken(Base):
@@ -53,6 +61,10 @@ class AuditEntry(Base):
 def token_by_digest(session: Session, sha256: str) -> ApiToken | None:
     """The token (active or revoked) whose SHA-256 is ``sha256``."""
     return session.scalars(select(ApiToken).where(ApiToken.token_sha256 == sha256)).first()
+
+
+def token_by_name(session: Session, name: str) -> ApiToken | None:
+    return session.scalars(select(ApiToken).where(ApiToken.name == name)).first()
 
 
 def active_token_count(session: Session) -> int:

@@ -100,7 +100,7 @@ model_use_cases = Table(
 
 
 class UseCase(Base):
-    """A clinical use case of the taxonomy; built-in rows come from ``services/registry/taxonomy.yaml``."""
+    """A clinical use case of the taxonomy; built-in rows come from ``services/catalog/taxonomy.yaml``."""
 
     __tablename__ = "use_cases"
 

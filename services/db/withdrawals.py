@@ -15,7 +15,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from hounsfield.db.models import Base, utcnow
 
-__all__ = ["Withdrawal", "is_withdrawn", "withdrawal_of"]
+__all__ = ["Withdrawal", "is_withdrawn", "record_withdrawal", "save_notes", "withdrawal_of"]
 
 
 class Withdrawal(Base):
@@ -39,3 +39,21 @@ def withdrawal_of(session: Session, job_id: str) -> Withdrawal | None:
 
 def is_withdrawn(session: Session, job_id: str) -> bool:
     return session.scalar(select(Withdrawal.id).where(Withdrawal.job_id == job_id)) is not None
+
+
+def record_withdrawal(
+    session: Session, *, job_id: str, reason: str, comment: str | None, requested_by: str
+) -> Withdrawal:
+    """Record that a job's results are withdrawn (no note made yet)."""
+    withdrawal = Withdrawal(job_id=job_id, reason=reason, comment=comment, requested_by=requested_by, notes={})
+    session.add(withdrawal)
+    session.flush()
+    return withdrawal
+
+
+def save_notes(session: Session, job_id: str, notes: dict[str, Any]) -> None:
+    """Store the job's rejection notes, per destination, as they stand."""
+    withdrawal = withdrawal_of(session, job_id)
+    if withdrawal is None:
+        raise KeyError(job_id)
+    withdrawal.notes = dict(notes)

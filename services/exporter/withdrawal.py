@@ -22,7 +22,7 @@ from hounsfield.config import Settings
 from hounsfield.db import Database, Job, utcnow
 from hounsfield.db.index import add_event
 from hounsfield.db.jobs import job_results
-from hounsfield.db.withdrawals import Withdrawal, withdrawal_of
+from hounsfield.db.withdrawals import Withdrawal, record_withdrawal, save_notes, withdrawal_of
 from hounsfield.errors import Conflict, NotFound
 from hounsfield.exporter.delivery import ExportFailed, deliver
 from hounsfield.exporter.rejection import REJECTION_TITLES, Reason, build_rejection_note, note_uids
@@ -61,9 +61,9 @@ def withdraw_job(
             raise WithdrawalRefused(f"job {job_id} has no results to withdraw")
         withdrawal = withdrawal_of(session, job_id)
         if withdrawal is None:
-            withdrawal = Withdrawal(job_id=job_id, reason=reason, comment=comment, requested_by=requested_by, notes={})
-            session.add(withdrawal)
-            session.flush()
+            withdrawal = record_withdrawal(
+                session, job_id=job_id, reason=reason, comment=comment, requested_by=requested_by
+            )
             add_event(session, job.study_instance_uid, "registry", "results-withdrawn", job_id=job_id, reason=reason)
             after = {"job_id": job_id, "reason": reason, "comment": comment}
             record(session, principal, "results.withdraw", "job", job_id, after=after)
@@ -113,8 +113,6 @@ def _save(db: Database, job_id: str, study_uid: str, name: str, notes: dict[str,
     """Record one destination's note as it happened (an event on the study's path as well)."""
     outcome = notes[name]
     with db.session() as session:
-        row = withdrawal_of(session, job_id)
-        assert row is not None
-        row.notes = dict(notes)
+        save_notes(session, job_id, notes)
         kind = "rejection-note-delivered" if outcome.get("delivered_at") else "rejection-note-failed"
         add_event(session, study_uid, "registry", kind, job_id=job_id, destination=name, error=outcome.get("error"))

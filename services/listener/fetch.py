@@ -202,7 +202,7 @@ class Fetcher:
         else:
             result.outcome = "retrieved"
             if self.method == "c-get":
-                self._intake.router.on_study_complete(
+                self._intake.route(
                     StudyComplete(study_instance_uid=uid, trigger="retrieve", calling_ae=self.source.ae_title)
                 )
             else:

@@ -268,7 +268,7 @@ class JournaledStore:
 
         ``parts`` joined are the Part 10 file, ``item.size`` bytes; ``item.path``, ``revision`` and
         ``sha256`` are filled in here and by the applier (which hashes the file as it writes it).
-        Raises :class:`OSError` (:class:`StoreFull` below the disk floor, :class:`JournalFull`)
+        Raises :class:`OSError` (:class:`StoreFull` below the disk floor, :class:`JournalRefused`)
         when it cannot: nothing was acknowledged then.
         """
         incoming = _Digest(lambda: _sha256(parts))

@@ -45,7 +45,7 @@ import xxhash
 from hounsfield.errors import HounsfieldError
 from hounsfield.store import fsync_folder
 
-__all__ = ["Journal", "JournalEntry", "JournalFull", "JournalLocation"]
+__all__ = ["Journal", "JournalEntry", "JournalLocation", "JournalRefused"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +56,8 @@ _ZEROS = bytes(1 << 20)
 _CHECKPOINT = "checkpoint.json"
 
 
-class JournalFull(HounsfieldError, OSError):
-    """The journal refuses a record: no room within the wait, or an earlier write failed."""
+class JournalRefused(HounsfieldError, OSError):
+    """The journal refuses a record: it does not fit, no room came within the wait, or a write or sync failed."""
 
 
 @dataclass(frozen=True)
@@ -258,7 +258,7 @@ class Journal:
         """Write one record: ``meta`` (JSON-able) and its data, ``parts`` joined.
 
         Returns its sequence number and where its data is; the record is durable once
-        :meth:`wait_durable` returns for it. Raises :class:`JournalFull` when it cannot be written.
+        :meth:`wait_durable` returns for it. Raises :class:`JournalRefused` when it cannot be written.
         """
         meta_bytes = json.dumps(meta, separators=(",", ":")).encode()
         data_length = sum(len(part) for part in parts)
@@ -268,10 +268,10 @@ class Journal:
         data_hash = hasher.digest()
         length = _aligned(_HEADER.size + len(meta_bytes) + data_length)
         if length > self.segment_bytes:
-            raise JournalFull(f"a record of {length} bytes does not fit a journal segment")
+            raise JournalRefused(f"a record of {length} bytes does not fit a journal segment")
         with self._lock:
             if self._failed:
-                raise JournalFull(self._failed)
+                raise JournalRefused(self._failed)
             segment = self._room_for(length)
             seq = self._next_seq
             crc = _crc(seq, meta_bytes, data_length, data_hash)
@@ -288,7 +288,7 @@ class Journal:
                 # The bytes may be half there; the next record would then not follow it. Stop here.
                 self._failed = f"the ingest journal failed: {exc.strerror or exc}"
                 logger.error("%s", self._failed)
-                raise JournalFull(self._failed) from exc
+                raise JournalRefused(self._failed) from exc
             location = JournalLocation(segment.fd, segment.used + _HEADER.size + len(meta_bytes), data_length)
             segment.used += length
             segment.last_seq = seq
@@ -326,7 +326,7 @@ class Journal:
             if self.on_sealed is not None:
                 self.on_sealed()
             if remaining <= 0:
-                raise JournalFull("the ingest journal is full: its records are not being applied")
+                raise JournalRefused("the ingest journal is full: its records are not being applied")
             self._space.wait(remaining)
         segment = self._free.pop(0)
         segment.used = 0
@@ -367,12 +367,12 @@ class Journal:
         """Return once record ``seq`` (and every one before it) is on stable storage.
 
         The first waiting thread runs ``fdatasync`` for everyone written so far; the others wait for
-        it (group commit). Raises :class:`JournalFull` if the sync fails.
+        it (group commit). Raises :class:`JournalRefused` if the sync fails.
         """
         with self._sync:
             while self._durable < seq:
                 if self._failed:
-                    raise JournalFull(self._failed)
+                    raise JournalRefused(self._failed)
                 if self._syncing:
                     self._sync.wait()
                     continue
@@ -394,7 +394,7 @@ class Journal:
                     self._failed = f"the ingest journal failed: {error.strerror or error}"
                     logger.error("%s", self._failed)
                     self._sync.notify_all()
-                    raise JournalFull(self._failed) from error
+                    raise JournalRefused(self._failed) from error
                 self._durable = max(self._durable, target)
                 self._sync.notify_all()
 

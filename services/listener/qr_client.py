@@ -12,13 +12,12 @@ Patient IDs and accession numbers travel in the C-FIND identifiers only; they ar
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -88,8 +87,6 @@ __all__ = [
     "StudyQuery",
     "Transfer",
 ]
-
-logger = logging.getLogger(__name__)
 
 FIND = StudyRootQueryRetrieveInformationModelFind
 MOVE = StudyRootQueryRetrieveInformationModelMove
@@ -221,6 +218,7 @@ class Transfer:
     completed: int = 0
     failed: int = 0
     warning: int = 0
+    service: Literal["move", "get"] = "move"
 
     @property
     def ok(self) -> bool:
@@ -237,7 +235,7 @@ class Transfer:
                 f"is the listener running, and does the source know move destination {destination!r} (AE, host, port)?"
             )
             return f"the source could not deliver the study (0x{self.status:04X}): {check}"
-        text = describe(self.status, "move") or "the source could not perform the retrieve"
+        text = describe(self.status, self.service) or "the source could not perform the retrieve"
         failed = f"; {self.failed} instance(s) failed" if self.failed else ""
         return f"{text} (0x{self.status:04X}){failed}"
 
@@ -378,7 +376,7 @@ class QueryRetrieveClient:
         return ds
 
     @staticmethod
-    def _final(responses: Iterator[tuple[Dataset, Dataset | None]]) -> Transfer:
+    def _final(responses: Iterator[tuple[Dataset, Dataset | None]], service: Literal["move", "get"]) -> Transfer:
         for status, _ in responses:
             code = _status(status)
             if is_pending(code):
@@ -388,6 +386,7 @@ class QueryRetrieveClient:
                 completed=dataset_int(status, "NumberOfCompletedSuboperations") or 0,
                 failed=dataset_int(status, "NumberOfFailedSuboperations") or 0,
                 warning=dataset_int(status, "NumberOfWarningSuboperations") or 0,
+                service=service,
             )
         raise SourceUnavailable("the source ended the retrieve without a final status")
 
@@ -398,7 +397,7 @@ class QueryRetrieveClient:
         with self._association(ae) as assoc:
             try:
                 responses = assoc.send_c_move(self._retrieve_identifier(study_uid, series_uids), destination, MOVE)
-                return self._final(responses)
+                return self._final(responses, "move")
             except ValueError as exc:
                 raise QueryFailed(f"source {self.name!r} does not offer Study Root C-MOVE") from exc
 
@@ -422,6 +421,6 @@ class QueryRetrieveClient:
         roles = [build_role(uid, scp_role=True) for uid in classes]
         with self._association(ae, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
             try:
-                return self._final(assoc.send_c_get(self._retrieve_identifier(study_uid, series_uids), GET))
+                return self._final(assoc.send_c_get(self._retrieve_identifier(study_uid, series_uids), GET), "get")
             except ValueError as exc:
                 raise QueryFailed(f"source {self.name!r} does not offer Study Root C-GET") from exc

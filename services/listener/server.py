@@ -50,12 +50,8 @@ class Listener:
             count_sources=True,
             journal=cfg.journal,
         )
-        self.store, self.tracker, self.metrics, self.journal = (
-            self.intake.store,
-            self.intake.tracker,
-            self.intake.metrics,
-            self.intake.journal,
-        )
+        self.store, self.tracker, self.metrics = self.intake.store, self.intake.tracker, self.intake.metrics
+        self.journal = self.intake.journal
         self._server: DicomServer | None = None
         self._clean_marker = self.settings.data_dir / f".listener-stopped-cleanly-{socket.gethostname()}"
         self.recovery: RecoveryReport | None = None

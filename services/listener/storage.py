@@ -453,7 +453,7 @@ def _receive_journaled(
             size = len(prefix) + len(dataset)
             item = _indexed(header, uids, series_uid, transfer_syntax, origin, "", size, "")  # hashed when applied
             stored = journal.write(item, (prefix, dataset), origin.key)
-    except OSError as exc:  # StoreFull and JournalFull included: nothing was acknowledged
+    except OSError as exc:  # StoreFull and JournalRefused included: nothing was acknowledged
         return _refuse(Status.OUT_OF_RESOURCES, f"the study store cannot take it: {exc.strerror or exc}", **uids), 0
     written = 0 if stored.duplicate else stored.size
     return Received(Status.SUCCESS, duplicate=stored.duplicate, series_instance_uid=series_uid, **uids), written

@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from hounsfield.access import Principal, Role, create_token, revoke_token
 from hounsfield.db import Database
 from hounsfield.db.access import list_audit as audit_entries
 from hounsfield.db.access import list_tokens as token_rows
+from hounsfield.errors import NotFound
 from hounsfield.registry.auth import require
 from hounsfield.registry.deps import Admin, Limit, Offset, SessionDep
 
@@ -94,7 +95,7 @@ def list_tokens(principal: Admin, session: SessionDep) -> list[TokenPublic]:
 def delete_token(token_id: int, principal: Admin, session: SessionDep) -> Response:
     """Revoke a token at once; the row stays, for the audit trail."""
     if not revoke_token(session, principal, token_id):
-        raise HTTPException(404, detail="no active token with this id")
+        raise NotFound("no active token with this id")
     return Response(status_code=204)
 
 

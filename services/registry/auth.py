@@ -16,7 +16,6 @@ role the route is not open to (administrators may do everything).
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -29,8 +28,6 @@ from hounsfield.config import OIDCSettings
 from hounsfield.db import Database
 
 __all__ = ["Authenticator", "require"]
-
-logger = logging.getLogger(__name__)
 
 
 class Authenticator:

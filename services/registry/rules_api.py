@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Response, status
+from fastapi import APIRouter, Path, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hounsfield.catalog import rules
 from hounsfield.catalog.read_model import load_deployments
 from hounsfield.catalog.schemas import RulePublic, RulePut
 from hounsfield.contracts.rules import INDEXED_TAGS, Rule, SeriesFacts
+from hounsfield.db.index import study_state
+from hounsfield.errors import NotFound
 from hounsfield.registry.deps import Admin, Reader, SessionDep
 from hounsfield.router.dry_run import DeploymentVerdict, dry_run, match_tree, study_facts
 
@@ -150,13 +152,13 @@ def post_dry_run(body: DryRunRequest, session: SessionDep, _: Reader) -> DryRunA
         chosen = load_deployments(session, names=body.deployments, stages=None)
         missing = sorted(set(body.deployments) - {d.name for d in chosen})
         if missing:
-            raise HTTPException(404, detail=f"no deployment named {', '.join(missing)}")
+            raise NotFound(f"no deployment named {', '.join(missing)}")
     else:
         chosen = load_deployments(session)
     if body.study_instance_uid is not None:
+        if study_state(session, body.study_instance_uid) is None:
+            raise NotFound("no stored study with this Study Instance UID")
         facts = study_facts(session, body.study_instance_uid)
-        if not facts:
-            raise HTTPException(404, detail="no stored study with this Study Instance UID")
     else:
         assert body.series is not None
         facts = [SeriesFacts(**item.model_dump()) for item in body.series]

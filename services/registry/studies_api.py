@@ -5,7 +5,7 @@ Reading needs any reading role; withdrawing a job's results needs a radiologist 
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 
 from hounsfield.access import READERS
 from hounsfield.db import JobState, Study, StudyState
@@ -15,6 +15,7 @@ from hounsfield.db.jobs import get_job as job_row
 from hounsfield.db.jobs import list_jobs as job_rows
 from hounsfield.db.jobs import list_results as result_rows
 from hounsfield.db.jobs import study_jobs
+from hounsfield.errors import NotFound
 from hounsfield.exporter.withdrawal import withdraw_job
 from hounsfield.registry.auth import require
 from hounsfield.registry.deps import Limit, Offset, Radiologist, SessionDep
@@ -48,7 +49,7 @@ def list_studies(
 def get_study(study_uid: str, session: SessionDep) -> StudyDetail:
     study = session.get(Study, study_uid)
     if study is None:
-        raise HTTPException(status_code=404, detail="no study with this Study Instance UID")
+        raise NotFound("no study with this Study Instance UID")
     series = [
         SeriesPublic.model_validate(s).model_copy(update={"instance_count": n})
         for s, n in series_facts_rows(session, study_uid)
@@ -77,7 +78,7 @@ def list_jobs(
 def get_job(job_id: str, session: SessionDep) -> JobPublic:
     job = job_row(session, job_id)
     if job is None:
-        raise HTTPException(status_code=404, detail="no job with this id")
+        raise NotFound("no job with this id")
     return JobPublic.model_validate(job)
 
 

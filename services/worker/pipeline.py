@@ -143,7 +143,9 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
         )
         watch.lap("load")
         run = ApplicationRun(job_id, deployment, workspace.input, workspace.output, workspace.work)
-        ctx.runtimes.for_deployment(deployment).run(run)
+        runtime = ctx.runtimes.for_deployment(deployment)
+        logger.info("job %s: %s runs in the %s runtime", job_id, deployment.name, runtime.name)
+        runtime.run(run)
         watch.lap("inference")
         produced = sorted(workspace.output.rglob("*.dcm"))
         if not produced:

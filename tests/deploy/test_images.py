@@ -435,12 +435,12 @@ def test_dockerignore_keeps_local_state_and_secrets_out() -> None:
     for path in (
         ".venv/bin/python", ".git/config", ".hounsfield/hounsfield.db", "tests/conftest.py",
         "benchmarks/results/run.json", "services/__pycache__/cli.cpython-312.pyc", "operators/x.pyc",
-        "hounsfield.egg-info/PKG-INFO", "services/hounsfield.egg-info/PKG-INFO", "build/lib/services/cli.py",
+        "hounsfield.egg-info/PKG-INFO", "services/hounsfield.egg-info/PKG-INFO", "build/lib/hounsfield/cli/__init__.py",
         ".pytest_cache/v/cache", "services/.ruff_cache/x", "deploy/compose/.env", "services/.env",
         "docs/install.md", "helm/hounsfield/values.yaml",
     ):  # fmt: skip
         assert excluded(path), f"{path} would be in the build context"
-    for path in ("pyproject.toml", "README.md", "services/cli.py", "operators/ct_lesion_seg/models/model.ts"):
+    for path in ("pyproject.toml", "README.md", "services/cli/__init__.py", "operators/ct_lesion_seg/models/model.ts"):
         assert not excluded(path), f"{path} would be left out of the build context"
 
 
@@ -724,15 +724,18 @@ def test_compose_configuration_points_at_the_compose_services() -> None:
     site_packages = PurePosixPath(f"/opt/hounsfield/lib/python{python[1]}/site-packages")
     model = PurePosixPath(deployment.model_path)
     assert model.is_relative_to(site_packages), f"{model} is not in the image's venv {site_packages}"
-    in_repo = model.relative_to(site_packages)
-    assert (REPO / in_repo).is_file(), f"{in_repo} is not in the repository"
+    installed = model.relative_to(site_packages)  # under an import name: hounsfield_operators/...
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    top, *rest = installed.parts
+    assert top in setuptools["package-dir"], f"{installed} is not under an import name the distribution installs"
+    in_repo = PurePosixPath(setuptools["package-dir"][top], *rest)
+    assert (REPO / in_repo).is_file(), f"{in_repo} (installed as {installed}) is not in the repository"
     assert any("python -m venv /opt/hounsfield" in i.args for i in stages()["builder"].all("RUN"))
-    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     shipped = [
         (package, pattern)
-        for package, patterns in package_data.items()
+        for package, patterns in setuptools["package-data"].items()
         for pattern in patterns
-        if in_repo.is_relative_to(package.replace(".", "/"))
-        and fnmatch(in_repo.relative_to(package.replace(".", "/")).as_posix(), pattern)
+        if installed.is_relative_to(package.replace(".", "/"))
+        and fnmatch(installed.relative_to(package.replace(".", "/")).as_posix(), pattern)
     ]
-    assert shipped, f"{in_repo} is no package data in pyproject.toml: the installed package would lack it"
+    assert shipped, f"{installed} is no package data in pyproject.toml: the installed package would lack it"

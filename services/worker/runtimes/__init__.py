@@ -49,7 +49,3 @@ class Runtimes:
         if deployment.runtime == "subprocess":
             return self.subprocess
         return self.in_process
-
-    def close(self) -> None:
-        for runtime in (self.in_process, self.subprocess, self.kubernetes):
-            runtime.close()

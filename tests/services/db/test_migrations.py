@@ -189,16 +189,24 @@ def test_stored_applications_follow_the_installed_import_name(database_url: str)
         with database.session() as session:
             session.add(RoutingRule(name="ct", definition={"kind": "modality", "in": ["CT"]}))
             session.flush()
-            for name, app in (("old", "operators.ct_lesion_seg.app:CTLesionSegApp"), ("other", "mypkg.app:App")):
+            installed = "/opt/hounsfield/lib/python3.12/site-packages/operators/ct_lesion_seg"
+            for name, app, model in (
+                ("old", "operators.ct_lesion_seg.app:CTLesionSegApp", f"{installed}/models/model.ts"),
+                ("other", "mypkg.app:App", "/srv/operators/model.ts"),
+            ):
                 session.add(
                     Deployment(
                         name=name, model_name="m", model_version="1.0.0", rule_name="ct", app=app,
-                        model_path="/models", stage=Stage.DRAFT,
+                        model_path=model, map_path=installed if name == "old" else None, stage=Stage.DRAFT,
                     )
                 )  # fmt: skip
         assert upgrade(database.engine) == head_revision()
         with database.session() as session:
-            apps = {name: app for name, app in session.execute(select(Deployment.name, Deployment.app))}
-        assert apps == {"old": "hounsfield_operators.ct_lesion_seg.app:CTLesionSegApp", "other": "mypkg.app:App"}
+            rows = {d.name: (d.app, d.model_path, d.map_path) for d in session.scalars(select(Deployment))}
+        moved = "/opt/hounsfield/lib/python3.12/site-packages/hounsfield_operators/ct_lesion_seg"
+        assert rows == {
+            "old": ("hounsfield_operators.ct_lesion_seg.app:CTLesionSegApp", f"{moved}/models/model.ts", moved),
+            "other": ("mypkg.app:App", "/srv/operators/model.ts", None),
+        }
     finally:
         database.dispose()

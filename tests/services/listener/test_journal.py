@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hounsfield.listener.journal import Journal, JournalFull
+from hounsfield.listener.journal import Journal, JournalRefused
 
 MiB = 1 << 20
 
@@ -89,7 +89,7 @@ def test_a_full_journal_refuses_after_waiting(tmp_path: Path) -> None:
     journal.open()
     asked = []
     journal.on_sealed = lambda: asked.append(True)
-    with pytest.raises(JournalFull, match="full"):
+    with pytest.raises(JournalRefused, match="full"):
         for index in range(300):
             _append(journal, index)
     assert asked, "the journal asked for a checkpoint before refusing"
@@ -100,7 +100,7 @@ def test_a_record_larger_than_a_segment_is_refused(tmp_path: Path) -> None:
     journal = Journal(tmp_path, segment_bytes=MiB, initial_segments=1)
     journal.open()
     data = bytes(2 * MiB)
-    with pytest.raises(JournalFull, match="does not fit"):
+    with pytest.raises(JournalRefused, match="does not fit"):
         journal.append({"sha256": hashlib.sha256(data).hexdigest()}, (data,))
     journal.close()
 
