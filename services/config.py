@@ -296,6 +296,24 @@ class WorkerSettings(_Strict):
     """How long a job's message may stay unacknowledged before Redis hands it to another worker (its
     worker died mid-job). Default: twice the longest timeout of any deployed version, plus 300 s.
     Keep it above that timeout, or a job still running is run twice."""
+    application_environment: list[str] = Field(
+        default_factory=lambda: [
+            "PATH", "HOME", "LANG", "LANGUAGE", "LC_*", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "CUDA_*", "NVIDIA_*",
+            "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TORCH_*", "XDG_CACHE_HOME",
+        ]
+    )  # fmt: skip
+    """The worker's environment variables an application run as a process of its own (the subprocess
+    runtime) may see, by name, or by prefix with a trailing ``*``. Nothing else is passed: the worker's
+    environment holds the database URL, the broker's password and the destinations' credentials. The
+    MAP's own ``app.json#environment`` and the ``HOLOSCAN_*`` paths of the job are always set."""
+
+    @field_validator("application_environment")
+    @classmethod
+    def _names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*\*?", name):
+                raise ValueError(f"{name!r} is not a variable name (or a prefix ending in *)")
+        return names
 
 
 class OIDCSettings(_Strict):
@@ -345,6 +363,12 @@ class RegistrySettings(_Strict):
     """Accept DICOM instances over STOW-RS at ``/dicomweb/studies`` (stored and indexed like C-STORE)."""
     max_stow_body_mb: int = Field(2048, ge=1)
     """Largest STOW-RS request body; a bigger one is answered 413 (parts complete before it stay stored)."""
+    api_docs: bool = True
+    """Serve the API's OpenAPI document and its pages (``/openapi.json``, ``/docs``, ``/redoc``) to anyone
+    who can reach the port (they describe the routes, never data). Off: those paths answer 404."""
+    max_request_body_mb: int = Field(2, ge=1, le=1024)
+    """Largest body of any other request (catalog, rules, dry runs, tokens); a bigger one is answered 413
+    before it is parsed, and only after the caller's credential was checked."""
     development: bool = False
     """A development or demo installation: with no way to sign in, start-up makes an admin API token
     and writes it to ``data_dir/registry-admin-token`` (mode 0600). Otherwise start-up refuses until

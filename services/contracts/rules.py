@@ -16,11 +16,11 @@ evaluation says why it matched or not, so that a rule can be tested before it is
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+import re2
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 __all__ = [
     "INDEXED_TAGS",
@@ -95,6 +95,17 @@ class _Matcher(BaseModel):
     def evaluate(self, facts: SeriesFacts) -> Match:  # pragma: no cover - abstract
         raise NotImplementedError(f"Subclass {type(self).__name__} must implement evaluate")
 
+    @property
+    def matchers(self) -> int:
+        """How many matchers this one is, with its children (a leaf is one)."""
+        return 1
+
+
+def _bounded(rule: _Matcher) -> _Matcher:
+    if rule.matchers > MAX_RULE_MATCHERS:
+        raise ValueError(f"a rule may have at most {MAX_RULE_MATCHERS} matchers; this one has {rule.matchers}")
+    return rule
+
 
 def _check_keyword(keyword: str) -> str:
     if keyword not in INDEXED_TAGS:
@@ -102,11 +113,43 @@ def _check_keyword(keyword: str) -> str:
     return keyword
 
 
-def _compile(pattern: str) -> str:
+MAX_REGEX_LENGTH = 256
+"""The longest pattern a rule may carry (series descriptions and tag values are short)."""
+MAX_RULE_MATCHERS = 256
+"""The most matchers one rule may have, combinators included: a rule is evaluated on every series of
+every study, so its size is bounded (and so is a dry run's work)."""
+MAX_LIST = 256
+"""The most values one matcher's list may hold (``in``, ``values``) and the most children of ``all``/``any``."""
+
+Text = Annotated[str, Field(max_length=1024)]
+
+
+def _re2_options() -> re2.Options:
+    options = re2.Options()
+    options.log_errors = False  # the refusal below says why; nothing on stderr
+    options.max_mem = 1 << 20  # a pattern whose automaton would need more is refused
+    return options
+
+
+_RE2_OPTIONS = _re2_options()
+
+
+def _re2(pattern: str) -> Any:
+    """``pattern`` compiled by RE2, whose matching takes time linear in the text (no backtracking)."""
+    if len(pattern) > MAX_REGEX_LENGTH:
+        raise ValueError(f"the regular expression is longer than {MAX_REGEX_LENGTH} characters")
     try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
+        return re2.compile(pattern, options=_RE2_OPTIONS)
+    except re2.error as exc:
+        why = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ValueError(
+            f"invalid regular expression {pattern!r}: {why} (rules match in linear time with RE2: "
+            "no backreferences, lookahead or lookbehind)"
+        ) from None
+
+
+def _compile(pattern: str) -> str:
+    _re2(pattern)
     return pattern
 
 
@@ -118,7 +161,7 @@ def _value_in(name: str, value: str, allowed: list[str]) -> Match:
 
 class ModalityIn(_Matcher):
     kind: Literal["modality"]
-    in_: list[str] = Field(alias="in", min_length=1)
+    in_: list[Text] = Field(alias="in", min_length=1, max_length=MAX_LIST)
 
     def evaluate(self, facts: SeriesFacts) -> Match:
         return _value_in("modality", facts.tag("Modality"), self.in_)
@@ -126,7 +169,7 @@ class ModalityIn(_Matcher):
 
 class BodyPartIn(_Matcher):
     kind: Literal["body_part"]
-    in_: list[str] = Field(alias="in", min_length=1)
+    in_: list[Text] = Field(alias="in", min_length=1, max_length=MAX_LIST)
 
     def evaluate(self, facts: SeriesFacts) -> Match:
         return _value_in("body part", facts.tag("BodyPartExamined"), self.in_)
@@ -134,7 +177,7 @@ class BodyPartIn(_Matcher):
 
 class CallingAeIn(_Matcher):
     kind: Literal["calling_ae"]
-    in_: list[str] = Field(alias="in", min_length=1)
+    in_: list[Text] = Field(alias="in", min_length=1, max_length=MAX_LIST)
 
     def evaluate(self, facts: SeriesFacts) -> Match:
         return _value_in("calling AE", facts.calling_ae, self.in_)
@@ -142,7 +185,7 @@ class CallingAeIn(_Matcher):
 
 class CalledAeIn(_Matcher):
     kind: Literal["called_ae"]
-    in_: list[str] = Field(alias="in", min_length=1)
+    in_: list[Text] = Field(alias="in", min_length=1, max_length=MAX_LIST)
 
     def evaluate(self, facts: SeriesFacts) -> Match:
         return _value_in("called AE", facts.called_ae, self.in_)
@@ -150,12 +193,12 @@ class CalledAeIn(_Matcher):
 
 class _RegexMatcher(_Matcher):
     regex: str
-    _pattern: re.Pattern[str] = PrivateAttr()
+    _pattern: Any = PrivateAttr()
 
     _valid = field_validator("regex")(_compile)
 
     def model_post_init(self, context: object) -> None:
-        self._pattern = re.compile(self.regex)
+        self._pattern = _re2(self.regex)
 
     def _search(self, name: str, value: str) -> Match:
         hit = self._pattern.search(value) is not None
@@ -182,7 +225,7 @@ class TagMatches(_RegexMatcher):
 class TagEquals(_Matcher):
     kind: Literal["tag_equals"]
     keyword: str
-    value: str
+    value: Text
 
     _keyword = field_validator("keyword")(_check_keyword)
 
@@ -195,7 +238,7 @@ class TagEquals(_Matcher):
 class TagIn(_Matcher):
     kind: Literal["tag_in"]
     keyword: str
-    values: list[str] = Field(min_length=1)
+    values: list[Text] = Field(min_length=1, max_length=MAX_LIST)
 
     _keyword = field_validator("keyword")(_check_keyword)
 
@@ -244,7 +287,11 @@ class InstanceCount(_Matcher):
 
 class AllOf(_Matcher):
     kind: Literal["all"]
-    rules: list[Rule] = Field(min_length=1)
+    rules: list[Rule] = Field(min_length=1, max_length=MAX_LIST)
+
+    @property
+    def matchers(self) -> int:
+        return 1 + sum(rule.matchers for rule in self.rules)
 
     def evaluate(self, facts: SeriesFacts) -> Match:
         children = tuple(rule.evaluate(facts) for rule in self.rules)
@@ -254,7 +301,11 @@ class AllOf(_Matcher):
 
 class AnyOf(_Matcher):
     kind: Literal["any"]
-    rules: list[Rule] = Field(min_length=1)
+    rules: list[Rule] = Field(min_length=1, max_length=MAX_LIST)
+
+    @property
+    def matchers(self) -> int:
+        return 1 + sum(rule.matchers for rule in self.rules)
 
     def evaluate(self, facts: SeriesFacts) -> Match:
         children = tuple(rule.evaluate(facts) for rule in self.rules)
@@ -265,6 +316,10 @@ class AnyOf(_Matcher):
 class Not(_Matcher):
     kind: Literal["not"]
     rule: Rule
+
+    @property
+    def matchers(self) -> int:
+        return 1 + self.rule.matchers
 
     def evaluate(self, facts: SeriesFacts) -> Match:
         child = self.rule.evaluate(facts)
@@ -286,6 +341,7 @@ Rule = Annotated[
     | AnyOf
     | Not,
     Field(discriminator="kind"),
+    AfterValidator(_bounded),
 ]
 
 for _model in (AllOf, AnyOf, Not):

@@ -1,4 +1,5 @@
-"""The SQLAlchemy engine of a database URL, with SQLite's pragmas (WAL, durability, busy timeout)."""
+"""The SQLAlchemy engine of a database URL, with SQLite's pragmas (WAL, durability, busy timeout); its errors
+never carry the values of the statement that failed (they are logged)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ def _sqlite_pragmas(dbapi_connection: Any, synchronous: str) -> None:
 
 def make_engine(url: str, *, synchronous: Literal["FULL", "NORMAL"] = "FULL") -> Engine:
     """An engine for ``url``; on SQLite its folder is made and every connection gets the pragmas."""
-    kwargs: dict[str, Any] = {"pool_pre_ping": not url.startswith("sqlite")}  # a SQLite file never hangs up
+    kwargs: dict[str, Any] = {
+        "pool_pre_ping": not url.startswith("sqlite"),  # a SQLite file never hangs up
+        "hide_parameters": True,  # a database error's message must not carry the row's values (patient IDs)
+    }
     if url.startswith("sqlite"):
         database = make_url(url).database
         if database and database != ":memory:":

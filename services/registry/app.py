@@ -29,6 +29,7 @@ from hounsfield.queues import Enqueuer
 from hounsfield.registry import access_api, catalog_api, deployments_api, rules_api, stow, studies_api
 from hounsfield.registry.auth import Authenticator, require
 from hounsfield.registry.deps import SessionDep
+from hounsfield.registry.gate import RequestGate
 
 __all__ = ["add_exception_handlers", "create_app"]
 
@@ -130,7 +131,16 @@ def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = No
             app.state.stow = None
             intake.stop()
 
-    app = FastAPI(title="Hounsfield registry", version=__version__, lifespan=lifespan)
+    docs = settings.registry.api_docs
+    app = FastAPI(
+        title="Hounsfield registry",
+        version=__version__,
+        lifespan=lifespan,
+        openapi_url="/openapi.json" if docs else None,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+    )
+    app.add_middleware(RequestGate, max_body_bytes=settings.registry.max_request_body_mb * 2**20)
     app.state.settings = settings
     app.state.db = db
     app.state.stow = None

@@ -116,8 +116,10 @@ def require(*roles: Role) -> Callable[..., Principal]:
     ) -> Principal:
         if credentials is None:
             raise _unauthorized("this needs a bearer credential (an API token or a JWT)")
-        authenticator: Authenticator = request.app.state.auth
-        principal = authenticator.authenticate(credentials.credentials)
+        principal = getattr(request.state, "principal", None)  # the gate's (hounsfield.registry.gate)
+        if principal is None:
+            authenticator: Authenticator = request.app.state.auth
+            principal = authenticator.authenticate(credentials.credentials)
         if principal.role not in allowed:
             raise HTTPException(403, detail=f"the {principal.role.value} role may not do this (needs one of: {names})")
         request.state.principal = principal

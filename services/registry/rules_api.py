@@ -45,7 +45,9 @@ class SeriesFactsIn(BaseModel):
     instance_count: int = Field(1, ge=0, le=1_000_000)
     calling_ae: str = Field("", max_length=16)
     called_ae: str = Field("", max_length=16)
-    tags: dict[str, str] = Field(default_factory=dict, description=f"Among: {', '.join(INDEXED_TAGS)}.")
+    tags: dict[str, Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=dict, description=f"Among: {', '.join(INDEXED_TAGS)}."
+    )
 
     @field_validator("tags")
     @classmethod

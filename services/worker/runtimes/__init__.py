@@ -38,7 +38,7 @@ class Runtimes:
     def __init__(self, settings: Settings, store_root: Path, *, in_process: InProcessRuntime | None = None) -> None:
         self._settings = settings.worker.kubernetes
         self.in_process = in_process or InProcessRuntime(settings.worker.app_max_jobs)
-        self.subprocess = SubprocessRuntime()
+        self.subprocess = SubprocessRuntime(settings.worker.application_environment)
         self.kubernetes = KubernetesRuntime(settings.worker.kubernetes, store_root)
 
     def for_deployment(self, deployment: DeploymentSpec) -> Runtime:

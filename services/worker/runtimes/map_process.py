@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -33,17 +34,25 @@ class SubprocessRuntime:
 
     name: ClassVar[str] = "subprocess"
 
-    @staticmethod
-    def environment(run: ApplicationRun) -> dict[str, str]:
-        """The process's environment: this worker's, the MAP's own (container roots mapped), the job's paths."""
+    def __init__(self, allowed_environment: Sequence[str] = ("PATH",)) -> None:
+        """``allowed_environment``: the worker's variables the application may see (``NAME`` or ``PREFIX*``)."""
+        self._exact = frozenset(name for name in allowed_environment if not name.endswith("*"))
+        self._prefixes = tuple(name[:-1] for name in allowed_environment if name.endswith("*"))
+
+    def _passed(self, name: str) -> bool:
+        return name in self._exact or name.startswith(self._prefixes)
+
+    def environment(self, run: ApplicationRun) -> dict[str, str]:
+        """The process's environment: the worker's allowed variables, the MAP's own (container roots mapped),
+        and the job's paths; no other variable of the worker (its database URL, passwords, tokens)."""
         map_path, application_root = _locations(run)
         manifests = load_map(map_path).manifests
         roots = [
             (manifests.pkg.application_root.rstrip("/"), str(application_root)),
             (manifests.pkg.model_root.rstrip("/"), str(run.model_path)),
         ]
-        env = dict(os.environ)
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env = {name: value for name, value in os.environ.items() if self._passed(name)}
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', os.defpath)}"
         for key, value in manifests.app.environment.items():
             text = str(value)
             for container, host in roots:

@@ -62,6 +62,16 @@ def test_explanation_says_why() -> None:
     ("rule", "message"),
     [
         ({"kind": "series_description", "regex": "("}, "invalid regular expression"),
+        ({"kind": "series_description", "regex": r"(scout)\1"}, "no backreferences, lookahead or lookbehind"),
+        ({"kind": "tag_matches", "keyword": "ProtocolName", "regex": "(?=HEAD)"}, "invalid regular expression"),
+        ({"kind": "series_description", "regex": "a" * 257}, "longer than 256 characters"),
+        ({"kind": "modality", "in": ["CT"] * 257}, "at most 256 items"),
+        ({"kind": "all", "rules": [{"kind": "modality", "in": ["CT"]}] * 257}, "at most 256 items"),
+        (
+            {"kind": "any", "rules": [{"kind": "all", "rules": [{"kind": "modality", "in": ["CT"]}] * 64}] * 4},
+            "at most 256 matchers; this one has 261",
+        ),
+        ({"kind": "tag_equals", "keyword": "ProtocolName", "value": "x" * 1025}, "at most 1024 characters"),
         ({"kind": "tag_equals", "keyword": "PatientName", "value": "x"}, "not indexed"),
         ({"kind": "tag_range", "keyword": "SliceThickness"}, "needs min, max or both"),
         ({"kind": "tag_range", "keyword": "SliceThickness", "min": 5, "max": 1}, "above max"),
@@ -73,3 +83,12 @@ def test_explanation_says_why() -> None:
 def test_bad_rules_fail_at_load_time(rule: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         RULE.validate_python(rule)
+
+
+@pytest.mark.timeout(20)
+def test_patterns_match_in_linear_time() -> None:
+    """A pattern that makes a backtracking engine run for seconds at 28 characters, doubling with each one
+    more, is matched over 5,000: with Python's ``re`` this test would never end (the timeout fails it)."""
+    rule = TypeAdapter(Rule).validate_python({"kind": "series_description", "regex": "^(a+)+$"})
+    assert not rule.evaluate(SeriesFacts("1.2.3", 1, tags={"SeriesDescription": "a" * 5000 + "!"})).matched
+    assert rule.evaluate(SeriesFacts("1.2.3", 1, tags={"SeriesDescription": "aaa"})).matched

@@ -78,3 +78,12 @@ def test_sqlite_folder_is_created(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'deep' / 'er' / 'x.db'}")
     db.create_schema()
     assert (tmp_path / "deep" / "er" / "x.db").exists()
+
+
+def test_the_api_documents_follow_their_setting(settings: Settings, tokens: dict[Role, str]) -> None:
+    for served in (True, False):
+        registry = settings.registry.model_copy(update={"api_docs": served, "stow_enabled": False})
+        with TestClient(create_app(settings.model_copy(update={"registry": registry}))) as client:
+            for path in ("/openapi.json", "/docs", "/redoc"):
+                assert client.get(path).status_code == (200 if served else 404), (path, served)
+            assert client.get("/health").status_code == 200

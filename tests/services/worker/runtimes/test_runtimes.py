@@ -78,13 +78,14 @@ def test_a_job_past_its_timeout_is_recorded_as_timed_out(tmp_path: Path, setting
     db.dispose()
 
 
-def test_the_subprocess_runtime_runs_the_maps_command_with_its_environment(tmp_path: Path) -> None:
+def test_the_subprocess_runtime_runs_the_maps_command_with_its_environment(tmp_path: Path, settings: Settings) -> None:
     folders = _folders(tmp_path)
     run = application_run(runtime="subprocess", map_path=EXAMPLE_MAP, application_root=REPO, timeout_s=300, **folders)
-    env = SubprocessRuntime.environment(run)
+    runtime = SubprocessRuntime(settings.worker.application_environment)
+    env = runtime.environment(run)
     assert env["HOLOSCAN_INPUT_PATH"] == str(folders["input_dir"]) and env["HOLOSCAN_MODEL_PATH"] == str(MODEL)
     assert env["PYTHONPATH"] == str(REPO), "app.json's /opt/holoscan/app is this host's application root"
-    SubprocessRuntime().run(run)
+    runtime.run(run)
     assert len(list(folders["output_dir"].rglob("*.dcm"))) == 2
     assert (folders["workdir"] / "application.log").stat().st_size > 0
 
@@ -104,6 +105,36 @@ def test_the_subprocess_runtime_stops_a_run_past_its_timeout_and_reports_failure
     (slow / "app.json").write_text(json.dumps({**app, "command": "sh -c 'echo bad input >&2; exit 3'"}))
     with pytest.raises(ApplicationFailed, match="exited with code 3: bad input"):
         SubprocessRuntime().run(application_run(map_path=slow, application_root=REPO, **folders))
+
+
+def test_the_application_sees_none_of_the_workers_secrets(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's environment holds the database URL, the broker's password and the destinations'
+    tokens; the MAP's process (third-party code) gets only the allowed variables, its own and the job's."""
+    secrets = {
+        "HOUNSFIELD_DATABASE_URL": "postgresql+psycopg://hf:s3cret@db/hf",
+        "HF_REDIS_PASSWORD": "r3dis",
+        "PACS_TOKEN": "t0ken",
+        "AWS_SECRET_ACCESS_KEY": "k3y",
+    }
+    for name, value in {**secrets, "LC_ALL": "C.UTF-8", "OMP_NUM_THREADS": "1"}.items():
+        monkeypatch.setenv(name, value)
+    folders = _folders(tmp_path)
+    printing = tmp_path / "env-map"
+    printing.mkdir()
+    app = json.loads((EXAMPLE_MAP / "app.json").read_text())
+    (printing / "pkg.json").write_text((EXAMPLE_MAP / "pkg.json").read_text())
+    (printing / "app.json").write_text(json.dumps({**app, "command": "sh -c 'env > $HOLOSCAN_WORKDIR/seen.env'"}))
+    run = application_run(map_path=printing, application_root=REPO, **folders)
+    SubprocessRuntime(settings.worker.application_environment).run(run)
+    seen = dict(
+        line.split("=", 1) for line in (folders["workdir"] / "seen.env").read_text().splitlines() if "=" in line
+    )
+    assert not {name for name in secrets if name in seen}, "a secret of the worker reached the application"
+    assert not [value for value in secrets.values() if value in "\n".join(seen.values())]
+    assert (seen["LC_ALL"], seen["OMP_NUM_THREADS"]) == ("C.UTF-8", "1"), "allowed variables pass, prefixes too"
+    assert seen["HOLOSCAN_INPUT_PATH"] == str(folders["input_dir"]) and seen["PYTHONPATH"] == str(REPO)
 
 
 def test_a_job_of_a_subprocess_deployment_runs_the_map_and_keeps_valid_results(
