@@ -289,6 +289,10 @@ class WorkerSettings(_Strict):
     """An in-process application's warm process serves this many jobs, then a fresh one is forked
     (memory an application leaks comes back). ``1``: a fresh process for every job, never warm."""
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+    gpus: int = Field(0, ge=0, le=64)
+    """GPUs this worker can give an application it runs itself (in-process or as a subprocess). A MAP
+    whose ``pkg.json`` declares more runs as a Kubernetes Job where it can (a cluster, an image), and is
+    otherwise refused with the reason: never run on the CPU unasked."""
     ready_file: Path | None = None
     """Written once the worker consumes from its queues, removed when it stops: a readiness probe that
     a busy worker (one job at a time) still passes, where a ping through the broker would wait."""

@@ -42,6 +42,7 @@ from hounsfield.worker.runtimes import (
     ApplicationRun,
     ApplicationTimedOut,
     InProcessRuntime,
+    ResourcesUnavailable,
     Runtimes,
 )
 
@@ -159,7 +160,7 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
     except ApplicationTimedOut as exc:
         watch.lap("inference")
         return _fail(ctx, job_id, f"timed out: {exc}", watch, state=JobState.TIMED_OUT)
-    except (InputRejected, ApplicationFailed, GateRejected) as exc:
+    except (InputRejected, ResourcesUnavailable, ApplicationFailed, GateRejected) as exc:
         return _fail(ctx, job_id, str(exc), watch)
     except OSError as exc:
         return _fail(ctx, job_id, f"workspace error: {exc}", watch)

@@ -194,6 +194,10 @@ def test_the_gpu_worker_requests_exactly_what_the_maps_pkg_json_declares(chart: 
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert json.loads(env["HOUNSFIELD_WORKER__QUEUES"]) == ["stat", "routine"]
+    assert env["HOUNSFIELD_WORKER__GPUS"] == str(declared["gpu"]), "it gives applications the GPUs it has"
+    for queue in ("stat", "routine", "batch"):
+        (cpu,) = containers(one(objects, "Deployment", f"hf-hounsfield-worker-{queue}"))
+        assert {e["name"]: e.get("value") for e in cpu["env"]}["HOUNSFIELD_WORKER__GPUS"] == "0"
 
     # The same MAP run as a Kubernetes Job by a CPU worker (services/worker/runtimes/kubernetes.py), with the
     # settings the chart wrote: the same resources, the same GPU node selector, the chart's claim.
@@ -222,6 +226,7 @@ def test_without_a_map_manifest_the_gpu_worker_gets_its_values_and_gpus(chart: h
     objects = render(chart, {"gpuWorker": {"enabled": True, "gpus": 2}})
     (container,) = containers(one(objects, "Deployment", "hf-hounsfield-worker-gpu"))
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert {e["name"]: e.get("value") for e in container["env"]}["HOUNSFIELD_WORKER__GPUS"] == "2"
     assert container["image"] == "ghcr.io/hounsfield/hounsfield-worker:0.1.0-cuda"
 
 

@@ -129,18 +129,20 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{/* The worker Deployments: one per enabled queue, and the GPU one. A JSON list (read it with
-     fromJsonArray) of {name, queues, replicas, image, resources (YAML), scheduling, gpu}. */}}
+     fromJsonArray) of {name, queues, replicas, image, resources (YAML), scheduling, gpu, gpus (its GPU limit)}. */}}
 {{- define "hounsfield.workerList" -}}
 {{- $workers := list -}}
 {{- range $queue := list "stat" "routine" "batch" -}}
 {{- $w := index $.Values.workers $queue -}}
 {{- if $w.enabled -}}
-{{- $workers = append $workers (dict "name" (printf "worker-%s" $queue) "queues" (list $queue) "replicas" $w.replicas "image" (include "hounsfield.workerImage" $) "resources" (toYaml $w.resources) "scheduling" $w "gpu" false) -}}
+{{- $workers = append $workers (dict "name" (printf "worker-%s" $queue) "queues" (list $queue) "replicas" $w.replicas "image" (include "hounsfield.workerImage" $) "resources" (toYaml $w.resources) "scheduling" $w "gpu" false "gpus" 0) -}}
 {{- end -}}
 {{- end -}}
 {{- if .Values.gpuWorker.enabled -}}
 {{- $g := .Values.gpuWorker -}}
-{{- $workers = append $workers (dict "name" "worker-gpu" "queues" $g.queues "replicas" $g.replicas "image" (include "hounsfield.gpuWorkerImage" $) "resources" (include "hounsfield.gpuResources" $) "scheduling" $g "gpu" true) -}}
+{{- $resources := include "hounsfield.gpuResources" $ -}}
+{{- $gpus := int (index (default (dict) (fromYaml $resources).limits) "nvidia.com/gpu" | default 0) -}}
+{{- $workers = append $workers (dict "name" "worker-gpu" "queues" $g.queues "replicas" $g.replicas "image" (include "hounsfield.gpuWorkerImage" $) "resources" $resources "scheduling" $g "gpu" true "gpus" $gpus) -}}
 {{- end -}}
 {{- toJson $workers -}}
 {{- end -}}

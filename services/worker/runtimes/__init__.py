@@ -6,18 +6,22 @@
 - :mod:`.kubernetes`: a MAP that declares a GPU or large memory, run as a Kubernetes Job when the
   worker runs in a cluster and the deployment has an image.
 
-:class:`Runtimes` holds one of each for a worker process and picks the one a deployment runs in.
+:class:`Runtimes` holds one of each for a worker process and picks the one a deployment runs in; a
+MAP that declares GPUs neither this worker nor a Kubernetes Job can give is refused
+(:class:`ResourcesUnavailable`), never run on the CPU unasked.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from hounsfield.catalog.manifests import MapManifests, load_map, parse_manifests
 from hounsfield.catalog.read_model import DeploymentSpec
 from hounsfield.config import Settings
+from hounsfield.errors import HounsfieldError
 from hounsfield.worker.runtimes.base import ApplicationFailed, ApplicationRun, ApplicationTimedOut, Runtime
 from hounsfield.worker.runtimes.in_process import InProcessRuntime
-from hounsfield.worker.runtimes.kubernetes import KubernetesRuntime, runs_as_kubernetes_job
+from hounsfield.worker.runtimes.kubernetes import KubernetesRuntime, in_cluster, needs_kubernetes
 from hounsfield.worker.runtimes.map_process import SubprocessRuntime
 
 __all__ = [
@@ -26,26 +30,71 @@ __all__ = [
     "ApplicationTimedOut",
     "InProcessRuntime",
     "KubernetesRuntime",
+    "ResourcesUnavailable",
     "Runtime",
     "Runtimes",
     "SubprocessRuntime",
 ]
 
 
+class ResourcesUnavailable(HounsfieldError):
+    """The deployment's MAP declares GPUs this worker cannot give it, and it cannot run as a Kubernetes Job
+    here either: the job is refused with the reason, never run on the CPU unasked."""
+
+
 class Runtimes:
     """A worker process's runtimes; :meth:`for_deployment` says which one runs a deployment's jobs."""
 
     def __init__(self, settings: Settings, store_root: Path, *, in_process: InProcessRuntime | None = None) -> None:
-        self._settings = settings.worker.kubernetes
+        self._kubernetes_settings = settings.worker.kubernetes
+        self._gpus = settings.worker.gpus
         self.in_process = in_process or InProcessRuntime(settings.worker.app_max_jobs)
         self.subprocess = SubprocessRuntime(settings.worker.application_environment)
         self.kubernetes = KubernetesRuntime(settings.worker.kubernetes, store_root)
 
     def for_deployment(self, deployment: DeploymentSpec) -> Runtime:
-        """A Kubernetes Job for a MAP declaring a GPU or large memory (in a cluster, with an image), else
-        the deployment's own runtime."""
-        if runs_as_kubernetes_job(deployment, self._settings):
+        """Where a deployment's job runs, from what its MAP declares (``pkg.json#resources``):
+
+        - GPUs this worker has (``worker.gpus``): here, in the deployment's runtime;
+        - more GPUs, or at least ``worker.kubernetes.large_memory_gib`` of memory: a Kubernetes Job, when
+          the worker runs in a cluster, the runtime is enabled and the deployment has an image;
+        - GPUs that neither can give: :class:`ResourcesUnavailable`;
+        - otherwise (nothing special declared, or no MAP): here, in the deployment's runtime.
+        """
+        local: Runtime = self.subprocess if deployment.runtime == "subprocess" else self.in_process
+        manifests = _manifests(deployment)
+        if manifests is None:
+            return local
+        gpus = int(manifests.pkg.resources.gpu or 0)
+        settings = self._kubernetes_settings
+        if 0 < gpus <= self._gpus and not needs_kubernetes(manifests, settings, count_gpus=False):
+            return local
+        if needs_kubernetes(manifests, settings) and self._kubernetes_can_run(deployment):
             return self.kubernetes
-        if deployment.runtime == "subprocess":
-            return self.subprocess
-        return self.in_process
+        if gpus > self._gpus:
+            raise ResourcesUnavailable(
+                f"{deployment.name}: its MAP declares {gpus} GPU(s); this worker has {self._gpus} (worker.gpus), "
+                f"and it cannot run as a Kubernetes Job here ({self._why_not_kubernetes(deployment)})"
+            )
+        return local
+
+    def _kubernetes_can_run(self, deployment: DeploymentSpec) -> bool:
+        return not self._why_not_kubernetes(deployment)
+
+    def _why_not_kubernetes(self, deployment: DeploymentSpec) -> str:
+        if not self._kubernetes_settings.enabled:
+            return "worker.kubernetes.enabled is false"
+        if not in_cluster():
+            return "the worker runs outside a cluster"
+        if not deployment.image or deployment.map_manifest is None:
+            return "the deployment has no image of a registered MAP"
+        return ""
+
+
+def _manifests(deployment: DeploymentSpec) -> MapManifests | None:
+    """The MAP manifests of a deployment: its catalog version's, else those in its MAP folder (subprocess)."""
+    if deployment.map_manifest is not None:
+        return parse_manifests(deployment.map_manifest["app"], deployment.map_manifest["pkg"])
+    if deployment.map_path is not None:
+        return load_map(deployment.map_path).manifests
+    return None

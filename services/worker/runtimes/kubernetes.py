@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from hounsfield.catalog.manifests import MapManifests, parse_manifests
-from hounsfield.catalog.read_model import DeploymentSpec
 from hounsfield.config import KubernetesSettings
 from hounsfield.worker.runtimes.base import ApplicationFailed, ApplicationRun, ApplicationTimedOut
 
-__all__ = ["KubernetesRuntime", "build_job", "in_cluster", "needs_kubernetes", "runs_as_kubernetes_job"]
+__all__ = ["KubernetesRuntime", "build_job", "in_cluster", "needs_kubernetes"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +46,11 @@ def _bytes(quantity: str) -> float:
     return float(match.group(1)) * _UNITS.get(match.group(2) or "", 1)
 
 
-def needs_kubernetes(manifests: MapManifests, settings: KubernetesSettings) -> bool:
-    """A MAP declaring a GPU, or at least ``large_memory_gib`` of memory, runs as a Job."""
+def needs_kubernetes(manifests: MapManifests, settings: KubernetesSettings, *, count_gpus: bool = True) -> bool:
+    """A MAP declaring a GPU (unless ``count_gpus`` is off), or at least ``large_memory_gib`` of memory,
+    runs as a Job where it can."""
     resources = manifests.pkg.resources
-    if (resources.gpu or 0) > 0:
+    if count_gpus and (resources.gpu or 0) > 0:
         return True
     return resources.memory is not None and _bytes(resources.memory) >= settings.large_memory_gib * _GIB
 
@@ -155,15 +155,6 @@ def build_job(
             "template": {"metadata": {"labels": labels}, "spec": pod},
         },
     }
-
-
-def runs_as_kubernetes_job(deployment: DeploymentSpec, settings: KubernetesSettings) -> bool:
-    """Whether this worker runs ``deployment``'s jobs as Kubernetes Jobs: it is in a cluster with the
-    runtime enabled, and the deployment has an image and a catalog version whose MAP needs it."""
-    if not (settings.enabled and deployment.image and deployment.map_manifest and in_cluster()):
-        return False
-    manifests = parse_manifests(deployment.map_manifest["app"], deployment.map_manifest["pkg"])
-    return needs_kubernetes(manifests, settings)
 
 
 @dataclass(frozen=True)

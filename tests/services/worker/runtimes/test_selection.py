@@ -1,24 +1,34 @@
 """Which runtime runs a deployment's jobs: every way of running an application keeps one protocol, and a
-worker picks the way from the deployment (and, for a MAP needing a GPU or large memory, from the cluster)."""
+worker picks the way from what the MAP declares, what the worker has, and whether it runs in a cluster.
+A MAP declaring GPUs that neither the worker nor a Kubernetes Job can give is refused with the reason,
+never run on the CPU unasked."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hounsfield.catalog import DeploymentSpec
 from hounsfield.config import Settings
-from hounsfield.worker.runtimes import (
-    Runtime,
-    Runtimes,
-)
+from hounsfield.db import Job, JobState
+from hounsfield.worker.pipeline import execute_job
+from hounsfield.worker.runtimes import ResourcesUnavailable, Runtime, Runtimes
 from tests.services.catalog.test_manifests import spec_app, spec_pkg
-from tests.support import application_run
+from tests.support import EXAMPLE_MAP, REPO, application_run, routed_job
+
+GPU_MAP = {"app": spec_app(), "pkg": spec_pkg()}  # declares 1 GPU
+SMALL_MAP = {"app": spec_app(), "pkg": spec_pkg(resources={"cpu": 1, "memory": "2Gi"})}
 
 
 def _deployment(tmp_path: Path, **fields: object) -> DeploymentSpec:
     return application_run(input_dir=tmp_path, output_dir=tmp_path, workdir=tmp_path, **fields).deployment
+
+
+def _worker(settings: Settings, tmp_path: Path, **worker: Any) -> Runtimes:
+    return Runtimes(settings.model_copy(update={"worker": settings.worker.model_copy(update=worker)}), tmp_path)
 
 
 def test_every_runtime_keeps_the_protocol(settings: Settings, tmp_path: Path) -> None:
@@ -29,31 +39,62 @@ def test_every_runtime_keeps_the_protocol(settings: Settings, tmp_path: Path) ->
     runtimes.in_process.close()
 
 
-def test_a_deployment_runs_in_its_own_runtime_out_of_a_cluster(
+def test_outside_a_cluster_a_gpu_map_runs_only_on_a_worker_with_gpus(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    runtimes = Runtimes(settings, tmp_path)
-    gpu_map = {"app": spec_app(), "pkg": spec_pkg()}  # declares a GPU
-    assert runtimes.for_deployment(_deployment(tmp_path)) is runtimes.in_process
-    assert runtimes.for_deployment(_deployment(tmp_path, runtime="subprocess")) is runtimes.subprocess
-    outside = _deployment(tmp_path, image="maps/bleed:1.2.0", map_manifest=gpu_map)
-    assert runtimes.for_deployment(outside) is runtimes.in_process, "no cluster: no Kubernetes Job"
+    cpu_worker = Runtimes(settings, tmp_path)
+    assert cpu_worker.for_deployment(_deployment(tmp_path)) is cpu_worker.in_process, "no MAP: nothing declared"
+    assert cpu_worker.for_deployment(_deployment(tmp_path, runtime="subprocess")) is cpu_worker.subprocess
+    assert cpu_worker.for_deployment(_deployment(tmp_path, map_manifest=SMALL_MAP)) is cpu_worker.in_process
+    gpu = _deployment(tmp_path, image="maps/bleed:1.2.0", map_manifest=GPU_MAP)
+    with pytest.raises(ResourcesUnavailable, match=r"declares 1 GPU\(s\); this worker has 0 .*outside a cluster"):
+        cpu_worker.for_deployment(gpu)
+    gpu_worker = _worker(settings, tmp_path, gpus=1)
+    assert gpu_worker.for_deployment(gpu) is gpu_worker.in_process
 
 
-def test_in_a_cluster_a_map_needing_a_gpu_runs_as_a_kubernetes_job(
+def test_in_a_cluster_a_gpu_map_runs_as_a_kubernetes_job_unless_the_worker_has_the_gpus(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
     runtimes = Runtimes(settings, tmp_path)
-    gpu_map = {"app": spec_app(), "pkg": spec_pkg()}
-    small_map = {"app": spec_app(), "pkg": spec_pkg(resources={"cpu": 1, "memory": "2Gi"})}
-    gpu = _deployment(tmp_path, image="maps/bleed:1.2.0", map_manifest=gpu_map, runtime="subprocess")
+    gpu = _deployment(tmp_path, image="maps/bleed:1.2.0", map_manifest=GPU_MAP, runtime="subprocess")
     assert runtimes.for_deployment(gpu) is runtimes.kubernetes
-    assert runtimes.for_deployment(_deployment(tmp_path, map_manifest=gpu_map)) is runtimes.in_process, "no image"
-    small = _deployment(tmp_path, image="maps/small:1.0.0", map_manifest=small_map)
+    with pytest.raises(ResourcesUnavailable, match="no image"):
+        runtimes.for_deployment(_deployment(tmp_path, map_manifest=GPU_MAP))
+    small = _deployment(tmp_path, image="maps/small:1.0.0", map_manifest=SMALL_MAP)
     assert runtimes.for_deployment(small) is runtimes.in_process, "a small MAP stays in the worker"
-    kubernetes_off = settings.worker.kubernetes.model_copy(update={"enabled": False})
-    off = settings.model_copy(update={"worker": settings.worker.model_copy(update={"kubernetes": kubernetes_off})})
-    switched_off = Runtimes(off, tmp_path)
-    assert switched_off.for_deployment(gpu) is switched_off.subprocess, "the Kubernetes runtime switched off"
+    big = _deployment(
+        tmp_path,
+        image="maps/big:1.0.0",
+        map_manifest={"app": spec_app(), "pkg": spec_pkg(resources={"memory": "64Gi"})},
+    )
+    assert runtimes.for_deployment(big) is runtimes.kubernetes, "large memory: a Job"
+    gpu_worker = _worker(settings, tmp_path, gpus=2)
+    assert gpu_worker.for_deployment(gpu) is gpu_worker.subprocess, "the GPU worker uses its own GPU"
+    switched_off = _worker(
+        settings, tmp_path, kubernetes=settings.worker.kubernetes.model_copy(update={"enabled": False})
+    )
+    with pytest.raises(ResourcesUnavailable, match=r"worker\.kubernetes\.enabled is false"):
+        switched_off.for_deployment(gpu)
+
+
+def test_a_job_whose_map_needs_a_gpu_the_worker_lacks_fails_with_the_reason(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    gpu_map = tmp_path / "gpu-map"
+    gpu_map.mkdir()
+    (gpu_map / "app.json").write_text((EXAMPLE_MAP / "app.json").read_text())
+    pkg = json.loads((EXAMPLE_MAP / "pkg.json").read_text())
+    (gpu_map / "pkg.json").write_text(json.dumps({**pkg, "resources": {**pkg["resources"], "gpu": 1}}))
+    isolated = {"runtime": "subprocess", "app": None, "map_path": gpu_map, "application_root": REPO, "destinations": []}
+    context, job = routed_job(tmp_path, settings, 8, **isolated)
+    assert execute_job(context, job.id) is JobState.FAILED
+    with context.db.session() as session:
+        stored = session.get(Job, job.id)
+        assert stored is not None and stored.error is not None
+        assert "declares 1 GPU(s); this worker has 0 (worker.gpus)" in stored.error
+        assert "inference" not in stored.timings, "the application never ran"
+    context.db.dispose()
