@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -104,9 +106,11 @@ def index_files(db: Database, files: list[Path], *, calling_ae: str = "CT01") ->
     return study_uid
 
 
-def routed_job(tmp_path: Path, settings: Settings, seed: int, **deployment: object) -> tuple[WorkerContext, Job]:
-    """A stored study routed to the first configured deployment (with ``deployment``'s changes), its
-    database migrated; the job queued, and the worker's context to run it."""
+def routed_job(
+    tmp_path: Path, settings: Settings, seed: int, *, patient_id: str = "HF-PHANTOM-0001", **deployment: object
+) -> tuple[WorkerContext, Job]:
+    """A stored study (of ``patient_id``) routed to the first configured deployment (with ``deployment``'s
+    changes), its database migrated; the job queued, and the worker's context to run it."""
     from hounsfield.catalog import prepare_database
     from hounsfield.router.routing import Router
     from hounsfield.store import StudyStore
@@ -116,7 +120,7 @@ def routed_job(tmp_path: Path, settings: Settings, seed: int, **deployment: obje
     settings = settings.model_copy(update={"deployments": [declared]})
     db = Database(settings.sqlalchemy_url)
     prepare_database(db, settings)
-    study_uid, files = write_study(tmp_path / "study", seed=seed, shape=(8, 32, 32))
+    study_uid, files = write_study(tmp_path / "study", seed=seed, shape=(8, 32, 32), patient_id=patient_id)
     index_files(db, files)
     (job,) = Router(settings, db, lambda job: None).on_study_complete(
         StudyComplete(study_instance_uid=study_uid, trigger="manual")
@@ -162,3 +166,40 @@ def application_run(
         **deployment,  # type: ignore[arg-type]
     )  # fmt: skip
     return ApplicationRun(job_id, spec, input_dir, output_dir, workdir)
+
+
+class Order:
+    """Events in the order they happened, across threads (durability tests record syncs and answers)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+    def add(self, kind: str, what: str = "") -> None:
+        with self._lock:
+            self.events.append((kind, what))
+
+    def first(self, kind: str, after: int) -> int | None:
+        return next((i for i in range(after + 1, len(self.events)) if self.events[i][0] == kind), None)
+
+    def record_fsyncs(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Record each ``os.fsync`` as ``("fsync", the file's or folder's path)``, once it returned."""
+        fsync = os.fsync
+
+        def recording_fsync(fd: int) -> None:
+            fsync(fd)
+            self.add("fsync", os.readlink(f"/proc/self/fd/{fd}"))
+
+        monkeypatch.setattr(os, "fsync", recording_fsync)
+
+    def assert_files_synced_before(self, answer: str, store: Path) -> None:
+        """Every ``(answer, SOP Instance UID)`` event came after its file (written as ``.incoming-*``, then
+        renamed) and that file's folder were fsynced."""
+        answered = [(i, uid) for i, (kind, uid) in enumerate(self.events) if kind == answer]
+        assert answered, f"no {answer} was recorded"
+        for index, uid in answered:
+            before = [what for kind, what in self.events[:index] if kind == "fsync"]
+            stored = next(store.rglob(f"{uid}.dcm"))
+            files = [Path(what) for what in before if Path(what).name.startswith(".incoming-")]
+            assert any(path.parent == stored.parent for path in files), f"{uid}: its file was not synced first"
+            assert str(stored.parent) in before, f"{uid}: its folder was not synced before the {answer}"

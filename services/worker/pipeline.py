@@ -34,6 +34,7 @@ from hounsfield.db.withdrawals import is_withdrawn
 from hounsfield.exporter.delivery import DestinationUnreachable, ExportFailed, deliver
 from hounsfield.exporter.display import DisplayIdentity, write_display_copies
 from hounsfield.exporter.fhir import AnnouncementFailed, announce
+from hounsfield.exporter.identity import JobIdentity, check_results
 from hounsfield.exporter.validation import GateRejected, ValidationReport, validate_object
 from hounsfield.store import StudyStore
 from hounsfield.worker.preflight import InputRejected, check_series
@@ -151,11 +152,13 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
         produced = sorted(workspace.output.rglob("*.dcm"))
         if not produced:
             raise ApplicationFailed("the application finished without writing any DICOM object")
+        sources = [p for _, paths in inputs for p in paths]
         reports = [validate_object(path, dciodvfy=settings.worker.dciodvfy) for path in produced]
-        copies = _display_copies(
-            ctx, job, deployment, reports, [p for _, paths in inputs for p in paths], workspace.output
-        )
+        identity = JobIdentity.of_inputs(job.study_instance_uid, sources)
+        check_results(reports, identity)  # the application's results name this job's patient and study
+        copies = _display_copies(ctx, job, deployment, reports, sources, workspace.output)
         reports += [validate_object(path, dciodvfy=settings.worker.dciodvfy) for path in copies]
+        check_results(reports, identity)
         watch.lap("validate")
     except ApplicationTimedOut as exc:
         watch.lap("inference")

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pydicom
@@ -24,10 +25,12 @@ from hounsfield.config import QueryRetrieveSettings, Settings, SourceSettings
 from hounsfield.db import Database, Event, Instance, Job, JobState, Series, Study
 from hounsfield.demo.orthanc import LocalOrthanc, free_port
 from hounsfield.demo.stack import storescu
+from hounsfield.listener import fetch
 from hounsfield.listener.fetch import FetchFailed, run_fetch
 from hounsfield.listener.server import Listener
+from hounsfield.listener.storage import receive_instance
 from hounsfield_operators.ct_lesion_seg.phantom import make_phantom, write_dicom_series
-from tests.support import write_study
+from tests.support import Order, write_study
 
 REPO = Path(__file__).resolve().parents[3]
 SOURCE_AE = "SRCPACS"
@@ -263,3 +266,27 @@ def test_cli_dry_run_prints_json(settings: Settings, orthanc: LocalOrthanc, tmp_
     assert table.returncode == 0 and "would-retrieve" in table.stdout and "RQ0061" in table.stdout
     bad = _cli(config, "--source", "pacs", "--study-date", "2024-01-15")
     assert bad.returncode == 2 and "YYYYMMDD" in bad.stderr
+
+
+def test_each_instance_a_c_get_brings_is_synced_before_its_answer(
+    settings: Settings, orthanc: LocalOrthanc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fetch is the storage SCP of its C-GET: it answers each C-STORE of the source only once the
+    instance's file and folder were fsynced."""
+    configured = _configure(settings, orthanc.dicom_port, retrieve="c-get")
+    files = _study(tmp_path / "g", 31, accession="RQ0031", patient_id="PAT-G")
+    _upload(orthanc, files)
+    recorded = Order()
+    recorded.record_fsyncs(monkeypatch)
+
+    def answering(*args: Any, **kwargs: Any) -> Any:
+        received = receive_instance(*args, **kwargs)  # what the C-STORE response is made of
+        if received.ok:
+            recorded.add("answered", received.sop_instance_uid)
+        return received
+
+    monkeypatch.setattr(fetch, "receive_instance", answering)
+    report = run_fetch(configured, "pacs", accession_number="RQ0031", enqueue=lambda job: None)
+    assert report.ok and [s.outcome for s in report.studies] == ["retrieved"]
+    assert len([e for e in recorded.events if e[0] == "answered"]) == len(files)
+    recorded.assert_files_synced_before("answered", configured.data_dir / "studies")

@@ -31,7 +31,7 @@ from hounsfield.db import Database, Event, Instance, Job, Series, Study, StudySt
 from hounsfield.demo.orthanc import free_port
 from hounsfield.listener.storage import part10_bytes
 from hounsfield.registry.app import create_app
-from tests.support import bearer, wait_for, write_study
+from tests.support import Order, bearer, wait_for, write_study
 
 BOUNDARY = "hounsfield-test-boundary-7f3a"
 STOW_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
@@ -453,3 +453,22 @@ class _OrthancWithDicomWeb:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=15)
+
+
+def test_each_stored_instance_was_synced_before_the_answer(
+    stow: tuple[TestClient, list[Job], Database], settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STOW-RS answers once, for the whole request: every instance it lists as stored had its file and
+    its folder fsynced before that answer was sent."""
+    client, _, _ = stow
+    _, files = write_study(tmp_path, seed=74, shape=(6, 32, 32))
+    recorded = Order()
+    recorded.record_fsyncs(monkeypatch)
+    answer = client.post(
+        "/dicomweb/studies", content=_body([p.read_bytes() for p in files]), headers={"Content-Type": STOW_TYPE}
+    )
+    assert answer.status_code == 200
+    for uid in _referenced(answer.json()):
+        recorded.add("answered", uid)  # the answer had left when the client saw it: every fsync before counts
+    recorded.assert_files_synced_before("answered", settings.data_dir / "studies")
+    assert len(_referenced(answer.json())) == len(files)

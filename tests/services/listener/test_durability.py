@@ -1,0 +1,126 @@
+"""Success follows durability, in order: every instance a sender is told is stored was on stable storage
+before that answer left.
+
+A kill -9 cannot show this (the page cache survives a killed process), so the order is recorded: the
+listener's journal writes and ``fdatasync`` calls, and its C-STORE responses, with real senders (dcmtk
+and pynetdicom, two associations at once); without the journal, each file's and folder's fsync.
+Removing a sync, or answering before it, fails these tests. STOW-RS and C-GET arrivals are checked the
+same way in ``tests/services/registry/test_stow.py`` and ``tests/services/listener/test_fetch.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+from hounsfield.config import Settings
+from hounsfield.demo.stack import storescu
+from hounsfield.dicom_status import Status
+from hounsfield.listener.engine.association import Association
+from hounsfield.listener.engine.dimse import C_STORE_RQ
+from hounsfield.listener.journal import Journal
+from hounsfield.listener.server import Listener
+from tests.support import Order, write_study
+
+
+def _record_successes(recorded: Order, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Record each C-STORE Success the engine sends as ``("success", SOP Instance UID)``, before it leaves."""
+    respond = Association._respond
+
+    def recording_respond(self: Association, message: Any, status: int, reason: str = "") -> None:
+        if message.command.command_field == C_STORE_RQ and status == Status.SUCCESS:
+            recorded.add("success", message.command.affected_sop_instance_uid)
+        respond(self, message, status, reason)
+
+    monkeypatch.setattr(Association, "_respond", recording_respond)
+
+
+@pytest.fixture
+def order(monkeypatch: pytest.MonkeyPatch) -> Order:
+    recorded = Order()
+    append, fdatasync = Journal.append, os.fdatasync
+
+    def recording_append(self: Journal, meta: dict[str, Any], parts: Any) -> Any:
+        placed = append(self, meta, parts)
+        recorded.add("journal-write", str(meta.get("sop_instance_uid", "")))
+        return placed
+
+    def recording_fdatasync(fd: int) -> None:
+        recorded.add("sync-begin")
+        fdatasync(fd)
+        recorded.add("sync-end")
+
+    monkeypatch.setattr(Journal, "append", recording_append)
+    monkeypatch.setattr(os, "fdatasync", recording_fdatasync)
+    _record_successes(recorded, monkeypatch)
+    return recorded
+
+
+@pytest.fixture
+def listener(settings: Settings) -> Iterator[Listener]:
+    assert settings.listener.journal, "the journal is on by default"
+    running = Listener(settings, lambda job: None)
+    running.start()
+    yield running
+    running.stop()
+
+
+def _pynetdicom(settings: Settings, files: list[Path]) -> None:
+    ae = AE(ae_title="PYNETDICOM")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", settings.listener.port, ae_title="HOUNSFIELD")
+    assert assoc.is_established
+    try:
+        for path in files:
+            assert assoc.send_c_store(pydicom.dcmread(path)).Status == 0
+    finally:
+        assoc.release()
+
+
+def test_each_success_follows_the_sync_of_its_journal_record(
+    listener: Listener, settings: Settings, order: Order, tmp_path: Path
+) -> None:
+    _, dcmtk_files = write_study(tmp_path / "a", seed=71, shape=(12, 32, 32))
+    _, pynetdicom_files = write_study(tmp_path / "b", seed=72, shape=(12, 32, 32))
+    sender = threading.Thread(target=_pynetdicom, args=(settings, pynetdicom_files))
+    sender.start()  # two associations at once: the syncs are shared (group commit)
+    storescu(dcmtk_files, host="127.0.0.1", port=settings.listener.port, called_ae="HOUNSFIELD", calling_ae="DCMTK")
+    sender.join(60)
+    listener.flush()
+
+    successes = [(i, uid) for i, (kind, uid) in enumerate(order.events) if kind == "success"]
+    assert len(successes) == 24
+    for answered, uid in successes:
+        written = order.events.index(("journal-write", uid))
+        began = order.first("sync-begin", after=written)
+        assert began is not None, f"no fdatasync after the record of {uid} was written"
+        ended = order.first("sync-end", after=began)
+        assert ended is not None and ended < answered, f"Success for {uid} was sent before its record was synced"
+
+
+def test_without_the_journal_the_file_and_its_folder_are_synced_before_success(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The per-file path (``listener.journal: false``, and STOW-RS and C-GET arrivals through the same
+    receiver): the file and its folder are fsynced before the instance's Success."""
+    recorded = Order()
+    recorded.record_fsyncs(monkeypatch)
+    _record_successes(recorded, monkeypatch)
+    unjournaled = settings.model_copy(update={"listener": settings.listener.model_copy(update={"journal": False})})
+    running = Listener(unjournaled, lambda job: None)
+    running.start()
+    try:
+        _, files = write_study(tmp_path / "c", seed=73, shape=(8, 32, 32))
+        storescu(files, host="127.0.0.1", port=settings.listener.port, called_ae="HOUNSFIELD", calling_ae="DCMTK")
+    finally:
+        running.stop()
+    assert len([e for e in recorded.events if e[0] == "success"]) == len(files)
+    recorded.assert_files_synced_before("success", running.store.studies)
