@@ -338,6 +338,11 @@ class OIDCSettings(_Strict):
     )
     """Provider role names to Hounsfield roles; a token whose roles map to none is refused (403)."""
     algorithms: list[Literal["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]] = ["RS256", "ES256"]
+    leeway_s: float = Field(30.0, ge=0, le=300)
+    """How far a token's times (``exp``, ``nbf``, ``iat``) may be off this host's clock and still be taken."""
+    jwks_refresh_min_s: float = Field(60.0, ge=1, le=86400)
+    """A token signed with a key id the registry does not know makes it fetch the provider's keys again
+    (``jwks_url``), at most once this often (a provider rotating its keys; nobody can make it fetch more)."""
 
     @model_validator(mode="after")
     def _one_key_source(self) -> OIDCSettings:
@@ -370,6 +375,9 @@ class RegistrySettings(_Strict):
     api_docs: bool = True
     """Serve the API's OpenAPI document and its pages (``/openapi.json``, ``/docs``, ``/redoc``) to anyone
     who can reach the port (they describe the routes, never data). Off: those paths answer 404."""
+    max_stow_parts: int = Field(10000, ge=1)
+    """The most parts (instances) one STOW-RS request may carry; the request is refused (413) at the first
+    part beyond it (parts complete before it stay stored)."""
     max_request_body_mb: int = Field(2, ge=1, le=1024)
     """Largest body of any other request (catalog, rules, dry runs, tokens); a bigger one is answered 413
     before it is parsed, and only after the caller's credential was checked."""
