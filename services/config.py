@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from hounsfield.contracts.rules import Rule
+from hounsfield.dicom_syntaxes import BIG_ENDIAN, DEFAULT_PREFERENCE, PRIVATE_STORAGE_CLASSES, STORED
 from hounsfield.errors import HounsfieldError
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "FhirSettings",
     "KubernetesSettings",
     "ListenerSettings",
+    "OutboundTLSSettings",
     "QueryRetrieveSettings",
     "RegistrySettings",
     "Settings",
@@ -49,10 +52,61 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_UID_TEXT = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
 def _check_ae_title(value: str) -> str:
     if not _AE_TITLE.match(value) or not value.strip():
         raise ValueError("an AE title is 1-16 printable characters without backslash")
     return value
+
+
+class OutboundTLSSettings(_Strict):
+    """DICOM over TLS to a peer Hounsfield calls: a destination (C-STORE) or a source PACS (C-FIND, C-MOVE, C-GET).
+
+    The peer's certificate is always verified: it must chain to ``ca_bundle`` (the system's trust
+    store when unset) and, unless ``check_hostname`` is off, name ``server_hostname``.
+    """
+
+    ca_bundle: Path | None = None
+    """CA certificates (PEM) the peer's certificate must chain to; the system's trust store when unset."""
+    certificate: Path | None = None
+    """This side's certificate chain (PEM), for a peer that requires client certificates."""
+    private_key: Path | None = None
+    """The private key of ``certificate`` (PEM)."""
+    minimum_version: Literal["1.2", "1.3"] = "1.2"
+    server_hostname: str | None = None
+    """The name the peer's certificate must carry; the configured host when unset."""
+    check_hostname: bool = True
+    """Check that the peer's certificate names ``server_hostname``. Turn it off only for a peer whose
+    certificate cannot name it (its chain is still verified against ``ca_bundle``)."""
+
+    @model_validator(mode="after")
+    def _key_with_certificate(self) -> OutboundTLSSettings:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together (the client certificate and its key)")
+        return self
+
+    def tls_args(self, host: str) -> tuple[ssl.SSLContext, str]:
+        """pynetdicom's ``associate(tls_args=...)`` for a peer at ``host``: the client context and the name to check.
+
+        Raises :class:`OSError` (:class:`ssl.SSLError` included) when a file cannot be read or used.
+        """
+        context = ssl.create_default_context(cafile=str(self.ca_bundle) if self.ca_bundle is not None else None)
+        context.minimum_version = ssl.TLSVersion.TLSv1_3 if self.minimum_version == "1.3" else ssl.TLSVersion.TLSv1_2
+        context.check_hostname = self.check_hostname
+        if self.certificate is not None and self.private_key is not None:
+            context.load_cert_chain(self.certificate, self.private_key)
+        return context, self.server_hostname or host
+
+
+def _refuse_insecure_http(url: str, credentials: list[str], allowed: bool) -> None:
+    """Credentials never go to an ``http://`` URL, where anyone on the path reads them, unless allowed."""
+    if url.lower().startswith("http://") and credentials and not allowed:
+        raise ValueError(
+            f"url is http:// and {' and '.join(credentials)} would send credentials in clear text: "
+            "use an https:// URL, or set allow_insecure_http: true to accept that"
+        )
 
 
 class QueryRetrieveSettings(_Strict):
@@ -68,6 +122,8 @@ class QueryRetrieveSettings(_Strict):
     count_completeness: bool = True
     """Complete a study as soon as the received count equals the source's NumberOfStudyRelatedInstances."""
     timeout_s: float = Field(30.0, gt=0)
+    tls: OutboundTLSSettings | None = None
+    """Query and retrieve over DICOM TLS (the source's TLS port); plain TCP when unset."""
 
     _ae = field_validator("ae_title", "move_destination")(
         lambda value: None if value is None else _check_ae_title(value)
@@ -84,6 +140,10 @@ class SourceSettings(_Strict):
     """Called AE titles it may use; the listener's own AE title when empty."""
     query: QueryRetrieveSettings | None = None
     """Set when the source is a PACS that Hounsfield may query and retrieve from."""
+    tls_client_names: list[str] = Field(default_factory=list)
+    """Bind the source to client certificates: when set, its AE title is accepted only over DICOM TLS
+    from a verified client certificate whose subject common name or a DNS name among its subject
+    alternative names is one of these (needs ``listener.tls.client_ca``)."""
 
     _ae = field_validator("ae_title")(_check_ae_title)
 
@@ -106,6 +166,9 @@ class TLSSettings(_Strict):
     require_client_certificate: bool = False
     """Refuse TLS clients without a certificate signed by ``client_ca``."""
     minimum_version: Literal["1.2", "1.3"] = "1.2"
+    only: bool = False
+    """TLS-only: the plain port serves the loopback interface alone (the pod's own readiness C-ECHO),
+    so nothing beyond the host can sidestep TLS and its client certificates."""
 
     @model_validator(mode="after")
     def _client_ca_needed(self) -> TLSSettings:
@@ -125,7 +188,31 @@ class ListenerSettings(_Strict):
     quiet_period_s: float = Field(30.0, gt=0)
     """Fallback for senders that spread a study over several associations (or abort)."""
     acse_timeout_s: float = Field(30.0, gt=0)
+    """How long an association release may take."""
+    request_timeout_s: float = Field(10.0, gt=0, le=120)
+    """A connection must have sent its whole A-ASSOCIATE-RQ (after its TLS handshake) within this, or
+    it is closed."""
     network_timeout_s: float = Field(60.0, gt=0)
+    """While the listener waits for the peer, a whole PDU must arrive within this, or the association
+    is aborted: a byte now and then does not keep it open."""
+    max_associations: int = Field(32, ge=1, le=1024)
+    """Associations at once, from all callers; more are rejected (transient, local limit)."""
+    max_associations_per_address: int = Field(16, ge=1, le=1024)
+    """Associations at once from one network address, so that one caller cannot take every slot."""
+    max_pending_connections: int = Field(64, ge=1, le=4096)
+    """Connections not yet associated (TLS handshake or A-ASSOCIATE-RQ under way), from all callers;
+    more are closed at once."""
+    max_pending_per_address: int = Field(16, ge=1, le=4096)
+    """Connections not yet associated from one network address; more are closed at once."""
+    max_inflated_mb: int = Field(256, ge=1, le=65536)
+    """How far a dataset in the deflated transfer syntax may inflate while it is checked; beyond it the
+    instance is refused (0xC210)."""
+    transfer_syntaxes: list[str] = Field(default_factory=lambda: list(DEFAULT_PREFERENCE))
+    """The transfer syntaxes accepted, best first: for each presentation context the listener picks the
+    best one the sender proposes (lossless and uncompressed before lossy by default). Explicit VR Big
+    Endian, when listed, is chosen only when a context offers nothing else."""
+    private_sop_classes: list[str] = Field(default_factory=lambda: list(PRIVATE_STORAGE_CLASSES))
+    """Vendor-private storage SOP classes accepted beside the standard ones (UIDs)."""
     min_free_disk_mb: int = Field(1024, ge=0)
     """Refuse instances (0xA700, out of resources) rather than fill the study store's disk."""
     sources: dict[str, SourceSettings] = Field(default_factory=dict)
@@ -143,6 +230,31 @@ class ListenerSettings(_Strict):
     """Size of one journal segment file; the journal holds at most 8 of them."""
 
     _ae = field_validator("ae_title")(_check_ae_title)
+
+    @field_validator("transfer_syntaxes")
+    @classmethod
+    def _stored_syntaxes(cls, values: list[str]) -> list[str]:
+        unknown = [value for value in values if value not in STORED]
+        if unknown:
+            raise ValueError(f"not transfer syntaxes the listener can store: {', '.join(unknown)}")
+        if not [value for value in values if value != BIG_ENDIAN]:
+            raise ValueError("list at least one transfer syntax besides Explicit VR Big Endian")
+        return list(dict.fromkeys(values))
+
+    @field_validator("private_sop_classes")
+    @classmethod
+    def _uids(cls, values: list[str]) -> list[str]:
+        bad = [value for value in values if not _UID_TEXT.match(value)]
+        if bad:
+            raise ValueError(f"not UIDs: {', '.join(bad)}")
+        return values
+
+    @model_validator(mode="after")
+    def _bound_sources_need_client_ca(self) -> ListenerSettings:
+        bound = [name for name, source in self.sources.items() if source.tls_client_names]
+        if bound and (self.tls is None or self.tls.client_ca is None):
+            raise ValueError(f"sources {', '.join(bound)} set tls_client_names, which needs tls.client_ca")
+        return self
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> ListenerSettings:
@@ -190,6 +302,11 @@ class DestinationSettings(_Strict):
     retry_backoff_s: float = Field(1.0, ge=0)
     timeout_s: float = Field(60.0, gt=0)
     """STOW-RS: how long one request may take."""
+    tls: OutboundTLSSettings | None = None
+    """C-STORE over DICOM TLS (the destination's TLS port); plain TCP when unset."""
+    allow_insecure_http: bool = False
+    """STOW-RS: let an ``http://`` url carry credentials (``token_env``, ``username``), which then cross
+    the network in clear text; refused at load otherwise."""
     wait_max_s: float = Field(86400.0, gt=0)
     """How long a job waits for this destination while it stays unreachable (it is retried from the
     queue meanwhile, the worker free for other jobs) before the job fails."""
@@ -209,8 +326,13 @@ class DestinationSettings(_Strict):
                 raise ValueError("protocol stow-rs needs url (the DICOMweb base, e.g. https://pacs/dicom-web)")
             if self.token_env and self.username:
                 raise ValueError("choose one of token_env (bearer) and username with password_env (basic)")
+            if self.tls is not None:
+                raise ValueError("tls is for protocol dimse (C-STORE); STOW-RS is secured by an https:// url")
         if bool(self.username) != bool(self.password_env):
             raise ValueError("username and password_env go together (HTTP basic)")
+        if self.url is not None:
+            credentials = ["token_env"] * bool(self.token_env) + ["username/password_env"] * bool(self.username)
+            _refuse_insecure_http(self.url, credentials, self.allow_insecure_http)
         return self
 
     @property
@@ -330,7 +452,8 @@ class OIDCSettings(_Strict):
     jwks_file: Path | None = None
     """The provider's signing keys as a JWKS document on disk (an air-gapped site copies it there)."""
     jwks_url: str | None = None
-    """Or where to fetch them (``<issuer>/.well-known/jwks.json`` as a rule); fetched at start."""
+    """Or where to fetch them (``<issuer>/.well-known/jwks.json`` as a rule): https, or http to a loopback
+    host only; fetched at start and again on an unknown key id (``jwks_refresh_min_s``)."""
     role_claim: str = "roles"
     """The claim that carries the caller's roles (a string or a list of strings)."""
     roles: dict[str, Literal["viewer", "radiologist", "model-developer", "admin", "sender"]] = Field(
@@ -361,6 +484,14 @@ class FhirSettings(_Strict):
     modes: list[Literal["shadow", "research", "clinical"]] = ["clinical"]
     """Jobs of deployments in these modes are announced (shadow results never reach clinicians)."""
     timeout_s: float = Field(30.0, gt=0)
+    allow_insecure_http: bool = False
+    """Let an ``http://`` url carry the bearer token (``token_env``), which then crosses the network in
+    clear text; refused at load otherwise."""
+
+    @model_validator(mode="after")
+    def _no_token_in_clear(self) -> FhirSettings:
+        _refuse_insecure_http(self.url, ["token_env"] * bool(self.token_env), self.allow_insecure_http)
+        return self
 
 
 class RegistrySettings(_Strict):

@@ -11,7 +11,8 @@ __all__ = ["CompletionTrigger", "StudyComplete"]
 CompletionTrigger = Literal["association-release", "quiet-period", "source-count", "retrieve", "manual"]
 """Why a study was declared complete: its association was released; nothing arrived for the quiet
 period; the index holds as many instances as the source PACS reports (C-FIND
-NumberOfStudyRelatedInstances); a retrieve that Hounsfield started (C-GET) finished; or by hand."""
+NumberOfStudyRelatedInstances); a retrieve that Hounsfield started finished (a C-GET, whatever its
+outcome; a C-MOVE, once what it sent is indexed and the study holds the source's count); or by hand."""
 
 
 class StudyComplete(BaseModel):

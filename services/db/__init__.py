@@ -47,9 +47,10 @@ class Database:
     ``synchronous`` is SQLite's commit durability. ``FULL`` (the default) fsyncs the WAL at every
     commit. The listener opens its index with ``NORMAL``: in WAL mode a commit then survives a crash
     of any process (kill -9 included) but not an operating-system crash or power loss, which may
-    lose the last commits. It does so because it commits once per instance, and because the instance
-    files themselves are fsynced before Success: a row lost that way is rebuilt from its file (the
-    store is the record; the index can be re-derived from it).
+    lose the last commits. It does so because it commits often, and because every instance is durable
+    before its Success (its ingest journal record synced, or its own file fsynced): a row lost that
+    way is rebuilt from the journal or the file (the store is the record; the index can be re-derived
+    from it).
     """
 
     def __init__(self, url: str, *, synchronous: Literal["FULL", "NORMAL"] = "FULL") -> None:

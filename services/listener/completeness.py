@@ -1,9 +1,14 @@
 """When is a study complete? On association release, after a quiet period, or by the source's count.
 
-The tracker remembers, per association (or STOW-RS request: any hashable key), which studies it
-delivered, and per study when its last instance arrived. It hands
+The tracker remembers, per association (or STOW-RS request, or C-GET: any hashable key), which
+studies it delivered, and per study when its last instance arrived. It hands
 :class:`~hounsfield.contracts.StudyComplete` events to a callback that must return quickly (the
 listener puts them on the router's queue).
+
+A C-MOVE's sub-operations may come over several associations (Orthanc opens one per transfer
+syntax), so the release of an association that carried them completes nothing: the source's count,
+the quiet period, or the fetch that asked for the C-MOVE (once its final response has come and what
+it reported is indexed) do. The end of a C-GET completes what it delivered (trigger ``retrieve``).
 
 With a :class:`~hounsfield.listener.source_count.SourceCounter`, studies sent by a source PACS that
 can be queried are also complete as soon as the index holds as many instances as the source reports
@@ -65,10 +70,13 @@ class CompletenessTracker:
         if self._source_counts is not None:
             self._source_counts.watch(study_uid, calling_ae)
 
-    def association_released(self, key: Hashable, calling_ae: str) -> None:
+    def association_released(self, key: Hashable, calling_ae: str, *, moved: bool = False) -> None:
+        """The association ``key`` was released. ``moved``: its C-STORE requests were a C-MOVE's
+        sub-operations (they named a move originator), which may go on over other associations: its
+        studies are left to the source's count and the quiet period, as after an abort."""
         with self._lock:
             studies = self._by_assoc.pop(key, set())
-            if not self._complete_on_release:
+            if not self._complete_on_release or moved:
                 return
             for uid in studies:
                 self._last_seen.pop(uid, None)
@@ -86,6 +94,17 @@ class CompletenessTracker:
         with self._lock:
             for study_uid, calling_ae in studies:
                 self._last_seen.setdefault(study_uid, (now, calling_ae))
+
+    def retrieve_finished(self, key: Hashable, calling_ae: str) -> list[str]:
+        """A C-GET ``key`` has ended, whatever its outcome: complete the studies it delivered (trigger
+        ``retrieve``), since nothing more of the retrieve can come; returns their UIDs."""
+        with self._lock:
+            studies = sorted(self._by_assoc.pop(key, set()))
+            for uid in studies:
+                self._last_seen.pop(uid, None)
+        for uid in studies:
+            self._emit(uid, "retrieve", calling_ae)
+        return studies
 
     def association_aborted(self, key: Hashable) -> None:
         # What arrived stays; the quiet period decides when the study is complete.

@@ -8,12 +8,16 @@ incomplete here, so that a study whose series were not all pushed is completed.
 Where the instances go depends on the retrieve method:
 
 * **C-MOVE** sends them to the running listener (``move_destination``, the listener's AE title by
-  default), which stores them and completes the study by its own triggers (association release,
-  source count, quiet period); the fetcher waits a little for that completion to show in the index.
-* **C-GET** brings them back on the fetcher's own association: the fetcher is the storage SCP,
-  stores each one through the same :class:`~hounsfield.listener.intake.Intake` as the listener and
-  STOW-RS, and, once the retrieve has finished with every instance here, completes the study itself
-  (trigger ``retrieve``) and routes it.
+  default), which stores them. The source may open one association per transfer syntax, so the
+  listener completes nothing on their release (their C-STOREs name a move originator). Once the
+  final response has come, the fetcher waits (``wait_s``) until the index holds every instance the
+  C-MOVE reported as sent, and then, when the study holds the source's count, completes it (trigger
+  ``retrieve``) and routes it; otherwise the listener does, by the source's count or its quiet period.
+* **C-GET** brings them back on the fetcher's own association: the fetcher is the storage SCP and
+  stores each one through an :class:`~hounsfield.listener.intake.Intake` as the listener and
+  STOW-RS do. Each storage class the study holds is proposed once per transfer syntax, so that a
+  source that cannot transcode finds the syntax it holds. The intake's tracker completes what the
+  retrieve delivered when it ends, whatever its outcome (trigger ``retrieve``), and its router routes it.
 
 Patient IDs and accession numbers travel in the C-FIND identifiers only; they are never logged.
 """
@@ -39,6 +43,7 @@ from hounsfield.db.index import series_instance_counts, study_state
 from hounsfield.errors import HounsfieldError
 from hounsfield.listener.intake import Intake
 from hounsfield.listener.qr_client import (
+    QueryFailed,
     QueryRetrieveClient,
     RetrieveError,
     SourceNotConfigured,
@@ -108,10 +113,10 @@ class FetchReport:
 class Fetcher:
     """Finds studies on a source and retrieves what the index lacks (see the module docstring).
 
-    C-GET arrivals go through ``intake`` (its store, index and tracker), and a study retrieved whole
-    is completed (``retrieve``) and routed at once by ``intake``'s router; C-MOVEd studies are
-    completed by the listener that receives them, and the fetcher waits up to ``wait_s`` to report
-    that completion.
+    C-GET arrivals go through ``intake`` (its store, index and tracker: start it first), which
+    completes and routes them when the retrieve ends; C-MOVEd studies are completed (``retrieve``)
+    and routed through ``intake``'s router once the listener has indexed what the C-MOVE sent, which
+    the fetcher waits for up to ``wait_s``.
     """
 
     def __init__(self, settings: Settings, source_name: str, *, intake: Intake, wait_s: float = 10.0) -> None:
@@ -175,38 +180,53 @@ class Fetcher:
         if dry_run:
             result.outcome = "would-retrieve"
             return result
-        series_uids = None if not here else [s.series_instance_uid for s in missing]
+        missing_uids = [s.series_instance_uid for s in missing]
+        series_uids = None if not here else missing_uids
         started = datetime.now(UTC)
         refused: list[str] = []
+        completing: list[str] = []
         try:
             if self.method == "c-get":
-                transfer = self._get(study, series_uids, refused)
+                transfer = self._get(study, series_uids, missing_uids, refused, completing)
             else:
                 transfer = self.client.move(uid, series_uids, self.destination)
         except RetrieveError as exc:
             result.outcome, result.reason = "failed", str(exc)
+            if completing:
+                self._wait_for_completion(uid, started)
             result.here_after = sum(self._here(uid).values())
+            result.state, result.completion_trigger, _ = self._study_state(uid)
             return result
         result.retrieved, result.failed = transfer.completed, transfer.failed
         expected = study.instance_count
-        if self.method == "c-move" and transfer.ok:
-            self._wait_for_index(uid, expected, started)
-        result.here_after = sum(self._here(uid).values())
-        if not transfer.ok or (expected is not None and result.here_after < expected):
+        if self.method == "c-move":
+            sent = self._wait_for_index(uid, series_uids, transfer.completed)
+            result.here_after = sum(self._here(uid).values())
+            whole = result.here_after >= expected if expected is not None else transfer.ok
+            if sent >= transfer.completed and whole:
+                # The C-MOVE has ended, what it delivered is indexed and the study holds the source's
+                # count: complete it now (the listener's releases of a C-MOVE complete nothing).
+                complete = StudyComplete(study_instance_uid=uid, trigger="retrieve", calling_ae=self.source.ae_title)
+                self._intake.route(complete)
+        else:
+            if completing:
+                self._wait_for_completion(uid, started)
+            result.here_after = sum(self._here(uid).values())
+            sent = transfer.completed
+        if not transfer.ok or sent < transfer.completed or (expected is not None and result.here_after < expected):
             result.outcome = "failed"
-            result.reason = transfer.reason(self.destination if self.method == "c-move" else None) or (
-                f"{result.here_after} of {expected} instance(s) are here after the retrieve"
-            )
+            result.reason = transfer.reason(self.destination if self.method == "c-move" else None)
+            if not result.reason and sent < transfer.completed:
+                result.reason = (
+                    f"the listener had indexed {sent} of the {transfer.completed} instance(s) the source sent after "
+                    f"{self._wait_s:g} s; it completes the study by the source's count or its quiet period"
+                )
+            elif not result.reason:
+                result.reason = f"{result.here_after} of {expected} instance(s) are here after the retrieve"
             if refused:
                 result.reason += f"; {len(refused)} refused here, first because {refused[0]}"
         else:
             result.outcome = "retrieved"
-            if self.method == "c-get":
-                self._intake.route(
-                    StudyComplete(study_instance_uid=uid, trigger="retrieve", calling_ae=self.source.ae_title)
-                )
-            else:
-                self._wait_for_listener(uid, started, result)
         result.state, result.completion_trigger, _ = self._study_state(uid)
         logger.info(
             "fetch from %s (%s): %d retrieved, %d failed, %s", self.client.name, self.method, transfer.completed,
@@ -214,8 +234,21 @@ class Fetcher:
         )  # fmt: skip
         return result
 
-    def _get(self, study: StudyOnSource, series_uids: list[str] | None, refused: list[str]) -> Transfer:
-        """C-GET with this process as the storage SCP; reasons for instances refused here go to ``refused``."""
+    def _get(
+        self,
+        study: StudyOnSource,
+        series_uids: list[str] | None,
+        missing_uids: list[str],
+        refused: list[str],
+        completing: list[str],
+    ) -> Transfer:
+        """C-GET with this process as the storage SCP; reasons for instances refused here go to ``refused``.
+
+        Every instance goes through the intake, whose tracker hears of it as the listener's does (the
+        C-GET's association is its key); when the retrieve ends, whatever its outcome, the tracker
+        completes the studies it delivered (trigger ``retrieve``; their UIDs go to ``completing``) and
+        the intake's router thread routes them.
+        """
         context = self._intake.context
         key = ("c-get", id(self), study.study_instance_uid)
         origin = Origin(key, self.source.ae_title, self._settings.listener.ae_title)
@@ -234,35 +267,41 @@ class Fetcher:
                 refused.append(received.reason)
             return received.status
 
-        return self.client.get(study.study_instance_uid, series_uids, study.sop_class_uids, on_store)
+        try:
+            # The classes the study holds: one context per (class, transfer syntax) fits the association.
+            classes = list(study.sop_class_uids)
+            if not classes:
+                try:
+                    classes = self.client.find_sop_classes(study.study_instance_uid, missing_uids)
+                except QueryFailed:  # no IMAGE-level queries there: a common set of classes is proposed
+                    classes = []
+            return self.client.get(study.study_instance_uid, series_uids, classes, on_store)
+        finally:
+            completing.extend(self._intake.tracker.retrieve_finished(key, self.source.ae_title))
 
-    def _wait_for_index(self, study_uid: str, expected: int | None, started: datetime) -> None:
-        """Let the listener index what it acknowledged (its journal is applied within moments).
+    def _wait_for_index(self, study_uid: str, series_uids: list[str] | None, sent: int) -> int:
+        """How many instances of the retrieved series (the whole study when None) the index holds, once it
+        holds the ``sent`` the C-MOVE reported as completed or the fetch's wait is over.
 
-        Waits until the index holds ``expected`` instances of the study, or the listener completed
-        it after ``started`` (which it does only once every instance before the release is indexed),
-        at most the fetch's wait.
+        The listener acknowledges each instance once it is in its ingest journal; the index row follows
+        within moments, and the last association of a C-MOVE may still be applied after its final response.
         """
         deadline = time.monotonic() + self._wait_s
+        while True:
+            here = self._here(study_uid)
+            held = sum(n for series, n in here.items() if series_uids is None or series in series_uids)
+            if held >= sent or time.monotonic() >= deadline:
+                return held
+            time.sleep(0.05)
+
+    def _wait_for_completion(self, study_uid: str, started: datetime) -> None:
+        """Wait (at most the fetch's wait) until the study was completed after ``started`` (by the intake's router)."""
+        deadline = time.monotonic() + self._wait_s
         while time.monotonic() < deadline:
-            if expected is not None and sum(self._here(study_uid).values()) >= expected:
-                return
             state, _, completed_at = self._study_state(study_uid)
             if state not in (None, StudyState.RECEIVING.value) and completed_at and _aware(completed_at) >= started:
                 return
-            time.sleep(0.05)
-
-    def _wait_for_listener(self, study_uid: str, started: datetime, result: StudyFetch) -> None:
-        deadline = time.monotonic() + self._wait_s
-        while True:
-            state, _, completed_at = self._study_state(study_uid)
-            done = state is not None and state != StudyState.RECEIVING.value
-            if done and completed_at is not None and _aware(completed_at) >= started:
-                return
-            if time.monotonic() >= deadline:
-                result.reason = "the listener has not completed the study yet; it will by its own triggers"
-                return
-            time.sleep(0.1)
+            time.sleep(0.02)
 
 
 def _aware(moment: datetime) -> datetime:
@@ -313,8 +352,10 @@ def run_fetch(
 ) -> FetchReport:
     """``hounsfield fetch``: query ``source`` for the studies matching ``keys`` (see :class:`StudyQuery`).
 
-    C-GET retrieves are routed here (jobs go to ``enqueue``, the Celery broker by default); jobs
-    that cannot be queued stay queued in the database and are named in the report's problems.
+    Retrieved studies are completed and routed here (jobs go to ``enqueue``, the Celery broker by
+    default): C-GET ones by this process's intake when the retrieve ends, C-MOVEd ones once the
+    listener has indexed what the C-MOVE delivered. Jobs that cannot be queued stay queued in the
+    database and are named in the report's problems.
     Raises :class:`FetchFailed` for bad arguments, an unknown source, or a source that cannot be queried.
     """
     try:
@@ -335,15 +376,18 @@ def run_fetch(
             except KombuError:
                 unsent.append(job.id)
 
-        intake = Intake(settings, db, send)  # never started: a retrieve completes and routes its studies itself
+        intake = Intake(settings, db, send)  # its tracker completes what a C-GET brings, its router thread routes
         try:
             fetcher = Fetcher(settings, source, intake=intake, wait_s=wait_s)
         except SourceNotConfigured as exc:
             raise FetchFailed(str(exc), exit_code=2) from exc
+        intake.start()
         try:
             report = fetcher.run(query, dry_run=dry_run, limit=limit)
         except RetrieveError as exc:
             raise FetchFailed(str(exc)) from exc
+        finally:
+            intake.stop()  # what was completed is routed (and its jobs queued) first
         if unsent:
             report.problems.append(
                 f"{len(unsent)} job(s) could not be put on the queue (is the broker running?); they stay "

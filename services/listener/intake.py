@@ -8,11 +8,14 @@ instances builds one:
 =====================  ==========================  ===========================================
 who                    transports                  how its studies complete
 =====================  ==========================  ===========================================
-the listener           C-STORE (plain and TLS),    association release, the source's count,
-                       C-MOVE arrivals             the quiet period; through the ingest journal
+the listener           C-STORE (plain and TLS),    association release (not a C-MOVE's), the
+                       C-MOVE arrivals             source's count, the quiet period; through
+                                                   the ingest journal
 the registry           STOW-RS                     the quiet period (a request is no association)
-``hounsfield fetch``   C-GET arrivals              the retrieve's end (it routes them itself:
-                                                   :meth:`Intake.route`, tracker not started)
+``hounsfield fetch``   C-GET arrivals              the retrieve's end, whatever its outcome
+                                                   (:meth:`CompletenessTracker.retrieve_finished`);
+                                                   a C-MOVE's end, once the listener has indexed
+                                                   what it sent (:meth:`Intake.route`)
 =====================  ==========================  ===========================================
 
 Completed studies go to the router's thread (:class:`~hounsfield.router.routing.RouterThread`), one
@@ -77,7 +80,14 @@ class Intake:
             segment = settings.listener.journal_segment_mb << 20
             self.journal = JournaledStore(self.store, db, self.tracker, Journal(folder, segment_bytes=segment))
             self.metrics.watch_journal(self.journal.backlog)
-        self.context = StoreContext(self.store, db, self.tracker, self.metrics, self.journal)
+        self.context = StoreContext(
+            self.store,
+            db,
+            self.tracker,
+            self.metrics,
+            self.journal,
+            max_inflated=settings.listener.max_inflated_mb << 20,
+        )
 
     def route(self, event: StudyComplete) -> list[Job]:
         """Complete and route one study now, in this thread; returns the jobs made."""

@@ -39,8 +39,15 @@ class ListenerMetrics:
         )
         self.associations = Counter(
             "hounsfield_listener_associations",
-            "Association requests, by transport and outcome (accepted, rejected).",
+            "Association requests, by transport and outcome (accepted, rejected, or dropped: a connection "
+            "closed at once because of the limits on connections waiting to associate).",
             ["transport", "outcome"],
+            registry=self.registry,
+        )
+        self.tls_handshake_failures = Counter(
+            "hounsfield_listener_tls_handshake_failures",
+            "Failed TLS handshakes on the DICOM TLS port, by reason (certificate, protocol, timeout, connection).",
+            ["reason"],
             registry=self.registry,
         )
         free = Gauge("hounsfield_store_free_bytes", "Free bytes on the study store's disk.", registry=self.registry)

@@ -64,8 +64,14 @@ class AssociationPolicy:
             ip = ip.ipv4_mapped
         return any(ip in network for network in source.networks)
 
-    def decide(self, calling_ae: str, called_ae: str, address: str) -> Decision:
-        """The decision for one A-ASSOCIATE-RQ; AE titles are compared without their padding."""
+    def decide(
+        self, calling_ae: str, called_ae: str, address: str, *, certificate_names: frozenset[str] | None = None
+    ) -> Decision:
+        """The decision for one A-ASSOCIATE-RQ; AE titles are compared without their padding.
+
+        ``certificate_names``: the names of the caller's verified TLS client certificate (None over
+        plain TCP). A source with ``tls_client_names`` is accepted only when one of them is among these.
+        """
         calling, called = calling_ae.strip(), called_ae.strip()
         candidates = [(name, s) for name, s in self._settings.sources.items() if s.ae_title == calling]
         if not candidates:
@@ -84,6 +90,17 @@ class AssociationPolicy:
         if not located:
             names = ", ".join(name for name, _ in candidates)
             return Decision(None, f"{calling!r} may not call from {address} (source {names})", Rejection.NO_REASON)
+        presented = certificate_names or frozenset()
+        bound = [(name, s) for name, s in located if not s.tls_client_names or presented & set(s.tls_client_names)]
+        if not bound:
+            names = ", ".join(name for name, _ in located)
+            how = "over plain TCP" if certificate_names is None else "without a client certificate it is bound to"
+            return Decision(
+                None,
+                f"{calling!r} called {how} (source {names} sets tls_client_names)",
+                Rejection.CALLING_AE_NOT_RECOGNIZED,
+            )
+        located = bound
         for name, source in located:
             if called in self._called_titles(source):
                 return Decision(name, f"source {name}")

@@ -4,14 +4,17 @@
 :meth:`~QueryRetrieveClient.find_studies` and :meth:`~QueryRetrieveClient.find_series` with the
 source's instance counts, :meth:`~QueryRetrieveClient.move` to a destination AE and
 :meth:`~QueryRetrieveClient.get` with this process as the storage SCP (each instance handed to a
-callback). It knows nothing of the store or the index: :mod:`hounsfield.listener.fetch` (``hounsfield
-fetch``) and :mod:`hounsfield.listener.source_count` (completion by the source's count) use it.
+callback; each storage class proposed once per transfer syntax, :func:`get_storage_contexts`), over
+DICOM TLS when the source's ``query.tls`` is set. It knows nothing of the store or the index:
+:mod:`hounsfield.listener.fetch` (``hounsfield fetch``) and :mod:`hounsfield.listener.source_count`
+(completion by the source's count) use it.
 
 Patient IDs and accession numbers travel in the C-FIND identifiers only; they are never logged.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,20 +24,27 @@ from typing import Any, Literal
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    HTJ2K,
     JPEG2000,
+    UID,
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
+    JPEGLossless,
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     BasicTextSRStorage,
     ComprehensiveSRStorage,
@@ -86,7 +96,10 @@ __all__ = [
     "StudyOnSource",
     "StudyQuery",
     "Transfer",
+    "get_storage_contexts",
 ]
+
+logger = logging.getLogger(__name__)
 
 FIND = StudyRootQueryRetrieveInformationModelFind
 MOVE = StudyRootQueryRetrieveInformationModelMove
@@ -95,10 +108,14 @@ _MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are odd numbers 1-255
 _DATE_RANGE = re.compile(r"^(\d{8})(?:-(\d{8}))?$")
 _NOT_IN_KEYS = re.compile(r"[*?\\\x00-\x1f]")
 
-# Proposed for each storage class on a C-GET association; the source picks the one it holds.
+# Proposed for each storage class on a C-GET association, one presentation context per syntax (as
+# pynetdicom's StoragePresentationContexts): a source that cannot transcode (Orthanc) sends each instance
+# on the context of the syntax it holds it in, and fails one it finds no such context for (0xC000). In
+# order of preference: when the contexts cannot hold every pair, the first syntaxes keep theirs.
 _GET_TRANSFER_SYNTAXES = [
-    ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit,
-    JPEGExtended12Bit, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless,
+    ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLosslessSV1, JPEG2000Lossless, JPEGLSLossless, RLELossless,
+    JPEGBaseline8Bit, JPEG2000, DeflatedExplicitVRLittleEndian, JPEGLSNearLossless, JPEGLossless, JPEGExtended12Bit,
+    HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K, ExplicitVRBigEndian,
 ]  # fmt: skip
 # Storage classes offered for C-GET when the source does not say which ones the study holds.
 _COMMON_STORAGE = [
@@ -240,6 +257,26 @@ class Transfer:
         return f"{text} (0x{self.status:04X}){failed}"
 
 
+def get_storage_contexts(sop_class_uids: Sequence[str]) -> list[PresentationContext]:
+    """The storage contexts a C-GET proposes besides its own: one per (SOP class, transfer syntax).
+
+    ``sop_class_uids`` are the classes the study holds (a common set of storage classes when empty).
+    While PS3.8's 128 contexts (one is the C-GET's) hold every pair, each class gets one context per
+    syntax. With more classes, each gets as many contexts as fit: one per syntax for the preferred
+    ones and a last one listing the rest (a source that can transcode still finds a syntax there).
+    Classes beyond 127 are left out, and logged: the source cannot send their instances.
+    """
+    classes = list(dict.fromkeys(sop_class_uids or _COMMON_STORAGE))
+    room = _MAX_CONTEXTS - 1
+    if len(classes) > room:
+        logger.warning("C-GET: %d storage classes, %d proposed (the association's limit)", len(classes), room)
+        classes = classes[:room]
+    each = min(len(_GET_TRANSFER_SYNTAXES), room // len(classes))
+    groups: list[list[str | UID]] = [[syntax] for syntax in _GET_TRANSFER_SYNTAXES[: each - 1]]
+    groups.append(list(_GET_TRANSFER_SYNTAXES[each - 1 :]))
+    return [build_context(uid, group) for uid in classes for group in groups]
+
+
 def _strings(ds: Dataset, keyword: str) -> tuple[str, ...]:
     value: Any = ds.get(keyword)
     if value in (None, ""):
@@ -281,12 +318,21 @@ class QueryRetrieveClient:
         qr = self.settings
         connected: list[bool] = []
         handlers = [*kwargs.pop("evt_handlers", []), (evt.EVT_CONN_OPEN, lambda _: connected.append(True))]
-        assoc = ae.associate(qr.host, qr.port, ae_title=self.called_ae, evt_handlers=handlers, **kwargs)
         where = f"source {self.name!r} ({qr.host}:{qr.port}, AE {self.called_ae!r})"
+        tls_args = None
+        if qr.tls is not None:
+            try:
+                tls_args = qr.tls.tls_args(qr.host)
+            except OSError as exc:  # ssl.SSLError included: a missing or unusable CA bundle, certificate or key
+                raise SourceUnavailable(f"{where}: its TLS settings cannot be used: {exc.strerror or exc}") from exc
+        assoc = ae.associate(
+            qr.host, qr.port, ae_title=self.called_ae, evt_handlers=handlers, tls_args=tls_args, **kwargs
+        )
         if not assoc.is_established:
             if not connected:
+                tls = ", or the TLS handshake failed: is its certificate signed by tls.ca_bundle?" if tls_args else ""
                 raise SourceUnavailable(
-                    f"{where} is not reachable (connection refused or no answer within {qr.timeout_s:g} s)"
+                    f"{where} is not reachable (connection refused or no answer within {qr.timeout_s:g} s{tls})"
                 )
             if assoc.is_rejected:
                 raise SourceUnavailable(f"{where} rejected the association: does it know AE {self.calling_ae!r}?")
@@ -299,24 +345,26 @@ class QueryRetrieveClient:
             if assoc.is_established:
                 assoc.release()
 
-    def _find(self, identifier: Dataset) -> list[Dataset]:
+    def _find(self, *identifiers: Dataset) -> list[Dataset]:
+        """The matches of each C-FIND identifier in turn, all on one association."""
         ae = self._ae()
         ae.add_requested_context(FIND)
         matches: list[Dataset] = []
         with self._association(ae) as assoc:
-            try:
-                responses = assoc.send_c_find(identifier, FIND)
-                for status, found in responses:
-                    code = _status(status)
-                    if is_pending(code):
-                        if found is not None:
-                            matches.append(found)
-                        continue
-                    if code != Status.SUCCESS:
-                        raise QueryFailed(f"source {self.name!r} answered the C-FIND with status 0x{code:04X}")
-                    break
-            except ValueError as exc:  # no accepted presentation context for the model
-                raise QueryFailed(f"source {self.name!r} does not offer Study Root C-FIND") from exc
+            for identifier in identifiers:
+                try:
+                    responses = assoc.send_c_find(identifier, FIND)
+                    for status, found in responses:
+                        code = _status(status)
+                        if is_pending(code):
+                            if found is not None:
+                                matches.append(found)
+                            continue
+                        if code != Status.SUCCESS:
+                            raise QueryFailed(f"source {self.name!r} answered the C-FIND with status 0x{code:04X}")
+                        break
+                except ValueError as exc:  # no accepted presentation context for the model
+                    raise QueryFailed(f"source {self.name!r} does not offer Study Root C-FIND") from exc
         return matches
 
     def find_studies(self, query: StudyQuery) -> list[StudyOnSource]:
@@ -358,6 +406,23 @@ class QueryRetrieveClient:
             for found in self._find(ds)
             if found.get("SeriesInstanceUID")
         ]
+
+    def find_sop_classes(self, study_uid: str, series_uids: Sequence[str]) -> list[str]:
+        """The SOP classes of the instances of some series of a study, by IMAGE-level C-FINDs (one per series).
+
+        For sources that do not answer SOPClassesInStudy at STUDY level; empty when they do not say.
+        """
+        identifiers = []
+        for series_uid in series_uids:
+            ds = Dataset()
+            ds.QueryRetrieveLevel = "IMAGE"
+            ds.StudyInstanceUID = study_uid
+            ds.SeriesInstanceUID = series_uid
+            ds.SOPInstanceUID = ""
+            ds.SOPClassUID = ""
+            identifiers.append(ds)
+        found = (str(match.get("SOPClassUID", "") or "") for match in self._find(*identifiers))
+        return list(dict.fromkeys(uid for uid in found if uid))
 
     def study_instance_count(self, study_uid: str) -> int | None:
         """NumberOfStudyRelatedInstances of one study; None when the source does not hold it or say."""
@@ -410,14 +475,16 @@ class QueryRetrieveClient:
     ) -> Transfer:
         """C-GET a whole study or some of its series; each instance is handed to ``on_store`` (returns a status).
 
-        ``sop_class_uids`` are the storage classes to offer (the study's, when the source said);
-        a common set is offered when it is empty.
+        ``sop_class_uids`` are the storage classes the study holds (a common set when empty): each is
+        proposed once per transfer syntax (:func:`get_storage_contexts`), with this side as its SCP
+        (SCP/SCU role selection).
         """
         ae = self._ae()
         ae.add_requested_context(GET)
-        classes = list(dict.fromkeys(sop_class_uids or _COMMON_STORAGE))[: _MAX_CONTEXTS - 1]
-        for uid in classes:
-            ae.add_requested_context(uid, _GET_TRANSFER_SYNTAXES)
+        contexts = get_storage_contexts(sop_class_uids)
+        for context in contexts:
+            ae.add_requested_context(str(context.abstract_syntax), context.transfer_syntax)
+        classes = dict.fromkeys(str(context.abstract_syntax) for context in contexts)
         roles = [build_role(uid, scp_role=True) for uid in classes]
         with self._association(ae, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
             try:

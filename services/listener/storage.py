@@ -17,19 +17,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import struct
-import warnings
-import zlib
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
-from pydicom.filereader import read_dataset
-from pydicom.tag import BaseTag
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from hounsfield.contracts.rules import INDEXED_TAGS
@@ -37,15 +31,14 @@ from hounsfield.db import Database
 from hounsfield.db.group_commit import DatabaseUnavailable, GroupCommit, IndexConflict
 from hounsfield.db.index import IndexedInstance
 from hounsfield.dicom_status import Status
-from hounsfield.errors import HounsfieldError
 from hounsfield.listener.completeness import CompletenessTracker
-from hounsfield.listener.header import dataset_text, quick_values
+from hounsfield.listener.header import DatasetMalformed, SyntaxNotStored, dataset_text, read_values
 from hounsfield.listener.ingest import JournaledStore
 from hounsfield.listener.metrics import ListenerMetrics
+from hounsfield.logs import Throttle
 from hounsfield.store import InvalidUID, StudyStore, check_uid
 
 __all__ = [
-    "EncodingMismatch",
     "Origin",
     "Received",
     "SpooledDataset",
@@ -54,21 +47,20 @@ __all__ = [
     "index_facts",
     "part10_bytes",
     "part10_prefix",
-    "read_header",
     "receive_instance",
 ]
 
 logger = logging.getLogger(__name__)
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"
-_PIXEL_DATA_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
-# pydicom's parser also raises OSError ("No tag to read"), struct.error, BytesLengthException and
-# NotImplementedError (an unknown VR) on malformed bytes (found by tests/services/listener/test_fuzz.py):
-# a dataset that cannot be read is 0xC210 with a reason, not an unexpected error.
+# The walk raises DatasetMalformed; pydicom, decoding an indexed value, may raise any of the others
+# (found by tests/services/listener/test_fuzz.py): a dataset that cannot be read is 0xC210 with a
+# reason, not an unexpected error.
 _HEADER_ERRORS = (
-    InvalidDicomError, ValueError, TypeError, KeyError, AttributeError, EOFError, OverflowError, zlib.error,
+    DatasetMalformed, InvalidDicomError, ValueError, TypeError, KeyError, AttributeError, EOFError, OverflowError,
     struct.error, BytesLengthException, NotImplementedError, OSError,
 )  # fmt: skip
+MAX_INFLATED_DEFAULT = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -83,6 +75,8 @@ class StoreContext:
     journal: JournaledStore | None = field(default=None, compare=False, repr=False)
     """The ingest journal the listener writes through (none: each instance is written and indexed
     before its Success, as STOW-RS does)."""
+    max_inflated: int = field(default=MAX_INFLATED_DEFAULT, compare=False)
+    """How far a deflated dataset may inflate while it is checked (``listener.max_inflated_mb``)."""
     index: GroupCommit = field(init=False, compare=False, repr=False)
     """Commits the index rows of concurrent stores together (see :class:`GroupCommit`)."""
 
@@ -142,45 +136,6 @@ class SpooledDataset:
     """The dataset's first bytes, kept in memory, where its header usually is whole."""
 
 
-class EncodingMismatch(HounsfieldError, ValueError):
-    """The dataset's encoding is not the one its transfer syntax announces."""
-
-
-def _before_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
-    return int(tag) in _PIXEL_DATA_TAGS
-
-
-def read_header(dataset: bytes | bytearray | BinaryIO, transfer_syntax: str) -> Dataset:
-    """Decode the dataset's elements up to (not including) the pixel data.
-
-    ``dataset`` is the encoded dataset, or a binary file positioned at its first byte. Raises one
-    of pydicom's decoding errors (or :class:`ValueError`) when the bytes are not a dataset in
-    ``transfer_syntax``.
-    """
-    syntax = UID(transfer_syntax)
-    if syntax == DeflatedExplicitVRLittleEndian:
-        if not isinstance(dataset, (bytes, bytearray)):
-            dataset = dataset.read(64 << 20)  # the header is near the start; 64 MiB compressed is plenty
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        dataset = inflater.decompress(dataset, 64 << 20)
-        if inflater.unconsumed_tail:
-            raise ValueError("deflated dataset inflates beyond 64 MiB before its pixel data")
-    implicit = syntax == ImplicitVRLittleEndian
-    little = syntax != ExplicitVRBigEndian
-    source = BytesIO(dataset) if isinstance(dataset, (bytes, bytearray)) else dataset
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the mismatch below is refused, not warned about
-        header = read_dataset(source, implicit, little, stop_when=_before_pixels)
-    if len(header) and header.read_implicit_vr is not implicit:
-        # pydicom quietly switches VR mode; stored as is, the file meta would lie about its syntax.
-        found = "implicit" if header.read_implicit_vr else "explicit"
-        raise EncodingMismatch(f"the dataset is encoded with {found} VR, not as its transfer syntax says")
-    # read_dataset is lazy about values: touch them now so that bad values fail here, not later.
-    for element in header.iterall():
-        _ = element.value
-    return header
-
-
 def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
     pad = b"\x00" if vr == b"UI" else b" "
     if len(value) % 2:
@@ -235,10 +190,17 @@ def _int(values: Mapping[str, str], keyword: str) -> int | None:
         return int(number) if number.is_integer() else None
 
 
+_REFUSALS_LOG = Throttle(burst=20, interval_s=60.0)
+"""A sender can make every instance a refusal: the log says a few a minute, and how many it held back."""
+
+
 def _refuse(
     status: Status, reason: str, *, sop_class_uid: str = "", sop_instance_uid: str = "", study_instance_uid: str = ""
 ) -> Received:
-    logger.warning("instance refused (0x%04X): %s", status, reason)
+    allowed, held = _REFUSALS_LOG.allow()
+    if allowed:
+        more = f" ({held} more refusals since the last such line)" if held else ""
+        logger.warning("instance refused (0x%04X): %s%s", status, reason, more)
     return Received(status, reason, sop_class_uid, sop_instance_uid, study_instance_uid)
 
 
@@ -249,25 +211,19 @@ _KEYWORDS = (
 )  # fmt: skip
 
 
-def _header_values(dataset: bytes | bytearray | SpooledDataset, transfer_syntax: str) -> dict[str, str]:
-    """The text of each of :data:`_KEYWORDS` the dataset has (as :func:`header_values` gives it).
+def _header_values(
+    dataset: bytes | bytearray | SpooledDataset, transfer_syntax: str, max_inflated: int
+) -> dict[str, str]:
+    """The text of each of :data:`_KEYWORDS` the dataset has, once its whole element stream is walked.
 
-    The common case is read by :func:`~hounsfield.listener.header.quick_values` without decoding the
-    dataset; anything unusual goes through :func:`read_header` (pydicom), which may raise.
+    See :func:`~hounsfield.listener.header.read_values`; raises :class:`DatasetMalformed` (or one of
+    pydicom's errors for an indexed value it cannot decode).
     """
     if not isinstance(dataset, SpooledDataset):
-        values = quick_values(dataset, transfer_syntax, _KEYWORDS)
-        if values is not None:
-            return values
-        header = read_header(dataset, transfer_syntax)
-    else:
-        values = quick_values(dataset.head, transfer_syntax, _KEYWORDS, whole=False) if dataset.head else None
-        if values is not None:
-            return values
-        with dataset.path.open("rb") as handle:
-            handle.seek(dataset.offset)
-            header = read_header(handle, transfer_syntax)
-    return header_values(header)
+        return read_values(dataset, transfer_syntax, _KEYWORDS, max_inflated=max_inflated)
+    with dataset.path.open("rb") as handle:
+        handle.seek(dataset.offset + len(dataset.head))
+        return read_values(handle, transfer_syntax, _KEYWORDS, max_inflated=max_inflated, head=dataset.head)
 
 
 def header_values(header: Dataset) -> dict[str, str]:
@@ -347,7 +303,7 @@ def _receive(
     if isinstance(dataset, SpooledDataset) and (expected_sop_instance_uid is None or expected_sop_class_uid is None):
         raise ValueError("a spooled dataset needs the expected SOP Class and Instance UIDs")
     try:
-        header = _header_values(dataset, transfer_syntax)
+        header = _header_values(dataset, transfer_syntax, context.max_inflated)
         study_uid = check_uid(header.get("StudyInstanceUID"), "StudyInstanceUID")
         series_uid = check_uid(header.get("SeriesInstanceUID"), "SeriesInstanceUID")
         sop_uid = check_uid(header.get("SOPInstanceUID"), "SOPInstanceUID")
@@ -355,7 +311,9 @@ def _receive(
     except InvalidUID as exc:
         return _refuse(Status.DATASET_MISMATCH, str(exc)), 0
     except _HEADER_ERRORS as exc:
-        if isinstance(exc, EncodingMismatch):  # our own words, no value from the dataset
+        if isinstance(exc, SyntaxNotStored):
+            return _refuse(Status.TRANSFER_SYNTAX_NOT_SUPPORTED, str(exc)), 0
+        if isinstance(exc, DatasetMalformed):  # our own words, no value from the dataset
             return _refuse(Status.CANNOT_UNDERSTAND, str(exc)), 0
         return _refuse(Status.CANNOT_UNDERSTAND, f"the dataset cannot be decoded ({type(exc).__name__})"), 0
     uids = {"sop_class_uid": sop_class, "sop_instance_uid": sop_uid, "study_instance_uid": study_uid}

@@ -6,8 +6,13 @@ Two kinds of bearer credentials are accepted:
 * **API tokens** made by an administrator (``hounsfield tokens create`` or ``POST /tokens``): random,
   prefixed ``hf_``, shown once; only their SHA-256 is stored. Each has one role.
 * **JWTs from an OpenID Connect provider** (``registry.oidc``): signature checked against the
-  provider's keys (a JWKS file or URL), ``iss``, ``aud`` and ``exp`` required; roles come from a
-  claim, mapped to Hounsfield's roles.
+  provider's keys (a JWKS file or URL), ``iss``, ``aud`` and ``exp`` required, times taken within
+  ``leeway_s`` of this host's clock; roles come from a claim, mapped to Hounsfield's roles.
+
+The provider's keys are read at start; a ``jwks_url`` must be https (plain http only to a loopback
+host), else the registry refuses to start. A JWT signed with a key id the registry does not know (the
+provider rotated its keys) makes it fetch them again from the URL, at most once per
+``jwks_refresh_min_s`` however many such tokens arrive; a key id still unknown then is refused (401).
 
 :func:`require` makes the FastAPI dependency for a route: 401 without a valid credential, 403 for a
 role the route is not open to (administrators may do everything).
@@ -15,9 +20,14 @@ role the route is not open to (administrators may do everything).
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import jwt
 from fastapi import Depends, HTTPException, Request
@@ -29,30 +39,79 @@ from hounsfield.db import Database
 
 __all__ = ["Authenticator", "require"]
 
+logger = logging.getLogger(__name__)
+
+_FETCH_TIMEOUT_S = 10.0
+"""How long one fetch of the provider's keys may take (at start, and on an unknown key id)."""
+
+
+class _KeyRing:
+    """The provider's keys as last loaded: by key id, and the one key to use for a JWT without a ``kid``
+    (only when the provider publishes exactly one). Replaced whole, never changed, so readers need no lock."""
+
+    def __init__(self, keys: list[jwt.PyJWK]) -> None:
+        self.by_id: dict[str, Any] = {key.key_id: key.key for key in keys if key.key_id}
+        self.default: Any = keys[0].key if len(keys) == 1 else None
+
 
 class Authenticator:
-    """Turns a bearer credential into a :class:`Principal`, or refuses it with 401/403."""
+    """Turns a bearer credential into a :class:`Principal`, or refuses it with 401/403.
 
-    def __init__(self, db: Database, oidc: OIDCSettings | None = None) -> None:
+    Raises :class:`~hounsfield.access.SignInImpossible` when the OIDC provider's keys cannot be loaded,
+    or their ``jwks_url`` is neither https nor on a loopback host. ``clock`` (monotonic seconds) paces
+    the fetches of a ``jwks_url`` (tests give their own).
+    """
+
+    def __init__(
+        self, db: Database, oidc: OIDCSettings | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._db = db
         self._oidc = oidc
-        self._keys: dict[str, Any] = {}
-        self._default_key: Any = None
+        self._clock = clock
+        self._ring = _KeyRing([])
+        self._refreshing = threading.Lock()
+        self._fetched_at = 0.0
         if oidc is not None:
             self._load_keys(oidc)
 
     def _load_keys(self, oidc: OIDCSettings) -> None:
+        if oidc.jwks_url is not None:
+            _require_https(oidc.jwks_url)
+        self._fetched_at = self._clock()
         try:
-            if oidc.jwks_file is not None:
-                document = json.loads(oidc.jwks_file.read_text(encoding="utf-8"))
-            else:
-                assert oidc.jwks_url is not None
-                document = jwt.PyJWKClient(oidc.jwks_url, cache_keys=False).fetch_data()
-            keys = jwt.PyJWKSet.from_dict(document).keys
+            self._ring = _KeyRing(_provider_keys(oidc))
         except (OSError, ValueError, jwt.PyJWTError) as exc:
             raise SignInImpossible(f"registry.oidc: the provider's keys cannot be loaded ({exc})") from exc
-        self._keys = {key.key_id: key.key for key in keys if key.key_id}
-        self._default_key = keys[0].key if len(keys) == 1 else None
+
+    def _refresh_keys(self, oidc: OIDCSettings) -> None:
+        """Fetch the keys from ``jwks_url`` again, unless they were fetched less than ``jwks_refresh_min_s``
+        ago (by another request too: one fetch at a time, the others wait for it and use its keys).
+
+        A fetch that fails keeps the keys already loaded (and counts: it is not tried again sooner).
+        """
+        with self._refreshing:  # held through the fetch, which _FETCH_TIMEOUT_S bounds
+            now = self._clock()
+            if now - self._fetched_at < oidc.jwks_refresh_min_s:
+                return
+            self._fetched_at = now
+            try:
+                self._ring = _KeyRing(_provider_keys(oidc))
+            except (OSError, ValueError, jwt.PyJWTError) as exc:
+                logger.warning(
+                    "registry.oidc: the provider's keys cannot be fetched again, kept those loaded (%s)", exc
+                )
+                return
+            logger.info("registry.oidc: fetched the provider's keys again (a JWT named a key id not known)")
+
+    def _key(self, kid: object, oidc: OIDCSettings) -> Any:
+        """The key to check a JWT with ``kid`` against (``None``: the provider does not publish it)."""
+        if not kid:
+            return self._ring.default
+        key = self._ring.by_id.get(str(kid))
+        if key is None and oidc.jwks_url is not None:
+            self._refresh_keys(oidc)
+            key = self._ring.by_id.get(str(kid))
+        return key
 
     @property
     def oidc_configured(self) -> bool:
@@ -74,8 +133,7 @@ class Authenticator:
 
     def _jwt(self, token: str, oidc: OIDCSettings) -> Principal:
         try:
-            kid = jwt.get_unverified_header(token).get("kid")
-            key = self._keys.get(kid) if kid else self._default_key
+            key = self._key(jwt.get_unverified_header(token).get("kid"), oidc)
             if key is None:
                 raise _unauthorized("the JWT is signed with a key the provider does not publish")
             claims = jwt.decode(
@@ -84,6 +142,7 @@ class Authenticator:
                 algorithms=list(oidc.algorithms),
                 audience=oidc.audience,
                 issuer=oidc.issuer,
+                leeway=oidc.leeway_s,
                 options={"require": ["exp", "iss", "aud", "sub"]},
             )
         except jwt.ExpiredSignatureError:
@@ -97,6 +156,41 @@ class Authenticator:
             raise HTTPException(403, detail=f"the JWT's {oidc.role_claim!r} claim maps to no Hounsfield role")
         role = Role.ADMIN if Role.ADMIN in roles else roles[0]
         return Principal(str(claims["sub"]), role, "oidc")
+
+
+def _provider_keys(oidc: OIDCSettings) -> list[jwt.PyJWK]:
+    """The keys of the provider's JWKS document (the file, or fetched from the URL)."""
+    if oidc.jwks_file is not None:
+        document = json.loads(oidc.jwks_file.read_text(encoding="utf-8"))
+    else:
+        assert oidc.jwks_url is not None
+        document = jwt.PyJWKClient(oidc.jwks_url, cache_jwk_set=False, timeout=_FETCH_TIMEOUT_S).fetch_data()
+    return jwt.PyJWKSet.from_dict(document).keys
+
+
+def _require_https(url: str) -> None:
+    """Refuse (:class:`~hounsfield.access.SignInImpossible`) a key URL anyone on the path could answer:
+    https is required, plain http is taken only to a loopback host (127.0.0.0/8, ::1, ``localhost``)."""
+    parts = urlsplit(url)
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if scheme == "https" and host:
+        return
+    if scheme == "http" and _is_loopback(host):
+        return
+    given = f"{scheme}://{host}" if scheme else "a URL without a scheme"  # no path, no user or password
+    raise SignInImpossible(
+        "registry.oidc.jwks_url must use https (plain http is taken only to a loopback host: 127.0.0.0/8, "
+        f"::1, localhost), not {given}: anyone on the path could hand the registry keys of their own"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _unauthorized(reason: str) -> HTTPException:

@@ -10,9 +10,11 @@ each part is stored as soon as its closing boundary is seen; the body is never h
 first 64 KiB wait until its file meta is read; the dataset behind it is collected by the listener's
 ``DatasetSink``: in memory up to 4 MiB, beyond that in a spool file on the store's file system
 (``spool/stow/``, the disk floor checked as it grows) that the store then adopts by renaming, so the
-memory a request needs stays bounded whatever its parts weigh. Parts that were complete before a
-body turned out broken (400) or too large (413) stay stored: they were durable and indexed, and
-sending them again is an idempotent duplicate; an unfinished part is dropped.
+memory a request needs stays bounded whatever its parts weigh. A request carries at most
+``registry.max_stow_parts`` parts (every part counts, empty or failed ones too): the first part beyond
+it is answered 413 before it is parsed. Parts that were complete before a body turned out broken
+(400), too large or with too many parts (413) stay stored: they were durable and indexed, and sending
+them again is an idempotent duplicate; an unfinished part is dropped.
 
 Per part:
 
@@ -29,10 +31,20 @@ The response is ``application/dicom+json`` (Store Instances Response Module, PS3
 ReferencedSOPSequence for what was stored (duplicates included: resending is a success),
 FailedSOPSequence with FailureReason for what was not, and RetrieveURL for the study when every
 stored instance belongs to one study. The reasons in words go in ``Warning: 299 hounsfield: ...``
-header fields, one per distinct reason, as PS3.18 words its other transactions' warnings; they never
-carry patient data. HTTP status: 200 all stored, 202 some failed, 409 none stored; 415 for another
-media type, 400 for a broken body, 413 above ``registry.max_stow_body_mb``. Retrieve URLs follow
-PS3.18 (``.../studies/{uid}/series/{uid}/instances/{uid}``); WADO-RS itself is not served yet.
+header fields, one per distinct reason (the first eight), as PS3.18 words its other transactions'
+warnings; they never carry patient data. HTTP status: 200 all stored, 202 some failed, 409 none stored;
+415 for another media type, 400 for a broken body, 413 above ``registry.max_stow_body_mb`` or
+``registry.max_stow_parts``. Retrieve URLs follow PS3.18 (``.../studies/{uid}/series/{uid}/instances/{uid}``);
+WADO-RS itself is not served yet.
+
+Bounded per request: while the parts stream in, each leaves a tuple of its UIDs (and its status when it
+failed), the UIDs it shares with other parts held once (:class:`StowOutcomes`); so the response has at
+most ``registry.max_stow_parts`` items, and it is built off the event loop. A part refused here is
+logged (one WARNING line, our own words, no patient data) for the first eight of a request; the rest
+are counted in one line when the request ends. A request that stored something is audited
+(:func:`~hounsfield.access.record`: action ``stow.store``, entity ``study``, the sender's principal, the
+counts of stored, duplicate and failed instances and of studies) in a transaction of its own after its
+parts, which were durable and indexed one by one before.
 
 Completeness: a STOW-RS request has no association release, and DICOMweb senders commonly spread
 one study over many requests (one per instance, or chunks of a few megabytes), so completing a
@@ -44,27 +56,29 @@ quiet period (``listener.quiet_period_s``) decides. STOW-RS arrivals are recorde
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset, read_preamble
-from pynetdicom import ALL_TRANSFER_SYNTAXES
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
+from hounsfield.access import Principal, record
 from hounsfield.config import Settings
 from hounsfield.db import Database, Job
 from hounsfield.dicom_status import Status
+from hounsfield.dicom_syntaxes import STORED
 from hounsfield.errors import HounsfieldError
 from hounsfield.listener.engine.spool import DatasetSink
 from hounsfield.listener.intake import Intake
@@ -74,8 +88,8 @@ from hounsfield.store import InvalidUID, check_uid
 __all__ = [
     "DICOM_JSON",
     "STOW_CALLING_AE",
-    "PartOutcome",
     "StowIntake",
+    "StowOutcomes",
     "StowRequestRefused",
     "StowTransaction",
     "boundary_of",
@@ -88,10 +102,11 @@ logger = logging.getLogger(__name__)
 DICOM_JSON = "application/dicom+json"
 STOW_CALLING_AE = "STOW-RS"
 _FEED_BYTES = 1 << 20  # hand the parser about 1 MiB at a time (one thread hop per MiB, not per chunk)
-_MAX_WARNINGS = 8
+_MAX_WARNINGS = 8  # distinct Warning texts kept (and sent) per request
+_LOGGED_REFUSALS = 8  # refused parts logged one by one per request; the rest are counted in one line
 _META_LIMIT = 1 << 16  # a file meta is a few hundred bytes; 64 KiB is beyond any sane one
 _SPOOL_THRESHOLD = 4 << 20  # larger datasets go to a spool file while they arrive (as in the listener)
-_SYNTAXES = frozenset(str(uid) for uid in ALL_TRANSFER_SYNTAXES)  # what the listener accepts over C-STORE
+_SYNTAXES = frozenset(STORED)  # every transfer syntax the listener stores
 _HEADER_ERRORS = (
     InvalidDicomError, ValueError, TypeError, KeyError, AttributeError, EOFError, OverflowError, zlib.error
 )  # fmt: skip
@@ -106,14 +121,55 @@ class StowRequestRefused(HounsfieldError):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class PartOutcome:
-    """What became of one part: the receiver's answer and, when stored, where to retrieve it."""
+class StowOutcomes:
+    """What became of a request's parts, kept compact while they stream in.
 
-    received: Received
+    A stored part (duplicates included) leaves the tuple of its SOP Class, SOP Instance, Study and
+    Series Instance UIDs; a failed one its SOP Class and Instance UIDs (empty when unknown) and its
+    status. A UID that several parts share (their SOP class, study, series) is held once. The reasons
+    in words are kept only as distinct ``Warning`` texts, at most ``_MAX_WARNINGS`` of them: past that
+    a failure costs no text at all.
+    """
+
+    def __init__(self) -> None:
+        self.referenced: list[tuple[str, str, str, str]] = []
+        self.failed: list[tuple[str, str, int]] = []
+        self.duplicates = 0
+        self.studies: dict[str, None] = {}
+        """The studies of the stored instances, in the order they came."""
+        self.warnings: dict[str, None] = {}
+        self._shared: dict[str, str] = {}
+
+    def _one(self, uid: str) -> str:
+        return self._shared.setdefault(uid, uid)
+
+    def add(self, received: Received) -> None:
+        """Note one part's outcome."""
+        if received.ok:
+            study = self._one(received.study_instance_uid)
+            self.referenced.append(
+                (
+                    self._one(received.sop_class_uid),
+                    received.sop_instance_uid,
+                    study,
+                    self._one(received.series_instance_uid),
+                )
+            )
+            self.studies[study] = None
+            if received.duplicate:
+                self.duplicates += 1
+            return
+        self.failed.append((self._one(received.sop_class_uid), received.sop_instance_uid, received.status))
+        if len(self.warnings) < _MAX_WARNINGS:
+            self.warnings[_warning(received.status, received.reason)] = None
+
+    @property
+    def stored(self) -> int:
+        """Instances stored, duplicates included (the response's ReferencedSOPSequence)."""
+        return len(self.referenced)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Part:
     """One part while it arrives: its headers, its head until the file meta is read, then its sink."""
 
@@ -123,7 +179,7 @@ class _Part:
     syntax: str = ""
     sop_class_uid: str = ""
     sop_instance_uid: str = ""
-    outcome: PartOutcome | None = None
+    refusal: Received | None = None
     """Set when the part failed before its dataset was collected (the rest of it is dropped)."""
 
 
@@ -200,17 +256,13 @@ def _meta_uid(meta: Dataset, keyword: str) -> str | None:
         return None
 
 
-def _failure(code: Status, reason: str, sop_class_uid: str | None, sop_instance_uid: str | None) -> PartOutcome:
-    logger.warning("STOW-RS part refused (0x%04X): %s", code, reason)
-    return PartOutcome(Received(code, reason, sop_class_uid or "", sop_instance_uid or ""))
-
-
 class StowTransaction:
     """One STOW-RS request: feed it the body, it stores each part as the part completes.
 
     A part's first bytes (up to 64 KiB) are kept until its file meta can be read; the dataset behind
     it goes to a :class:`~hounsfield.listener.engine.spool.DatasetSink`, in memory up to 4 MiB and in a
-    spool file on the store's file system beyond, as for a large C-STORE. Blocking (writes, fsyncs,
+    spool file on the store's file system beyond, as for a large C-STORE. Each part is stored when its
+    closing boundary is seen; :attr:`outcomes` notes what became of it. Blocking (writes, fsyncs,
     database): call :meth:`feed` and :meth:`finish` off the event loop, and :meth:`release` at the end.
     """
 
@@ -223,13 +275,15 @@ class StowTransaction:
             f"stow-{uuid.uuid4().hex}", STOW_CALLING_AE, intake.settings.listener.ae_title, transport="stow-rs"
         )
         self._max_bytes = intake.max_body_bytes
+        self._max_parts = intake.settings.registry.max_stow_parts
         self._seen = 0
+        self._parts = 0
+        self._refusals = 0
         self._ended = False
         self._part: _Part | None = None
         self._header_field = bytearray()
         self._header_value = bytearray()
-        self._complete: list[_Part] = []
-        self.outcomes: list[PartOutcome] = []
+        self.outcomes = StowOutcomes()
         try:
             self._parser = MultipartParser(
                 boundary,
@@ -248,6 +302,11 @@ class StowTransaction:
 
     # python-multipart callbacks (synchronous, inside MultipartParser.write)
     def _on_part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > self._max_parts:
+            raise StowRequestRefused(
+                413, f"the request has more than {self._max_parts} parts (registry.max_stow_parts)"
+            )
         self._part = _Part()
 
     def _on_header_end(self) -> None:
@@ -259,7 +318,7 @@ class StowTransaction:
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         part = self._part
-        if part is None or part.outcome is not None:
+        if part is None or part.refusal is not None:
             return  # a part already failed: the rest of it is read and dropped
         if part.sink is not None:
             part.sink.write(memoryview(data)[start:end])
@@ -272,9 +331,12 @@ class StowTransaction:
         part, self._part = self._part, None
         if part is None:
             return
-        if part.sink is None and part.outcome is None:
+        if part.sink is None and part.refusal is None:
             self._open(part)
-        self._complete.append(part)
+        if part.refusal is not None:
+            self._refused(part.refusal)
+        else:
+            self._store(part)
 
     def _on_end(self) -> None:
         self._ended = True
@@ -284,24 +346,25 @@ class StowTransaction:
         head, part.head = part.head, bytearray()
         media_type = parse_options_header(part.headers.get("content-type", "application/dicom"))[0]
         if media_type != b"application/dicom":
-            part.outcome = _failure(Status.CANNOT_UNDERSTAND, "a part is not application/dicom", None, None)
+            self._refuse(part, Status.CANNOT_UNDERSTAND, "a part is not application/dicom")
             return
         try:
             meta, offset = _split_part10(head)
         except _HEADER_ERRORS:
-            part.outcome = _failure(Status.CANNOT_UNDERSTAND, "a part is not a DICOM Part 10 file", None, None)
+            self._refuse(part, Status.CANNOT_UNDERSTAND, "a part is not a DICOM Part 10 file")
             return
         sop_class = _meta_uid(meta, "MediaStorageSOPClassUID")
         sop_instance = _meta_uid(meta, "MediaStorageSOPInstanceUID")
         part.sop_class_uid, part.sop_instance_uid = sop_class or "", sop_instance or ""
         part.syntax = str(meta.TransferSyntaxUID).strip().rstrip("\x00")
         if sop_class is None or sop_instance is None:
-            reason = "the file meta lacks a valid Media Storage SOP Class or Instance UID"
-            part.outcome = _failure(Status.CANNOT_UNDERSTAND, reason, sop_class, sop_instance)
+            self._refuse(
+                part, Status.CANNOT_UNDERSTAND, "the file meta lacks a valid Media Storage SOP Class or Instance UID"
+            )
             return
         if part.syntax not in _SYNTAXES:
             reason = "the file meta names a transfer syntax this node does not take"
-            part.outcome = _failure(Status.TRANSFER_SYNTAX_NOT_SUPPORTED, reason, sop_class, sop_instance)
+            self._refuse(part, Status.TRANSFER_SYNTAX_NOT_SUPPORTED, reason)
             return
         syntax = part.syntax
         part.sink = DatasetSink(
@@ -314,29 +377,38 @@ class StowTransaction:
         )
         part.sink.write(memoryview(head)[offset:])
 
-    @property
-    def stored(self) -> int:
-        return sum(1 for outcome in self.outcomes if outcome.received.ok)
+    def _refuse(self, part: _Part, code: Status, reason: str) -> None:
+        """The part fails before its dataset is collected: the rest of it is dropped, its end notes it."""
+        part.refusal = Received(code, reason, part.sop_class_uid, part.sop_instance_uid)
+
+    def _refused(self, received: Received) -> None:
+        """Note a part refused here; log it while the request has refused few (the reason is our own words)."""
+        self.outcomes.add(received)
+        self._refusals += 1
+        if self._refusals <= _LOGGED_REFUSALS:
+            logger.warning("STOW-RS part refused (0x%04X): %s", received.status, received.reason)
 
     def feed(self, chunk: bytes) -> None:
-        """Parse ``chunk`` and store every part it completes."""
+        """Parse ``chunk`` and store every part it completes.
+
+        Raises :class:`StowRequestRefused`: 413 beyond ``registry.max_stow_body_mb`` or
+        ``registry.max_stow_parts`` (the parts before stay stored), 400 for a malformed body.
+        """
         self._seen += len(chunk)
         if self._seen > self._max_bytes:
-            raise StowRequestRefused(413, f"the request body exceeds {self._max_bytes // 2**20} MiB")
+            raise StowRequestRefused(
+                413, f"the request body exceeds {self._max_bytes // 2**20} MiB (registry.max_stow_body_mb)"
+            )
         try:
             self._parser.write(chunk)
         except MultipartParseError as exc:
             raise StowRequestRefused(400, f"the multipart body is malformed: {exc}") from exc
-        finally:
-            complete, self._complete = self._complete, []
-            for part in complete:
-                self.outcomes.append(self._store(part))
 
     def finish(self) -> None:
         """Check that the body ended with its closing boundary and held at least one part."""
         if not self._ended:
             raise StowRequestRefused(400, "the multipart body ends before its closing boundary")
-        if not self.outcomes:
+        if not self._parts:
             raise StowRequestRefused(400, "the multipart body holds no DICOM instance")
 
     def release(self) -> None:
@@ -345,21 +417,25 @@ class StowTransaction:
             self._part.sink.discard()
         self._part = None
         self._context.tracker.association_aborted(self._origin.key)
+        unlogged = self._refusals - _LOGGED_REFUSALS
+        if unlogged > 0:
+            logger.warning("STOW-RS: %d more part(s) refused in this request, not logged one by one", unlogged)
 
-    def _store(self, part: _Part) -> PartOutcome:
-        if part.outcome is not None:
-            return part.outcome
+    def _store(self, part: _Part) -> None:
         assert part.sink is not None
         dataset = part.sink.finish()
         if dataset is None:
-            return _failure(Status.OUT_OF_RESOURCES, part.sink.failure, part.sop_class_uid, part.sop_instance_uid)
+            self._refused(
+                Received(Status.OUT_OF_RESOURCES, part.sink.failure, part.sop_class_uid, part.sop_instance_uid)
+            )
+            return
         try:
-            return self._receive(part, dataset)
+            self.outcomes.add(self._receive(part, dataset))
         finally:
             if isinstance(dataset, SpooledDataset):
                 dataset.path.unlink(missing_ok=True)  # adopted (renamed away) unless refused
 
-    def _receive(self, part: _Part, dataset: bytearray | SpooledDataset) -> PartOutcome:
+    def _receive(self, part: _Part, dataset: bytearray | SpooledDataset) -> Received:
         sop_class, sop_instance = part.sop_class_uid, part.sop_instance_uid
         received = receive_instance(
             self._context,
@@ -372,7 +448,7 @@ class StowTransaction:
         )
         if not received.ok and not received.sop_instance_uid:
             received = Received(received.status, received.reason, sop_class, sop_instance)
-        return PartOutcome(received)
+        return received
 
 
 def _warning(status: int, reason: str) -> str:
@@ -380,45 +456,92 @@ def _warning(status: int, reason: str) -> str:
     return f"299 hounsfield: {clean} ({status:04X})"
 
 
-def stow_response(outcomes: list[PartOutcome], base_url: str, study_uid: str | None) -> JSONResponse:
-    """The Store Instances Response (PS3.18 Annex I) as DICOM JSON, with its HTTP status."""
+def _element(vr: str, value: str | int) -> dict[str, object]:
+    """One DICOM JSON attribute (PS3.18 F.2); an empty string has no Value, as pydicom writes it."""
+    return {"vr": vr, "Value": [value]} if value != "" else {"vr": vr}
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _sequence(items: Iterable[Mapping[str, object]]) -> str:
+    """A DICOM JSON sequence, its items rendered one at a time (no tree of every item is held)."""
+    return '{"vr":"SQ","Value":[' + ",".join(_json(item) for item in items) + "]}"
+
+
+def stow_response(outcomes: StowOutcomes, base_url: str, study_uid: str | None) -> Response:
+    """The Store Instances Response (PS3.18 Annex I) as DICOM JSON, with its HTTP status.
+
+    Rendered here (attributes in tag order, as pydicom writes them), one item per part at most: blocking
+    work in proportion to the parts, so call it off the event loop.
+    """
     studies_url = f"{base_url.rstrip('/')}/dicomweb/studies"
-    stored = [o for o in outcomes if o.received.ok]
-    failed = [o for o in outcomes if not o.received.ok]
-    response = Dataset()
-    stored_studies = {o.received.study_instance_uid for o in stored}
-    retrieve_study = study_uid or (stored_studies.pop() if len(stored_studies) == 1 else None)
-    if stored and retrieve_study:
-        response.RetrieveURL = f"{studies_url}/{retrieve_study}"
-    if failed:
-        response.FailedSOPSequence = []
-        for outcome in failed:
-            item = Dataset()
-            item.ReferencedSOPClassUID = outcome.received.sop_class_uid
-            item.ReferencedSOPInstanceUID = outcome.received.sop_instance_uid
-            item.FailureReason = outcome.received.status
-            response.FailedSOPSequence.append(item)
-    if stored:
-        response.ReferencedSOPSequence = []
-        for outcome in stored:
-            r = outcome.received
-            item = Dataset()
-            item.ReferencedSOPClassUID = r.sop_class_uid
-            item.ReferencedSOPInstanceUID = r.sop_instance_uid
-            series_url = f"{studies_url}/{r.study_instance_uid}/series/{r.series_instance_uid}"
-            item.RetrieveURL = f"{series_url}/instances/{r.sop_instance_uid}"
-            response.ReferencedSOPSequence.append(item)
-    status = 200 if not failed else 202 if stored else 409
-    answer = JSONResponse(response.to_json_dict(), status_code=status, media_type=DICOM_JSON)
-    for warning in list(dict.fromkeys(_warning(o.received.status, o.received.reason) for o in failed))[:_MAX_WARNINGS]:
+    attributes: list[tuple[str, str]] = []  # (tag, the attribute as JSON), in tag order
+    retrieve_study = study_uid or (next(iter(outcomes.studies)) if len(outcomes.studies) == 1 else None)
+    if outcomes.referenced and retrieve_study:
+        attributes.append(("00081190", _json(_element("UR", f"{studies_url}/{retrieve_study}"))))  # RetrieveURL
+    if outcomes.failed:
+        failed = (
+            {
+                "00081150": _element("UI", sop_class),
+                "00081155": _element("UI", sop_instance),
+                "00081197": _element("US", status),
+            }
+            for sop_class, sop_instance, status in outcomes.failed
+        )
+        attributes.append(("00081198", _sequence(failed)))  # FailedSOPSequence
+    if outcomes.referenced:
+        referenced = (
+            {
+                "00081150": _element("UI", sop_class),
+                "00081155": _element("UI", sop_instance),
+                "00081190": _element("UR", f"{studies_url}/{study}/series/{series}/instances/{sop_instance}"),
+            }
+            for sop_class, sop_instance, study, series in outcomes.referenced
+        )
+        attributes.append(("00081199", _sequence(referenced)))  # ReferencedSOPSequence
+    body = "{" + ",".join(f'"{tag}":{attribute}' for tag, attribute in attributes) + "}"
+    status = 200 if not outcomes.failed else 202 if outcomes.referenced else 409
+    answer = Response(body.encode(), status_code=status, media_type=DICOM_JSON)
+    for warning in outcomes.warnings:
         answer.headers.append("Warning", warning)
     return answer
 
 
-async def _store_instances(request: Request, study_uid: str | None) -> JSONResponse:
+def _audit(db: Database, principal: Principal, outcomes: StowOutcomes) -> None:
+    """One audit row for a request that stored something: who, the study (or ``several``), counts only."""
+    entity_id = next(iter(outcomes.studies)) if len(outcomes.studies) == 1 else "several"
+    after = {
+        "stored": outcomes.stored,
+        "duplicates": outcomes.duplicates,
+        "failed": len(outcomes.failed),
+        "studies": len(outcomes.studies),
+    }
+    with db.session() as session:
+        record(session, principal, "stow.store", "study", entity_id, after=after)
+
+
+async def _receive_body(request: Request, transaction: StowTransaction) -> None:
+    """Feed the body to ``transaction`` as it arrives, about 1 MiB at a time, off the event loop."""
+    pending: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= _FEED_BYTES:
+            await run_in_threadpool(transaction.feed, b"".join(pending))
+            pending, size = [], 0
+    if pending:
+        await run_in_threadpool(transaction.feed, b"".join(pending))
+    transaction.finish()
+
+
+async def _store_instances(request: Request, study_uid: str | None) -> Response:
     intake: StowIntake | None = getattr(request.app.state, "stow", None)
     if intake is None:
         raise HTTPException(503, "STOW-RS is not running in this process")
+    principal: Principal = request.state.principal  # set by require(Role.SENDER), the router's dependency
     try:
         if study_uid is not None:
             try:
@@ -428,36 +551,33 @@ async def _store_instances(request: Request, study_uid: str | None) -> JSONRespo
         boundary = boundary_of(request.headers.get("content-type"))
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > intake.max_body_bytes:
-            raise StowRequestRefused(413, f"the request body exceeds {intake.max_body_bytes // 2**20} MiB")
+            raise StowRequestRefused(
+                413, f"the request body exceeds {intake.max_body_bytes // 2**20} MiB (registry.max_stow_body_mb)"
+            )
         transaction = StowTransaction(intake, boundary, study_instance_uid=study_uid)
     except StowRequestRefused as exc:
         raise HTTPException(exc.status_code, exc.reason) from exc
+    outcomes = transaction.outcomes
+    refused: StowRequestRefused | None = None
     try:
-        pending: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            pending.append(chunk)
-            size += len(chunk)
-            if size >= _FEED_BYTES:
-                await run_in_threadpool(transaction.feed, b"".join(pending))
-                pending, size = [], 0
-        if pending:
-            await run_in_threadpool(transaction.feed, b"".join(pending))
-        transaction.finish()
+        await _receive_body(request, transaction)
     except StowRequestRefused as exc:
-        kept = transaction.stored
-        note = f"; {kept} instance(s) complete before that were stored (sending them again is harmless)"
-        raise HTTPException(exc.status_code, exc.reason + (note if kept else "")) from exc
+        refused = exc
     finally:
         transaction.release()
-    outcomes = transaction.outcomes
+        if outcomes.stored:  # durable and indexed part by part: the request is audited whatever ends it
+            await run_in_threadpool(_audit, request.app.state.db, principal, outcomes)
     logger.info(
-        "STOW-RS request: %d stored (%d duplicate), %d failed",
-        transaction.stored,
-        sum(1 for o in outcomes if o.received.duplicate),
-        len(outcomes) - transaction.stored,
+        "STOW-RS request: %d stored (%d duplicate), %d failed%s",
+        outcomes.stored,
+        outcomes.duplicates,
+        len(outcomes.failed),
+        f"; refused {refused.status_code}" if refused is not None else "",
     )
-    return stow_response(outcomes, str(request.base_url), study_uid)
+    if refused is not None:
+        note = f"; {outcomes.stored} instance(s) complete before that were stored (sending them again is harmless)"
+        raise HTTPException(refused.status_code, refused.reason + (note if outcomes.stored else "")) from refused
+    return await run_in_threadpool(stow_response, outcomes, str(request.base_url), study_uid)
 
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
@@ -474,13 +594,13 @@ _RESPONSES: dict[int | str, dict[str, object]] = {
     202: {"description": "some instances stored, others failed (FailedSOPSequence)", "content": {DICOM_JSON: {}}},
     400: {"description": "malformed multipart body or URL"},
     409: {"description": "no instance stored (FailedSOPSequence says why)", "content": {DICOM_JSON: {}}},
-    413: {"description": "the body exceeds registry.max_stow_body_mb"},
+    413: {"description": "the body exceeds registry.max_stow_body_mb, or has more parts than registry.max_stow_parts"},
     415: {"description": 'not multipart/related; type="application/dicom"'},
 }
 
 
 @router.post("/studies", openapi_extra=_BODY, responses=_RESPONSES, response_class=JSONResponse)
-async def store_instances(request: Request) -> JSONResponse:
+async def store_instances(request: Request) -> Response:
     """Store Instances (STOW-RS, PS3.18 10.5) of any study."""
     return await _store_instances(request, None)
 
@@ -488,6 +608,6 @@ async def store_instances(request: Request) -> JSONResponse:
 @router.post("/studies/{study_uid}", openapi_extra=_BODY, responses=_RESPONSES, response_class=JSONResponse)
 async def store_study_instances(
     request: Request, study_uid: Annotated[str, Path(description="Study Instance UID")]
-) -> JSONResponse:
+) -> Response:
     """Store Instances of one study (STOW-RS, PS3.18 10.5); instances of other studies fail with 0xA900."""
     return await _store_instances(request, study_uid)

@@ -1,6 +1,7 @@
 """API routes of what arrived and what was made: studies (with their path), jobs, results, withdrawals.
 
 Reading needs any reading role; withdrawing a job's results needs a radiologist or an administrator.
+Every read answered is logged, without patient data (:mod:`hounsfield.registry.read_log`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from hounsfield.errors import NotFound
 from hounsfield.exporter.withdrawal import withdraw_job
 from hounsfield.registry.auth import require
 from hounsfield.registry.deps import Limit, Offset, Radiologist, SessionDep
+from hounsfield.registry.read_log import log_read
 from hounsfield.registry.schemas import (
     EventPublic,
     JobPublic,
@@ -40,13 +42,15 @@ results = APIRouter(prefix="/results", tags=["results"], dependencies=_readers)
 
 @studies.get("", response_model=list[StudyPublic])
 def list_studies(
-    session: SessionDep, state: StudyState | None = None, limit: Limit = 100, offset: Offset = 0
+    session: SessionDep, http: Request, state: StudyState | None = None, limit: Limit = 100, offset: Offset = 0
 ) -> list[StudyPublic]:
-    return [StudyPublic.model_validate(s) for s in study_rows(session, state=state, limit=limit, offset=offset)]
+    found = [StudyPublic.model_validate(s) for s in study_rows(session, state=state, limit=limit, offset=offset)]
+    log_read(http, len(found))
+    return found
 
 
 @studies.get("/{study_uid}", response_model=StudyDetail)
-def get_study(study_uid: str, session: SessionDep) -> StudyDetail:
+def get_study(study_uid: str, session: SessionDep, http: Request) -> StudyDetail:
     study = session.get(Study, study_uid)
     if study is None:
         raise NotFound("no study with this Study Instance UID")
@@ -54,32 +58,41 @@ def get_study(study_uid: str, session: SessionDep) -> StudyDetail:
         SeriesPublic.model_validate(s).model_copy(update={"instance_count": n})
         for s, n in series_facts_rows(session, study_uid)
     ]
-    return StudyDetail(
+    detail = StudyDetail(
         **StudyPublic.model_validate(study).model_dump(),
         series=series,
         jobs=[JobPublic.model_validate(j) for j in study_jobs(session, study_uid)],
         events=[EventPublic.model_validate(e) for e in study_events(session, study_uid)],
     )
+    log_read(http, 1)
+    return detail
 
 
 @jobs.get("", response_model=list[JobPublic])
 def list_jobs(
     session: SessionDep,
+    http: Request,
     state: JobState | None = None,
     study_uid: str | None = None,
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> list[JobPublic]:
-    found = job_rows(session, state=state, study_uid=study_uid, limit=limit, offset=offset)
-    return [JobPublic.model_validate(j) for j in found]
+    found = [
+        JobPublic.model_validate(j)
+        for j in job_rows(session, state=state, study_uid=study_uid, limit=limit, offset=offset)
+    ]
+    log_read(http, len(found))
+    return found
 
 
 @jobs.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, session: SessionDep) -> JobPublic:
+def get_job(job_id: str, session: SessionDep, http: Request) -> JobPublic:
     job = job_row(session, job_id)
     if job is None:
         raise NotFound("no job with this id")
-    return JobPublic.model_validate(job)
+    found = JobPublic.model_validate(job)
+    log_read(http, 1)
+    return found
 
 
 @jobs.post(
@@ -106,6 +119,8 @@ def withdraw_job_results(job_id: str, request: WithdrawRequest, caller: Radiolog
 
 @results.get("", response_model=list[ResultPublic])
 def list_results(
-    session: SessionDep, job_id: str | None = None, limit: Limit = 100, offset: Offset = 0
+    session: SessionDep, http: Request, job_id: str | None = None, limit: Limit = 100, offset: Offset = 0
 ) -> list[ResultPublic]:
-    return [ResultPublic.model_validate(r) for r in result_rows(session, job_id=job_id, limit=limit, offset=offset)]
+    found = [ResultPublic.model_validate(r) for r in result_rows(session, job_id=job_id, limit=limit, offset=offset)]
+    log_read(http, len(found))
+    return found

@@ -468,3 +468,22 @@ def test_the_notes_tell_it_how_to_point_a_pacs_at_the_listener(chart: helm.Chart
     assert "No sender is listed yet" in notes(chart)
     balanced = notes(chart, {"listener": {"service": {"type": "LoadBalancer"}, "openMode": True}})
     assert "Port:      11112" in balanced and "OPEN MODE is on" in balanced
+
+
+def test_tls_only_leaves_no_plain_dicom_port_outside_the_pod(chart: helm.Chart) -> None:
+    """The production values require client certificates; a plain port open to the network would sidestep them."""
+    objects = render(chart, production_values())
+    assert hounsfield_config(objects)["listener"]["tls"]["only"] is True
+    service = one(objects, "Service", "hf-hounsfield-listener")
+    assert [p["name"] for p in service["spec"]["ports"]] == ["dicom-tls"]
+    policy = one(objects, "NetworkPolicy", "hf-hounsfield-listener")
+    ports = [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]]
+    assert 11112 not in ports and 2762 in ports
+    (container,) = containers(one(objects, "StatefulSet", "hf-hounsfield-listener"))
+    assert container["startupProbe"]["tcpSocket"]["port"] == "metrics"
+    assert container["livenessProbe"]["tcpSocket"]["port"] == "metrics"
+    assert container["readinessProbe"]["exec"]["command"][:2] == ["hounsfield", "echo"], "C-ECHO over loopback"
+    default = render(chart)
+    assert "only" not in hounsfield_config(default)["listener"].get("tls", {})
+    (plain,) = containers(one(default, "Deployment", "hf-hounsfield-listener"))
+    assert plain["livenessProbe"]["tcpSocket"]["port"] == "dicom"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+import ssl
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,62 @@ def test_shipped_example_configuration_is_valid() -> None:
     (deployment,) = settings.deployments
     assert deployment.model_path.is_file(), "the example points at the committed model"
     assert deployment.destinations == ["pacs"]
+
+
+@pytest.mark.parametrize(
+    ("key", "url", "credentials"),
+    [
+        ("destinations.vna", "http://vna.example.org/dicom-web", {"token_env": "T"}),
+        ("destinations.vna", "http://127.0.0.1:8042/dicom-web", {"token_env": "T"}),
+        ("destinations.vna", "http://vna.example.org/dicom-web", {"username": "u", "password_env": "P"}),
+        ("fhir", "http://ehr.example.org/fhir", {"token_env": "T"}),
+        ("fhir", "http://localhost:8080/fhir", {"token_env": "T"}),
+    ],
+    ids=["stow-token", "stow-token-loopback", "stow-basic", "fhir-token", "fhir-token-loopback"],
+)
+def test_credentials_never_go_to_an_http_url_unless_allowed(
+    tmp_path: Path, key: str, url: str, credentials: dict[str, str]
+) -> None:
+    """Loopback included: the configuration cannot know that nothing listens in between (a sidecar, a
+    tunnel), so sending a credential in clear text is the operator's decision, written down."""
+
+    def config(url: str, **extra: object) -> dict[str, object]:
+        if key == "fhir":
+            return {"fhir": {"url": url, **credentials, **extra}}
+        return {"destinations": {"vna": {"protocol": "stow-rs", "url": url, **credentials, **extra}}}
+
+    with pytest.raises(ConfigurationInvalid, match=rf"{re.escape(key)}: .*url is http:// .*allow_insecure_http"):
+        load_settings(_write(tmp_path, config(url)))
+    allowed = load_settings(_write(tmp_path, config(url, allow_insecure_http=True)))
+    assert (allowed.fhir if key == "fhir" else allowed.destinations["vna"]).allow_insecure_http
+    load_settings(_write(tmp_path, config("https://" + url.split("://", 1)[1])))
+
+
+def test_http_without_credentials_is_taken() -> None:
+    settings = load_settings(
+        None,
+        destinations={"vna": {"protocol": "stow-rs", "url": "http://vna.example.org/dicom-web"}},
+        fhir={"url": "http://ehr.example.org/fhir"},
+    )
+    assert settings.fhir is not None and not settings.fhir.allow_insecure_http
+
+
+def test_outbound_tls_settings() -> None:
+    destination = {"ae_title": "PACS", "host": "pacs.example.org", "port": 2762, "tls": {"ca_bundle": "/ca.pem"}}
+    query = {"host": "pacs.example.org", "port": 2762, "tls": {"minimum_version": "1.3"}}
+    settings = load_settings(
+        None, destinations={"pacs": destination}, listener={"sources": {"pacs": {"ae_title": "PACS", "query": query}}}
+    )
+    tls = settings.destinations["pacs"].tls
+    assert tls is not None and tls.check_hostname and tls.minimum_version == "1.2", "safe defaults"
+    source = settings.listener.sources["pacs"].query
+    assert source is not None and source.tls is not None and source.tls.minimum_version == "1.3"
+    context, name = source.tls.tls_args("pacs.example.org")
+    assert name == "pacs.example.org", "the host is the name its certificate must carry"
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.minimum_version == ssl.TLSVersion.TLSv1_3
+    half = {**destination, "tls": {"certificate": "/client.pem"}}
+    with pytest.raises(ConfigurationInvalid, match=r"destinations\.pacs\.tls: .*certificate and private_key go"):
+        load_settings(None, destinations={"pacs": half})
+    stow = {"protocol": "stow-rs", "url": "https://vna.example.org/dicom-web", "tls": {}}
+    with pytest.raises(ConfigurationInvalid, match="tls is for protocol dimse"):
+        load_settings(None, destinations={"vna": stow})

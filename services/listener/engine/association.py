@@ -1,11 +1,20 @@
 """One connection's association, as an :class:`asyncio.Protocol` (the acceptor side of PS3.8).
 
-States: waiting for the A-ASSOCIATE-RQ (ARTIM running), established, releasing, closed. Bytes are
-framed into PDUs as they arrive; a PDU header is checked before its body is collected, so a header
-that claims gigabytes is refused at once. P-DATA fragments are collected per message (command, then
-dataset); a complete C-STORE goes to the thread pool for the store's blocking work and its
-response is sent when that finishes. One association's messages are handled strictly in order;
-other associations keep flowing while a store fsyncs.
+States: waiting for the A-ASSOCIATE-RQ, established, releasing, closed. Bytes are framed into PDUs
+as they arrive; a PDU header is checked before its body is collected, so a header that claims
+gigabytes is refused at once.
+
+Until the caller is identified (its A-ASSOCIATE-RQ decided) a connection is *pending*: pending
+connections are capped in all and per address, must send a whole A-ASSOCIATE-RQ (after the TLS
+handshake, on the TLS port) within ``request_timeout_s``, and may send nothing else, of at most
+:data:`_MAX_REQUEST_PDU` bytes, so that each costs a few kilobytes whoever opens them. Established
+associations are capped in all and per address, and one waiting for its peer is aborted when no
+whole PDU has arrived for ``network_timeout_s``: a byte now and then does not hold a slot.
+
+P-DATA fragments are collected per message (command, then dataset); a complete C-STORE goes to the
+thread pool for the store's blocking work and its response is sent when that finishes. One
+association's messages are handled strictly in order; other associations keep flowing while a store
+fsyncs.
 """
 
 from __future__ import annotations
@@ -14,8 +23,9 @@ import asyncio
 import concurrent.futures
 import itertools
 import logging
-from collections import deque
-from collections.abc import Callable
+import ssl
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -59,13 +69,16 @@ from hounsfield.listener.storage import (
     part10_prefix,
     receive_instance,
 )
+from hounsfield.logs import Throttle
 
 __all__ = ["Association", "EngineState", "negotiate_contexts"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_CONTROL_PDU = 1 << 20
-"""Largest non-P-DATA PDU accepted (an A-ASSOCIATE-RQ with 128 contexts is ~15 KiB)."""
+"""Largest non-P-DATA PDU accepted on an established association."""
+_MAX_REQUEST_PDU = 64 << 10
+"""Largest A-ASSOCIATE-RQ accepted (one with 128 presentation contexts is about 15 KiB)."""
 _ABSURD_PDU = 256 << 20
 
 
@@ -78,10 +91,18 @@ class EngineState:
     store: StoreContext
     executor: concurrent.futures.Executor
     abstract_syntaxes: frozenset[str]
-    transfer_syntaxes: tuple[str, ...]
+    transfer_syntaxes: Mapping[str, int]
+    """Each accepted transfer syntax's rank, lower is better (:func:`~hounsfield.dicom_syntaxes.preference_order`)."""
     live: set[Association] = field(default_factory=set)
     established: int = 0
+    established_by_address: Counter[str] = field(default_factory=Counter)
+    pending: int = 0
+    """Connections whose caller is not identified yet."""
+    pending_by_address: Counter[str] = field(default_factory=Counter)
     keys: itertools.count[int] = field(default_factory=itertools.count)
+    dropped_log: Throttle = field(default_factory=Throttle)
+    """Connections closed at once by the limits: a flood of them logs a few lines a minute."""
+    handshake_log: Throttle = field(default_factory=Throttle)
 
     @property
     def spool_dir(self) -> Path:
@@ -89,10 +110,13 @@ class EngineState:
 
 
 def negotiate_contexts(
-    request: AssociateRequest, abstract_syntaxes: frozenset[str], transfer_syntaxes: tuple[str, ...]
+    request: AssociateRequest, abstract_syntaxes: frozenset[str], transfer_syntaxes: Mapping[str, int]
 ) -> list[NegotiatedContext]:
-    """Accept each context whose abstract syntax we serve, with the first proposed syntax we support."""
-    supported = set(transfer_syntaxes)
+    """Accept each context whose abstract syntax we serve, with the best-ranked syntax it proposes.
+
+    The listener's preference decides, not the order of the proposal: a sender that lists JPEG
+    Baseline before Explicit VR Little Endian would otherwise compress lossy on the fly.
+    """
     answers = []
     for proposed in request.contexts:
         if proposed.abstract_syntax not in abstract_syntaxes:
@@ -102,7 +126,8 @@ def negotiate_contexts(
                 )
             )
             continue
-        chosen = next((syntax for syntax in proposed.transfer_syntaxes if syntax in supported), "")
+        offered = [syntax for syntax in proposed.transfer_syntaxes if syntax in transfer_syntaxes]
+        chosen = min(offered, key=transfer_syntaxes.__getitem__, default="")
         result = ContextResult.ACCEPTANCE if chosen else ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED
         answers.append(NegotiatedContext(proposed.context_id, proposed.abstract_syntax, result, chosen))
     return answers
@@ -121,10 +146,18 @@ class _Message:
 class Association(asyncio.Protocol):
     """The acceptor's side of one connection (plain TCP or TLS, ``transport_name`` says which)."""
 
-    def __init__(self, state: EngineState, transport_name: Literal["dimse", "dimse-tls"]) -> None:
+    def __init__(
+        self, state: EngineState, transport_name: Literal["dimse", "dimse-tls"], *, tls: ssl.SSLContext | None = None
+    ) -> None:
         self._state = state
         self._config = state.config
         self._transport_name: Literal["dimse", "dimse-tls"] = transport_name
+        self._tls = tls
+        self._certificate_names: frozenset[str] | None = None
+        """The verified client certificate's names (subject CN, DNS SANs) after a TLS handshake."""
+        self._pending = False
+        self._early = bytearray()
+        """Bytes the TLS layer delivered before :meth:`_handshake` had the secured transport in hand."""
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
@@ -144,7 +177,9 @@ class Association(asyncio.Protocol):
         self._closing = False
         self._ended = False
         self._end_notice: Literal["released", "aborted"] | None = None
-        self._last_rx = self._loop.time()
+        self._moved = False
+        """A C-STORE named a move originator: this association carries a C-MOVE's sub-operations."""
+        self._last_pdu = self._loop.time()
         self._artim: asyncio.TimerHandle | None = None
         self._idle: asyncio.TimerHandle | None = None
         self.instances = 0
@@ -156,11 +191,69 @@ class Association(asyncio.Protocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if peer else "?"
-        self._state.live.add(self)
-        self._artim = self._loop.call_later(self._config.acse_timeout_s, self._artim_expired)
+        state, config = self._state, self._config
+        if state.pending >= config.max_pending_connections:
+            self._drop(f"{config.max_pending_connections} connections are waiting to associate")
+            return
+        if state.pending_by_address[self._peer] >= config.max_pending_per_address:
+            self._drop(f"{config.max_pending_per_address} connections from this address are waiting to associate")
+            return
+        self._pending = True
+        state.pending += 1
+        state.pending_by_address[self._peer] += 1
+        state.live.add(self)
+        self._artim = self._loop.call_later(config.request_timeout_s, self._artim_expired)
+        if self._tls is not None:
+            transport.pause_reading()  # the ClientHello waits in the socket for the handshake
+            self._loop.create_task(self._handshake(transport, self._tls))
+
+    def _drop(self, why: str) -> None:
+        """Close a connection the limits do not admit: no PDU, no state kept, a throttled log line."""
+        self._closing = True
+        self._count("dropped")
+        allowed, held = self._state.dropped_log.allow()
+        if allowed:
+            more = f" ({held} more since the last such line)" if held else ""
+            logger.warning("connection from %s closed at once: %s%s", self._peer, why, more)
+        assert self._transport is not None
+        self._transport.abort()
+
+    async def _handshake(self, transport: asyncio.Transport, context: ssl.SSLContext) -> None:
+        try:
+            secured = await self._loop.start_tls(
+                transport, self, context, server_side=True, ssl_handshake_timeout=self._config.request_timeout_s
+            )
+        except (OSError, TimeoutError, ConnectionError) as exc:  # ssl.SSLError is an OSError
+            self._handshake_failed(TimeoutError() if self._closing else exc)  # closing: the request timer ran out
+            transport.abort()
+            return
+        if self._closing or secured is None:  # the request timer closed the connection during the handshake
+            self._handshake_failed(TimeoutError())
+            return
+        self._transport = secured
+        self._certificate_names = _certificate_names(secured.get_extra_info("peercert"))
+        self._tls = None
+        if self._early:
+            early, self._early = bytes(self._early), bytearray()
+            self.data_received(early)
+
+    def _handshake_failed(self, exc: BaseException) -> None:
+        kind = _handshake_failure(exc)
+        metrics = self._state.store.metrics
+        if metrics is not None:
+            metrics.tls_handshake_failures.labels(kind).inc()
+        allowed, held = self._state.handshake_log.allow()
+        if allowed:
+            more = f" ({held} more since the last such line)" if held else ""
+            detail = getattr(exc, "reason", None) or type(exc).__name__
+            logger.warning("TLS handshake from %s failed (%s: %s)%s", self._peer, kind, detail, more)
 
     def data_received(self, data: bytes) -> None:
-        self._last_rx = self._loop.time()
+        if self._tls is not None:
+            # The handshake finished and application data came in the same read, before _handshake
+            # resumed: the answer must go out through the secured transport, so it waits for it.
+            self._early += data
+            return
         if self._closing:
             return  # after A-ASSOCIATE-RJ, A-ABORT or A-RELEASE-RP nothing more is read
         try:
@@ -185,6 +278,7 @@ class Association(asyncio.Protocol):
         for timer in (self._artim, self._idle):
             if timer is not None:
                 timer.cancel()
+        self._leave_pending()
         self._state.live.discard(self)
         if self._receiving is not None and self._receiving.sink is not None:
             self._receiving.sink.discard()
@@ -194,6 +288,9 @@ class Association(asyncio.Protocol):
         self._queue.clear()
         if was in ("established", "releasing"):
             self._state.established -= 1
+            self._state.established_by_address[self._peer] -= 1
+            if not self._state.established_by_address[self._peer]:
+                del self._state.established_by_address[self._peer]
             if self._end_notice is None:
                 self._end_notice = "aborted"
                 logger.info("association from %s (%s) ended without release", self._calling, self._peer)
@@ -211,6 +308,7 @@ class Association(asyncio.Protocol):
                 if end - offset - 6 < length:
                     break
                 body = view[offset + 6 : offset + 6 + length]
+                self._last_pdu = self._loop.time()
                 try:
                     if pdu_type == PDUType.P_DATA_TF:
                         self._on_pdata(body)
@@ -222,6 +320,13 @@ class Association(asyncio.Protocol):
         return offset
 
     def _check_length(self, pdu_type: int, length: int) -> None:
+        if self._phase == "request":
+            # Before the caller is identified it may send an A-ASSOCIATE-RQ (or an A-ABORT), nothing else.
+            if pdu_type not in (PDUType.ASSOCIATE_RQ, PDUType.ABORT_RQ):
+                raise ProtocolViolation(f"PDU type {pdu_type:#04x} before A-ASSOCIATE-RQ", AbortReason.UNEXPECTED_PDU)
+            if length > _MAX_REQUEST_PDU:
+                raise ProtocolViolation(f"A-ASSOCIATE-RQ of {length} bytes", AbortReason.INVALID_PDU_PARAMETER)
+            return
         if length > _ABSURD_PDU:
             raise ProtocolViolation(f"PDU claims {length} bytes", AbortReason.INVALID_PDU_PARAMETER)
         if pdu_type == PDUType.P_DATA_TF:
@@ -259,10 +364,19 @@ class Association(asyncio.Protocol):
     def _calling(self) -> str:
         return self._request.calling_ae if self._request is not None else "?"
 
+    def _leave_pending(self) -> None:
+        if self._pending:
+            self._pending = False
+            self._state.pending -= 1
+            self._state.pending_by_address[self._peer] -= 1
+            if not self._state.pending_by_address[self._peer]:
+                del self._state.pending_by_address[self._peer]
+
     def _on_associate(self, request: AssociateRequest) -> None:
         if self._artim is not None:
             self._artim.cancel()
             self._artim = None
+        self._leave_pending()
         self._request = request
         if not request.protocol_version & 0x0001:
             self._reject(1, 2, 2, "protocol version not supported")
@@ -273,7 +387,13 @@ class Association(asyncio.Protocol):
         if self._state.established >= self._config.max_associations:
             self._reject(2, 3, 2, f"local limit of {self._config.max_associations} associations reached")
             return
-        decision = self._state.policy.decide(request.calling_ae, request.called_ae, self._peer)
+        if self._state.established_by_address[self._peer] >= self._config.max_associations_per_address:
+            limit = self._config.max_associations_per_address
+            self._reject(2, 3, 2, f"local limit of {limit} associations from this address reached")
+            return
+        decision = self._state.policy.decide(
+            request.calling_ae, request.called_ae, self._peer, certificate_names=self._certificate_names
+        )
         if not decision.accepted:
             assert decision.rejection is not None
             self._reject(1, 1, int(decision.rejection), decision.reason)
@@ -294,6 +414,7 @@ class Association(asyncio.Protocol):
         )
         self._phase = "established"
         self._state.established += 1
+        self._state.established_by_address[self._peer] += 1
         self._schedule_idle()
         self._count("accepted")
         logger.info(
@@ -302,7 +423,7 @@ class Association(asyncio.Protocol):
             len(self._contexts), len(contexts), decision.reason,
         )  # fmt: skip
 
-    def _count(self, outcome: Literal["accepted", "rejected"]) -> None:
+    def _count(self, outcome: Literal["accepted", "rejected", "dropped"]) -> None:
         metrics = self._state.store.metrics
         if metrics is not None:
             metrics.associations.labels(self._transport_name, outcome).inc()
@@ -426,6 +547,7 @@ class Association(asyncio.Protocol):
 
     def _store(self, message: _Message) -> None:
         command, context = message.command, message.context
+        self._moved = self._moved or bool(command.move_originator_ae)
         if message.dataset is None:
             failure = message.sink.failure if message.sink is not None else ""
             if failure:
@@ -494,7 +616,8 @@ class Association(asyncio.Protocol):
         tracker = self._state.store.tracker
         # Behind this association's instances: the router must not see a study before its rows.
         if self._end_notice == "released":
-            self._state.store.then(partial(tracker.association_released, self._origin.key, self._origin.calling_ae))
+            key, calling_ae = self._origin.key, self._origin.calling_ae
+            self._state.store.then(partial(tracker.association_released, key, calling_ae, moved=self._moved))
         else:
             self._state.store.then(partial(tracker.association_aborted, self._origin.key))
 
@@ -535,7 +658,12 @@ class Association(asyncio.Protocol):
     def _artim_expired(self) -> None:
         self._artim = None
         if self._phase == "request":
-            logger.warning("no A-ASSOCIATE-RQ from %s within %.0f s: closed", self._peer, self._config.acse_timeout_s)
+            timeout = self._config.request_timeout_s
+            allowed, held = self._state.dropped_log.allow()
+            if allowed:
+                more = f" ({held} more since the last such line)" if held else ""
+                logger.warning("no whole A-ASSOCIATE-RQ from %s within %.0f s: closed%s", self._peer, timeout, more)
+            self._closing = True
             if self._transport is not None:
                 self._transport.abort()
 
@@ -548,8 +676,8 @@ class Association(asyncio.Protocol):
         if self._closing:
             return
         waiting_for_peer = not self._busy and not self._queue
-        if waiting_for_peer and self._loop.time() - self._last_rx > self._config.network_timeout_s:
-            self.abort(f"nothing received for {self._config.network_timeout_s:.0f} s")
+        if waiting_for_peer and self._loop.time() - self._last_pdu > self._config.network_timeout_s:
+            self.abort(f"no whole PDU received for {self._config.network_timeout_s:.0f} s")
             return
         self._schedule_idle()
 
@@ -560,6 +688,27 @@ _LINGER_S = 2.0
 
 def _no_prefix() -> bytes:
     return b""
+
+
+def _certificate_names(peercert: object) -> frozenset[str]:
+    """A verified client certificate's subject common names and DNS subject alternative names."""
+    if not isinstance(peercert, dict):
+        return frozenset()
+    names = {value for rdn in peercert.get("subject", ()) for key, value in rdn if key == "commonName"}
+    names |= {value for kind, value in peercert.get("subjectAltName", ()) if kind == "DNS"}
+    return frozenset(names)
+
+
+def _handshake_failure(exc: BaseException) -> str:
+    """A bounded label for a failed handshake (the metric's ``reason``)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "certificate"
+    if isinstance(exc, ssl.SSLError):
+        reason = (getattr(exc, "reason", "") or "").upper()
+        return "certificate" if "CERTIFICATE" in reason else "protocol"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "connection"
 
 
 def _spooled(message: _Message) -> bool:

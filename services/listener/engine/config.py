@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hounsfield.config import ListenerSettings, TLSSettings
+from hounsfield.dicom_syntaxes import DEFAULT_PREFERENCE, PRIVATE_STORAGE_CLASSES
 
 __all__ = ["EngineConfig", "tls_context"]
 
@@ -20,8 +21,18 @@ class EngineConfig:
     implementation_class_uid: str
     implementation_version_name: str
     acse_timeout_s: float = 30.0
+    request_timeout_s: float = 10.0
+    """A connection's TLS handshake and whole A-ASSOCIATE-RQ must be done within this."""
     network_timeout_s: float = 60.0
+    """While waiting for the peer, a whole PDU must arrive within this."""
     max_associations: int = 32
+    max_associations_per_address: int = 16
+    max_pending_connections: int = 64
+    """Connections not yet associated, from everyone; more are closed at once."""
+    max_pending_per_address: int = 16
+    transfer_syntaxes: tuple[str, ...] = DEFAULT_PREFERENCE
+    """Accepted transfer syntaxes, best first."""
+    private_sop_classes: tuple[str, ...] = field(default_factory=lambda: tuple(PRIVATE_STORAGE_CLASSES))
     max_pdu: int = 1 << 20
     """The largest P-DATA-TF we accept (advertised as Maximum Length Received)."""
     spool_threshold: int = 2 << 20
@@ -41,7 +52,14 @@ class EngineConfig:
             implementation_class_uid=f"{uid_root}0.1",
             implementation_version_name=f"HOUNSFIELD_{version}"[:16],
             acse_timeout_s=listener.acse_timeout_s,
+            request_timeout_s=listener.request_timeout_s,
             network_timeout_s=listener.network_timeout_s,
+            max_associations=listener.max_associations,
+            max_associations_per_address=listener.max_associations_per_address,
+            max_pending_connections=listener.max_pending_connections,
+            max_pending_per_address=listener.max_pending_per_address,
+            transfer_syntaxes=tuple(listener.transfer_syntaxes),
+            private_sop_classes=tuple(listener.private_sop_classes),
             tls=listener.tls,
         )
 

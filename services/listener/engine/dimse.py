@@ -43,6 +43,7 @@ _STATUS = 0x0900
 _ERROR_COMMENT = 0x0902
 _AFFECTED_SOP_INSTANCE = 0x1000
 _REQUESTED_SOP_INSTANCE = 0x1001
+_MOVE_ORIGINATOR_AE = 0x1030
 
 
 class CommandUndecodable(HounsfieldError, ValueError):
@@ -58,6 +59,8 @@ class Command:
     has_dataset: bool
     affected_sop_class_uid: str = ""
     affected_sop_instance_uid: str = ""
+    move_originator_ae: str = ""
+    """Move Originator Application Entity Title: set when the C-STORE is a C-MOVE's sub-operation."""
 
     @property
     def is_request(self) -> bool:
@@ -104,6 +107,7 @@ def decode_command(data: bytes | bytearray | memoryview) -> Command:
         has_dataset=us(_DATASET_TYPE, NO_DATASET) != NO_DATASET,
         affected_sop_class_uid=_text(sop_class),
         affected_sop_instance_uid=_text(sop_instance),
+        move_originator_ae=_text(values.get(_MOVE_ORIGINATOR_AE, b"")),
     )
 
 

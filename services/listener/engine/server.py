@@ -3,6 +3,11 @@
 :meth:`DicomServer.start` binds the ports (raising at once when it cannot) and returns; every
 association then runs on the loop, and the blocking store work on a thread pool. :meth:`stop`
 aborts what is still connected, lets store jobs already running finish, and joins the thread.
+
+The TLS port accepts plain TCP connections and each :class:`Association` does its own TLS handshake
+on them, so that a connection counts against the limits from its first byte and a failed handshake
+is logged and counted (asyncio's own TLS servers drop those silently). In TLS-only mode the plain
+port serves the loopback interface alone.
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ from typing import Any, Literal
 
 from pydicom._uid_dict import UID_dictionary
 from pydicom.uid import MediaStorageDirectoryStorage
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
+from pynetdicom import AllStoragePresentationContexts
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     _NON_PATIENT_OBJECT_CLASSES,
     _STORAGE_CLASSES,
     Verification,
 )
 
+from hounsfield.dicom_syntaxes import preference_order
 from hounsfield.listener.engine.association import Association, EngineState
 from hounsfield.listener.engine.config import EngineConfig, tls_context
 from hounsfield.listener.policy import AssociationPolicy
@@ -108,8 +114,8 @@ class DicomServer:
             policy=self._policy,
             store=self._store,
             executor=self._executor,
-            abstract_syntaxes=_storage_syntaxes(),
-            transfer_syntaxes=tuple(str(uid) for uid in ALL_TRANSFER_SYNTAXES),
+            abstract_syntaxes=_storage_syntaxes() | set(self.config.private_sop_classes),
+            transfer_syntaxes=preference_order(self.config.transfer_syntaxes),
         )
         loop = asyncio.get_running_loop()
         state = self._state
@@ -118,21 +124,16 @@ class DicomServer:
             return Association(state, "dimse")
 
         def secure() -> Association:
-            return Association(state, "dimse-tls")
+            assert tls is not None
+            return Association(state, "dimse-tls", tls=tls)
 
         kwargs: dict[str, Any] = {"reuse_address": True, "backlog": 128}
-        self._servers.append(await loop.create_server(plain, self.config.host, self.config.port, **kwargs))
+        plain_host = self.config.host
+        if self.config.tls is not None and self.config.tls.only:
+            plain_host = "127.0.0.1"  # TLS only: the pod's own readiness C-ECHO, nothing from the network
+        self._servers.append(await loop.create_server(plain, plain_host, self.config.port, **kwargs))
         if tls is not None and self.config.tls is not None:
-            self._servers.append(
-                await loop.create_server(
-                    secure,
-                    self.config.host,
-                    self.config.tls.port,
-                    ssl=tls,
-                    ssl_handshake_timeout=self.config.acse_timeout_s,
-                    **kwargs,
-                )
-            )
+            self._servers.append(await loop.create_server(secure, self.config.host, self.config.tls.port, **kwargs))
 
     async def _shutdown(self) -> None:
         for server in self._servers:
@@ -168,7 +169,7 @@ _QUIET: tuple[type[BaseException], ...] = (ssl.SSLError, ConnectionError, Timeou
 
 
 def _quiet_exceptions(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """Failed TLS handshakes and reset connections are the peer's business: one line, no traceback."""
+    """TLS errors and reset connections are the peer's business: one line, no traceback."""
     error = context.get("exception")
     if isinstance(error, _QUIET):
         kind: Literal["tls", "connection"] = "tls" if isinstance(error, ssl.SSLError) else "connection"

@@ -140,7 +140,7 @@ def test_posting_twice_leaves_one_report_and_a_refusal_names_no_patient(
     fhir_server.refuse = False
 
     fhir_server.token = "t0ken"
-    guarded = FhirSettings(url=fhir_server.url, token_env="EHR_TOKEN")
+    guarded = FhirSettings(url=fhir_server.url, token_env="EHR_TOKEN", allow_insecure_http=True)  # a test server
     with pytest.raises(AnnouncementFailed, match="EHR_TOKEN is not set"):
         post_report(report, guarded)
     monkeypatch.setenv("EHR_TOKEN", "wrong")

@@ -62,7 +62,9 @@ def test_basic_authentication_takes_its_password_from_the_environment(
     pacs = LocalOrthanc(tmp_path / "orthanc", aet="LOCKEDPACS", dicomweb=True, users={"hounsfield": "s3cret"})
     pacs.start()
     try:
-        destination = _stow(pacs.dicomweb_url, username="hounsfield", password_env="PACS_PASSWORD", retries=0)
+        destination = _stow(
+            pacs.dicomweb_url, username="hounsfield", password_env="PACS_PASSWORD", retries=0, allow_insecure_http=True
+        )  # the test's Orthanc speaks http only
         with pytest.raises(ExportFailed, match="the password's variable PACS_PASSWORD is not set"):
             deliver(files, destination, calling_ae="HOUNSFIELD")
         monkeypatch.setenv("PACS_PASSWORD", "wrong")

@@ -24,6 +24,7 @@ from hounsfield.db import Database, Event, Job, JobState, Result, Study, StudySt
 from hounsfield.db.jobs import record_result, supersede_results
 from hounsfield.demo.orthanc import LocalOrthanc, free_port
 from hounsfield.demo.stack import storescu
+from hounsfield.listener.completeness import CompletenessTracker
 from hounsfield.listener.server import Listener
 from hounsfield.router.routing import Router
 from hounsfield_operators.ct_lesion_seg.phantom import make_phantom, write_dicom_series
@@ -236,3 +237,24 @@ def test_results_of_a_superseded_job_are_marked_once_the_new_job_is_done(setting
     finally:
         db.dispose()
     assert marked == {"2.25.1": second.id, "2.25.2": second.id, "2.25.3": None}
+
+
+def test_a_c_move_release_completes_nothing_and_the_end_of_a_c_get_completes_what_it_brought() -> None:
+    """A C-MOVE may go on over other associations (one per transfer syntax): its release leaves the study
+    to the quiet period (or the source's count, or the fetch); a C-GET's end completes its studies."""
+    completed: list[StudyComplete] = []
+    tracker = CompletenessTracker(completed.append, complete_on_release=True, quiet_period_s=0.5)
+    tracker.start()
+    try:
+        tracker.instance_received("move-1", "1.2.3", "PACS")
+        tracker.association_released("move-1", "PACS", moved=True)
+        tracker.instance_received("get-1", "1.2.4", "PACS")
+        assert tracker.retrieve_finished("get-1", "PACS") == ["1.2.4"]
+        assert [(e.study_instance_uid, e.trigger) for e in completed] == [("1.2.4", "retrieve")]
+        wait_for(lambda: len(completed) == 2, timeout=5)
+        assert (completed[1].study_instance_uid, completed[1].trigger) == ("1.2.3", "quiet-period")
+        tracker.instance_received("plain", "1.2.5", "MODALITY")
+        tracker.association_released("plain", "MODALITY")
+        assert (completed[2].study_instance_uid, completed[2].trigger) == ("1.2.5", "association-release")
+    finally:
+        tracker.stop()

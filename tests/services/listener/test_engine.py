@@ -29,6 +29,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGBaseline8Bit,
     MRImageStorage,
     generate_uid,
 )
@@ -200,8 +201,9 @@ def command_set(**elements: Any) -> bytes:
 class Raw:
     """A plain socket speaking PDUs by hand."""
 
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    def __init__(self, port: int, *, source: str = "127.0.0.1") -> None:
+        """Connect from ``source``: 127.0.0.2 and up are other addresses of the loopback network."""
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -280,7 +282,12 @@ def test_echo_with_dcmtk_and_pynetdicom_and_our_implementation_identity(listener
     assert acceptor.maximum_length == listener.engine_config().max_pdu
 
 
-def test_contexts_get_the_first_supported_syntax_or_the_right_rejection(listener: Listener) -> None:
+SIEMENS_CSA_NON_IMAGE = "1.3.12.2.1107.5.9.1"  # a vendor-private storage class accepted by default
+JPIP_REFERENCED = "1.2.840.10008.1.2.4.94"
+ENCAPSULATED_UNCOMPRESSED = "1.2.840.10008.1.2.1.98"
+
+
+def test_contexts_get_the_listeners_preferred_syntax_or_the_right_rejection(listener: Listener) -> None:
     raw = Raw(_port(listener))
     ac = raw.associate(
         [
@@ -288,11 +295,84 @@ def test_contexts_get_the_first_supported_syntax_or_the_right_rejection(listener
             (3, CTImageStorage, [JPEG2000Lossless, ExplicitVRLittleEndian]),
             (5, "1.2.840.10008.5.1.4.1.2.2.1", [ExplicitVRLittleEndian]),  # C-FIND study root: not served
             (7, MRImageStorage, ["1.2.3.998"]),
+            (9, CTImageStorage, [ExplicitVRBigEndian, JPEGBaseline8Bit]),
+            (11, CTImageStorage, [ExplicitVRBigEndian]),
+            (13, CTImageStorage, [JPEGBaseline8Bit, JPEG2000Lossless]),
+            (15, CTImageStorage, [JPIP_REFERENCED]),
+            (17, CTImageStorage, [ENCAPSULATED_UNCOMPRESSED, JPEGBaseline8Bit]),
+            (19, SIEMENS_CSA_NON_IMAGE, [ExplicitVRLittleEndian]),
+            (21, "1.2.826.0.1.3680043.9.9999.77", [ExplicitVRLittleEndian]),  # private, not configured
         ]
     )
-    ac_pdu = pydicom_free_ac(ac)
-    assert ac_pdu == {1: (0, ImplicitVRLittleEndian), 3: (0, JPEG2000Lossless), 5: (3, None), 7: (4, None)}
+    assert pydicom_free_ac(ac) == {
+        1: (0, ExplicitVRLittleEndian),  # uncompressed explicit before implicit
+        3: (0, ExplicitVRLittleEndian),  # uncompressed before lossless compression
+        5: (3, None),
+        7: (4, None),
+        9: (0, JPEGBaseline8Bit),  # retired big endian never when anything else is offered...
+        11: (0, ExplicitVRBigEndian),  # ...and taken when it is all there is
+        13: (0, JPEG2000Lossless),  # lossless before lossy, whatever the order proposed
+        15: (4, None),  # JPIP: the pixels would not be in the dataset
+        17: (0, ENCAPSULATED_UNCOMPRESSED),
+        19: (0, ExplicitVRLittleEndian),
+        21: (3, None),
+    }
     raw.close()
+
+
+def test_the_preference_and_the_private_classes_are_settings(serve: Callable[..., Listener]) -> None:
+    private = "1.2.826.0.1.3680043.9.9999.77"
+    listener = serve(
+        {"transfer_syntaxes": [JPEG2000Lossless, ExplicitVRLittleEndian], "private_sop_classes": [private]}
+    )
+    raw = Raw(_port(listener))
+    ac = raw.associate(
+        [
+            (1, CTImageStorage, [ExplicitVRLittleEndian, JPEG2000Lossless]),
+            (3, CTImageStorage, [ImplicitVRLittleEndian, JPEGBaseline8Bit]),  # neither is listed
+            (5, private, [ExplicitVRLittleEndian]),
+            (7, SIEMENS_CSA_NON_IMAGE, [ExplicitVRLittleEndian]),  # no longer listed
+        ]
+    )
+    assert pydicom_free_ac(ac) == {1: (0, JPEG2000Lossless), 3: (4, None), 5: (0, ExplicitVRLittleEndian), 7: (3, None)}
+    raw.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "why"),
+    [
+        (["+C", "-xy"], "JPEG Baseline proposed first: taking it made storescu compress 16-bit CT lossy, and fail"),
+        (["+C", "-xb"], "Explicit VR Big Endian proposed first: taking it made storescu convert every byte"),
+    ],
+)
+def test_dcmtk_proposing_lossy_or_big_endian_first_sends_as_is(
+    listener: Listener, tmp_path: Path, options: list[str], why: str
+) -> None:
+    files = []
+    for index in range(3):
+        path = tmp_path / f"ct{index}.dcm"
+        _ct().save_as(path, enforce_file_format=True)
+        files.append(path)
+    _storescu(listener, files, *options)
+    _assert_stored_exactly(listener, files)
+    with listener.db.session() as session:
+        syntaxes = set(session.scalars(select(Instance.transfer_syntax_uid)))
+    assert syntaxes == {ExplicitVRLittleEndian}, why
+
+
+def test_a_private_storage_class_is_stored(listener: Listener, tmp_path: Path) -> None:
+    ds = _ct(SOPClassUID=SIEMENS_CSA_NON_IMAGE)
+    del ds.PixelData
+    path = tmp_path / "csa.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    profile = tmp_path / "private.cfg"  # storescu proposes a class it does not know from a profile only
+    profile.write_text(
+        "[[TransferSyntaxes]]\n[Uncompressed]\nTransferSyntax1 = 1.2.840.10008.1.2.1\n"
+        f"[[PresentationContexts]]\n[Private]\nPresentationContext1 = {SIEMENS_CSA_NON_IMAGE}\\Uncompressed\n"
+        "[[Profiles]]\n[Private]\nPresentationContexts = Private\n"
+    )
+    _storescu(listener, [path], "-xf", str(profile), "Private")
+    _assert_stored_exactly(listener, [path])
 
 
 def pydicom_free_ac(body: bytes) -> dict[int, tuple[int, str | None]]:
@@ -595,16 +675,107 @@ def test_non_ascii_ae_title_is_aborted_in_one_log_line(listener: Listener, caplo
 
 
 def test_silent_connections_are_closed_by_the_timers(serve: Callable[..., Listener]) -> None:
-    listener = serve({"acse_timeout_s": 0.5, "network_timeout_s": 1.0})
+    listener = serve({"request_timeout_s": 0.5, "network_timeout_s": 1.0})
     silent = Raw(_port(listener))
     started = time.monotonic()
-    assert silent.closed(within=5), "no A-ASSOCIATE-RQ: closed after the ACSE timeout"
+    assert silent.closed(within=5), "no A-ASSOCIATE-RQ: closed after the request timeout"
     assert time.monotonic() - started < 3
     idle = Raw(_port(listener))
     idle.associate([(1, VERIFICATION, [ImplicitVRLittleEndian])])
     kind, _ = idle.pdu()
     assert kind == 0x07, "an idle association is aborted after the network timeout"
     assert idle.closed()
+
+
+def _echo_rq() -> bytes:
+    command = command_set(AffectedSOPClassUID=VERIFICATION, CommandField=0x0030, MessageID=1, CommandDataSetType=0x0101)
+    return pdata(1, command, command=True, last=True)
+
+
+def test_a_byte_now_and_then_does_not_hold_an_association(serve: Callable[..., Listener]) -> None:
+    """The review's attack: any byte reset the idle timer, so callers sending one byte every few seconds
+    held every association slot for ever, and the real modality and the readiness C-ECHO were rejected."""
+    listener = serve({"network_timeout_s": 1.0})
+    drip = Raw(_port(listener))
+    drip.associate([(1, VERIFICATION, [ImplicitVRLittleEndian])])
+    drip.sock.settimeout(0.25)
+    started, ended = time.monotonic(), None
+    for byte in _echo_rq():  # a byte every 0.25 s: a whole PDU would take 20 s
+        try:
+            drip.send(bytes([byte]))
+            reply = drip.sock.recv(64)
+        except TimeoutError:
+            continue
+        except OSError:
+            reply = b""
+        assert reply[:1] in (b"\x07", b""), f"expected an A-ABORT, got {reply[:1]!r}"
+        ended = time.monotonic()
+        break
+    assert ended is not None, "the dripping association was never aborted"
+    assert ended - started < 4, f"aborted only after {ended - started:.1f} s (network timeout 1 s)"
+
+
+def test_associations_are_limited_per_address_and_in_all(serve: Callable[..., Listener]) -> None:
+    listener = serve({"max_associations": 3, "max_associations_per_address": 2})
+    port, echo = _port(listener), [(1, VERIFICATION, [ImplicitVRLittleEndian])]
+    held = [Raw(port), Raw(port)]
+    for raw in held:
+        raw.associate(echo)
+    third = Raw(port)
+    third.send(associate_rq(echo))
+    kind, body = third.pdu()
+    assert kind == 0x03 and _rj(body) == (2, 3, 2), "a third from the same address: transient, local limit"
+    other = Raw(port, source="127.0.0.2")
+    other.associate(echo)
+    other.send(_echo_rq())
+    assert other.response().Status == 0x0000, "another address (the real modality) is still served"
+    fourth = Raw(port, source="127.0.0.3")
+    fourth.send(associate_rq(echo))
+    kind, body = fourth.pdu()
+    assert kind == 0x03 and _rj(body) == (2, 3, 2), "a fourth in all: transient, local limit"
+    held[0].close()
+    time.sleep(0.3)
+    fifth = Raw(port, source="127.0.0.3")
+    fifth.associate(echo)  # the slot is free again
+    for raw in (held[1], third, other, fourth, fifth):
+        raw.close()
+
+
+def test_connections_waiting_to_associate_are_capped_and_timed(serve: Callable[..., Listener]) -> None:
+    listener = serve({"max_pending_connections": 3, "max_pending_per_address": 2, "request_timeout_s": 2.0})
+    port = _port(listener)
+    silent = [Raw(port), Raw(port)]
+    time.sleep(0.2)
+    started = time.monotonic()
+    assert Raw(port).closed(within=1.5), "a third waiting connection from one address is closed at once"
+    waiting = Raw(port, source="127.0.0.2")
+    time.sleep(0.2)
+    assert Raw(port, source="127.0.0.3").closed(within=1.5), "a fourth waiting connection in all is closed at once"
+    assert time.monotonic() - started < 2.5
+    waiting.associate([(1, VERIFICATION, [ImplicitVRLittleEndian])])  # identified in time: served
+    for raw in silent:
+        assert raw.closed(within=4), "a connection that sends no A-ASSOCIATE-RQ is closed after request_timeout_s"
+    Raw(port).associate([(1, VERIFICATION, [ImplicitVRLittleEndian])])
+
+
+@pytest.mark.parametrize(
+    ("header", "why"),
+    [
+        (struct.pack(">BxI", 0x04, 2 << 20), "a P-DATA-TF before the association"),
+        (struct.pack(">BxI", 0x01, 1 << 20), "an A-ASSOCIATE-RQ of a megabyte"),
+        (struct.pack(">BxI", 0x05, 4), "an A-RELEASE-RQ before the association"),
+    ],
+)
+def test_before_its_association_a_caller_may_send_only_a_small_request(
+    listener: Listener, header: bytes, why: str
+) -> None:
+    """Nothing is buffered for an unidentified caller but a bounded A-ASSOCIATE-RQ: the PDU's header
+    alone is answered with an A-ABORT, before its body is sent (50 half-sent PDUs held 104 MB)."""
+    raw = Raw(_port(listener))
+    raw.send(header)
+    kind, _ = raw.pdu()
+    assert kind == 0x07, why
+    assert raw.closed()
 
 
 def test_dcmtk_reports_rejection_of_an_unserved_called_title(listener: Listener) -> None:

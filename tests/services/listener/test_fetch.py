@@ -2,13 +2,16 @@
 
 Orthanc knows the listener's AE title (DicomModalities), so it accepts our queries and can C-MOVE
 to the running listener; its sub-associations call from Orthanc's own AE title, configured here as
-a source.
+a source. Orthanc cannot transcode on C-GET, and opens one C-MOVE sub-association per transfer
+syntax: a study held in every transfer syntax tests both. A pynetdicom source stands for sources
+that leave SOPClassesInStudy out, fail half-way, or speak TLS only.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,9 +22,11 @@ import httpx
 import pydicom
 import pytest
 import yaml
+from pydicom.uid import CTImageStorage, generate_uid
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet  # type: ignore[attr-defined]
 from sqlalchemy import func, select
 
-from hounsfield.config import QueryRetrieveSettings, Settings, SourceSettings
+from hounsfield.config import OutboundTLSSettings, QueryRetrieveSettings, Settings, SourceSettings
 from hounsfield.db import Database, Event, Instance, Job, JobState, Series, Study
 from hounsfield.demo.orthanc import LocalOrthanc, free_port
 from hounsfield.demo.stack import storescu
@@ -30,21 +35,28 @@ from hounsfield.listener.fetch import FetchFailed, run_fetch
 from hounsfield.listener.server import Listener
 from hounsfield.listener.storage import receive_instance
 from hounsfield_operators.ct_lesion_seg.phantom import make_phantom, write_dicom_series
+from tests.pki import make_pki
+from tests.services.listener.qr_source import PynetdicomSource
 from tests.support import Order, write_study
+from tests.transfer_syntaxes import SYNTAXES, ct_image, encode, mr_image, sc_image
 
 REPO = Path(__file__).resolve().parents[3]
 SOURCE_AE = "SRCPACS"
 
 
-def _configure(settings: Settings, port: int, **query: object) -> Settings:
-    """The test settings with Orthanc as source ``pacs`` and the sending modality as source ``modality``."""
+def _configure(settings: Settings, port: int, *, source_ae: str = SOURCE_AE, **query: Any) -> Settings:
+    """The test settings with Orthanc as source ``pacs`` and the sending modality as source ``modality``.
+
+    The quiet period is long, so that a study completes by the trigger under test and never by it.
+    """
     sources = {
         "pacs": SourceSettings(
-            ae_title=SOURCE_AE, query=QueryRetrieveSettings(host="127.0.0.1", port=port, timeout_s=10, **query)
+            ae_title=source_ae, query=QueryRetrieveSettings(host="127.0.0.1", port=port, timeout_s=10, **query)
         ),
         "modality": SourceSettings(ae_title="MODALITY"),
     }
-    return settings.model_copy(update={"listener": settings.listener.model_copy(update={"sources": sources})})
+    listener = settings.listener.model_copy(update={"sources": sources, "quiet_period_s": 60.0})
+    return settings.model_copy(update={"listener": listener})
 
 
 @pytest.fixture
@@ -100,7 +112,7 @@ def _count_here(db: Database, study_uid: str) -> int:
         )
 
 
-def test_fetch_by_accession_moves_the_study_to_the_listener_which_completes_it(
+def test_fetch_by_accession_moves_the_study_to_the_listener_and_completes_it(
     settings: Settings, orthanc: LocalOrthanc, tmp_path: Path
 ) -> None:
     configured = _configure(settings, orthanc.dicom_port, count_completeness=False)
@@ -119,7 +131,7 @@ def test_fetch_by_accession_moves_the_study_to_the_listener_which_completes_it(
     assert study.study_instance_uid == _uid(files)
     assert study.outcome == "retrieved" and study.on_source == len(files)
     assert (study.here_before, study.here_after, study.retrieved) == (0, len(files), len(files))
-    assert study.completion_trigger == "association-release" and study.state == "routed"
+    assert study.completion_trigger == "retrieve" and study.state == "routed"
     assert _count_here(listener.db, _uid(files)) == len(files)
     assert _count_here(listener.db, _uid(other)) == 0, "only the matching study is retrieved"
     stored = sorted(p.name for p in (configured.data_dir / "studies").rglob("*.dcm"))
@@ -187,7 +199,7 @@ def test_partial_push_then_fetch_retrieves_only_the_missing_series(
     assert report.ok and study.outcome == "retrieved"
     assert study.series_on_source == 2 and study.series_to_retrieve == 1
     assert (study.here_before, study.retrieved, study.here_after) == (len(first), len(second), len(first + second))
-    assert study.completion_trigger == "association-release"
+    assert study.completion_trigger == "retrieve", "the C-MOVE's release completed nothing; its end did"
     with listener.db.session() as session:
         jobs = session.scalars(select(Job).order_by(Job.created_at)).all()
         events = select(Event.kind).where(Event.study_instance_uid == study_uid).order_by(Event.id)
@@ -290,3 +302,132 @@ def test_each_instance_a_c_get_brings_is_synced_before_its_answer(
     assert report.ok and [s.outcome for s in report.studies] == ["retrieved"]
     assert len([e for e in recorded.events if e[0] == "answered"]) == len(files)
     recorded.assert_files_synced_before("answered", configured.data_dir / "studies")
+
+
+def _study_in_every_syntax(folder: Path, *, accession: str, patient_id: str) -> list[Path]:
+    """One study with an instance in each transfer syntax Orthanc 1.10 knows (HTJ2K came later): a CT
+    series of ten instances, an SC (JPEG baseline takes 8 bits) and an MR (JPEG extended takes 12)."""
+    study_uid, ct_series = generate_uid(), generate_uid()
+    files = []
+    for index, syntax in enumerate(s for s in SYNTAXES if s.dcmtk_can_send):
+        factory = {8: sc_image, 12: mr_image}.get(syntax.bits or 0, ct_image)
+        ds = factory(700 + index)
+        if factory is ct_image:
+            ds.SeriesInstanceUID, ds.InstanceNumber = ct_series, index + 1
+        ds.StudyInstanceUID, ds.PatientID, ds.AccessionNumber = study_uid, patient_id, accession
+        files.append(encode(ds, syntax, folder))
+    return files
+
+
+def _held(paths: list[Path]) -> dict[str, tuple[str, bytes]]:
+    """Each instance's transfer syntax and Pixel Data bytes as stored, by SOP Instance UID."""
+    held = {}
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        held[str(ds.SOPInstanceUID)] = (str(ds.file_meta.TransferSyntaxUID), bytes(ds.PixelData))
+    return held
+
+
+def _event_kinds(db: Database, study_uid: str) -> list[str]:
+    with db.session() as session:
+        return list(session.scalars(select(Event.kind).where(Event.study_instance_uid == study_uid).order_by(Event.id)))
+
+
+def test_c_get_brings_a_study_held_in_every_transfer_syntax_as_it_is_held(
+    settings: Settings, orthanc: LocalOrthanc, tmp_path: Path
+) -> None:
+    """Orthanc cannot transcode on C-GET: each instance comes only on a context of the syntax it holds."""
+    configured = _configure(settings, orthanc.dicom_port, retrieve="c-get")
+    files = _study_in_every_syntax(tmp_path / "ts", accession="RQ0071", patient_id="PAT-TS")
+    _upload(orthanc, files)
+    queued: list[Job] = []
+    report = run_fetch(configured, "pacs", accession_number="RQ0071", enqueue=queued.append)
+    (study,) = report.studies
+    assert report.ok, study.reason
+    assert (study.retrieved, study.failed, study.here_after) == (len(files), 0, len(files))
+    stored = _held(sorted((configured.data_dir / "studies").rglob("*.dcm")))
+    assert stored == _held(files), "every instance is stored in the syntax the source holds it in"
+    assert study.completion_trigger == "retrieve" and study.state == "routed"
+    assert [len(job.series_instance_uids) for job in queued] == [1], "the CT series, once"
+
+
+def test_a_c_get_that_fails_half_way_completes_and_routes_what_came(settings: Settings, tmp_path: Path) -> None:
+    """The fetch's own arrivals reach its completeness tracker: a retrieve that ends, however it ends,
+    completes what it delivered; nothing is left receiving. The source does not say which SOP classes
+    the study holds, so they are asked per series and only they are proposed."""
+    study_uid, files = write_study(
+        tmp_path / "ct", seed=81, shape=(10, 32, 32), accession_number="RQ0081", patient_id="PAT-H"
+    )
+    source = PynetdicomSource(files, sop_classes_in_study=False, stop_after=8)
+    source.start()
+    try:
+        configured = _configure(settings, source.port, source_ae=source.ae_title, retrieve="c-get")
+        queued: list[Job] = []
+        report = run_fetch(configured, "pacs", accession_number="RQ0081", enqueue=queued.append)
+    finally:
+        source.stop()
+    (study,) = report.studies
+    assert not report.ok and study.outcome == "failed" and "0xA702" in study.reason
+    assert (study.retrieved, study.failed, study.here_after) == (8, 2, 8)
+    assert study.state == "routed" and study.completion_trigger == "retrieve"
+    assert [job.study_instance_uid for job in queued] == [study_uid]
+    db = Database(configured.sqlalchemy_url)
+    try:
+        assert _event_kinds(db, study_uid) == ["study-complete", "job-queued"]
+    finally:
+        db.dispose()
+    (contexts,) = source.proposed
+    assert {str(c.abstract_syntax) for c in contexts} == {StudyRootQueryRetrieveInformationModelGet, CTImageStorage}
+    storage = [c for c in contexts if c.abstract_syntax == CTImageStorage]
+    assert len(storage) > 10 and all(len(c.transfer_syntax) == 1 for c in storage), "one per transfer syntax"
+    assert len({c.transfer_syntax[0] for c in storage}) == len(storage)
+
+
+@pytest.mark.parametrize("count_completeness", [False, True], ids=["no-source-count", "source-count"])
+def test_a_c_move_over_one_association_per_transfer_syntax_completes_the_study_once(
+    settings: Settings, orthanc: LocalOrthanc, tmp_path: Path, count_completeness: bool
+) -> None:
+    """Orthanc opens one C-MOVE sub-association per transfer syntax: no release completes the study;
+    the end of the C-MOVE with every instance indexed does (or the source's count, reached then)."""
+    configured = _configure(settings, orthanc.dicom_port, count_completeness=count_completeness)
+    files = _study_in_every_syntax(tmp_path / "ts", accession="RQ0091", patient_id="PAT-MV")
+    study_uid = _uid(files)
+    _upload(orthanc, files)
+    queued: list[Job] = []
+    listener = Listener(configured, queued.append)
+    listener.start()
+    try:
+        report = run_fetch(configured, "pacs", accession_number="RQ0091", enqueue=queued.append)
+        kinds = _event_kinds(listener.db, study_uid)
+    finally:
+        listener.stop()
+    (study,) = report.studies
+    assert report.ok, study.reason
+    assert (study.retrieved, study.here_after) == (len(files), len(files))
+    assert study.completion_trigger in ({"retrieve", "source-count"} if count_completeness else {"retrieve"})
+    assert kinds == ["study-complete", "job-queued"], "completed once, with every instance here"
+    assert [len(job.series_instance_uids) for job in queued] == [1]
+
+
+def test_fetch_over_dicom_tls(settings: Settings, tmp_path: Path) -> None:
+    """C-FIND and C-GET to a source that takes TLS only, with a client certificate."""
+    pki = make_pki(tmp_path / "pki")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(pki.server_cert, pki.server_key)
+    server.load_verify_locations(pki.ca)
+    server.verify_mode = ssl.CERT_REQUIRED
+    study_uid, files = write_study(tmp_path / "ct", seed=82, shape=(8, 32, 32), accession_number="RQ0082")
+    source = PynetdicomSource(files, ssl_context=server)
+    source.start()
+    tls = OutboundTLSSettings(ca_bundle=pki.ca, certificate=pki.client_cert, private_key=pki.client_key)
+    try:
+        configured = _configure(settings, source.port, source_ae=source.ae_title, retrieve="c-get", tls=tls)
+        report = run_fetch(configured, "pacs", accession_number="RQ0082", enqueue=lambda job: None)
+        plain = _configure(settings, source.port, source_ae=source.ae_title, retrieve="c-get")
+        with pytest.raises(FetchFailed, match=r"aborted the association request|is not reachable"):
+            run_fetch(plain, "pacs", accession_number="RQ0082")
+    finally:
+        source.stop()
+    (study,) = report.studies
+    assert report.ok and study.study_instance_uid == study_uid
+    assert (study.retrieved, study.here_after) == (len(files), len(files))

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import zlib
 from pathlib import Path
 
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom.dsutils import encode
 
 from hounsfield.db import Database
 from hounsfield.dicom_status import Status
+from hounsfield.listener import storage
 from hounsfield.listener.completeness import CompletenessTracker
 from hounsfield.listener.storage import Origin, StoreContext, receive_instance
+from hounsfield.logs import Throttle
 from hounsfield.store import StudyStore
 from tests.support import bare_ct
 
@@ -47,3 +52,47 @@ def test_dataset_in_its_own_syntax_is_stored(context: StoreContext) -> None:
         )
         assert received.ok, received.reason
     assert len(list(context.store.root.rglob("*.dcm"))) == 2
+
+
+def test_a_flood_of_refusals_logs_a_few_lines(
+    context: StoreContext, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(storage, "_REFUSALS_LOG", Throttle(burst=20, interval_s=60.0))
+    with caplog.at_level(logging.WARNING, logger="hounsfield.listener.storage"):
+        for _ in range(500):
+            received = receive_instance(context, b"\x08\x00", ExplicitVRLittleEndian, Origin("t", "MOD", "HF"))
+            assert received.status == Status.CANNOT_UNDERSTAND
+    assert len(caplog.records) == 20, "500 refusals, 20 lines a minute"
+
+
+def test_deflated_datasets_are_inflated_no_further_than_the_setting(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'index.db'}")
+    db.create_schema()
+    tracker = CompletenessTracker(lambda event: None, complete_on_release=True, quiet_period_s=60)
+    small = StoreContext(StudyStore(tmp_path / "store"), db, tracker, max_inflated=1 << 20)
+    ds = bare_ct()
+    ds.add_new(0x00091010, "OB", b"\x00" * (4 << 20))  # 4 MiB of zeros: a 4 KiB deflate stream
+    deflater = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    data = deflater.compress(bytes(encode(ds, False, True))) + deflater.flush()
+    received = receive_instance(small, data, DeflatedExplicitVRLittleEndian, Origin("t", "MOD", "HF"))
+    assert received.status == Status.CANNOT_UNDERSTAND
+    assert "inflates to more than 1 MiB (listener.max_inflated_mb)" in received.reason
+    assert not list(small.store.root.rglob("*.dcm"))
+    roomy = dataclasses.replace(small, max_inflated=8 << 20)
+    assert receive_instance(roomy, data, DeflatedExplicitVRLittleEndian, Origin("t", "MOD", "HF")).ok
+
+
+@pytest.mark.parametrize("tail", [b"\n", b"\x00\x00", b" x", b"\t"])
+def test_a_uid_with_trailing_garbage_is_refused_not_cleaned_up(context: StoreContext, tail: bytes) -> None:
+    """The file used to be named after the UID with its garbage trimmed, while the file kept the raw value."""
+    ds = bare_ct()
+    del ds.SOPInstanceUID
+    raw = b"1.2.826.0.1.3680043.8.498.12345" + tail
+    data = bytes(encode(ds, False, True)) + b"\x08\x00\x18\x00UI" + len(raw).to_bytes(2, "little") + raw
+    received = receive_instance(context, data, ExplicitVRLittleEndian, Origin("t", "MOD", "HF"))
+    assert received.status == Status.DATASET_MISMATCH
+    assert received.reason == "SOPInstanceUID is not a valid UID"
+    assert not list(context.store.root.rglob("*.dcm"))
+    padded = b"1.2.826.0.1.3680043.8.498.12345\x00"  # one pad byte, as the standard writes it
+    data = bytes(encode(ds, False, True)) + b"\x08\x00\x18\x00UI" + len(padded).to_bytes(2, "little") + padded
+    assert receive_instance(context, data, ExplicitVRLittleEndian, Origin("t", "MOD", "HF")).ok

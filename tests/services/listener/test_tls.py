@@ -1,6 +1,6 @@
 """DICOM over TLS on the listener's second port, with dcmtk (storescu/echoscu +tls) and Python's ssl.
 
-A throw-away CA, server and client certificates are made with the openssl command for each run.
+A throw-away CA, server and client certificates are made for each run (``tests.pki``).
 """
 
 from __future__ import annotations
@@ -11,81 +11,35 @@ import socket
 import ssl
 import struct
 import subprocess
+import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
-from hounsfield.config import Settings, TLSSettings
+from hounsfield.config import ListenerSettings, Settings, SourceSettings, TLSSettings
 from hounsfield.db import Instance
 from hounsfield.demo.orthanc import free_port
 from hounsfield.listener.server import Listener
+from tests.pki import PKI, make_pki
 from tests.support import write_study
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
-@dataclass(frozen=True)
-class PKI:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-    rogue_cert: Path
-    """A client certificate signed by a CA the listener does not trust."""
-    rogue_key: Path
-
-
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-
-def _issue(folder: Path, name: str, ca: tuple[Path, Path], subject: str, extensions: str) -> tuple[Path, Path]:
-    key, csr, cert, ext = (folder / f"{name}{suffix}" for suffix in (".key", ".csr", ".crt", ".ext"))
-    ext.write_text(extensions)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", subject)
-    _openssl(
-        "x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
-        "-out", str(cert), "-days", "2", "-extfile", str(ext),
-    )  # fmt: skip
-    return cert, key
-
-
-def _ca(folder: Path, name: str) -> tuple[Path, Path]:
-    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
-    _openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
-        "-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=keyCertSign",
-    )  # fmt: skip
-    return cert, key
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    folder = tmp_path_factory.mktemp("pki")
-    ca, rogue_ca = _ca(folder, "test-ca"), _ca(folder, "rogue-ca")
-    server = _issue(
-        folder,
-        "server",
-        ca,
-        "/CN=localhost",
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    client = _issue(folder, "client", ca, "/CN=MODALITY", "extendedKeyUsage=clientAuth\n")
-    rogue = _issue(folder, "rogue", rogue_ca, "/CN=ROGUE", "extendedKeyUsage=clientAuth\n")
-    return PKI(ca[0], *server, *client, *rogue)
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
 def tls_listener(settings: Settings, pki: PKI) -> Iterator[Callable[..., Listener]]:
     started: list[Listener] = []
 
-    def start(**tls: Any) -> Listener:
+    def start(listener_update: dict[str, Any] | None = None, **tls: Any) -> Listener:
         options: dict[str, Any] = {
             "port": free_port(),
             "certificate": pki.server_cert,
@@ -94,7 +48,7 @@ def tls_listener(settings: Settings, pki: PKI) -> Iterator[Callable[..., Listene
             "require_client_certificate": True,
             **tls,
         }
-        update = {"tls": TLSSettings(**options), "port": free_port()}
+        update = {"tls": TLSSettings(**options), "port": free_port(), **(listener_update or {})}
         listener_settings = settings.listener.model_copy(update=update)
         running = Listener(settings.model_copy(update={"listener": listener_settings}), [].append)
         running.start()
@@ -104,6 +58,11 @@ def tls_listener(settings: Settings, pki: PKI) -> Iterator[Callable[..., Listene
     yield start
     for running in started:
         running.stop()
+
+
+def _rogue(pki: PKI) -> tuple[str, ...]:
+    """echoscu's options for a client certificate from a CA the listener does not trust."""
+    return ("+tls", str(pki.rogue_client_key), str(pki.rogue_client_cert), "+cf", str(pki.ca))
 
 
 def _tls_port(listener: Listener) -> int:
@@ -146,7 +105,9 @@ def test_a_client_without_a_certificate_is_refused_when_one_is_required(
     listener = tls_listener()
     anonymous = _dcmtk("echoscu", listener, "+tla", "+cf", str(pki.ca))
     assert anonymous.returncode != 0
-    rogue = _dcmtk("echoscu", listener, "+tls", str(pki.rogue_key), str(pki.rogue_cert), "+cf", str(pki.ca))
+    rogue = _dcmtk(
+        "echoscu", listener, "+tls", str(pki.rogue_client_key), str(pki.rogue_client_cert), "+cf", str(pki.ca)
+    )
     assert rogue.returncode != 0, "a certificate from an untrusted CA is refused"
 
 
@@ -156,7 +117,9 @@ def test_a_client_without_a_certificate_is_served_when_none_is_required(
     listener = tls_listener(require_client_certificate=False)
     anonymous = _dcmtk("echoscu", listener, "+tla", "+cf", str(pki.ca))
     assert anonymous.returncode == 0, anonymous.stderr
-    rogue = _dcmtk("echoscu", listener, "+tls", str(pki.rogue_key), str(pki.rogue_cert), "+cf", str(pki.ca))
+    rogue = _dcmtk(
+        "echoscu", listener, "+tls", str(pki.rogue_client_key), str(pki.rogue_client_cert), "+cf", str(pki.ca)
+    )
     assert rogue.returncode != 0, "a certificate that is presented is still verified"
 
 
@@ -200,3 +163,101 @@ def test_old_tls_versions_are_refused(tls_listener: Callable[..., Listener], pki
     _handshake(_tls_port(strict), pki, ssl.TLSVersion.TLSv1_3)
     with pytest.raises((ssl.SSLError, ConnectionError)):
         _handshake(_tls_port(strict), pki, ssl.TLSVersion.TLSv1_2)
+
+
+def _failures(listener: Listener, reason: str) -> float:
+    value = listener.metrics.registry.get_sample_value(
+        "hounsfield_listener_tls_handshake_failures_total", {"reason": reason}
+    )
+    return value or 0.0
+
+
+def test_failed_handshakes_are_logged_and_counted(
+    tls_listener: Callable[..., Listener], pki: PKI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncio's TLS server dropped failed handshakes without a word; each is now a line and a count."""
+    listener = tls_listener()
+    with caplog.at_level(logging.WARNING, logger="hounsfield.listener.engine.association"):
+        assert _dcmtk("echoscu", listener).returncode != 0  # plain DICOM to the TLS port
+        assert _dcmtk("echoscu", listener, "+tla", "+cf", str(pki.ca)).returncode != 0  # no client certificate
+        rogue = _dcmtk(
+            "echoscu", listener, "+tls", str(pki.rogue_client_key), str(pki.rogue_client_cert), "+cf", str(pki.ca)
+        )
+        assert rogue.returncode != 0
+        deadline = time.monotonic() + 5
+        while _failures(listener, "protocol") + _failures(listener, "certificate") < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert _failures(listener, "protocol") >= 1, "plain bytes on the TLS port"
+    assert _failures(listener, "certificate") >= 1, "a missing or untrusted client certificate"
+    assert _failures(listener, "protocol") + _failures(listener, "certificate") == 3
+    lines = [r.getMessage() for r in caplog.records if "TLS handshake from 127.0.0.1 failed" in r.getMessage()]
+    assert len(lines) == 3, lines
+
+
+def test_a_stalled_handshake_is_closed_after_the_request_timeout(
+    tls_listener: Callable[..., Listener],
+) -> None:
+    listener = tls_listener({"request_timeout_s": 1.0})
+    with socket.create_connection(("127.0.0.1", _tls_port(listener)), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, and no more
+        try:
+            while sock.recv(4096):
+                pass
+        except ConnectionError:
+            pass
+        assert time.monotonic() - started < 4
+    deadline = time.monotonic() + 5
+    while _failures(listener, "timeout") < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _failures(listener, "timeout") == 1
+
+
+def _outside_address() -> str | None:
+    """An address of this host that is not loopback (what a modality on the network would connect to)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.123", 9))  # a documentation address: no packet is sent for UDP connect
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+def test_tls_only_closes_the_plain_port_to_the_network(tls_listener: Callable[..., Listener], pki: PKI) -> None:
+    listener = tls_listener({"host": "0.0.0.0"}, only=True)
+    plain, secure = listener._server.ports if listener._server else (0, 0)
+    bound = {server.sockets[0].getsockname()[0] for server in listener._server._servers} if listener._server else set()
+    assert bound == {"127.0.0.1", "0.0.0.0"}, "the plain port on loopback only, the TLS port everywhere"
+    assert plain == listener.settings.listener.port and secure == _tls_port(listener)
+    readiness = _dcmtk("echoscu", listener, port=plain)
+    assert readiness.returncode == 0, "the pod's own readiness C-ECHO still reaches the plain port on loopback"
+    outside = _outside_address()
+    assert outside is not None, "this host has no address besides loopback to test from"
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((outside, plain), timeout=5).close()
+    argv = ["/usr/bin/echoscu", "+tls", str(pki.client_key), str(pki.client_cert), "+cf", str(pki.ca)]
+    argv += ["-aet", "MODALITY", "-aec", "HOUNSFIELD", outside, str(secure)]
+    proc = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, f"the TLS port serves the network: {proc.stderr}"
+
+
+def test_a_source_bound_to_its_certificate(tls_listener: Callable[..., Listener], pki: PKI) -> None:
+    """The client certificate names MODALITY: a source bound to that name is served over TLS only."""
+    bound = SourceSettings(ae_title="MODALITY", tls_client_names=["MODALITY"])
+    listener = tls_listener({"sources": {"ct": bound}, "open_mode": False})
+    tls = ("+tls", str(pki.client_key), str(pki.client_cert), "+cf", str(pki.ca))
+    assert _dcmtk("echoscu", listener, *tls).returncode == 0, "the certificate it is bound to"
+    plain = _dcmtk("echoscu", listener, port=listener.settings.listener.port)
+    assert plain.returncode != 0 and "Calling AE Title Not Recognized" in plain.stderr, "the same AE title over TCP"
+    other = tls_listener(
+        {"sources": {"ct": SourceSettings(ae_title="MODALITY", tls_client_names=["CT-2"])}, "open_mode": False}
+    )
+    refused = _dcmtk("echoscu", other, *tls)
+    assert refused.returncode != 0 and "Calling AE Title Not Recognized" in refused.stderr, "another certificate"
+
+
+def test_binding_a_source_needs_a_client_ca(pki: PKI) -> None:
+    tls = TLSSettings(port=free_port(), certificate=pki.server_cert, private_key=pki.server_key)
+    with pytest.raises(ValueError, match=r"tls_client_names, which needs tls\.client_ca"):
+        ListenerSettings(tls=tls, sources={"ct": {"ae_title": "MODALITY", "tls_client_names": ["MODALITY"]}})

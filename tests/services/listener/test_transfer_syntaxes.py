@@ -31,9 +31,12 @@ from hounsfield.db import Instance, Job
 from hounsfield.demo.orthanc import free_port
 from hounsfield.listener.server import Listener
 from hounsfield.worker.preflight import InputRejected, check_series
+from tests.dicom_standard import TRANSFER_SYNTAXES, StandardSyntax
 from tests.transfer_syntaxes import IMAGE_FACTORIES, SYNTAXES, Syntax, encode, pixels_match
 
 CALLED_AE = "HOUNSFIELD"
+ENCAPSULATED_UNCOMPRESSED = "1.2.840.10008.1.2.1.98"
+ExplicitVRBigEndian = str(uid.ExplicitVRBigEndian)
 
 
 @pytest.fixture(scope="module")
@@ -290,3 +293,56 @@ def test_preflight_reports_a_truncated_code_stream(tmp_path: Path) -> None:
         InputRejected, match=r"undecodable pixels: instance number 1 \(JPEG 2000 Image Compression \(Loss"
     ):
         check_series(ds.SeriesInstanceUID, "truncated", [path])
+
+
+# --- the set of transfer syntaxes, from the standard ----------------------------------------------------------------
+
+
+def _must_accept(syntax: StandardSyntax) -> bool:
+    """What the listener must do with each syntax of PS3.6 Table A-1 (``hounsfield.dicom_syntaxes`` says why):
+    store every current syntax that carries a dataset's pixels in it, and the retired Explicit VR Big
+    Endian that old modalities still send; refuse JPIP (the pixels are behind a URL), DICOM-RTV streams,
+    media formats, and the retired JPEG processes."""
+    if syntax.uid == ExplicitVRBigEndian:
+        return True
+    return not syntax.retired and syntax.kind in ("native", "deflated", "encapsulated")
+
+
+def test_the_transfer_syntaxes_accepted_are_the_standards(listener: Listener) -> None:
+    """Each syntax of the standard alone in a context of its own: accepted or refused as the standard's rules say."""
+    syntaxes = list(TRANSFER_SYNTAXES)
+    answers: dict[str, bool] = {}
+    for start in range(0, len(syntaxes), 64):
+        ae = AE(ae_title="SYNTAXES")
+        batch = syntaxes[start : start + 64]
+        for syntax in batch:
+            ae.add_requested_context(uid.CTImageStorage, [syntax.uid])
+        assoc = ae.associate("127.0.0.1", _port(listener), ae_title=CALLED_AE)
+        assert assoc.is_established
+        accepted = {context.transfer_syntax[0] for context in assoc.accepted_contexts}
+        assoc.release()
+        answers |= {syntax.uid: syntax.uid in accepted for syntax in batch}
+    wrong = [
+        f"{syntax.name} ({syntax.uid}): {'accepted' if answers[syntax.uid] else 'refused'}"
+        for syntax in syntaxes
+        if answers[syntax.uid] != _must_accept(syntax)
+    ]
+    assert not wrong, wrong
+
+
+def test_encapsulated_uncompressed_is_stored_as_sent(listener: Listener, tmp_path: Path) -> None:
+    """1.2.840.10008.1.2.1.98: each frame its own fragment (dcmtk 3.6.7 and pydicom's encoders predate it)."""
+    original = IMAGE_FACTORIES["MultiFrameWordSC"](7)
+    frames = int(original.get("NumberOfFrames", 1))
+    size = len(original.PixelData) // frames
+    original.PixelData = encapsulate([original.PixelData[i * size : (i + 1) * size] for i in range(frames)])
+    original["PixelData"].VR = "OB"
+    original["PixelData"].is_undefined_length = True
+    original.file_meta.TransferSyntaxUID = ENCAPSULATED_UNCOMPRESSED
+    sent = tmp_path / "encapsulated.dcm"
+    original.save_as(sent, enforce_file_format=True)
+    syntax = Syntax("EncapsulatedUncompressedExplicitVRLittleEndian", UID(ENCAPSULATED_UNCOMPRESSED), True, "pydicom")
+    _pynetdicom(listener, sent, original.SOPClassUID, syntax)
+    row = _indexed(listener, original.SOPInstanceUID)
+    assert row.transfer_syntax_uid == ENCAPSULATED_UNCOMPRESSED
+    assert _dataset_bytes(Path(row.path)) == _dataset_bytes(sent), "stored as sent"

@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi import HTTPException
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from typer.testing import CliRunner
@@ -21,6 +26,7 @@ from hounsfield.config import Settings
 from hounsfield.db import Database
 from hounsfield.db.access import ApiToken
 from hounsfield.registry.app import create_app
+from hounsfield.registry.auth import Authenticator
 from tests.support import bearer
 
 ISSUER, AUDIENCE = "https://idp.hospital.example/realms/radiology", "hounsfield-registry"
@@ -123,12 +129,17 @@ def test_every_write_is_in_the_audit_trail_for_admins_only(settings: Settings, t
     assert admin.get("/audit", headers=bearer(tokens[Role.RADIOLOGIST])).status_code == 403
 
 
+def _jwk(key: rsa.RSAPrivateKey, kid: str) -> dict[str, object]:
+    """``key``'s public half as a provider publishes it in its JWKS document."""
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    return public | {"kid": kid, "use": "sig", "alg": "RS256"}
+
+
 @pytest.fixture
 def provider(tmp_path: Path) -> tuple[rsa.RSAPrivateKey, Path]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
     jwks = tmp_path / "jwks.json"
-    jwks.write_text(json.dumps({"keys": [public | {"kid": "k1", "use": "sig", "alg": "RS256"}]}))
+    jwks.write_text(json.dumps({"keys": [_jwk(key, "k1")]}))
     return key, jwks
 
 
@@ -152,10 +163,182 @@ def test_jwts_from_the_configured_provider(settings: Settings, provider: tuple[r
     assert who(_jwt(key, roles=["nurse"]))[0] == 403
     assert who(_jwt(key, roles=["rad"], aud="someone-else"))[0] == 401
     assert who(_jwt(key, roles=["rad"], iss="https://evil.example"))[0] == 401
-    assert who(_jwt(key, roles=["rad"], exp=int(time.time()) - 10)) == (401, {"detail": "the JWT has expired"})
+    assert who(_jwt(key, roles=["rad"], exp=int(time.time()) - 60)) == (401, {"detail": "the JWT has expired"})
     assert who(_jwt(key, kid="unknown", roles=["rad"]))[0] == 401
     stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     assert who(_jwt(stranger, roles=["rad"]))[0] == 401, "signed by a key the provider does not publish"
+
+
+def test_clock_leeway(settings: Settings, provider: tuple[rsa.RSAPrivateKey, Path]) -> None:
+    """A token's times may be off this host's clock by ``leeway_s``, no more."""
+    key, jwks = provider
+    oidc = {"issuer": ISSUER, "audience": AUDIENCE, "jwks_file": jwks, "roles": {"rad": "radiologist"}}
+    now = int(time.time())
+    expired, early = _jwt(key, roles=["rad"], exp=now - 10), _jwt(key, roles=["rad"], nbf=now + 10)
+    for leeway, status in ((30, 200), (0, 401)):
+        configured = settings.model_validate(
+            settings.model_dump() | {"registry": {"oidc": oidc | {"leeway_s": leeway}}}
+        )
+        client = TestClient(create_app(configured))
+        assert client.get("/whoami", headers=bearer(expired)).status_code == status, f"expired 10 s ago, {leeway=}"
+        assert client.get("/whoami", headers=bearer(early)).status_code == status, f"valid in 10 s, {leeway=}"
+
+
+class _JwksServer:
+    """An identity provider's key endpoint on 127.0.0.1 (a real HTTP server in a thread): serves the
+    keys last published, each answer ``delay_s`` late, and counts the fetches."""
+
+    def __init__(self) -> None:
+        self.document: dict[str, object] = {"keys": []}
+        self.fetches = 0
+        self.delay_s = 0.0
+        self._counting = threading.Lock()
+        served = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                with served._counting:
+                    served.fetches += 1
+                time.sleep(served.delay_s)
+                body = json.dumps(served.document).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/realms/radiology/protocol/openid-connect/certs"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def publish(self, **keys: rsa.RSAPrivateKey) -> None:
+        self.document = {"keys": [_jwk(key, kid) for kid, key in keys.items()]}
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+@pytest.fixture
+def jwks_server() -> Iterator[_JwksServer]:
+    server = _JwksServer()
+    yield server
+    server.close()
+
+
+class _Clock:
+    """Monotonic seconds that move only when the test moves them."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _served_oidc(settings: Settings, url: str) -> Settings:
+    oidc = {"issuer": ISSUER, "audience": AUDIENCE, "jwks_url": url, "roles": {"rad": "radiologist"}}
+    return settings.model_validate(settings.model_dump() | {"registry": {"oidc": oidc | {"jwks_refresh_min_s": 60}}})
+
+
+def test_a_rotated_key_is_fetched_from_the_provider_once(settings: Settings, jwks_server: _JwksServer) -> None:
+    old, new = (rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2))
+    jwks_server.publish(k1=old)
+    configured = _served_oidc(settings, jwks_server.url)
+    app = create_app(configured)
+    assert jwks_server.fetches == 1, "fetched at start"
+    clock = _Clock()
+    assert configured.registry.oidc is not None
+    app.state.auth = Authenticator(app.state.db, configured.registry.oidc, clock=clock)  # the same, on our clock
+    assert jwks_server.fetches == 2
+    client = TestClient(app)
+
+    def status(token: str) -> int:
+        return client.get("/whoami", headers=bearer(token)).status_code
+
+    assert status(_jwt(old, roles=["rad"])) == 200 and jwks_server.fetches == 2, "a known key id: no fetch"
+    jwks_server.publish(k2=new)  # the provider rotates its key
+    assert status(_jwt(new, kid="k2", roles=["rad"])) == 401, "within jwks_refresh_min_s of the last fetch"
+    assert jwks_server.fetches == 2
+    clock.now += 60
+    assert status(_jwt(new, kid="k2", roles=["rad"])) == 200, "accepted after one fetch"
+    assert jwks_server.fetches == 3
+    assert status(_jwt(new, kid="k2", roles=["rad"])) == 200 and jwks_server.fetches == 3, "now known"
+    assert status(_jwt(old, roles=["rad"])) == 401, "a key the provider no longer publishes"
+    assert status(_jwt(new, kid="k3", roles=["rad"])) == 401, "a key id still unknown after the fetch"
+    assert jwks_server.fetches == 3
+
+
+def test_unknown_key_ids_make_at_most_one_fetch_per_interval(settings: Settings, jwks_server: _JwksServer) -> None:
+    """A flood of JWTs with made-up key ids, from many threads at once, while the provider answers slowly;
+    then tokens signed with a rotated key, all at once: one fetch, and those that came during it wait for it."""
+    key, forger = (rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2))
+    jwks_server.publish(k1=key)
+    oidc = _served_oidc(settings, jwks_server.url).registry.oidc
+    assert oidc is not None
+    clock = _Clock()
+    authenticator = Authenticator(Database(settings.sqlalchemy_url), oidc, clock=clock)
+    assert jwks_server.fetches == 1
+    jwks_server.delay_s = 0.2  # the others arrive while a fetch is under way
+    forged = [_jwt(forger, kid=f"forged-{i}", roles=["rad"]) for i in range(64)]
+
+    def refused(token: str) -> int:
+        with pytest.raises(HTTPException) as caught:
+            authenticator.authenticate(token)
+        return caught.value.status_code
+
+    def flood() -> None:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            assert set(pool.map(refused, forged)) == {401}
+
+    flood()
+    assert jwks_server.fetches == 1, "within jwks_refresh_min_s of the start: no fetch"
+    clock.now += 60
+    flood()
+    assert jwks_server.fetches == 2, "one fetch for the whole flood"
+    clock.now += 59
+    flood()
+    assert jwks_server.fetches == 2
+    clock.now += 1
+    flood()
+    assert jwks_server.fetches == 3
+    assert authenticator.authenticate(_jwt(key, roles=["rad"])).subject == "dr.who", "the provider's keys still work"
+
+    rotated = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwks_server.publish(k2=rotated)
+    clock.now += 60
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        tokens = [_jwt(rotated, kid="k2", roles=["rad"]) for _ in range(32)]
+        accepted = list(pool.map(lambda token: authenticator.authenticate(token).subject, tokens))
+    assert accepted == ["dr.who"] * 32, "those that came during the fetch waited for its keys"
+    assert jwks_server.fetches == 4
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://idp.hospital.example/realms/radiology/protocol/openid-connect/certs",
+        "http://10.1.2.3/certs",
+        "http://[fe80::1]/certs",
+        "file:///etc/hounsfield/jwks.json",
+        "idp.hospital.example/certs",
+    ],
+)
+def test_a_key_url_must_be_https_unless_on_loopback(settings: Settings, url: str) -> None:
+    with pytest.raises(SignInImpossible, match="jwks_url must use https"):
+        create_app(_served_oidc(settings, url))
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "[::1]", "localhost", "LOCALHOST"])
+def test_plain_http_is_taken_on_loopback(settings: Settings, host: str) -> None:
+    """Refused for another reason: nothing answers there (port 1)."""
+    with pytest.raises(SignInImpossible, match="keys cannot be loaded"):
+        create_app(_served_oidc(settings, f"http://{host}:1/certs"))
 
 
 def test_cli_makes_lists_and_revokes_tokens(settings: Settings, tmp_path: Path) -> None:

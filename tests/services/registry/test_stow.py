@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import shutil
 import socket
 import subprocess
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pydicom
@@ -18,6 +22,7 @@ import pytest
 import uvicorn
 from dicomweb_client.api import DICOMwebClient
 from fastapi.testclient import TestClient
+from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset, read_preamble
 from pydicom.filewriter import write_dataset
@@ -28,8 +33,11 @@ from sqlalchemy import func, select
 from hounsfield.access import Role
 from hounsfield.config import Settings
 from hounsfield.db import Database, Event, Instance, Job, Series, Study, StudyState
+from hounsfield.db.access import AuditEntry
 from hounsfield.demo.orthanc import free_port
-from hounsfield.listener.storage import part10_bytes
+from hounsfield.dicom_status import Status
+from hounsfield.listener.storage import Received, part10_bytes
+from hounsfield.registry import stow as stow_api
 from hounsfield.registry.app import create_app
 from tests.support import Order, bearer, wait_for, write_study
 
@@ -472,3 +480,183 @@ def test_each_stored_instance_was_synced_before_the_answer(
         recorded.add("answered", uid)  # the answer had left when the client saw it: every fsync before counts
     recorded.assert_files_synced_before("answered", settings.data_dir / "studies")
     assert len(_referenced(answer.json())) == len(files)
+
+
+def _empty_parts(count: int) -> bytes:
+    """``count`` empty parts without headers under boundary ``b``: 9 bytes each, as the outside review sent them."""
+    return b"--b\r\n\r\n" + b"\r\n--b\r\n\r\n" * (count - 1) + b"\r\n--b--\r\n"
+
+
+def _capped(settings: Settings, parts: int) -> Settings:
+    return settings.model_copy(update={"registry": settings.registry.model_copy(update={"max_stow_parts": parts})})
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _stow_audit(db: Database) -> list[AuditEntry]:
+    with db.session() as session:
+        rows = list(
+            session.scalars(select(AuditEntry).where(AuditEntry.action == "stow.store").order_by(AuditEntry.id))
+        )
+        session.expunge_all()
+        return rows
+
+
+def test_parts_beyond_max_stow_parts_are_413_before_they_are_parsed(
+    stow: tuple[TestClient, list[Job], Database], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outside review's body: 250,000 empty parts in 2.25 MB. Refused at part 10,001 (the default
+    ``registry.max_stow_parts``): the parts beyond it are never opened, and the request's allocations stay
+    a few MiB, not the hundreds a per-part outcome and response item cost."""
+    client, _, _ = stow
+    opened = 0
+    split = stow_api._split_part10
+
+    def counted(head: bytearray) -> tuple[Dataset, int]:
+        nonlocal opened
+        opened += 1
+        return split(head)
+
+    monkeypatch.setattr(stow_api, "_split_part10", counted)
+    body = _empty_parts(250_000)
+    tracemalloc.start()
+    try:
+        answer = client.post(
+            "/dicomweb/studies",
+            content=body,
+            headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'},
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert answer.status_code == 413, answer.text[:200]
+    assert "more than 10000 parts (registry.max_stow_parts)" in answer.json()["detail"]
+    assert opened == 10_000, "every part up to the limit counts, empty ones too; none beyond it is parsed"
+    assert peak < 16 << 20, f"{peak / 2**20:.1f} MiB allocated at the peak"
+
+
+def test_parts_complete_before_the_part_limit_stay_stored(
+    settings: Settings, sender: dict[str, str], tmp_path: Path
+) -> None:
+    """``registry.max_stow_parts`` parts are taken; at the next one the request is 413, the parts before it kept."""
+    capped = _capped(settings, 3)
+    _, files = write_study(tmp_path / "ct", seed=37, shape=(5, 16, 16))
+    with TestClient(create_app(capped, enqueue=lambda job: None), headers=sender) as client:
+        at_limit = client.post(
+            "/dicomweb/studies", content=_body([f.read_bytes() for f in files[:3]]), headers={"Content-Type": STOW_TYPE}
+        )
+        beyond = client.post(
+            "/dicomweb/studies", content=_body([f.read_bytes() for f in files]), headers={"Content-Type": STOW_TYPE}
+        )
+        with_a_bad_one = client.post(
+            "/dicomweb/studies",
+            content=_body([b"", *[f.read_bytes() for f in files[3:]]]),
+            headers={"Content-Type": STOW_TYPE},
+        )
+    assert at_limit.status_code == 200, "the closing boundary is no part"
+    assert beyond.status_code == 413
+    detail = beyond.json()["detail"]
+    assert "more than 3 parts (registry.max_stow_parts)" in detail
+    assert "3 instance(s) complete before that were stored" in detail
+    assert with_a_bad_one.status_code == 202, "an empty part counts, and fails alone"
+    assert _instance_count(Database(capped.sqlalchemy_url)) == 5
+
+
+def test_refusals_are_logged_a_few_then_counted(
+    stow: tuple[TestClient, list[Job], Database], caplog: pytest.LogCaptureFixture
+) -> None:
+    """500 bad parts: the first eight refusals are logged, then one line counts the rest."""
+    client, _, _ = stow
+    parts = [b"not a DICOM file", b""] * 250
+    with caplog.at_level(logging.WARNING, logger="hounsfield.registry.stow"):
+        answer = client.post("/dicomweb/studies", content=_body(parts), headers={"Content-Type": STOW_TYPE})
+    assert answer.status_code == 409
+    assert len(answer.json()[FAILED]["Value"]) == 500
+    lines = [
+        r.getMessage() for r in caplog.records if r.name == "hounsfield.registry.stow" and r.levelno >= logging.WARNING
+    ]
+    assert len(lines) == 9, lines
+    assert lines[:8] == ["STOW-RS part refused (0xC210): a part is not a DICOM Part 10 file"] * 8
+    assert "492 more part(s) refused" in lines[8]
+
+
+def test_the_answer_to_many_failed_parts_is_bounded(
+    settings: Settings, sender: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At most ``registry.max_stow_parts`` items in FailedSOPSequence, a few Warning headers, and the
+    answer is built off the event loop; beyond the limit the answer is a short 413."""
+    built_on_loop: list[bool] = []
+    respond = stow_api.stow_response
+
+    def spied(*args: Any) -> Any:
+        built_on_loop.append(_on_event_loop())
+        return respond(*args)
+
+    monkeypatch.setattr(stow_api, "stow_response", spied)
+    json_part = f"--{BOUNDARY}\r\nContent-Type: application/dicom+json\r\n\r\n[{{}}]\r\n".encode()
+    with TestClient(create_app(_capped(settings, 5000), enqueue=lambda job: None), headers=sender) as client:
+        body = json_part * 2500 + _body([b"not a DICOM file"] * 2500)
+        tracemalloc.start()
+        try:
+            at_limit = client.post("/dicomweb/studies", content=body, headers={"Content-Type": STOW_TYPE})
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        beyond = client.post(
+            "/dicomweb/studies", content=_body([b"not a DICOM file"] * 50_000), headers={"Content-Type": STOW_TYPE}
+        )
+    assert at_limit.status_code == 409
+    assert len(at_limit.json()[FAILED]["Value"]) == 5000
+    assert len(at_limit.content) < 5000 * 128, "about 90 bytes per failed part"
+    warnings = at_limit.headers.get_list("warning")
+    assert len(warnings) == 2 and all(len(w) < 256 for w in warnings)
+    assert peak < 8 << 20, f"{peak / 2**20:.1f} MiB allocated at the peak"
+    assert beyond.status_code == 413 and len(beyond.content) < 512
+    assert "warning" not in beyond.headers
+    assert built_on_loop == [False], "the DICOM JSON answer is built off the event loop (and only when one is sent)"
+
+
+def test_distinct_warnings_are_kept_up_to_a_bound() -> None:
+    """Past eight distinct reasons a failed part costs no warning text: neither kept nor sent."""
+    outcomes = stow_api.StowOutcomes()
+    for n in range(1000):
+        outcomes.add(Received(Status.CANNOT_UNDERSTAND, f"reason number {n}"))
+    assert len(outcomes.warnings) == 8
+    answer = stow_api.stow_response(outcomes, "http://testserver/", None)
+    assert answer.status_code == 409
+    assert answer.headers.getlist("warning") == [f"299 hounsfield: reason number {n} (C210)" for n in range(8)]
+
+
+def test_each_request_that_stored_something_is_audited(
+    stow: tuple[TestClient, list[Job], Database], tmp_path: Path
+) -> None:
+    """One ``stow.store`` row per request that stored something (a refused one too: its parts stayed
+    stored), the sender's token as the actor, counts only (never patient data); none when nothing was."""
+    client, _, db = stow
+    study_uid, files = write_study(tmp_path / "a", seed=38, shape=(3, 16, 16))
+    _, others = write_study(tmp_path / "b", seed=39, shape=(1, 16, 16))
+    sent = [f.read_bytes() for f in files]
+
+    one_study = client.post("/dicomweb/studies", content=_body(sent[:2]), headers={"Content-Type": STOW_TYPE})
+    several = client.post(
+        "/dicomweb/studies",
+        content=_body([sent[0], sent[2], others[0].read_bytes(), b"not DICOM"]),
+        headers={"Content-Type": STOW_TYPE},
+    )
+    nothing = client.post("/dicomweb/studies", content=_body([b"not DICOM"]), headers={"Content-Type": STOW_TYPE})
+    cut = client.post("/dicomweb/studies", content=_body(sent, closed=False), headers={"Content-Type": STOW_TYPE})
+
+    assert (one_study.status_code, several.status_code, nothing.status_code, cut.status_code) == (200, 202, 409, 400)
+    rows = _stow_audit(db)
+    assert [(r.actor, r.actor_role, r.via, r.entity) for r in rows] == [("test-sender", "sender", "token", "study")] * 3
+    assert [(r.entity_id, r.before, r.after) for r in rows] == [
+        (study_uid, None, {"stored": 2, "duplicates": 0, "failed": 0, "studies": 1}),
+        ("several", None, {"stored": 3, "duplicates": 1, "failed": 1, "studies": 2}),
+        (study_uid, None, {"stored": 2, "duplicates": 2, "failed": 0, "studies": 1}),  # 400, the parts before it kept
+    ]
