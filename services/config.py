@@ -187,8 +187,10 @@ class ListenerSettings(_Strict):
     """Declare a study complete when the association that sent it is released."""
     quiet_period_s: float = Field(30.0, gt=0)
     """Fallback for senders that spread a study over several associations (or abort)."""
-    acse_timeout_s: float = Field(30.0, gt=0)
-    """How long an association release may take."""
+    acse_timeout_s: float = Field(2.0, gt=0, le=60)
+    """After the listener's last PDU (A-RELEASE-RP, A-ASSOCIATE-RJ, A-ABORT), how long the peer has to
+    close the connection before the listener does (PS3.8's ARTIM timer); a connection that was never
+    associated still counts against ``max_pending_*`` meanwhile."""
     request_timeout_s: float = Field(10.0, gt=0, le=120)
     """A connection must have sent its whole A-ASSOCIATE-RQ (after its TLS handshake) within this, or
     it is closed."""

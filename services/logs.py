@@ -53,6 +53,10 @@ def _redact(summary: traceback.TracebackException, exc: BaseException | None, se
         summary.__notes__ = None
     _redact_next(summary.__cause__, exc.__cause__, seen)
     _redact_next(summary.__context__, exc.__context__, seen)
+    for inner_summary, inner in zip(
+        getattr(summary, "exceptions", None) or (), getattr(exc, "exceptions", ()), strict=False
+    ):
+        _redact(inner_summary, inner, seen)  # an exception group's members
 
 
 def _redact_next(summary: traceback.TracebackException | None, exc: BaseException | None, seen: set[int]) -> None:
@@ -89,11 +93,11 @@ class OneLineFormatter(logging.Formatter):
 
 
 class _LibraryValuesWithheld(logging.Filter):
-    """pydicom warns with the offending value quoted (``Invalid value for VR PN: 'Doe^Jane'``): keep
-    what it says, not the value."""
+    """pydicom warns with the offending value quoted (``Invalid value for VR PN: 'Doe^Jane'``), through its
+    logger and through :mod:`warnings` (captured into ``py.warnings``): keep what it says, not the value."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == "pydicom" or record.name.startswith("pydicom."):
+        if record.name in ("pydicom", "py.warnings") or record.name.startswith("pydicom."):
             text = record.getMessage()
             cut = min((index for index in (text.find("'"), text.find('"')) if index >= 0), default=-1)
             if cut >= 0:
@@ -107,6 +111,10 @@ def setup_logging(level: str = "INFO", process: str = "hounsfield", *, stream: T
     handler.addFilter(_LibraryValuesWithheld())
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    # A library's warnings reach stderr through the same filter, on one line (captured afresh: whoever
+    # replaced warnings.showwarning since, a test runner say, is replaced in turn).
+    logging.captureWarnings(False)
+    logging.captureWarnings(True)
     root.setLevel(level)
     # pynetdicom's DEBUG output dumps C-FIND identifiers (patient names): never below WARNING here.
     for noisy in ("pynetdicom", "celery", "kombu", "httpx", "uvicorn.access"):

@@ -203,3 +203,12 @@ class Order:
             files = [Path(what) for what in before if Path(what).name.startswith(".incoming-")]
             assert any(path.parent == stored.parent for path in files), f"{uid}: its file was not synced first"
             assert str(stored.parent) in before, f"{uid}: its folder was not synced before the {answer}"
+
+
+def with_raw_value(data: bytes, tag: bytes, raw: bytes) -> bytes:
+    """``data`` (an explicit VR little endian dataset) with its short-VR top-level element whose first bytes
+    are ``tag`` (``b"\\x08\\x00\\x18\\x00UI"``) holding exactly ``raw``, as a sender might: pydicom would
+    tidy such a value as it writes it."""
+    at = data.index(tag)
+    length = int.from_bytes(data[at + 6 : at + 8], "little")
+    return data[: at + 6] + len(raw).to_bytes(2, "little") + raw + data[at + 8 + length :]

@@ -16,11 +16,13 @@ from contextlib import contextmanager
 from typing import Literal
 
 from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hounsfield.db.engine import make_engine
 from hounsfield.db.migrate import migrated_tables, upgrade
 from hounsfield.db.models import Base, Event, Instance, Job, JobState, Result, Series, Study, StudyState, utcnow
+from hounsfield.errors import Invalid
 
 __all__ = [
     "Base",
@@ -79,9 +81,17 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session that commits on success and rolls back on error."""
+        """A session that commits on success and rolls back on error.
+
+        A value the database cannot hold (a NUL character in text on PostgreSQL, a number beyond its
+        column) is the caller's mistake, not the database's: :class:`~hounsfield.errors.Invalid` (422
+        from the registry), never a server error.
+        """
         with self._sessions() as session, session.begin():
-            yield session
+            try:
+                yield session
+            except DataError as exc:
+                raise Invalid("request", f"a value the database cannot store ({_data_error(exc)})") from exc
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -91,6 +101,16 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _data_error(exc: DataError) -> str:
+    """Which kind of value the database refused, in our words (its own message may quote the value)."""
+    text_ = str(exc.orig).lower()
+    if "nul" in text_ or "0x00" in text_:
+        return "a NUL character in text"
+    if "out of range" in text_:
+        return "a number out of range"
+    return "a value of the wrong form"
 
 
 def ping(session: Session) -> None:

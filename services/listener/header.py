@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import struct
-import warnings
 import zlib
 from collections.abc import Iterable
 from typing import Any, BinaryIO, Protocol
@@ -46,6 +45,9 @@ __all__ = [
 ]
 
 _MAX_DEPTH = 64
+_MAX_PARTS = 4_000_000
+"""Elements, items and fragments in one dataset: bounds the walk's time (about a second per million),
+which a small deflate stream could otherwise make long (an RT structure set holds tens of thousands)."""
 _MAX_VALUE = 64 << 10
 """The longest indexed value read (an indexed element is a few dozen bytes)."""
 _CHUNK = 256 << 10
@@ -77,8 +79,8 @@ class SyntaxNotStored(DatasetMalformed):
     """The transfer syntax is not one the listener stores (:data:`hounsfield.dicom_syntaxes.STORED`)."""
 
 
-class _Truncated(Exception):
-    """The bytes ended before what the stream announced."""
+class _Truncated(HounsfieldError):
+    """Internal: the bytes ended before what the stream announced (always turned into DatasetMalformed)."""
 
 
 def _tag(tag: int) -> str:
@@ -147,12 +149,13 @@ class _Inflating:
         while size > 0 and not self._ended:
             if not self._pending:
                 self._pending = self._compressed.read(_CHUNK)
-                if not self._pending:
-                    raise DatasetMalformed("the deflate stream ends before its last block")
             try:
+                # With no input left, zlib may still hold output it kept back for the size limit.
                 out = self._inflater.decompress(self._pending, size)
             except zlib.error:
                 raise DatasetMalformed("the deflate stream is corrupt") from None
+            if not out and not self._pending and not self._inflater.eof:
+                raise DatasetMalformed("the deflate stream ends before its last block")
             self._pending = self._inflater.unconsumed_tail
             self._inflated += len(out)
             if self._inflated > self._limit:
@@ -277,12 +280,13 @@ class _Walk:
         self._wanted = wanted
         self.found: dict[int, tuple[bytes | None, bytes]] = {}
         self.mode = _Mode(explicit=not syntax.implicit_vr, little=not syntax.big_endian)
+        self._parts = 0
 
     def dataset(self) -> None:
         self._check_encoding()
-        w, mode = self._w, self.mode
+        w, mode, previous = self._w, self.mode, -1
         while not w.at_end():
-            self._element(mode, 0, None, top=True)
+            previous = self._element(mode, 0, None, previous, top=True)
 
     def _check_encoding(self) -> None:
         """pydicom's own test: the first element's VR field names a VR exactly when VRs are explicit."""
@@ -297,8 +301,13 @@ class _Walk:
             found = "explicit" if looks_explicit else "implicit"
             raise EncodingMismatch(f"the dataset is encoded with {found} VR, not as its transfer syntax says")
 
-    def _header(self, mode: _Mode) -> tuple[int, int]:
-        """An item or delimiter header: (tag, length)."""
+    def _counted(self) -> None:
+        self._parts += 1
+        if self._parts > _MAX_PARTS:
+            raise DatasetMalformed(f"more than {_MAX_PARTS} elements and items")
+
+    def _header(self, mode: _Mode, bound: int | None) -> tuple[int, int]:
+        """An item or delimiter header: (tag, length); it must end within ``bound``."""
         w = self._w
         try:
             w.fill(8)
@@ -307,9 +316,13 @@ class _Walk:
         group, element = mode.tag.unpack_from(w.buf, w.pos)
         length = mode.u32.unpack_from(w.buf, w.pos + 4)[0]
         w.pos += 8
+        if bound is not None and w.offset > bound:
+            raise DatasetMalformed(f"an item header at offset {w.offset - 8} crosses the end of what holds it")
+        self._counted()
         return group << 16 | element, length
 
-    def _element(self, mode: _Mode, depth: int, limit: int | None, *, top: bool) -> None:
+    def _element(self, mode: _Mode, depth: int, limit: int | None, previous: int, *, top: bool) -> int:
+        """Walk one element, which must end within ``limit`` and follow the tag ``previous``; its tag."""
         w = self._w
         at = w.offset
         try:
@@ -319,6 +332,11 @@ class _Walk:
             tag = group << 16 | element
             if group == 0xFFFE:
                 raise DatasetMalformed(f"item tag {_tag(tag)} where an element belongs, at offset {at}")
+            if tag <= previous:
+                # PS3.5 7.1: ascending, each at most once. Readers disagree on a repeated element (the
+                # first or the last copy), so the index could name another patient than the file.
+                how = "repeated" if tag == previous else f"after {_tag(previous)}: out of order"
+                raise DatasetMalformed(f"element {_tag(tag)} at offset {at} {how}")
             vr: bytes | None
             if mode.explicit:
                 vr = buf[pos + 4 : pos + 6].tobytes()
@@ -337,19 +355,20 @@ class _Walk:
                 w.pos += 8
         except _Truncated:
             raise DatasetMalformed(f"the dataset ends inside an element header at offset {at}") from None
+        self._counted()
         start = w.offset
         if limit is not None and start > limit:
             raise DatasetMalformed(f"element {_tag(tag)}'s header crosses the end of its item")
         if length == _UNDEFINED:
             self._undefined(tag, vr, mode, depth, limit, top=top)
-            return
+            return tag
         if limit is not None and start + length > limit:
             raise DatasetMalformed(f"element {_tag(tag)} claims {length} bytes; its item holds {limit - start} more")
         if top and tag == _PIXEL_DATA and self._syntax.encapsulated:
             raise DatasetMalformed("native Pixel Data under a transfer syntax whose Pixel Data is encapsulated")
         if vr == b"SQ" or (vr is None and _is_sequence(tag)):
             self._items(mode, depth + 1, start + length)
-            return
+            return tag
         try:
             if top and tag in self._wanted:
                 if length > _MAX_VALUE:
@@ -363,6 +382,7 @@ class _Walk:
             raise DatasetMalformed(
                 f"element {_tag(tag)} at offset {at} claims {length} bytes; the dataset ends first"
             ) from None
+        return tag
 
     def _undefined(self, tag: int, vr: bytes | None, mode: _Mode, depth: int, limit: int | None, *, top: bool) -> None:
         if tag == _PIXEL_DATA:
@@ -385,13 +405,14 @@ class _Walk:
         w = self._w
         bound = end if end is not None else limit
         while end is None or w.offset < end:
-            tag, length = self._header(mode)
+            tag, length = self._header(mode, bound)
             if end is None and tag == _SEQUENCE_END:
                 if length:
                     raise DatasetMalformed("a sequence delimiter with a length")
                 return
             if tag != _ITEM:
                 raise DatasetMalformed(f"{_tag(tag)} inside a sequence where an item belongs")
+            previous = -1
             if length == _UNDEFINED:
                 while True:
                     try:
@@ -400,17 +421,18 @@ class _Walk:
                         raise DatasetMalformed("the dataset ends inside an item of undefined length") from None
                     group, element = mode.tag.unpack_from(w.buf, w.pos)
                     if group << 16 | element == _ITEM_END:
-                        if mode.u32.unpack_from(w.buf, w.pos + 4)[0]:
+                        if self._header(mode, bound)[1]:
                             raise DatasetMalformed("an item delimiter with a length")
-                        w.pos += 8
                         break
-                    self._element(mode, depth, bound, top=False)
+                    previous = self._element(mode, depth, bound, previous, top=False)
                 continue
             item_end = w.offset + length
             if bound is not None and item_end > bound:
                 raise DatasetMalformed("an item claims more bytes than its sequence holds")
             while w.offset < item_end:
-                self._element(mode, depth, item_end, top=False)
+                previous = self._element(mode, depth, item_end, previous, top=False)
+            if w.offset != item_end:
+                raise DatasetMalformed("an item's elements overrun its length")
         if w.offset != end:
             raise DatasetMalformed("a sequence's items overrun its length")
 
@@ -418,7 +440,7 @@ class _Walk:
         """Encapsulated data: the Basic Offset Table item, one or more fragments, the delimiter."""
         items = 0
         while True:
-            tag, length = self._header(mode)
+            tag, length = self._header(mode, limit)
             if tag == _SEQUENCE_END:
                 if length:
                     raise DatasetMalformed("a sequence delimiter with a length")
@@ -472,12 +494,14 @@ def _plain_text(vr: str, raw: bytes) -> str | None:
 
 
 def _uid_text(raw: bytes) -> str:
-    """A UID as sent, less one trailing NUL (or space) pad; anything else stays for the receiver to refuse."""
+    """A UID as sent, less one trailing NUL (or space) pad; anything else stays for the receiver to refuse,
+    written visibly (``\\x20`` for a space, which no one may trim: the file would be named after a UID
+    the dataset does not hold)."""
     if raw[-1:] in (b"\x00", b" "):
         raw = raw[:-1]
     if _UID_CHARACTERS.issuperset(raw):
         return raw.decode("ascii")
-    return raw.decode("latin-1").encode("unicode_escape").decode("ascii")  # visible, never a valid UID
+    return "".join(chr(c) if c in _UID_CHARACTERS else f"\\x{c:02x}" for c in raw)
 
 
 def read_values(
@@ -562,9 +586,7 @@ def _pydicom_texts(
     for tag, (vr, raw) in sorted(elements.items()):
         vr_text = vr.decode("latin-1") if vr is not None else None
         header[Tag(tag)] = RawDataElement(Tag(tag), vr_text, len(raw), raw, 0, implicit, little)  # type: ignore[assignment]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return {wanted[tag][0]: dataset_text(header, wanted[tag][0]) for tag in unusual}
+    return {wanted[tag][0]: dataset_text(header, wanted[tag][0]) for tag in unusual}
 
 
 def dataset_text(ds: Dataset, keyword: str) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import logging
 
+from pydicom.dataset import Dataset
+
 from hounsfield.listener.header import DatasetMalformed
 from hounsfield.logs import Throttle, setup_logging
 
@@ -64,3 +66,33 @@ def test_a_throttle_lets_a_burst_through_then_counts_what_it_held() -> None:
     now[0] = 60.0
     assert throttle.allow() == (True, 3), "the first line of the next minute says how many were held back"
     assert throttle.allow() == (True, 0)
+
+
+def test_an_exception_groups_members_are_withheld_too() -> None:
+    stream = io.StringIO()
+    setup_logging("INFO", "worker", stream=stream)
+    name = "Doe^" + "Jane"  # not in the source line the traceback quotes
+    try:
+        raise ExceptionGroup("several", [ValueError(f"{name} is bad"), DatasetMalformed("our own words")])
+    except ExceptionGroup:
+        logging.getLogger("hounsfield.worker").exception("jobs failed")
+    text = stream.getvalue()
+    assert "Doe^Jane is bad" not in text and "our own words" in text, text
+
+
+def test_a_library_warning_through_warnings_keeps_its_words_not_the_value() -> None:
+    """pydicom's warn_and_log also calls warnings.warn, which wrote the value straight to stderr."""
+    import warnings
+
+    stream = io.StringIO()
+    setup_logging("INFO", "worker", stream=stream)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            Dataset().StudyDate = "Jane1234"
+    finally:
+        logging.captureWarnings(False)
+    text = stream.getvalue()
+    assert "Jane1234" not in text
+    assert "pydicom: Invalid value for VR DA: (value withheld)" in text, "pydicom's own log line"
+    assert "py.warnings: " in text and text.count("Invalid value for VR DA: (value withheld)") == 2, text

@@ -156,6 +156,7 @@ class Association(asyncio.Protocol):
         self._certificate_names: frozenset[str] | None = None
         """The verified client certificate's names (subject CN, DNS SANs) after a TLS handshake."""
         self._pending = False
+        self._lost = False
         self._early = bytearray()
         """Bytes the TLS layer delivered before :meth:`_handshake` had the secured transport in hand."""
         self._loop = asyncio.get_running_loop()
@@ -226,9 +227,12 @@ class Association(asyncio.Protocol):
         except (OSError, TimeoutError, ConnectionError) as exc:  # ssl.SSLError is an OSError
             self._handshake_failed(TimeoutError() if self._closing else exc)  # closing: the request timer ran out
             transport.abort()
+            self.connection_lost(None)  # Python's TLS layer does not always report a connection lost mid-handshake
             return
         if self._closing or secured is None:  # the request timer closed the connection during the handshake
             self._handshake_failed(TimeoutError())
+            transport.abort()
+            self.connection_lost(None)
             return
         self._transport = secured
         self._certificate_names = _certificate_names(secured.get_extra_info("peercert"))
@@ -272,6 +276,9 @@ class Association(asyncio.Protocol):
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:
+            return  # a failed TLS handshake ends here itself; the TLS layer may or may not tell us too
+        self._lost = True
         was = self._phase
         self._phase = "closed"
         self._closing = True
@@ -376,7 +383,6 @@ class Association(asyncio.Protocol):
         if self._artim is not None:
             self._artim.cancel()
             self._artim = None
-        self._leave_pending()
         self._request = request
         if not request.protocol_version & 0x0001:
             self._reject(1, 2, 2, "protocol version not supported")
@@ -412,6 +418,7 @@ class Association(asyncio.Protocol):
                 implementation_version_name=self._config.implementation_version_name,
             )
         )
+        self._leave_pending()  # a rejected connection stays pending until it is gone (it lingers, see _close)
         self._phase = "established"
         self._state.established += 1
         self._state.established_by_address[self._peer] += 1
@@ -592,6 +599,7 @@ class Association(asyncio.Protocol):
         response = encode_response(message.command, status, error_comment=reason)
         pdus = encode_pdata(message.context.context_id, response, command=True, max_pdu=self._peer_max_pdu)
         self._send(b"".join(pdus))
+        self._last_pdu = self._loop.time()  # the peer's time to answer starts now, not at its last PDU
 
     # -- release, abort, timers ------------------------------------------------------------------------
 
@@ -625,6 +633,11 @@ class Association(asyncio.Protocol):
         """Send an A-ABORT and close; what is being received is dropped, nothing of it acknowledged."""
         if self._closing:
             return
+        if self._tls is not None:  # still in its TLS handshake: a plaintext PDU would only corrupt it
+            self._closing = True
+            if self._transport is not None:
+                self._transport.abort()
+            return
         logger.warning("association from %s (%s) aborted: %s", self._calling, self._peer, why)
         self._send(encode_abort(source, reason))
         self._close(linger=True)
@@ -634,7 +647,8 @@ class Association(asyncio.Protocol):
 
         After A-ASSOCIATE-RJ, A-RELEASE-RP or A-ABORT the requestor closes the transport (PS3.8
         state Sta13, ARTIM running). Closing first can turn our last PDU into a TCP reset that
-        the peer never reads, so the peer gets :data:`_LINGER_S` seconds to close; its EOF closes ours.
+        the peer never reads, so the peer gets ``acse_timeout_s`` (the ARTIM timer) to close; its EOF
+        closes ours. Until then a connection that was never associated still counts as pending.
         """
         self._closing = True
         if self._transport is None or self._transport.is_closing():
@@ -642,7 +656,7 @@ class Association(asyncio.Protocol):
         if linger:
             if self._artim is not None:
                 self._artim.cancel()
-            self._artim = self._loop.call_later(_LINGER_S, self._linger_expired)
+            self._artim = self._loop.call_later(self._config.acse_timeout_s, self._linger_expired)
             return
         self._transport.close()  # flushes what was written, then connection_lost()
 
@@ -680,10 +694,6 @@ class Association(asyncio.Protocol):
             self.abort(f"no whole PDU received for {self._config.network_timeout_s:.0f} s")
             return
         self._schedule_idle()
-
-
-_LINGER_S = 2.0
-"""How long the peer has to close the transport after our last PDU (the ARTIM timer of Sta13)."""
 
 
 def _no_prefix() -> bytes:

@@ -20,7 +20,8 @@ class EngineConfig:
     port: int
     implementation_class_uid: str
     implementation_version_name: str
-    acse_timeout_s: float = 30.0
+    acse_timeout_s: float = 2.0
+    """How long the peer has to close the connection after the listener's last PDU (ARTIM)."""
     request_timeout_s: float = 10.0
     """A connection's TLS handshake and whole A-ASSOCIATE-RQ must be done within this."""
     network_timeout_s: float = 60.0

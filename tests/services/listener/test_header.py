@@ -31,7 +31,7 @@ from pydicom.uid import (
 )
 from pynetdicom.dsutils import encode
 
-from hounsfield.listener import storage
+from hounsfield.listener import header, storage
 from hounsfield.listener.header import (
     DatasetMalformed,
     EncodingMismatch,
@@ -39,7 +39,7 @@ from hounsfield.listener.header import (
     dataset_text,
     read_values,
 )
-from tests.support import write_study
+from tests.support import with_raw_value, write_study
 
 KEYWORDS = storage._KEYWORDS
 LIMIT = 64 << 20
@@ -166,18 +166,17 @@ def test_a_spooled_dataset_is_read_from_its_file_after_its_head() -> None:
 
 def test_a_uid_keeps_what_follows_its_one_padding_byte() -> None:
     uid = "1.2.826.0.1.3680043.8.498.1"  # 27 characters: one pad byte makes it even
-    ds = _dataset()
-    del ds.StudyInstanceUID
-    head = _encoded(ds, ExplicitVRLittleEndian)
+    data = _encoded(_dataset(), ExplicitVRLittleEndian)
     for raw, expected in [
         (uid.encode() + b"\x00", uid),
         (uid.encode() + b" ", uid),
-        (uid.encode() + b"\n", uid + "\\n"),
-        (uid.encode() + b"\x00x\x00\x00\x00", uid + "\\x00x\\x00\\x00"),
-        (b" " + uid.encode(), " " + uid),
+        (uid.encode() + b"\n", uid + "\\x0a"),
+        (uid.encode() + b"\x00x\x00\x00\x00", uid + "\\x00\\x78\\x00\\x00"),
+        (b" " + uid.encode(), "\\x20" + uid),
+        (uid.encode() + b"  ", uid + "\\x20"),
     ]:
-        data = head + b"\x20\x00\x0d\x00UI" + struct.pack("<H", len(raw)) + raw  # as sent, pydicom would tidy it
-        assert _values(data, ExplicitVRLittleEndian)["StudyInstanceUID"] == expected, raw
+        sent = with_raw_value(data, b"\x20\x00\x0d\x00UI", raw)
+        assert _values(sent, ExplicitVRLittleEndian)["StudyInstanceUID"] == expected, raw
 
 
 # --- broken streams -----------------------------------------------------------------------------------------------
@@ -320,3 +319,64 @@ def test_a_broken_deflate_stream_is_refused() -> None:
     assert _values(data + b"\x00", DeflatedExplicitVRLittleEndian)["Modality"] == "CT", "one padding byte is fine"
     _refused(data + b"\x00\x00\x00", DeflatedExplicitVRLittleEndian, "bytes follow the end of the deflate stream")
     _refused(b"\xff" * 64, DeflatedExplicitVRLittleEndian, "corrupt")
+
+
+def _uids() -> bytes:
+    return b"\x08\x00\x16\x00UI\x1a\x001.2.840.10008.5.1.4.1.1.7\x00" + b"\x08\x00\x18\x00UI\x08\x001.2.3.4\x00"
+
+
+def test_an_item_cannot_hold_more_than_its_length() -> None:
+    """A defined-length item whose undefined-length sequence runs past the item's end (found by review)."""
+    inner = b"\x08\x00\x99\x11SQ\x00\x00\xff\xff\xff\xff"  # (0008,1199) SQ, undefined length: 12 bytes
+    item = b"\xfe\xff\x00\xe0\x0c\x00\x00\x00" + inner  # the item claims those 12 bytes...
+    sequence = item + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # ...but the inner sequence's delimiter follows
+    data = _uids() + b"\x08\x00\x40\x11SQ\x00\x00" + struct.pack("<I", len(sequence)) + sequence
+    _refused(data + b"\x20\x00\x0d\x00UI\x08\x001.2.3.5\x00", ExplicitVRLittleEndian, "crosses the end")
+    empty_items = b"\xfe\xff\x00\xe0\xff\xff\xff\xff\xfe\xff\x0d\xe0\x00\x00\x00\x00" * 3
+    overrun = b"\xfe\xff\x00\xe0\x08\x00\x00\x00" + b"\x08\x00\x99\x11SQ\x00\x00\xff\xff\xff\xff" + empty_items
+    overrun += b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    data = _uids() + b"\x08\x00\x40\x11SQ\x00\x00\xff\xff\xff\xff" + overrun + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    with pytest.raises(DatasetMalformed):
+        _values(data, ExplicitVRLittleEndian)
+
+
+@pytest.mark.parametrize(
+    ("elements", "words"),
+    [
+        (b"\x10\x00\x20\x00LO\x04\x00AAA \x10\x00\x20\x00LO\x04\x00BBB ", "(0010,0020) at offset 62 repeated"),
+        (b"\x10\x00\x20\x00LO\x04\x00AAA \x10\x00\x10\x00PN\x04\x00Doe ", "after (0010,0020): out of order"),
+    ],
+)
+def test_elements_must_ascend_each_once(elements: bytes, words: str) -> None:
+    """A repeated Patient ID was indexed as its last copy while dcmtk reads the first: refused."""
+    _refused(_uids() + elements, ExplicitVRLittleEndian, words)
+    nested = Dataset()
+    nested.CodeValue, nested.CodingSchemeDesignator = "X1", "99T"
+    ds = _dataset(ProcedureCodeSequence=Sequence([nested]))
+    data = _encoded(ds, ExplicitVRLittleEndian)
+    swapped = data.replace(b"\x08\x00\x00\x01SH\x02\x00X1", b"\x08\x00\x02\x01SH\x02\x00X1", 1)  # after (0008,0102)
+    _refused(
+        swapped.replace(b"\x08\x00\x02\x01SH\x04\x0099T ", b"\x08\x00\x00\x01SH\x04\x0099T ", 1),
+        ExplicitVRLittleEndian,
+        "out of order",
+    )
+
+
+def test_a_walk_counts_its_elements(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny deflate streams can hold millions of empty items: the walk stops at a bound, not after minutes."""
+    items = b"\xfe\xff\x00\xe0\xff\xff\xff\xff\xfe\xff\x0d\xe0\x00\x00\x00\x00" * 1000
+    data = _uids() + b"\x08\x00\x40\x11SQ\x00\x00\xff\xff\xff\xff" + items + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    assert _values(data, ExplicitVRLittleEndian)["SOPInstanceUID"] == "1.2.3.4"
+    monkeypatch.setattr(header, "_MAX_PARTS", 500)
+    _refused(data, ExplicitVRLittleEndian, "more than 500 elements and items")
+
+
+def test_zlib_holding_back_output_is_not_an_early_end() -> None:
+    """Near a 256 KiB window boundary zlib takes in the last compressed bytes but keeps output back for the
+    size asked: valid deflated datasets were refused as ending early (found by review, here N=262102 ...)."""
+    uids = b"\x08\x00\x16\x00UI\x1a\x001.2.840.10008.5.1.4.1.1.7\x00\x08\x00\x18\x00UI\x08\x001.2.333\x00"
+    for size in range(262096, 262112):  # 262101 to 262108 were refused
+        data = uids + b"\xe0\x7f\x10\x00OB\x00\x00" + struct.pack("<I", size) + b"\x00" * size
+        deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        deflated = deflater.compress(data) + deflater.flush()
+        assert _values(deflated, DeflatedExplicitVRLittleEndian)["SOPInstanceUID"] == "1.2.333", size

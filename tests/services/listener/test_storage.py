@@ -18,7 +18,7 @@ from hounsfield.listener.completeness import CompletenessTracker
 from hounsfield.listener.storage import Origin, StoreContext, receive_instance
 from hounsfield.logs import Throttle
 from hounsfield.store import StudyStore
-from tests.support import bare_ct
+from tests.support import bare_ct, with_raw_value
 
 
 @pytest.fixture
@@ -82,17 +82,20 @@ def test_deflated_datasets_are_inflated_no_further_than_the_setting(tmp_path: Pa
     assert receive_instance(roomy, data, DeflatedExplicitVRLittleEndian, Origin("t", "MOD", "HF")).ok
 
 
-@pytest.mark.parametrize("tail", [b"\n", b"\x00\x00", b" x", b"\t"])
-def test_a_uid_with_trailing_garbage_is_refused_not_cleaned_up(context: StoreContext, tail: bytes) -> None:
+@pytest.mark.parametrize(
+    "raw",
+    [b"1.2.826.0.1.3680043.8.498.12345" + tail for tail in (b"\n", b"\x00\x00", b" x", b"\t", b"  ")]
+    + [b" 1.2.826.0.1.3680043.8.498.12345"],
+)
+def test_a_uid_with_garbage_is_refused_not_cleaned_up(context: StoreContext, raw: bytes) -> None:
     """The file used to be named after the UID with its garbage trimmed, while the file kept the raw value."""
-    ds = bare_ct()
-    del ds.SOPInstanceUID
-    raw = b"1.2.826.0.1.3680043.8.498.12345" + tail
-    data = bytes(encode(ds, False, True)) + b"\x08\x00\x18\x00UI" + len(raw).to_bytes(2, "little") + raw
-    received = receive_instance(context, data, ExplicitVRLittleEndian, Origin("t", "MOD", "HF"))
+    data = bytes(encode(bare_ct(), False, True))
+    received = receive_instance(
+        context, with_raw_value(data, b"\x08\x00\x18\x00UI", raw), ExplicitVRLittleEndian, Origin("t", "MOD", "HF")
+    )
     assert received.status == Status.DATASET_MISMATCH
     assert received.reason == "SOPInstanceUID is not a valid UID"
     assert not list(context.store.root.rglob("*.dcm"))
     padded = b"1.2.826.0.1.3680043.8.498.12345\x00"  # one pad byte, as the standard writes it
-    data = bytes(encode(ds, False, True)) + b"\x08\x00\x18\x00UI" + len(padded).to_bytes(2, "little") + padded
-    assert receive_instance(context, data, ExplicitVRLittleEndian, Origin("t", "MOD", "HF")).ok
+    sent = with_raw_value(data, b"\x08\x00\x18\x00UI", padded)
+    assert receive_instance(context, sent, ExplicitVRLittleEndian, Origin("t", "MOD", "HF")).ok

@@ -261,3 +261,27 @@ def test_binding_a_source_needs_a_client_ca(pki: PKI) -> None:
     tls = TLSSettings(port=free_port(), certificate=pki.server_cert, private_key=pki.server_key)
     with pytest.raises(ValueError, match=r"tls_client_names, which needs tls\.client_ca"):
         ListenerSettings(tls=tls, sources={"ct": {"ae_title": "MODALITY", "tls_client_names": ["MODALITY"]}})
+
+
+def _pending(listener: Listener) -> int:
+    assert listener._server is not None and listener._server._state is not None
+    return listener._server._state.pending
+
+
+def test_stalled_or_reset_handshakes_give_their_slots_back(tls_listener: Callable[..., Listener]) -> None:
+    """Python's TLS layer does not always report a connection lost mid-handshake: each such connection kept
+    its 'waiting to associate' slot for ever, until every new connection was refused (found by review)."""
+    listener = tls_listener({"request_timeout_s": 0.5, "max_pending_per_address": 2})
+    stalled = [socket.create_connection(("127.0.0.1", _tls_port(listener)), timeout=5) for _ in range(2)]
+    reset = socket.create_connection(("127.0.0.1", _tls_port(listener)), timeout=5)
+    reset.sendall(b"\x16\x03\x01")
+    reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    reset.close()  # a reset in the middle of the handshake
+    deadline = time.monotonic() + 5
+    while _pending(listener) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _pending(listener) == 0, "every failed handshake gave its slot back"
+    for sock in stalled:
+        sock.close()
+    plain = _dcmtk("echoscu", listener, port=listener.settings.listener.port)
+    assert plain.returncode == 0, "the address is still served"
