@@ -4,10 +4,11 @@
 VENV          := .venv
 PYTHON        ?= python3
 STAMP         := $(VENV)/.installed
-APT_PACKAGES  := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools postgresql
+APT_PACKAGES  := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools postgresql \
+                 podman runc catatonit mmdebstrap
 SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test setup system-deps lint clean
+.PHONY: demo test setup system-deps lint images base-image lock clean
 
 demo: setup
 	$(VENV)/bin/hounsfield demo
@@ -23,7 +24,8 @@ setup: system-deps $(STAMP)
 system-deps:
 	@if ! command -v redis-server >/dev/null || ! [ -x /usr/sbin/Orthanc ] || ! [ -x /usr/bin/storescu ] \
 	    || ! command -v dciodvfy >/dev/null || ! [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
-	    || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	    || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	    || ! command -v podman >/dev/null || ! command -v mmdebstrap >/dev/null || ! command -v catatonit >/dev/null; then \
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
 	fi
@@ -33,8 +35,22 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q --upgrade pip
 	# The CPU build of PyTorch; any other spec pulls a multi-GB CUDA build.
 	$(VENV)/bin/pip install -q torch==2.13.0
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -e '.[worker,dev]'
 	touch $(STAMP)
+
+# Container images (deploy/Dockerfile, built by deploy/images.py with podman, or docker): hounsfield and
+# hounsfield-worker tagged with the version, SBOMs in build/sbom/, sizes in build/images.json.
+IMAGE_PREFIX  ?=
+images: setup
+	$(VENV)/bin/python deploy/images.py images --prefix '$(IMAGE_PREFIX)'
+
+# The Debian base image made with mmdebstrap from apt's own mirrors, for hosts that cannot pull one.
+base-image: system-deps
+	$(VENV)/bin/python deploy/images.py base-image
+
+# deploy/locks/*.txt, resolved (with hashes) by the images' own Python in the base image.
+lock: setup
+	$(VENV)/bin/python deploy/images.py lock
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -48,4 +64,4 @@ lint: setup
 	  exit $$status
 
 clean:
-	rm -rf $(VENV) .hounsfield .pytest_cache .typecheck
+	rm -rf $(VENV) .hounsfield .pytest_cache .typecheck build

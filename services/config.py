@@ -397,6 +397,11 @@ class KubernetesSettings(_Strict):
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     ttl_after_finished_s: int = Field(3600, ge=0)
     run_as_user: int = Field(1000, ge=1)
+    image_pull_secrets: list[str] = Field(default_factory=list)
+    """Secrets (``kubernetes.io/dockerconfigjson``) the Jobs' pods pull the MAP's image with."""
+    shm_size: str = Field("1Gi", pattern=r"^[0-9]+(\.[0-9]+)?([KMGT]i?)?$")
+    """The size limit of the memory-backed ``/dev/shm`` each Job gets (PyTorch's DataLoader workers share
+    tensors there; a container runtime gives 64 MiB otherwise). It counts against the Job's memory limit."""
 
 
 class WorkerSettings(_Strict):
@@ -415,8 +420,9 @@ class WorkerSettings(_Strict):
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     gpus: int = Field(0, ge=0, le=64)
     """GPUs this worker can give an application it runs itself (in-process or as a subprocess). A MAP
-    whose ``pkg.json`` declares more runs as a Kubernetes Job where it can (a cluster, an image), and is
-    otherwise refused with the reason: never run on the CPU unasked."""
+    whose ``pkg.json`` declares more is refused with the reason by a worker that holds GPUs (it asks the
+    cluster for no more while holding its own); a worker without GPUs runs it as a Kubernetes Job where
+    it can (a cluster, an image), and refuses it otherwise: never run on the CPU unasked."""
     ready_file: Path | None = None
     """Written once the worker consumes from its queues, removed when it stops: a readiness probe that
     a busy worker (one job at a time) still passes, where a ping through the broker would wait."""
@@ -523,6 +529,15 @@ class RegistrySettings(_Strict):
     """The name of an environment variable holding an admin API token (``hf_`` and at least 32 more
     characters), e.g. from a Kubernetes Secret: while nobody could sign in, start-up stores its hash
     as the admin token ``bootstrap-admin``. Revoke it once your own tokens or OIDC are in place."""
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    """Serve the Prometheus metrics on ``host:metrics_port/metrics`` instead of the API's port, where
+    ``/metrics`` then answers 404: a proxy or Ingress that routes the API never exposes them."""
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> RegistrySettings:
+        if self.metrics_port == self.port:
+            raise ValueError(f"metrics_port must differ from port ({self.port})")
+        return self
 
 
 class Settings(BaseSettings):

@@ -3,7 +3,8 @@ routing rules and deployments, and STOW-RS intake.
 
 Everything but ``/health`` and ``/metrics`` needs a bearer credential (:mod:`hounsfield.registry.auth`):
 reads are open to viewers, radiologists and model developers, STOW-RS to senders, the rest to the
-roles each route names; administrators may do everything.
+roles each route names; administrators may do everything. With ``registry.metrics_port`` the metrics
+are served on that port instead, and ``/metrics`` on the API's port answers 404.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, start_http_server
 
 from hounsfield import __version__
 from hounsfield.access import Role, ensure_sign_in_possible
@@ -119,17 +120,26 @@ def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if not settings.registry.stow_enabled:
-            yield
-            return
-        intake = stow.StowIntake(settings, db, enqueue or Enqueuer(settings))
-        intake.start()
-        app.state.stow = intake
+        intake = None
+        if settings.registry.stow_enabled:
+            intake = stow.StowIntake(settings, db, enqueue or Enqueuer(settings))
+            intake.start()
+            app.state.stow = intake
+        served = None
+        if settings.registry.metrics_port is not None:  # a port of their own, which the API's Ingress never routes
+            registry = intake.metrics.registry if intake is not None else CollectorRegistry()
+            served = start_http_server(settings.registry.metrics_port, addr=settings.registry.host, registry=registry)
         try:
             yield
         finally:
-            app.state.stow = None
-            intake.stop()
+            if served is not None:
+                server, thread = served
+                server.shutdown()
+                server.server_close()
+                thread.join(timeout=5)
+            if intake is not None:
+                app.state.stow = None
+                intake.stop()
 
     docs = settings.registry.api_docs
     app = FastAPI(
@@ -152,11 +162,13 @@ def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = No
     if settings.registry.stow_enabled:
         app.include_router(stow.router, dependencies=[Depends(require(Role.SENDER))])
 
-    @app.get("/metrics", include_in_schema=False)
-    def metrics(request: Request) -> Response:
-        """Prometheus metrics of the STOW-RS intake (instances by outcome, bytes, free disk)."""
-        intake = request.app.state.stow
-        registry = intake.metrics.registry if intake is not None else CollectorRegistry()
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    if settings.registry.metrics_port is None:
+
+        @app.get("/metrics", include_in_schema=False)
+        def metrics(request: Request) -> Response:
+            """Prometheus metrics of the STOW-RS intake (instances by outcome, bytes, free disk)."""
+            intake = request.app.state.stow
+            registry = intake.metrics.registry if intake is not None else CollectorRegistry()
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -11,9 +11,17 @@ configuration.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
+import shutil
+import socket
+import ssl
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +31,23 @@ import pytest
 import yaml
 
 from hounsfield.catalog.manifests import parse_manifests
-from hounsfield.config import load_settings
+from hounsfield.config import DestinationSettings, FhirSettings, OIDCSettings, OutboundTLSSettings, load_settings
+from hounsfield.db import Database
 from hounsfield.demo.orthanc import free_port
+from hounsfield.exporter.stowrs import store_once
 from hounsfield.listener.server import Listener
+from hounsfield.registry.app import create_app
+from hounsfield.registry.auth import Authenticator
+from hounsfield.supervisor import LocalRedis
 from hounsfield.worker.runtimes.kubernetes import build_job
 from tests.deploy.hounsfield_cli import check_cli
+from tests.pki import make_pki
+from tests.support import wait_for, write_study
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "hounsfield"
 PRODUCTION = REPO / "helm" / "production-values.yaml"
+INSTALL_GUIDE = REPO / "docs" / "install.md"
 GPU_PKG = Path(__file__).with_name("data") / "gpu-map-pkg.json"
 KUBERNETES = kubernetes_validate.utils.latest_version()
 NAMESPACE = "radiology"
@@ -75,8 +91,18 @@ def workloads(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [o for o in objects if o["kind"] in ("Deployment", "StatefulSet", "Job")]
 
 
+def pods(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The workloads and the bare Pods (the `helm test` hooks)."""
+    return [*workloads(objects), *(o for o in objects if o["kind"] == "Pod")]
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = workload["spec"] if workload["kind"] == "Pod" else workload["spec"]["template"]["spec"]
+    return spec
+
+
 def containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
-    return list(workload["spec"]["template"]["spec"]["containers"])
+    return list(pod_spec(workload)["containers"])
 
 
 def hounsfield_config(objects: list[dict[str, Any]]) -> dict[str, Any]:
@@ -150,6 +176,10 @@ def test_lint_reports_a_broken_template(tmp_path: Path) -> None:
             {"listener": {"tls": {"enabled": True, "existingSecret": "t", "requireClientCertificate": True}}},
             "requireClientCertificate needs listener.tls.clientCaKey",
         ),
+        (
+            {"listener": {"sources": {"ct": {"ae_title": "CT", "tls_client_names": ["ct.hospital.local"]}}}},
+            "listener.sources.ct.tls_client_names needs listener.tls.enabled and listener.tls.clientCaKey",
+        ),
         ({"gpuWorker": {"enabled": True, "mapPackage": "{not json"}}, "gpuWorker.mapPackage is not a MAP package"),
         (
             {"keda": {"enabled": True}, "redis": {"enabled": False}, "externalRedis": {"existingSecret": "r"}},
@@ -220,6 +250,8 @@ def test_the_gpu_worker_requests_exactly_what_the_maps_pkg_json_declares(chart: 
     )
     assert job_pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert job_pod["serviceAccountName"] == "hf-hounsfield"
+    assert job_pod["imagePullSecrets"] == pod["imagePullSecrets"] == [{"name": "hospital-registry"}]
+    assert {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}} in job_pod["volumes"]
 
 
 def test_without_a_map_manifest_the_gpu_worker_gets_its_values_and_gpus(chart: helm.Chart) -> None:
@@ -346,8 +378,13 @@ def test_the_listener_service_faces_the_hospital_with_dicom_and_tls_ports(chart:
     assert service["spec"]["externalTrafficPolicy"] == "Local", "the sender's address reaches the AE check"
     tls = hounsfield_config(objects)["listener"]["tls"]
     assert tls["client_ca"] == "/etc/hounsfield/tls/ca.crt" and tls["port"] == 2762
-    (container,) = containers(one(objects, "Deployment", "hf-hounsfield-listener"))
+    listener = one(objects, "Deployment", "hf-hounsfield-listener")
+    (container,) = containers(listener)
     assert {"name": "tls", "mountPath": "/etc/hounsfield/tls", "readOnly": True} in container["volumeMounts"]
+    # Each key named: a Secret without one of them stops the pod before it starts, with the key's name
+    # in its events, instead of a listener that cannot read its client CA and restarts without end.
+    (volume,) = [v for v in pod_spec(listener)["volumes"] if v["name"] == "tls"]
+    assert [item["key"] for item in volume["secret"]["items"]] == ["tls.crt", "tls.key", "ca.crt"]
 
 
 def test_migrations_run_once_as_a_hook_before_upgrades(chart: helm.Chart) -> None:
@@ -365,20 +402,23 @@ def test_migrations_run_once_as_a_hook_before_upgrades(chart: helm.Chart) -> Non
 
 @pytest.mark.parametrize("values_file", ["default", "production"])
 def test_every_pod_is_non_root_read_only_and_bounded(chart: helm.Chart, values_file: str) -> None:
-    objects = render(chart, production_values() if values_file == "production" else None)
-    for workload in workloads(objects):
+    everything = {"tests": {"echo": {"networks": ["10.0.0.0/8"]}}, "trustedCA": {"configMap": "hospital-ca"}}
+    objects = render(chart, production_values() if values_file == "production" else everything)
+    assert {o["metadata"]["name"] for o in objects if o["kind"] == "Pod"} >= {"hf-hounsfield-test-health"}
+    assert [c["name"] for w in pods(objects) for c in pod_spec(w).get("initContainers", [])], "init containers too"
+    for workload in pods(objects):
         name = workload["metadata"]["name"]
-        pod = workload["spec"]["template"]["spec"]
+        pod = pod_spec(workload)
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert pod["securityContext"]["runAsUser"] > 0, name
-        for container in pod["containers"]:
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
             security = container["securityContext"]
             assert security["readOnlyRootFilesystem"] is True, name
             assert security["allowPrivilegeEscalation"] is False, name
             assert security["capabilities"]["drop"] == ["ALL"], name
             assert {"requests", "limits"} <= set(container["resources"]), name
             assert container["resources"]["limits"].get("memory"), name
-            if workload["kind"] != "Job":
+            if workload["kind"] not in ("Job", "Pod") and container in pod["containers"]:
                 assert "readinessProbe" in container, name
         token = pod.get("automountServiceAccountToken")
         uses_api = name.startswith("hf-hounsfield-worker")
@@ -391,7 +431,7 @@ def test_no_secret_value_is_in_the_values_and_generated_ones_differ(chart: helm.
     for line in values_text.splitlines():
         key, _, value = line.split("#", 1)[0].partition(":")
         if re.search(r"password|token|secret", key, re.IGNORECASE) and not key.strip().endswith(("Key", "key")):
-            assert value.strip() in ("", '""', "[]"), f"a secret value in values.yaml: {line.strip()}"
+            assert value.strip() in ("", '""', "[]", "true", "false"), f"a secret value in values.yaml: {line.strip()}"
     first = {o["metadata"]["name"]: o["data"] for o in render(chart) if o["kind"] == "Secret"}
     second = {o["metadata"]["name"]: o["data"] for o in render(chart) if o["kind"] == "Secret"}
     assert set(first) == {"hf-hounsfield-admin-token", "hf-hounsfield-postgresql", "hf-hounsfield-redis"}
@@ -450,8 +490,8 @@ def test_the_service_monitor_scrapes_the_listener_and_registry(chart: helm.Chart
         for o in objects
         if o["kind"] == "Service" and all(o["metadata"]["labels"].get(k) == v for k, v in selector.items())
     }
-    assert scraped == {"hf-hounsfield-listener-metrics": {"metrics"}, "hf-hounsfield-registry": {"http"}}
-    assert {e["port"] for e in monitor["spec"]["endpoints"]} == {"metrics", "http"}
+    assert scraped == {"hf-hounsfield-listener-metrics": {"metrics"}, "hf-hounsfield-registry-metrics": {"metrics"}}
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
 
 
 # -- NOTES.txt ------------------------------------------------------------------------------------------
@@ -487,3 +527,422 @@ def test_tls_only_leaves_no_plain_dicom_port_outside_the_pod(chart: helm.Chart) 
     assert "only" not in hounsfield_config(default)["listener"].get("tls", {})
     (plain,) = containers(one(default, "Deployment", "hf-hounsfield-listener"))
     assert plain["livenessProbe"]["tcpSocket"]["port"] == "dicom"
+
+
+# -- the production guide creates what the production values read ------------------------------------------
+
+
+def _made_by_the_guide() -> dict[tuple[str, str], set[str]]:
+    """What the `kubectl create secret|configmap` commands of docs/install.md's production section make:
+    (kind, name) -> keys."""
+    made: dict[tuple[str, str], set[str]] = {}
+    section = INSTALL_GUIDE.read_text().split("\n## Production")[1].split("\n## ")[0]
+    for block in re.findall(r"```sh\n(.*?)```", section, re.DOTALL):
+        for command in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(command, comments=True)
+            if words[:2] != ["kubectl", "create"] or len(words) < 4 or words[2] not in ("secret", "configmap"):
+                continue
+            kind, variant, name = ("Secret", *words[3:5]) if words[2] == "secret" else ("ConfigMap", "", words[3])
+            keys = {"tls": {"tls.crt", "tls.key"}, "docker-registry": {".dockerconfigjson"}}.get(variant, set())
+            for word in words:
+                flag, _, value = word.partition("=")
+                if flag in ("--from-literal", "--from-file"):
+                    key, _, path = value.partition("=")
+                    keys.add(key if path else Path(key).name)
+            made.setdefault((kind, name), set()).update(keys)
+    return made
+
+
+def _read_by(objects: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    """Every Secret and ConfigMap the rendered objects read and the chart does not make, with the keys read."""
+    read: dict[tuple[str, str], set[str]] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+            return
+        if not isinstance(node, dict):
+            return
+        found: list[tuple[str, str, list[str]]] = []
+        if "secretKeyRef" in node:
+            found.append(("Secret", node["secretKeyRef"]["name"], [node["secretKeyRef"]["key"]]))
+        if isinstance(node.get("secret"), dict):
+            found.append(("Secret", node["secret"]["secretName"], [i["key"] for i in node["secret"].get("items", [])]))
+        if isinstance(node.get("configMap"), dict):
+            found.append(
+                ("ConfigMap", node["configMap"]["name"], [i["key"] for i in node["configMap"].get("items", [])])
+            )
+        found += [("Secret", ref["name"], [".dockerconfigjson"]) for ref in node.get("imagePullSecrets") or []]
+        found += [("Secret", ref["name"], [ref["key"]]) for ref in node.get("secretTargetRef") or []]
+        found += [("Secret", ref["secretRef"]["name"], []) for ref in node.get("envFrom") or [] if "secretRef" in ref]
+        for kind, name, keys in found:
+            read.setdefault((kind, name), set()).update(keys)
+        for value in node.values():
+            walk(value)
+
+    walk([o for o in objects if o["kind"] not in ("Secret", "ConfigMap")])
+    made_here = {(o["kind"], o["metadata"]["name"]) for o in objects if o["kind"] in ("Secret", "ConfigMap")}
+    return {ref: keys for ref, keys in read.items() if ref not in made_here}
+
+
+def test_the_production_guide_creates_every_secret_and_key_the_production_values_read(chart: helm.Chart) -> None:
+    """A Secret without a key the chart names stops its pods (or, read as a file, crash-loops the listener):
+    the guide's commands make each one the production values name, with every key."""
+    needed = _read_by(render(chart, production_values()))
+    assert needed[("Secret", "hounsfield-dicom-tls")] == {"tls.crt", "tls.key", "ca.crt"}, "the client CA too"
+    made = _made_by_the_guide()
+    for (kind, name), keys in sorted(needed.items()):
+        assert (kind, name) in made, f"docs/install.md never creates the {kind} {name}"
+        missing = keys - made[(kind, name)]
+        assert not missing, f"docs/install.md creates the {kind} {name} without {sorted(missing)}"
+
+
+def test_the_guides_sizing_table_quotes_the_default_requests_and_limits() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    rows = re.findall(r"^\| [^|]+ \| `([\w.]+)` \| ([^|]+) \| ([^|]+) \|$", INSTALL_GUIDE.read_text(), re.MULTILINE)
+    assert len(rows) == 10, rows
+    for path, requests, limits in rows:
+        resources = values
+        for key in path.split("."):
+            resources = resources[key]
+        for kind, quoted in (("requests", requests), ("limits", limits)):
+            assert quoted.strip() == f"{resources[kind]['cpu']} CPU, {resources[kind]['memory']}", (path, kind)
+
+
+# -- NOTES and docs: where a NodePort answers ---------------------------------------------------------------
+
+
+def test_a_local_node_port_is_named_on_the_nodes_that_run_a_listener(chart: helm.Chart) -> None:
+    """With externalTrafficPolicy Local (the default: the sender's address reaches the AE check) a node
+    without a listener pod drops the connection; only Cluster makes every node answer."""
+    local = notes(chart)
+    assert "any node" not in local
+    assert "a node that runs a listener pod (externalTrafficPolicy: Local" in local
+    selector = "app.kubernetes.io/instance=hf,app.kubernetes.io/component=listener"
+    assert f"kubectl get pods -n radiology -l {selector} -o wide" in local
+    cluster = notes(chart, {"listener": {"service": {"externalTrafficPolicy": "Cluster"}}})
+    assert "the address of any node" in cluster
+    guide = INSTALL_GUIDE.read_text()
+    assert "only the nodes that run a listener pod answer" in guide
+
+
+# -- the hospital's own certificate authority ---------------------------------------------------------------
+
+TRUST_BUNDLE = "/etc/hounsfield/trust/ca-bundle.crt"
+
+
+def _hounsfield_pods(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [w for w in workloads(objects) if containers(w)[0]["image"].split("/")[-1].startswith("hounsfield")]
+
+
+def test_a_trusted_ca_is_added_to_the_public_ones_in_every_hounsfield_container(chart: helm.Chart) -> None:
+    objects = render(chart, {"trustedCA": {"configMap": "hospital-ca"}, "gpuWorker": {"enabled": True}})
+    checked = set()
+    for workload in _hounsfield_pods(objects):
+        pod = pod_spec(workload)
+        (init,) = pod["initContainers"]
+        (container,) = pod["containers"]
+        assert init["name"] == "trust-bundle" and init["image"] == container["image"], "the image's own public CAs"
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["SSL_CERT_FILE"] == env["REQUESTS_CA_BUNDLE"] == TRUST_BUNDLE, "httpx, urllib, ssl; requests"
+        assert {"name": "trust", "mountPath": "/etc/hounsfield/trust", "readOnly": True} in container["volumeMounts"]
+        assert {"name": "trust", "mountPath": "/etc/hounsfield/trust"} in init["volumeMounts"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["trust"] == {"name": "trust", "emptyDir": {"sizeLimit": "16Mi"}}
+        assert volumes["trusted-ca"]["configMap"] == {
+            "name": "hospital-ca",
+            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+        }
+        checked.add(container["args"][0])
+    assert checked == {"listener", "registry", "worker", "db"}
+    assert not [c for w in pods(render(chart)) for c in pod_spec(w).get("initContainers", [])], "none unasked"
+    with pytest.raises(helm.HelmError, match="trustedCA: set existingSecret or configMap, not both"):
+        render(chart, {"trustedCA": {"configMap": "a", "existingSecret": "b"}})
+
+
+class _HttpsPeer(ThreadingHTTPServer):
+    """An https server answering as an OIDC provider's key URL (GET), a FHIR server and a STOW-RS service
+    (POST), with the certificate ``cert``."""
+
+    def __init__(self, cert: Path, key: Path, jwks: dict[str, Any]) -> None:
+        super().__init__(("127.0.0.1", 0), _PeerHandler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.socket = context.wrap_socket(self.socket, server_side=True)
+        self.jwks = jwks
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"https://localhost:{self.server_address[1]}"
+
+
+class _PeerHandler(BaseHTTPRequestHandler):
+    server: _HttpsPeer
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+    def _answer(self, status: int, body: dict[str, Any], content_type: str) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._answer(200, self.server.jwks, "application/json")
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.path.endswith("/DiagnosticReport"):
+            self._answer(201, {"resourceType": "DiagnosticReport", "id": "report-1"}, "application/fhir+json")
+        else:
+            self._answer(200, {}, "application/dicom+json")
+
+
+@pytest.fixture
+def https_peers(tmp_path: Path) -> Iterator[tuple[Path, Path, _HttpsPeer, _HttpsPeer]]:
+    """The hospital's CA, a stand-in for the image's public CAs, and a peer with a certificate from each."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+
+    pki = make_pki(tmp_path / "pki")
+    jwk = {**ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key(), as_dict=True), "kid": "k1"}
+    hospital = _HttpsPeer(pki.server_cert, pki.server_key, {"keys": [jwk]})
+    public = _HttpsPeer(pki.rogue_server_cert, pki.rogue_server_key, {"keys": [jwk]})
+    yield pki.ca, pki.rogue_ca, hospital, public
+    for peer in (hospital, public):
+        peer.shutdown()
+        peer.server_close()
+
+
+def _reach_over_https(peer: _HttpsPeer, tmp_path: Path) -> list[str]:
+    """Each https client Hounsfield has, against ``peer``: what failed (empty when all got through)."""
+    from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+
+    from hounsfield.access import SignInImpossible
+    from hounsfield.exporter.errors import ExportFailed
+    from hounsfield.exporter.fhir import AnnouncementFailed, post_report
+
+    failed = []
+    report = DiagnosticReport.model_validate(
+        {"status": "final", "code": {"text": "AI"}, "identifier": [{"system": "urn:dicom:uid", "value": "urn:oid:1.2"}]}
+    )
+    try:  # httpx (FHIR)
+        assert post_report(report, FhirSettings(url=f"{peer.url}/fhir")) == "report-1"
+    except AnnouncementFailed:
+        failed.append("fhir")
+    _, files = write_study(tmp_path / "study", seed=3, shape=(1, 8, 8))
+    try:  # requests through dicomweb-client (STOW-RS)
+        store_once(files, DestinationSettings(protocol="stow-rs", url=f"{peer.url}/dicom-web"))
+    except (ConnectionError, ExportFailed):
+        failed.append("stow-rs")
+    db = Database(f"sqlite:///{tmp_path / 'keys.db'}")
+    try:  # urllib through PyJWT (the OIDC provider's keys)
+        Authenticator(db, OIDCSettings(issuer=peer.url, audience="hounsfield", jwks_url=f"{peer.url}/jwks"))
+    except SignInImpossible:
+        failed.append("oidc")
+    finally:
+        db.dispose()
+    context, name = OutboundTLSSettings().tls_args("localhost")
+    try:  # ssl's default context: DICOM TLS to a destination without a tls.ca_bundle of its own
+        with socket.create_connection(("127.0.0.1", peer.server_address[1]), timeout=10) as connection:
+            context.wrap_socket(connection, server_hostname=name).close()
+    except ssl.SSLError:
+        failed.append("dicom-tls")
+    return failed
+
+
+def test_the_bundle_the_init_container_writes_lets_every_https_client_trust_both(
+    chart: helm.Chart, https_peers: tuple[Path, Path, _HttpsPeer, _HttpsPeer], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The init container's own command, run here with the container's paths under a folder of the test:
+    the image's bundle (a throw-away "public" CA stands in for it) and the hospital's CA, joined; with the
+    variables the chart sets, the FHIR, STOW-RS and OIDC key clients, and DICOM TLS without a CA bundle of its
+    own, reach a peer certified by either."""
+    hospital_ca, public_ca, hospital, public = https_peers
+    objects = render(chart, {"trustedCA": {"existingSecret": "hospital-ca", "key": "root.pem"}})
+    worker = pod_spec(one(objects, "Deployment", "hf-hounsfield-worker-routine"))
+    (init,) = worker["initContainers"]
+    root = tmp_path / "container"
+
+    def here(path: str) -> Path:
+        return root / path.lstrip("/")
+
+    init_env = {e["name"]: e["value"] for e in init["env"]}
+    assert init_env["SYSTEM_CA_BUNDLE"] == "/etc/ssl/certs/ca-certificates.crt"
+    assert init_env["SYSTEM_CA_BUNDLE"] in (REPO / "deploy" / "Dockerfile").read_text(), "the image has it"
+    assert init_env["TRUSTED_CA"] == "/etc/hounsfield/trusted-ca/root.pem" and init_env["SSL_CERT_FILE"] == TRUST_BUNDLE
+    here(init_env["SYSTEM_CA_BUNDLE"]).parent.mkdir(parents=True)
+    shutil.copy(public_ca, here(init_env["SYSTEM_CA_BUNDLE"]))
+    here(init_env["TRUSTED_CA"]).parent.mkdir(parents=True)
+    shutil.copy(hospital_ca, here(init_env["TRUSTED_CA"]))
+    here(TRUST_BUNDLE).parent.mkdir(parents=True)
+    moved = {name: str(here(value)) for name, value in init_env.items()}
+    subprocess.run(init["command"], env={"PATH": os.environ["PATH"], **moved}, check=True, timeout=30)
+
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    assert _reach_over_https(hospital, tmp_path) == ["fhir", "stow-rs", "oidc", "dicom-tls"], "refused by each"
+    (container,) = worker["containers"]
+    for item in container["env"]:
+        if item["name"] in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
+            monkeypatch.setenv(item["name"], str(here(item["value"])))
+    assert _reach_over_https(hospital, tmp_path) == [], "the hospital's CA is trusted"
+    assert _reach_over_https(public, tmp_path) == [], "the public CAs stay trusted"
+
+
+# -- workers: /dev/shm, and time to end a job when told to stop ----------------------------------------------
+
+
+def test_workers_have_a_memory_dev_shm_and_time_to_end_their_longest_job(chart: helm.Chart) -> None:
+    """KEDA's scale-in, an upgrade or a node drain sends SIGTERM: Celery's warm shutdown ends the running job
+    first (tests/services/worker/test_worker_faults.py), which the grace period must leave time for."""
+    slow = {"name": "slow", "timeout_s": 7200}
+    values = {"config": {"deployments": [slow]}, "gpuWorker": {"enabled": True}, "keda": {"enabled": True}}
+    for given, grace in ((None, 3600 + 300), (values, 7200 + 300)):
+        objects = render(chart, given)
+        workers = [o for o in objects if o["kind"] == "Deployment" and "worker" in o["metadata"]["name"]]
+        assert len(workers) == (4 if given else 3)
+        for worker in workers:
+            pod = pod_spec(worker)
+            assert pod["terminationGracePeriodSeconds"] == grace, worker["metadata"]["name"]
+            assert {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}} in pod["volumes"]
+            (container,) = pod["containers"]
+            assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    pulled = render(
+        chart, {"imagePullSecrets": [{"name": "site"}], "mapJobs": {"imagePullSecrets": [{"name": "maps"}]}}
+    )
+    jobs = hounsfield_config(pulled)["worker"]["kubernetes"]
+    assert jobs["image_pull_secrets"] == ["site", "maps"] and jobs["shm_size"] == "1Gi"
+
+
+# -- the registry's metrics: off the Ingress, open to Prometheus ---------------------------------------------
+
+
+def test_the_registrys_metrics_are_off_the_ingress_and_open_to_the_monitoring_namespace(chart: helm.Chart) -> None:
+    objects = render(chart, production_values())
+    config = hounsfield_config(objects)["registry"]
+    assert (config["port"], config["metrics_port"]) == (8470, 9471), "/metrics answers 404 on the API's port"
+    (container,) = containers(one(objects, "Deployment", "hf-hounsfield-registry"))
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8470, "metrics": 9471}
+    ingress = one(objects, "Ingress", "hf-hounsfield-registry")
+    backends = [path["backend"]["service"] for rule in ingress["spec"]["rules"] for path in rule["http"]["paths"]]
+    assert backends == [{"name": "hf-hounsfield-registry", "port": {"name": "http"}}]
+    assert [p["name"] for p in one(objects, "Service", "hf-hounsfield-registry")["spec"]["ports"]] == ["http"]
+    monitoring = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    for name, metrics_port in (("hf-hounsfield-registry", 9471), ("hf-hounsfield-listener", 9470)):
+        policy = one(objects, "NetworkPolicy", name)["spec"]
+        (rule,) = [r for r in policy["ingress"] if [p["port"] for p in r["ports"]] == [metrics_port]]
+        assert rule["from"] == monitoring, name
+
+
+# -- secrets the chart generates --------------------------------------------------------------------------------
+
+
+def test_rendering_without_a_cluster_can_be_told_to_generate_no_secret(chart: helm.Chart) -> None:
+    """`lookup` reads nothing under `helm template` (Argo CD, a GitOps pipeline), so generated Secrets would
+    change at every rendering: generateSecrets false names each Secret to bring instead."""
+    with pytest.raises(helm.HelmError) as failure:
+        render(chart, {"generateSecrets": False})
+    for key in ("registry.adminToken.existingSecret", "postgresql.existingSecret", "redis.existingSecret"):
+        assert key in str(failure.value)
+    named = {
+        "generateSecrets": False,
+        "registry": {"adminToken": {"existingSecret": "site-admin-token"}},
+        "postgresql": {"existingSecret": "site-postgresql"},
+        "redis": {"existingSecret": "site-redis"},
+    }
+    assert not [o for o in render(chart, named) if o["kind"] == "Secret"]
+    guide = INSTALL_GUIDE.read_text()
+    for phrase in ("generateSecrets: false", "registry.adminToken.existingSecret", "postgresql.existingSecret"):
+        assert phrase in guide
+
+
+# -- `helm test` ------------------------------------------------------------------------------------------------
+
+
+def test_helm_test_hooks_are_pods_the_policies_let_in(chart: helm.Chart) -> None:
+    echo_values = {"tests": {"echo": {"networks": ["10.244.0.0/16"]}}}
+    narrowed = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
+    values = {**echo_values, "networkPolicy": {"listener": {"from": narrowed}, "registry": {"from": narrowed}}}
+    objects = render(chart, values)
+    hooks = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Pod"}
+    assert set(hooks) == {"hf-hounsfield-test-health", "hf-hounsfield-test-echo"}
+    for hook in hooks.values():
+        assert hook["metadata"]["annotations"]["helm.sh/hook"] == "test"
+        assert hook["spec"]["restartPolicy"] == "Never"
+        kubernetes_validate.validate(hook, KUBERNETES, strict=True)
+    source = hounsfield_config(objects)["listener"]["sources"]["helm-test"]
+    assert source == {"ae_title": "HF_HELM_TEST", "networks": ["10.244.0.0/16"]}
+    for name, port, hook in (("listener", 11112, "echo"), ("registry", 8470, "health")):
+        labels = hooks[f"hf-hounsfield-test-{hook}"]["metadata"]["labels"]
+        (rule,) = [
+            r
+            for r in one(objects, "NetworkPolicy", f"hf-hounsfield-{name}")["spec"]["ingress"]
+            if port in [p["port"] for p in r["ports"]]
+        ]
+        assert rule["from"][: len(narrowed)] == narrowed
+        peers = [peer["podSelector"]["matchLabels"] for peer in rule["from"] if set(peer) == {"podSelector"}]
+        assert any(all(labels.get(k) == v for k, v in peer.items()) for peer in peers), f"{hook} reaches {name}"
+    default = render(chart)
+    assert [o["metadata"]["name"] for o in default if o["kind"] == "Pod"] == ["hf-hounsfield-test-health"]
+    assert "helm-test" not in hounsfield_config(default)["listener"]["sources"], "no AE title open by default"
+    tls_only = {"enabled": True, "existingSecret": "t", "clientCaKey": "ca.crt", "only": True}
+    with pytest.raises(helm.HelmError, match=r"tests\.echo\.networks: the C-ECHO test needs the plain DICOM port"):
+        render(chart, {**echo_values, "listener": {"tls": tls_only}})
+
+
+def test_the_echo_hook_gets_success_from_a_listener_run_from_the_rendered_configuration(
+    chart: helm.Chart, tmp_path: Path
+) -> None:
+    port, metrics = free_port(), free_port()
+    values = {"listener": {"port": port, "metricsPort": metrics}, "tests": {"echo": {"networks": ["127.0.0.1/32"]}}}
+    objects = render(chart, values)
+    (container,) = containers(one(objects, "Pod", "hf-hounsfield-test-echo"))
+    check_cli(container["args"])
+    assert "--host=hf-hounsfield-listener" in container["args"], "the Service, as senders reach it"
+    argv = [str(Path(sys.executable).with_name("hounsfield"))]
+    argv += ["--host=127.0.0.1" if a.startswith("--host=") else a for a in container["args"]]
+    config = hounsfield_config(objects)
+    config["listener"]["host"] = "127.0.0.1"
+    listener = Listener(load_settings(_written(config, tmp_path)), [].append)
+    listener.start()
+    try:
+        answered = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        listener.stop()
+    assert answered.returncode == 0, answered.stdout + answered.stderr
+
+
+def test_the_health_hook_passes_only_while_the_database_and_the_broker_answer(
+    chart: helm.Chart, settings: Any, tmp_path: Path
+) -> None:
+    import uvicorn
+
+    (container,) = containers(one(render(chart), "Pod", "hf-hounsfield-test-health"))
+    assert container["command"][-1] == "http://hf-hounsfield-registry:8470/health"
+    redis = LocalRedis(tmp_path, free_port())
+    redis.start()
+    registry = settings.registry.model_copy(update={"development": True, "stow_enabled": False})
+    app = create_app(settings.model_copy(update={"redis_url": redis.url, "registry": registry}))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    argv = [sys.executable, *container["command"][1:-1], f"http://127.0.0.1:{port}/health"]
+    try:
+        wait_for(lambda: server.started)
+        healthy = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+        redis.stop()
+        no_broker = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        assert no_broker.returncode == 1 and "'broker': 'unreachable'" in no_broker.stdout
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        redis.stop()

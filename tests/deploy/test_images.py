@@ -382,28 +382,38 @@ def test_dockerfile_parser_reads_continuations_and_forms() -> None:
 
 
 def test_stages_and_base_images() -> None:
-    """builder, services and worker exist; worker is built on services; the Python base image is
-    pinned by tag to a version the project supports; PyTorch (CPU build by default) is installed
-    before the project, which is installed as a package, not in editable mode."""
-    assert {"builder", "services", "worker"} <= set(stages())
-    assert stages()["worker"].base == "services"
+    """base (Debian's Python, the user), builder and worker-builder (the venvs, from the locks), runtime
+    (what both images share), services and worker (each on runtime, each with its own venv). The base is
+    a build argument defaulting to Debian bookworm, whose python3 is a version the project supports; the
+    venvs install exactly their lock (hashes), then the project as a package, not in editable mode."""
+    parsed = stages()
+    assert {"base", "builder", "worker-builder", "runtime", "services", "worker"} <= set(parsed)
+    assert parsed["services"].base == parsed["worker"].base == "runtime"
+    assert parsed["runtime"].base == parsed["builder"].base == "base"
+    assert parsed["worker-builder"].base == "builder"
+    assert parsed["base"].base == "${BASE_IMAGE}"
+    top_args = key_values(DOCKERFILE.read_text().split("\nFROM", 1)[0].split("ARG ", 1)[1].splitlines()[0])
+    assert top_args["BASE_IMAGE"] == "docker.io/library/debian:bookworm-slim"
     requires = SpecifierSet(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"])
-    for name in ("builder", "services"):
-        match = re.fullmatch(r"python:(\d+\.\d+)-slim-\w+", stages()[name].base)
-        assert match, f"{name}: base image {stages()[name].base} is not python:X.Y-slim-<debian> "
-        assert f"{match[1]}.0" in requires, f"{name}: Python {match[1]} is outside requires-python {requires}"
-    assert stages()["builder"].base == stages()["services"].base, "the venv is built on the image it runs on"
+    assert "3.11.2" in requires, "bookworm's python3 is inside requires-python"
 
-    builder = stages()["builder"]
-    args = {k: v for i in builder.all("ARG") for k, v in key_values(i.args).items()}
-    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
-    runs = [i.args for i in builder.all("RUN")]
-    torch = next(n for n, run in enumerate(runs) if "torch==${TORCH_VERSION}" in run)
+    runs = [i.args for i in parsed["builder"].all("RUN")]
+    locked = next(n for n, run in enumerate(runs) if "--require-hashes" in run)
+    assert "-r /src/deploy/locks/services.txt" in runs[locked] and "--no-deps" in runs[locked]
     project = next(n for n, run in enumerate(runs) if re.search(r"pip install .*\s/src(\s|$)", run))
-    assert torch < project
-    assert '--index-url "${TORCH_INDEX_URL}"' in runs[torch]
+    assert locked < project and "--no-deps" in runs[project]
     assert " -e " not in runs[project] and "--editable" not in runs[project]
     assert "compileall" in runs[project], "bytecode is compiled at build time (read-only root filesystem)"
+    worker = " ".join(i.args for i in parsed["worker-builder"].all("RUN"))
+    assert "--require-hashes" in worker and "-r /src/deploy/locks/worker.txt" in worker
+    for lock in ("services", "worker"):
+        text = (REPO / "deploy" / "locks" / f"{lock}.txt").read_text()
+        pins = [line for line in text.splitlines() if "==" in line and not line.startswith(" ")]
+        assert pins and all(line.endswith("\\") for line in pins), f"{lock}.txt pins every package with hashes"
+    services_lock = (REPO / "deploy" / "locks" / "services.txt").read_text()
+    assert "\ntorch==" not in services_lock and "\ntorch==2.13.0+cpu" in (REPO / "deploy/locks/worker.txt").read_text()
+    copied = {copy_sources(i)[0].get("from") for stage in ("services", "worker") for i in parsed[stage].all("COPY")}
+    assert copied == {"builder", "worker-builder"}, "each image takes one venv, and nothing of the build tools"
 
 
 def test_copy_sources_exist_and_are_in_the_build_context() -> None:
@@ -451,7 +461,7 @@ def test_images_run_as_the_non_root_user() -> None:
         assert effective(name, "USER") == f"{NON_ROOT_UID}:{NON_ROOT_UID}", name
     worker = stages()["worker"].instructions
     assert worker[-1].keyword in ("USER", "CMD") and effective("worker", "USER") != "0:0"
-    setup = " ".join(i.args for i in stages()["services"].all("RUN"))
+    setup = " ".join(i.args for i in stages()["base"].all("RUN"))
     assert re.search(rf"groupadd .*--gid {NON_ROOT_UID} hounsfield", setup)
     assert re.search(rf"useradd .*--uid {NON_ROOT_UID} --gid {NON_ROOT_UID}", setup)
     assert "--shell /usr/sbin/nologin" in setup
@@ -486,12 +496,12 @@ def test_image_environment_and_labels() -> None:
     assert env["HOUNSFIELD_CONFIG"] == "/etc/hounsfield/hounsfield.yaml"
     assert env["HOUNSFIELD_DATA_DIR"] == "/var/lib/hounsfield"
     assert env["XDG_CACHE_HOME"].startswith("/tmp/") and env["MPLCONFIGDIR"].startswith("/tmp/")
-    labels = {k: v for i in stages()["services"].all("LABEL") for k, v in key_values(i.args).items()}
+    labels = {k: v for i in stages()["runtime"].all("LABEL") for k, v in key_values(i.args).items()}
     for key in ("title", "description", "source", "licenses", "version"):
         assert f"org.opencontainers.image.{key}" in labels, key
     assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
     assert labels["org.opencontainers.image.version"] == "${VERSION}"
-    exposed = {port for i in stages()["services"].all("EXPOSE") for port in i.args.split()}
+    exposed = {port for i in stages()["runtime"].all("EXPOSE") for port in i.args.split()}
     assert exposed == {"11112", "2762", "8470", "9470"}
 
 
@@ -719,9 +729,8 @@ def test_compose_configuration_points_at_the_compose_services() -> None:
 
     (deployment,) = settings.deployments
     assert deployment.name == "ct-lesion-seg"
-    python = re.fullmatch(r"python:(\d+\.\d+)-.*", stages()["services"].base)
-    assert python
-    site_packages = PurePosixPath(f"/opt/hounsfield/lib/python{python[1]}/site-packages")
+    site_packages = PurePosixPath("/opt/hounsfield/lib/python3.11/site-packages")  # bookworm's python3
+    assert any(str(site_packages) in i.args for i in stages()["builder"].all("RUN"))
     model = PurePosixPath(deployment.model_path)
     assert model.is_relative_to(site_packages), f"{model} is not in the image's venv {site_packages}"
     installed = model.relative_to(site_packages)  # under an import name: hounsfield_operators/...
@@ -730,7 +739,7 @@ def test_compose_configuration_points_at_the_compose_services() -> None:
     assert top in setuptools["package-dir"], f"{installed} is not under an import name the distribution installs"
     in_repo = PurePosixPath(setuptools["package-dir"][top], *rest)
     assert (REPO / in_repo).is_file(), f"{in_repo} (installed as {installed}) is not in the repository"
-    assert any("python -m venv /opt/hounsfield" in i.args for i in stages()["builder"].all("RUN"))
+    assert any("python3 -m venv /opt/hounsfield" in i.args for i in stages()["builder"].all("RUN"))
     shipped = [
         (package, pattern)
         for package, patterns in setuptools["package-data"].items()

@@ -44,6 +44,13 @@ def test_bad_value_is_named(tmp_path: Path) -> None:
         load_settings(path)
 
 
+def test_the_registrys_metrics_port_is_not_its_api_port(tmp_path: Path) -> None:
+    path = _write(tmp_path, {"registry": {"port": 8470, "metrics_port": 8470}})
+    with pytest.raises(ConfigurationInvalid, match=r"registry: Value error, metrics_port must differ from port"):
+        load_settings(path)
+    assert load_settings(_write(tmp_path, {"registry": {"metrics_port": 9471}})).registry.metrics_port == 9471
+
+
 def test_unknown_environment_key_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOUNSFIELD_LISTNER__PORT", "1")
     with pytest.raises(ConfigurationInvalid, match="HOUNSFIELD_LISTNER__PORT: unknown key"):

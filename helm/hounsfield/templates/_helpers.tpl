@@ -88,6 +88,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and .Values.listener.tls.requireClientCertificate (not .Values.listener.tls.clientCaKey) -}}
 {{- fail "listener.tls.requireClientCertificate needs listener.tls.clientCaKey (the key of the client CA in listener.tls.existingSecret)" -}}
 {{- end -}}
+{{- range $name, $source := .Values.listener.sources -}}
+{{- if and $source.tls_client_names (not (and $.Values.listener.tls.enabled $.Values.listener.tls.clientCaKey)) -}}
+{{- fail (printf "listener.sources.%s.tls_client_names needs listener.tls.enabled and listener.tls.clientCaKey (the client CA that signed those certificates); the listener would refuse to start" $name) -}}
+{{- end -}}
+{{- end -}}
 {{- if and .Values.listener.tls.enabled (eq (int .Values.listener.tls.port) (int .Values.listener.port)) -}}
 {{- fail "listener.tls.port must differ from listener.port" -}}
 {{- end -}}
@@ -96,6 +101,21 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- if and .Values.registry.ingress.enabled .Values.registry.ingress.tls.enabled (not .Values.registry.ingress.tls.secretName) -}}
 {{- fail "registry.ingress.tls.enabled: set registry.ingress.tls.secretName (a kubernetes.io/tls Secret, or the one cert-manager should make)" -}}
+{{- end -}}
+{{- if and .Values.trustedCA.configMap .Values.trustedCA.existingSecret -}}
+{{- fail "trustedCA: set existingSecret or configMap, not both (the one holding the hospital's CA certificates)" -}}
+{{- end -}}
+{{- if not .Values.generateSecrets -}}
+{{- $unnamed := list -}}
+{{- if not .Values.registry.adminToken.existingSecret }}{{ $unnamed = append $unnamed "registry.adminToken.existingSecret" }}{{ end -}}
+{{- if and .Values.postgresql.enabled (not .Values.postgresql.existingSecret) }}{{ $unnamed = append $unnamed "postgresql.existingSecret" }}{{ end -}}
+{{- if and .Values.redis.enabled (not .Values.redis.existingSecret) }}{{ $unnamed = append $unnamed "redis.existingSecret" }}{{ end -}}
+{{- if $unnamed -}}
+{{- fail (printf "generateSecrets is false: the chart makes no Secret; name your own: %s" (join ", " $unnamed)) -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.tests.echo.networks .Values.listener.tls.enabled .Values.listener.tls.only -}}
+{{- fail "tests.echo.networks: the C-ECHO test needs the plain DICOM port, which listener.tls.only keeps off the Service; leave tests.echo.networks empty" -}}
 {{- end -}}
 {{- if and .Values.gpuWorker.enabled .Values.gpuWorker.mapPackage -}}
 {{- $pkg := fromJson .Values.gpuWorker.mapPackage -}}
@@ -158,7 +178,7 @@ app.kubernetes.io/component: {{ .component }}
       name: {{ default (include "hounsfield.component" (dict "root" . "component" "postgresql")) .Values.postgresql.existingSecret }}
       key: {{ .Values.postgresql.passwordKey }}
 - name: HOUNSFIELD_DATABASE_URL
-  value: {{ printf "postgresql+psycopg://%s:$(HF_DB_PASSWORD)@%s:5432/%s" .Values.postgresql.username (include "hounsfield.component" (dict "root" . "component" "postgresql")) .Values.postgresql.database | quote }}
+  value: {{ printf "postgresql+psycopg://%s:$(HF_DB_PASSWORD)@%s:%d/%s" .Values.postgresql.username (include "hounsfield.component" (dict "root" . "component" "postgresql")) (int .Values.postgresql.port) .Values.postgresql.database | quote }}
 {{- else }}
 - name: HOUNSFIELD_DATABASE_URL
   valueFrom:
@@ -173,13 +193,21 @@ app.kubernetes.io/component: {{ .component }}
       name: {{ default (include "hounsfield.component" (dict "root" . "component" "redis")) .Values.redis.existingSecret }}
       key: {{ .Values.redis.passwordKey }}
 - name: HOUNSFIELD_REDIS_URL
-  value: {{ printf "redis://:$(HF_REDIS_PASSWORD)@%s:6379/0" (include "hounsfield.component" (dict "root" . "component" "redis")) | quote }}
+  value: {{ printf "redis://:$(HF_REDIS_PASSWORD)@%s:%d/0" (include "hounsfield.component" (dict "root" . "component" "redis")) (int .Values.redis.port) | quote }}
 {{- else }}
 - name: HOUNSFIELD_REDIS_URL
   valueFrom:
     secretKeyRef:
       name: {{ .Values.externalRedis.existingSecret }}
       key: {{ .Values.externalRedis.urlKey }}
+{{- end }}
+{{- if or .Values.trustedCA.configMap .Values.trustedCA.existingSecret }}
+# The image's public CAs and the hospital's, joined by the trust-bundle init container: Python's ssl,
+# urllib and httpx read SSL_CERT_FILE, requests REQUESTS_CA_BUNDLE.
+- name: SSL_CERT_FILE
+  value: /etc/hounsfield/trust/ca-bundle.crt
+- name: REQUESTS_CA_BUNDLE
+  value: /etc/hounsfield/trust/ca-bundle.crt
 {{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
@@ -202,6 +230,7 @@ envFrom:
     claimName: {{ include "hounsfield.storeClaim" . }}
 - name: tmp
   emptyDir: {}
+{{- include "hounsfield.trustVolumes" . }}
 {{- end -}}
 
 {{- define "hounsfield.volumeMounts" -}}
@@ -213,6 +242,79 @@ envFrom:
   mountPath: /var/lib/hounsfield
 - name: tmp
   mountPath: /tmp
+{{- include "hounsfield.trustMount" . }}
+{{- end -}}
+
+{{/* The hospital's CA (trustedCA): the volume holding it, and the one the init container writes the joined
+     bundle to. Nothing without trustedCA. */}}
+{{- define "hounsfield.trustVolumes" -}}
+{{- $ca := .Values.trustedCA -}}
+{{- if or $ca.configMap $ca.existingSecret }}
+- name: trust
+  emptyDir:
+    sizeLimit: 16Mi
+- name: trusted-ca
+  {{- if $ca.configMap }}
+  configMap:
+    name: {{ $ca.configMap }}
+    items: [{key: {{ $ca.key | quote }}, path: {{ $ca.key | quote }}}]
+  {{- else }}
+  secret:
+    secretName: {{ $ca.existingSecret }}
+    items: [{key: {{ $ca.key | quote }}, path: {{ $ca.key | quote }}}]
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "hounsfield.trustMount" -}}
+{{- if or .Values.trustedCA.configMap .Values.trustedCA.existingSecret }}
+- name: trust
+  mountPath: /etc/hounsfield/trust
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* The init container that writes /etc/hounsfield/trust/ca-bundle.crt: the image's public CAs, then the
+     hospital's. It runs the pod's own image, so the public CAs are those the image would trust anyway. A
+     missing file fails it (set -e): the pod does not start rather than trust less than it should.
+     {{ include "hounsfield.initContainers" (dict "root" $ "image" $image "pullPolicy" $policy) }} */}}
+{{- define "hounsfield.initContainers" -}}
+{{- $ca := .root.Values.trustedCA -}}
+{{- if or $ca.configMap $ca.existingSecret }}
+initContainers:
+  - name: trust-bundle
+    image: {{ .image }}
+    imagePullPolicy: {{ .pullPolicy }}
+    command: ["/bin/sh", "-c", "set -e; { cat \"$SYSTEM_CA_BUNDLE\"; echo; cat \"$TRUSTED_CA\"; } > \"$SSL_CERT_FILE\""]
+    env:
+      - name: SYSTEM_CA_BUNDLE
+        value: {{ $ca.systemBundle | quote }}
+      - name: TRUSTED_CA
+        value: {{ printf "/etc/hounsfield/trusted-ca/%s" $ca.key | quote }}
+      - name: SSL_CERT_FILE
+        value: /etc/hounsfield/trust/ca-bundle.crt
+    resources:
+      {{- toYaml $ca.resources | nindent 6 }}
+    securityContext:
+      {{- toYaml .root.Values.securityContext | nindent 6 }}
+    volumeMounts:
+      - name: trust
+        mountPath: /etc/hounsfield/trust
+      - name: trusted-ca
+        mountPath: /etc/hounsfield/trusted-ca
+        readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* A worker's terminationGracePeriodSeconds: the longest a job may run (workers.maxJobSeconds, or a longer
+     timeout_s among config.deployments) plus workers.shutdownMarginSeconds. */}}
+{{- define "hounsfield.workerGracePeriod" -}}
+{{- $longest := int .Values.workers.maxJobSeconds -}}
+{{- range $d := (default list .Values.config.deployments) -}}
+{{- $timeout := int (ceil (float64 (default 600 $d.timeout_s))) -}}
+{{- if gt $timeout $longest }}{{ $longest = $timeout }}{{ end -}}
+{{- end -}}
+{{- add $longest (int .Values.workers.shutdownMarginSeconds) -}}
 {{- end -}}
 
 {{- define "hounsfield.podSpecCommon" -}}

@@ -55,9 +55,12 @@ class Runtimes:
     def for_deployment(self, deployment: DeploymentSpec) -> Runtime:
         """Where a deployment's job runs, from what its MAP declares (``pkg.json#resources``):
 
-        - GPUs this worker has (``worker.gpus``): here, in the deployment's runtime;
-        - more GPUs, or at least ``worker.kubernetes.large_memory_gib`` of memory: a Kubernetes Job, when
-          the worker runs in a cluster, the runtime is enabled and the deployment has an image;
+        - GPUs this worker has (``worker.gpus``): here, in the deployment's runtime, whatever the memory;
+        - more GPUs than a worker holding GPUs has: :class:`ResourcesUnavailable`. Its Job would ask the
+          cluster for GPUs while the worker holds its own idle, and wait for ever where they are the only ones:
+          only a worker without GPUs submits GPU Jobs;
+        - GPUs (on a worker without them), or at least ``worker.kubernetes.large_memory_gib`` of memory: a
+          Kubernetes Job, when the worker runs in a cluster, the runtime is enabled and the deployment has an image;
         - GPUs that neither can give: :class:`ResourcesUnavailable`;
         - otherwise (nothing special declared, or no MAP): here, in the deployment's runtime.
         """
@@ -67,8 +70,14 @@ class Runtimes:
             return local
         gpus = int(manifests.pkg.resources.gpu or 0)
         settings = self._kubernetes_settings
-        if 0 < gpus <= self._gpus and not needs_kubernetes(manifests, settings, count_gpus=False):
+        if 0 < gpus <= self._gpus:
             return local
+        if gpus and self._gpus:
+            raise ResourcesUnavailable(
+                f"{deployment.name}: its MAP declares {gpus} GPU(s); this worker holds {self._gpus} (worker.gpus) "
+                "and submits no Job for more while it holds them: give the GPU worker as many "
+                "(gpuWorker.mapPackage or gpuWorker.gpus)"
+            )
         if needs_kubernetes(manifests, settings) and self._kubernetes_can_run(deployment):
             return self.kubernetes
         if gpus > self._gpus:

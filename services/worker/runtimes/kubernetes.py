@@ -3,8 +3,9 @@
 :func:`build_job` turns one job into a ``batch/v1`` Job: the MAP's image and ``app.json`` command,
 exactly the CPU, memory and GPU its ``pkg.json`` declares (requests and limits), the node selector
 and tolerations of the installation, the job's input, output and work folders as sub-paths of the
-study store's ReadWriteMany claim (where the worker made them), the MAP's timeout as
-``activeDeadlineSeconds``, a non-root, read-only container that drops every capability.
+study store's ReadWriteMany claim (where the worker made them), a memory-backed ``/dev/shm``, the
+installation's image pull secrets, the MAP's timeout as ``activeDeadlineSeconds``, a non-root,
+read-only container that drops every capability.
 
 :class:`KubernetesRuntime` submits it with the official client when the worker runs in a cluster
 and follows it to its end. There is no cluster where the tests run: they validate the generated
@@ -46,11 +47,10 @@ def _bytes(quantity: str) -> float:
     return float(match.group(1)) * _UNITS.get(match.group(2) or "", 1)
 
 
-def needs_kubernetes(manifests: MapManifests, settings: KubernetesSettings, *, count_gpus: bool = True) -> bool:
-    """A MAP declaring a GPU (unless ``count_gpus`` is off), or at least ``large_memory_gib`` of memory,
-    runs as a Job where it can."""
+def needs_kubernetes(manifests: MapManifests, settings: KubernetesSettings) -> bool:
+    """A MAP declaring a GPU, or at least ``large_memory_gib`` of memory, runs as a Job where it can."""
     resources = manifests.pkg.resources
-    if count_gpus and (resources.gpu or 0) > 0:
+    if (resources.gpu or 0) > 0:
         return True
     return resources.memory is not None and _bytes(resources.memory) >= settings.large_memory_gib * _GIB
 
@@ -96,6 +96,7 @@ def build_job(
         {"name": "store", "mountPath": f"{_MOUNT}/work", "subPath": f"{relative}/work"},
         # The input folder holds hard links into the store's studies: the links resolve within the claim.
         {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "shm", "mountPath": "/dev/shm"},
     ]
     env = {str(k): str(v) for k, v in manifests.app.environment.items()}
     env.update(
@@ -136,6 +137,7 @@ def build_job(
         "volumes": [
             {"name": "store", "persistentVolumeClaim": {"claimName": settings.store_claim}},
             {"name": "tmp", "emptyDir": {}},
+            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.shm_size}},
         ],
     }
     if node_selector:
@@ -144,6 +146,8 @@ def build_job(
         pod["tolerations"] = list(settings.tolerations)
     if settings.service_account:
         pod["serviceAccountName"] = settings.service_account
+    if settings.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": name} for name in settings.image_pull_secrets]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, MetaData, inspect, select
+from alembic.util.exc import CommandError
+from sqlalchemy import Connection, MetaData, inspect, select, text
 from typer.testing import CliRunner
 
 from hounsfield.cli.database import db as db_app
@@ -135,6 +136,23 @@ def test_create_schema_is_idempotent(db: Database) -> None:
     assert set(inspect(db.engine).get_table_names()) == before
     assert current_revision(db.engine) == head_revision()
     assert elapsed < 1.0, f"create_schema on a database at head took {elapsed:.3f} s"
+
+
+def test_a_database_a_newer_version_migrated_is_refused_with_its_revision(database_url: str) -> None:
+    """After `helm rollback` past a migration: the older version names the revision it does not know and
+    changes nothing, rather than work on a schema it was not written for (docs/install.md, upgrades)."""
+    database = Database(database_url)
+    try:
+        database.create_schema()
+        with database.transaction() as connection:
+            connection.execute(text("UPDATE alembic_version SET version_num = 'f00dfeedbeef'"))
+        older = Database(database_url)
+        with pytest.raises(CommandError, match="Can't locate revision identified by 'f00dfeedbeef'"):
+            older.create_schema()
+        older.dispose()
+        assert current_revision(database.engine) == "f00dfeedbeef"
+    finally:
+        database.dispose()
 
 
 def test_cli_current_and_upgrade(database_url: str) -> None:

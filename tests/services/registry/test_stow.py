@@ -224,6 +224,27 @@ def test_a_resent_instance_is_a_success(stow: tuple[TestClient, list[Job], Datab
     assert 'hounsfield_listener_instances_total{outcome="duplicate",transport="stow-rs"} 2.0' in metrics
 
 
+def test_with_a_metrics_port_the_metrics_leave_the_api_port(
+    settings: Settings, sender: dict[str, str], tmp_path: Path
+) -> None:
+    """``registry.metrics_port`` (the chart sets it): Prometheus scrapes a port of its own, which an Ingress
+    routing the API never reaches; the API's port answers 404 for ``/metrics``."""
+    port = free_port()
+    registry = settings.registry.model_copy(update={"metrics_port": port})
+    app = create_app(settings.model_copy(update={"registry": registry}), enqueue=lambda job: None)
+    _, files = write_study(tmp_path / "ct", seed=28, shape=(1, 16, 16))
+    with TestClient(app, headers=sender) as client:
+        stored = client.post(
+            "/dicomweb/studies", content=_body([files[0].read_bytes()]), headers={"Content-Type": STOW_TYPE}
+        )
+        assert stored.status_code == 200
+        assert client.get("/metrics").status_code == 404
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert 'hounsfield_listener_instances_total{outcome="stored",transport="stow-rs"} 1.0' in metrics
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)  # stopped with the app
+
+
 @pytest.mark.parametrize(
     "content_type",
     [

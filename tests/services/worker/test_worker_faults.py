@@ -173,6 +173,48 @@ def test_a_worker_killed_mid_inference_hands_the_job_on_and_one_result_set_arriv
         pacs.stop()
 
 
+def test_a_worker_told_to_stop_ends_its_running_job_first_and_takes_no_other(
+    tmp_path: Path, redis: LocalRedis, default_database_url: str | None
+) -> None:
+    """SIGTERM (KEDA scaling in, an upgrade, a node drain) starts Celery's warm shutdown: the worker takes no
+    further job, ends the one it runs and records its end, then exits. The chart's grace period leaves time
+    for the longest job (tests/deploy/test_chart.py). Here the job runs until its deployment's timeout."""
+    sleeper = {**CT_LESION_DEPLOYMENT, "app": "tests.e2e.sleeping_app:SleepingApp", "timeout_s": 8, "destinations": []}
+    settings = _config(tmp_path, redis, default_database_url, deployments=[sleeper])
+    db = Database(settings.sqlalchemy_url)
+    prepare_database(db, settings)
+    worker = Worker(tmp_path / "hounsfield.yaml", "worker")
+    try:
+        _, files = write_study(tmp_path / "study", seed=78, shape=(8, 32, 32))
+        running = _route(settings, db, files)
+        deadline = time.monotonic() + 120
+        while True:  # the application runs, in the worker's child
+            with db.session() as session:
+                started = session.scalars(
+                    select(Event).where(Event.job_id == running.id, Event.kind == "job-running")
+                ).first()
+            if started is not None and _children(worker.process.pid):
+                break
+            assert time.monotonic() < deadline, "the worker did not start the job"
+            time.sleep(0.05)
+        _, more = write_study(tmp_path / "next", seed=79, shape=(8, 32, 32))
+        waiting = _route(settings, db, more)
+        worker.process.send_signal(signal.SIGTERM)
+        time.sleep(2)
+        assert worker.process.poll() is None, "the worker went with its job still running"
+        assert worker.process.wait(timeout=60) == 0
+        with db.session() as session:
+            ended = session.get(Job, running.id)
+            queued = session.get(Job, waiting.id)
+            runs = session.scalars(select(Event).where(Event.kind == "job-running")).all()
+        assert ended is not None and ended.state is JobState.TIMED_OUT, "its end was recorded before it exited"
+        assert queued is not None and not queued.state.final, "the next job stays queued for another worker"
+        assert [run.job_id for run in runs] == [running.id]
+    finally:
+        worker.stop()
+        db.dispose()
+
+
 def test_twenty_queued_studies_survive_a_redis_restart(
     tmp_path: Path, redis: LocalRedis, default_database_url: str | None
 ) -> None:

@@ -26,17 +26,22 @@ SETTINGS = KubernetesSettings(
     node_selector={"hounsfield.io/pool": "inference"},
     tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
     service_account="hounsfield-worker",
+    image_pull_secrets=["hospital-registry", "vendor-maps"],
+    shm_size="2Gi",
 )
 
 
-def _job(tmp_path: Path, pkg: dict[str, Any], **changes: Any) -> dict[str, Any]:
+def _arguments(tmp_path: Path, pkg: dict[str, Any], **changes: Any) -> dict[str, Any]:
     workspace = tmp_path / "data" / "jobs" / "0b5c2d9e-1f0a-4c1e-9f5e-3a2b1c0d9e8f"
-    arguments: dict[str, Any] = {
+    return {
         "job_id": workspace.name, "deployment": "head-ct-bleed-v2", "image": "registry.local/maps/bleed:1.2.0",
         "manifests": parse_manifests(spec_app(), pkg), "workspace": workspace, "store_root": tmp_path / "data",
         "timeout_s": 300, "settings": SETTINGS, **changes,
     }  # fmt: skip
-    return build_job(**arguments)
+
+
+def _job(tmp_path: Path, pkg: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    return build_job(**_arguments(tmp_path, pkg, **changes))
 
 
 def test_which_maps_run_as_kubernetes_jobs() -> None:
@@ -95,3 +100,20 @@ def test_the_schema_check_does_fail_on_a_broken_job(tmp_path: Path) -> None:
     job["spec"]["template"]["spec"]["containers"][0]["gpus"] = 1  # not a field of a Container
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(job, KUBERNETES, strict=True)
+
+
+def test_a_job_pulls_with_the_installations_secrets_and_has_a_memory_backed_dev_shm(tmp_path: Path) -> None:
+    """A MAP image from the hospital's registry needs its pull secrets; PyTorch's DataLoader workers share
+    tensors through /dev/shm, which a container runtime gives 64 MiB unless a memory volume is mounted."""
+    job = _job(tmp_path, spec_pkg())
+    kubernetes_validate.validate(job, KUBERNETES, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "hospital-registry"}, {"name": "vendor-maps"}]
+    (container,) = pod["containers"]
+    assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}} in pod["volumes"]
+    plain = build_job(**{**_arguments(tmp_path, spec_pkg()), "settings": KubernetesSettings()})
+    assert "imagePullSecrets" not in plain["spec"]["template"]["spec"], "none named: none asked for"
+    assert {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}} in plain["spec"]["template"]["spec"][
+        "volumes"
+    ]

@@ -73,6 +73,7 @@ def test_in_a_cluster_a_gpu_map_runs_as_a_kubernetes_job_unless_the_worker_has_t
     assert runtimes.for_deployment(big) is runtimes.kubernetes, "large memory: a Job"
     gpu_worker = _worker(settings, tmp_path, gpus=2)
     assert gpu_worker.for_deployment(gpu) is gpu_worker.subprocess, "the GPU worker uses its own GPU"
+    assert gpu_worker.for_deployment(big) is gpu_worker.kubernetes, "large memory, no GPU: a Job asking for none"
     switched_off = _worker(
         settings, tmp_path, kubernetes=settings.worker.kubernetes.model_copy(update={"enabled": False})
     )
@@ -98,3 +99,23 @@ def test_a_job_whose_map_needs_a_gpu_the_worker_lacks_fails_with_the_reason(
         assert "declares 1 GPU(s); this worker has 0 (worker.gpus)" in stored.error
         assert "inference" not in stored.timings, "the application never ran"
     context.db.dispose()
+
+
+def test_a_worker_holding_gpus_never_submits_a_job_that_asks_for_more(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GPU worker's Job would ask the cluster for GPUs while the worker holds its own idle, and wait for
+    them where the worker's GPUs are the only ones. It runs every GPU MAP its GPUs cover itself, large
+    memory or not, and refuses with the reason one that declares more; only CPU workers submit GPU Jobs."""
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    large_gpu = {"app": spec_app(), "pkg": spec_pkg(resources={"cpu": 4, "gpu": 1, "memory": "32Gi"})}
+    two_gpus = {"app": spec_app(), "pkg": spec_pkg(resources={"cpu": 4, "gpu": 2, "memory": "8Gi"})}
+    gpu_worker = _worker(settings, tmp_path, gpus=1)
+    large = _deployment(tmp_path, image="maps/large:1.0.0", map_manifest=large_gpu)
+    assert gpu_worker.for_deployment(large) is gpu_worker.in_process, "its own GPU, whatever the memory"
+    with pytest.raises(ResourcesUnavailable, match=r"declares 2 GPU\(s\); this worker holds 1 .*submits no Job"):
+        gpu_worker.for_deployment(_deployment(tmp_path, image="maps/two:1.0.0", map_manifest=two_gpus))
+    cpu_worker = Runtimes(settings, tmp_path)
+    for manifest in (large_gpu, two_gpus):
+        deployment = _deployment(tmp_path, image="maps/any:1.0.0", map_manifest=manifest)
+        assert cpu_worker.for_deployment(deployment) is cpu_worker.kubernetes, "a CPU worker submits GPU Jobs"
