@@ -18,9 +18,8 @@ falls back to ``base-image``: mmdebstrap makes a minimal Debian (python3, python
 ca-certificates) from the mirrors apt already uses, imported as ``localhost/hounsfield-base:bookworm``
 (an air-gapped build host with a Debian mirror needs nothing else).
 
-podman runs with ``runtime = "runc"`` and default ulimits no higher than this host's (a
-containers.conf written under build/ and selected with CONTAINERS_CONF), which podman needs on hosts
-where crun cannot run or the default limits cannot be set.
+The engine and the host's package settings are :mod:`hounsfield.containers`' (podman with runc and
+ulimits this host allows).
 
 After each build the image's SBOM (CycloneDX, written in the image at
 /opt/hounsfield/share/sbom/python.cdx.json) is copied to build/sbom/, with the Debian packages the
@@ -30,20 +29,25 @@ image holds; the sizes and build times go to the report (build/images.json by de
 from __future__ import annotations
 
 import argparse
-import configparser
 import json
-import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+
+from hounsfield.containers import (
+    BuildSettings,
+    ContainerCommandFailed,
+    engine,
+    engine_environment,
+    host_build_settings,
+    run,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "build"
@@ -54,59 +58,14 @@ LOCAL_BASE = "localhost/hounsfield-base:bookworm"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 TARGETS = {"services": "hounsfield", "worker": "hounsfield-worker"}
 """Dockerfile target -> image name."""
-_PIP_KEYS = ("index-url", "extra-index-url", "find-links", "constraint", "trusted-host", "no-index", "timeout")
 
 
-_NOISE = re.compile(r"WARNING: Location '.*' is ignored")
-"""pip's line for each project a local index lacks: hundreds of them, and never the reason for a failure."""
-
-
-class BuildFailed(RuntimeError):
-    """A step of the build failed; the message says which and why."""
+BuildFailed = ContainerCommandFailed
+"""A step of the build failed; the message says which and why."""
 
 
 def version() -> str:
     return str(tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"])
-
-
-# --- the container engine ------------------------------------------------------------------------------------------
-
-
-def engine() -> str:
-    for name in ("podman", "docker"):
-        if shutil.which(name):
-            return name
-    raise BuildFailed("neither podman nor docker is installed (`apt-get install podman` on Debian)")
-
-
-def engine_environment() -> dict[str, str]:
-    """The environment for podman: containers.conf with runc and ulimits this host allows."""
-    env = dict(os.environ)
-    if engine() != "podman" or "CONTAINERS_CONF" in os.environ:
-        return env
-    # Never above this host's soft limits, and modest: on some hosts runc may not raise them at all
-    # (nproc 8192 fails where 4096 works on this project's machines).
-    nofile = min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 16384)
-    nproc = min(resource.getrlimit(resource.RLIMIT_NPROC)[0], 4096)
-    conf = BUILD / "podman" / "containers.conf"
-    conf.parent.mkdir(parents=True, exist_ok=True)
-    runtime = 'runtime = "runc"\n' if shutil.which("runc") else ""
-    conf.write_text(
-        f'[engine]\n{runtime}[containers]\ndefault_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]\n',
-        encoding="utf-8",
-    )
-    env["CONTAINERS_CONF"] = str(conf)
-    return env
-
-
-def run(argv: list[str], *, capture: bool = False, timeout: float | None = None) -> str:
-    """Run ``argv`` (the engine with its environment); :class:`BuildFailed` with the tail of its output."""
-    proc = subprocess.run(argv, env=engine_environment(), capture_output=True, text=True, timeout=timeout, check=False)
-    if proc.returncode != 0:
-        lines = [line for line in (proc.stdout + proc.stderr).splitlines() if not _NOISE.search(line)]
-        tail = "\n".join(lines[-40:])
-        raise BuildFailed(f"{' '.join(argv[:3])} ... exited {proc.returncode}:\n{tail}")
-    return proc.stdout if capture else ""
 
 
 # --- the base image -------------------------------------------------------------------------------------------------
@@ -170,56 +129,6 @@ def choose_base(how: str) -> str:
     return base_image()
 
 
-# --- the host's package settings ------------------------------------------------------------------------------------
-
-
-@dataclass
-class BuildSettings:
-    """What a build needs from the host: pip's configuration, the folders it names, the CA bundle."""
-
-    pip_conf: str = ""
-    volumes: list[str] = field(default_factory=list)
-    ca_bundle: str | None = None
-
-
-def _local_path(value: str) -> Path | None:
-    if value.startswith("file://"):
-        return Path(unquote(urlsplit(value).path))
-    if value.startswith("/"):
-        return Path(value)
-    return None
-
-
-def host_build_settings(python: str = sys.executable) -> BuildSettings:
-    """pip's effective configuration here (``pip config list``, files and environment), as a pip.conf."""
-    proc = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True, check=False)
-    values: dict[str, str] = {}
-    for line in proc.stdout.splitlines():
-        match = re.match(r"^(?:[\w.-]*:)?(?:global|install|:env:)\.([\w-]+)='(.*)'$", line)
-        if match:
-            values[match[1]] = match[2]  # later lines (the environment) win, as in pip
-    settings = BuildSettings()
-    parser = configparser.ConfigParser()
-    parser["global"] = {key: value for key, value in values.items() if key in _PIP_KEYS}
-    with tempfile.TemporaryFile("w+") as handle:
-        parser.write(handle)
-        handle.seek(0)
-        settings.pip_conf = handle.read()
-    mounts: set[Path] = set()
-    for key in ("index-url", "extra-index-url", "find-links", "constraint"):
-        for item in values.get(key, "").split():
-            path = _local_path(item)
-            if path is not None and path.exists():
-                # A PEP 503 index's pages link to its files beside it (../../files/...): mount the whole tree.
-                mounts.add(path.parent if path.name == "simple" else path)
-    settings.volumes = [f"{path}:{path}:ro" for path in sorted(mounts)]
-    for candidate in (os.environ.get("PIP_CERT"), values.get("cert"), os.environ.get("SSL_CERT_FILE")):
-        if candidate and Path(candidate).is_file():
-            settings.ca_bundle = candidate
-            break
-    return settings
-
-
 # --- building -------------------------------------------------------------------------------------------------------
 
 
@@ -243,14 +152,7 @@ def build(
     argv += ["--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"VERSION={version()}"]
     argv += ["--network", "host", *(["--no-cache"] if no_cache else [])]
     with tempfile.TemporaryDirectory(prefix="hounsfield-build-") as folder:
-        pip_conf = Path(folder) / "pip.conf"
-        pip_conf.write_text(settings.pip_conf, encoding="utf-8")
-        argv += ["--secret", f"id=pip.conf,src={pip_conf}"]
-        if settings.ca_bundle:
-            argv += ["--secret", f"id=ca.crt,src={settings.ca_bundle}"]
-        if engine() == "podman":
-            for volume in settings.volumes:
-                argv += ["--volume", volume]
+        argv += settings.build_arguments(Path(folder))
         started = time.monotonic()
         run([*argv, str(REPO)])
         took = time.monotonic() - started

@@ -23,14 +23,22 @@ Content, per IHE AI Results:
 * With no lesion: one TID 1501 group "Lesion assessment", finding Lesion, Presence of
   property = Absent (272519000, SCT), and no SEG reference.
 
+A study-level finding (a classifier's answer, e.g. intracranial haemorrhage present or absent) is
+written by :func:`build_finding_report` / :class:`FindingSRWriterOperator` as one TID 1501 group:
+Tracking Identifier and UID, the finding, its finding site, Probability (122157, DCM) in
+``{probability}`` when the model gives one, and Presence of property = Present or Absent. Both
+reports share the observer, the algorithm identification, Contributing Equipment and the SR series.
+
 Importing this module imports ``monai.deploy`` (see :mod:`hounsfield_operators.runtime_support`).
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
@@ -46,10 +54,15 @@ __all__ = [
     "FINDING_SITE",
     "LESION_ASSESSMENT_ID",
     "MILLILITER",
+    "PROBABILITY_UNIT",
     "SR_FILENAME",
+    "FindingSRWriterOperator",
     "LesionSRWriterOperator",
+    "StudyFinding",
+    "build_finding_report",
     "build_lesion_report",
     "procedure_reported",
+    "save_report",
 ]
 
 logger = logging.getLogger(__name__)
@@ -65,6 +78,9 @@ MILLILITER = hd.sr.CodedConcept(value="ml", scheme_designator="UCUM", meaning="m
 
 #: Tracking Identifier of the study-level group written when no lesion is found.
 LESION_ASSESSMENT_ID = "Lesion assessment"
+
+#: UCUM unit of a probability (a dimensionless annotation; not in pydicom's code dictionary).
+PROBABILITY_UNIT = hd.sr.CodedConcept(value="{probability}", scheme_designator="UCUM", meaning="probability")
 
 _UNSPECIFIED_REGION_BY_MODALITY = {
     "CT": codes.cid100.CTUnspecifiedBodyRegion,
@@ -162,23 +178,7 @@ def build_lesion_report(result: LesionSegResult, context: ResultContext) -> hd.s
     """
     source_images: Sequence[Dataset] = result.source_images
     source_series_uid = str(source_images[0].SeriesInstanceUID)
-    algorithm = hd.sr.AlgorithmIdentification(
-        name=context.model_name,
-        version=context.model_version,
-        family=codes.cid7162.ArtificialIntelligence,
-        manufacturer=context.manufacturer,
-    )
-    observation_context = hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(
-            observer_type=codes.DCM.Device,
-            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                uid=str(context.device_uid),
-                name=context.model_name,
-                manufacturer_name=context.manufacturer,
-                model_name=context.model_name,
-            ),
-        )
-    )
+    algorithm = _algorithm_identification(context)
     groups: list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations]
     evidence: list[Dataset] = list(source_images)
     if result.lesions.lesions:
@@ -202,6 +202,41 @@ def build_lesion_report(result: LesionSegResult, context: ResultContext) -> hd.s
                 qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.DCM.PresenceOfProperty, codes.SCT.Absent)],
             )
         ]
+    return _comprehensive_3d_sr(groups, evidence, source_images, context, result.created)
+
+
+def _algorithm_identification(context: ResultContext) -> hd.sr.AlgorithmIdentification:
+    """TID 4019 Algorithm Identification of the model (name, version, family AI, manufacturer)."""
+    return hd.sr.AlgorithmIdentification(
+        name=context.model_name,
+        version=context.model_version,
+        family=codes.cid7162.ArtificialIntelligence,
+        manufacturer=context.manufacturer,
+    )
+
+
+def _comprehensive_3d_sr(
+    groups: Sequence[
+        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations
+    ],
+    evidence: Sequence[Dataset],
+    source_images: Sequence[Dataset],
+    context: ResultContext,
+    created: datetime.datetime,
+) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 report of ``groups``, observed by the model as a device, in the job's SR series."""
+    source_series_uid = str(source_images[0].SeriesInstanceUID)
+    observation_context = hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=str(context.device_uid),
+                name=context.model_name,
+                manufacturer_name=context.manufacturer,
+                model_name=context.model_name,
+            ),
+        )
+    )
     report = hd.sr.MeasurementReport(
         observation_context=observation_context,
         procedure_reported=procedure_reported(source_images[0]),
@@ -223,23 +258,114 @@ def build_lesion_report(result: LesionSegResult, context: ResultContext) -> hd.s
         manufacturer_model_name=context.model_name,
         software_versions=context.model_version,
         device_serial_number=str(context.device_uid),
-        series_date=result.created.date(),
-        series_time=result.created.time(),
-        content_date=result.created.date(),
-        content_time=result.created.time(),
+        series_date=created.date(),
+        series_time=created.time(),
+        content_date=created.date(),
+        content_time=created.time(),
     )
 
 
-class LesionSRWriterOperator(Operator):
-    """Write the TID 1500 lesion report ``sr.dcm``.
+@dataclass(frozen=True)
+class StudyFinding:
+    """A finding about the analysed series as a whole (a classifier's answer), for the SR.
 
-    Named input:
-        ``lesion_result``: :class:`~hounsfield_operators.dicom_seg_writer.LesionSegResult` from
-        :class:`~hounsfield_operators.dicom_seg_writer.LesionSegWriterOperator`.
-
-    File output:
-        ``<output_folder>/sr.dcm``, always (also when no lesion was found).
+    Attributes
+    ----------
+    finding : highdicom.sr.CodedConcept
+        What was looked for, e.g. ``codes.SCT.IntracranialHemorrhage``.
+    finding_site : highdicom.sr.CodedConcept
+        Where, e.g. ``codes.SCT.IntracranialStructure``.
+    present : bool
+        The model's decision at its operating threshold.
+    probability : float or None
+        The model's probability of the finding, in [0, 1]; ``None`` when it gives none.
+    tracking_identifier : str
+        Tracking Identifier of the measurement group, e.g. "Intracranial hemorrhage assessment".
+    source_images : tuple of pydicom.dataset.Dataset
+        The analysed series.
+    created : datetime.datetime
+        Creation time of the result.
     """
+
+    finding: hd.sr.CodedConcept
+    finding_site: hd.sr.CodedConcept
+    present: bool
+    probability: float | None
+    tracking_identifier: str
+    source_images: tuple[Dataset, ...]
+    created: datetime.datetime
+
+    def __post_init__(self) -> None:
+        if self.probability is not None and not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"A probability must lie in [0, 1], got {self.probability}.")
+        if not self.source_images:
+            raise ValueError("A finding needs the source images it was made on.")
+
+
+def build_finding_report(finding: StudyFinding, context: ResultContext) -> hd.sr.Comprehensive3DSR:
+    """Build the TID 1500 Comprehensive 3D SR holding one study-level finding.
+
+    Parameters
+    ----------
+    finding : StudyFinding
+        The finding, its probability and the analysed images.
+    context : ResultContext
+        Identity of the algorithm and job.
+
+    Returns
+    -------
+    highdicom.sr.Comprehensive3DSR
+        One TID 1501 measurement group: tracking identifier and UID, finding, finding site,
+        Probability (when given) and Presence of property = Present or Absent.
+    """
+    source_series_uid = str(finding.source_images[0].SeriesInstanceUID)
+    algorithm = _algorithm_identification(context)
+    measurements = []
+    if finding.probability is not None:
+        measurements.append(
+            hd.sr.Measurement(
+                name=codes.DCM.Probability,
+                value=round(float(finding.probability), 4),
+                unit=PROBABILITY_UNIT,
+                algorithm_id=algorithm,
+            )
+        )
+    presence = codes.SCT.Present if finding.present else codes.SCT.Absent
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=context.uid(f"tracking/{finding.tracking_identifier}", source_series_uid),
+            identifier=finding.tracking_identifier,
+        ),
+        finding_type=finding.finding,
+        algorithm_id=algorithm,
+        finding_sites=[hd.sr.FindingSite(finding.finding_site)],
+        measurements=measurements or None,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.DCM.PresenceOfProperty, presence)],
+    )
+    return _comprehensive_3d_sr([group], finding.source_images, finding.source_images, context, finding.created)
+
+
+def save_report(report: hd.sr.Comprehensive3DSR, output_folder: Path) -> Path:
+    """Write ``report`` as ``<output_folder>/sr.dcm``, atomically (no partial file is left behind).
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+    """
+    output_folder.mkdir(parents=True, exist_ok=True)
+    path = output_folder / SR_FILENAME
+    partial = path.with_name(path.name + ".partial")
+    report.save_as(partial, enforce_file_format=True)
+    os.replace(partial, path)
+    logger.info("Wrote %s (SOP Instance UID %s)", path, report.SOPInstanceUID)
+    return path
+
+
+class _SRWriterOperator(Operator):
+    """Base of the SR writers: configuration and the one input port, named by ``input_name``."""
+
+    input_name = ""
 
     def __init__(
         self, fragment: Fragment, *args: object, output_folder: Path, result_context: ResultContext, **kwargs: object
@@ -257,18 +383,31 @@ class LesionSRWriterOperator(Operator):
         """
         self.output_folder = Path(output_folder)
         self.result_context = result_context
-        self.input_name_result = "lesion_result"
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
         """Declare the port."""
-        spec.input(self.input_name_result)
+        spec.input(self.input_name)
+
+
+class LesionSRWriterOperator(_SRWriterOperator):
+    """Write the TID 1500 lesion report ``sr.dcm``.
+
+    Named input:
+        ``lesion_result``: :class:`~hounsfield_operators.dicom_seg_writer.LesionSegResult` from
+        :class:`~hounsfield_operators.dicom_seg_writer.LesionSegWriterOperator`.
+
+    File output:
+        ``<output_folder>/sr.dcm``, always (also when no lesion was found).
+    """
+
+    input_name = "lesion_result"
 
     def compute(self, op_input, op_output, context) -> None:  # holoscan's InputContext, OutputContext, ExecutionContext
         """Receive the lesion result and write the SR."""
-        result = op_input.receive(self.input_name_result)
+        result = op_input.receive(self.input_name)
         if not isinstance(result, LesionSegResult):
-            raise TypeError(f"Expected a LesionSegResult on {self.input_name_result!r}, got {type(result).__name__}.")
+            raise TypeError(f"Expected a LesionSegResult on {self.input_name!r}, got {type(result).__name__}.")
         self.write_sr(result)
 
     def write_sr(self, result: LesionSegResult) -> Path:
@@ -279,11 +418,24 @@ class LesionSRWriterOperator(Operator):
         pathlib.Path
             The written file.
         """
-        report = build_lesion_report(result, self.result_context)
-        self.output_folder.mkdir(parents=True, exist_ok=True)
-        path = self.output_folder / SR_FILENAME
-        partial = path.with_name(path.name + ".partial")
-        report.save_as(partial, enforce_file_format=True)
-        os.replace(partial, path)
-        logger.info("Wrote %s (SOP Instance UID %s)", path, report.SOPInstanceUID)
-        return path
+        return save_report(build_lesion_report(result, self.result_context), self.output_folder)
+
+
+class FindingSRWriterOperator(_SRWriterOperator):
+    """Write the TID 1500 report ``sr.dcm`` of a study-level finding.
+
+    Named input:
+        ``finding``: :class:`StudyFinding`, e.g. from a classifier operator.
+
+    File output:
+        ``<output_folder>/sr.dcm``, always (the finding present or absent).
+    """
+
+    input_name = "finding"
+
+    def compute(self, op_input, op_output, context) -> None:  # holoscan's InputContext, OutputContext, ExecutionContext
+        """Receive the finding and write the SR."""
+        finding = op_input.receive(self.input_name)
+        if not isinstance(finding, StudyFinding):
+            raise TypeError(f"Expected a StudyFinding on {self.input_name!r}, got {type(finding).__name__}.")
+        save_report(build_finding_report(finding, self.result_context), self.output_folder)

@@ -24,6 +24,7 @@ from hounsfield.errors import HounsfieldError
 
 __all__ = [
     "ConfigurationInvalid",
+    "ContainerSettings",
     "DeploymentSettings",
     "DestinationSettings",
     "FhirSettings",
@@ -351,7 +352,9 @@ class DeploymentSettings(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
     app: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     """The App SDK Application class the in-process runtime runs, ``package.module:ClassName``."""
-    model_path: Path
+    model_path: Path = Path("/opt/holoscan/models")
+    """The model file or folder as the workers see it (in-process and subprocess runtimes); a container's
+    models are in its image (the default, the MAP spec's model root, says so)."""
     model_name: str
     model_version: str = Field(pattern=r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
     manufacturer: str = "Hounsfield"
@@ -360,19 +363,28 @@ class DeploymentSettings(_Strict):
     destinations: list[str] = Field(default_factory=list)
     queue: Literal["stat", "routine", "batch"] = "routine"
     timeout_s: float = Field(600.0, gt=0)
-    runtime: Literal["in-process", "subprocess"] = "in-process"
+    runtime: Literal["in-process", "subprocess", "container"] = "in-process"
     """``in-process``: ``app`` imported in the worker, its jobs run in a warm process forked from it.
     ``subprocess``: the MAP's ``app.json`` command as a process of its own (``map_path``,
-    ``application_root``)."""
+    ``application_root``). ``container``: the MAP's ``image`` run with podman or docker
+    (``worker.container``)."""
     map_path: Path | None = None
     """The MAP's folder (``app.json`` and ``pkg.json``); needed by the subprocess runtime."""
     application_root: Path | None = None
     """Where the MAP's ``applicationRoot`` is on the workers (default: ``map_path``)."""
     image: str | None = None
-    """The MAP's container image, for the Kubernetes runtime (MAPs declaring a GPU or large memory)."""
+    """The MAP's container image: run by the container runtime, and by the Kubernetes runtime (MAPs
+    declaring a GPU or large memory)."""
+    network: bool = False
+    """Whether the container runtime gives the application a network (``worker.container.network``);
+    without it the container has none: it reads its input and writes its results, nothing else."""
 
     @model_validator(mode="after")
     def _runtime_needs(self) -> DeploymentSettings:
+        if self.runtime == "container" and not self.image:
+            raise ValueError("runtime container needs image (the MAP's image, `hounsfield map package` makes it)")
+        if self.runtime != "container" and "model_path" not in self.model_fields_set:
+            raise ValueError(f"runtime {self.runtime} needs model_path (the model file or folder on the workers)")
         if self.runtime == "subprocess" and self.map_path is None:
             raise ValueError("runtime subprocess needs map_path (the folder with app.json and pkg.json)")
         if self.runtime == "in-process" and self.app is None:
@@ -404,6 +416,25 @@ class KubernetesSettings(_Strict):
     tensors there; a container runtime gives 64 MiB otherwise). It counts against the Job's memory limit."""
 
 
+class ContainerSettings(_Strict):
+    """How the container runtime runs a MAP's image (deployments with ``runtime: container``)."""
+
+    engine: Literal["auto", "podman", "docker"] = "auto"
+    """``auto``: podman where it is installed, docker otherwise."""
+    user: str = Field("10001:10001", pattern=r"^[0-9]+:[0-9]+$")
+    """The uid:gid the application runs as when the worker runs as root (a worker of another user runs
+    it as itself); the job's output and work folders are given to it. Never root."""
+    pull: Literal["never", "missing", "always"] = "missing"
+    """When the engine pulls the image; ``never`` for sites whose images are loaded by hand (air gap)."""
+    network: str = Field("bridge", pattern=r"^[a-z0-9][a-z0-9:=,._/-]*$")
+    """The ``--network`` of a deployment allowed one (``network: true``); every other runs with ``none``."""
+    tmp_size: str = Field("1Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Mi|Gi)$")
+    """Size of the memory-backed ``/tmp``: the root file system is read-only."""
+    pids_limit: int = Field(4096, ge=16)
+    gpu_device: str = "nvidia.com/gpu=all"
+    """The ``--device`` (CDI name) that gives a MAP declaring a GPU this worker's GPUs (``worker.gpus``)."""
+
+
 class WorkerSettings(_Strict):
     """The Celery worker."""
 
@@ -418,6 +449,7 @@ class WorkerSettings(_Strict):
     """An in-process application's warm process serves this many jobs, then a fresh one is forked
     (memory an application leaks comes back). ``1``: a fresh process for every job, never warm."""
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+    container: ContainerSettings = Field(default_factory=ContainerSettings)
     gpus: int = Field(0, ge=0, le=64)
     """GPUs this worker can give an application it runs itself (in-process or as a subprocess). A MAP
     whose ``pkg.json`` declares more is refused with the reason by a worker that holds GPUs (it asks the

@@ -46,21 +46,15 @@ module on hosts without a CUDA toolkit.
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from monai.deploy.conditions import CountCondition
-from monai.deploy.core import AppContext, Application, Operator, parse_args
-from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
-from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
-from monai.deploy.operators.dicom_series_to_volume_operator import DICOMSeriesToVolumeOperator
 from monai.deploy.operators.monai_seg_inference_operator import MonaiSegInferenceOperator
 from monai.transforms import Compose
 
+from hounsfield_operators import application
+from hounsfield_operators.application import CT_SERIES_SELECTION_RULES, MODEL_FILENAME, HounsfieldApp, PipelineError
 from hounsfield_operators.ct_lesion_seg.preprocessing import (
     OVERLAP,
     ROI_SIZE,
@@ -70,7 +64,6 @@ from hounsfield_operators.ct_lesion_seg.preprocessing import (
 )
 from hounsfield_operators.dicom_seg_writer import LesionSegWriterOperator
 from hounsfield_operators.dicom_sr_writer import LesionSRWriterOperator
-from hounsfield_operators.result_context import ResultContext
 
 __all__ = [
     "APP_NAME",
@@ -89,68 +82,13 @@ logger = logging.getLogger(__name__)
 APP_NAME = "ct_lesion_seg"
 #: Name of the model folder in a model repository (``/opt/holoscan/models/<MODEL_NAME>/``).
 MODEL_NAME = "ct_lesion_seg"
-#: File name of the TorchScript model.
-MODEL_FILENAME = "model.ts"
-
-#: Series selection: any CT series; with ``all_matched`` and sorting by instance count the series
-#: with the most instances comes first and is the one analysed.
-SERIES_SELECTION_RULES = json.dumps({"selections": [{"name": "CT series", "conditions": {"Modality": "(?i)CT"}}]})
-
-
-class PipelineError(RuntimeError):
-    """An operator of the application failed; the original exception is chained."""
+#: Series selection: the CT series with the most instances (see :mod:`hounsfield_operators.application`).
+SERIES_SELECTION_RULES = CT_SERIES_SELECTION_RULES
 
 
 def resolve_model_file(model_path: str | Path) -> Path:
-    """Find the TorchScript file behind a ``-m`` argument.
-
-    Parameters
-    ----------
-    model_path : str or pathlib.Path
-        A TorchScript file, a folder holding ``model.ts``, or a model repository holding
-        ``ct_lesion_seg/model.ts``.
-
-    Returns
-    -------
-    pathlib.Path
-        The model file.
-
-    Raises
-    ------
-    FileNotFoundError
-        When none of these exists.
-    """
-    path = Path(model_path)
-    candidates = [path, path / MODEL_FILENAME, path / MODEL_NAME / MODEL_FILENAME]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.resolve()
-    raise FileNotFoundError(f"No TorchScript model at {', '.join(str(c) for c in candidates)}.")
-
-
-def _failing_operator(exc: BaseException) -> str | None:
-    """Name of the innermost App SDK operator on the exception's traceback, if any."""
-    name = None
-    frame_tb = exc.__traceback__
-    while frame_tb is not None:
-        owner = frame_tb.tb_frame.f_locals.get("self")
-        if isinstance(owner, Operator):
-            name = owner.name
-        frame_tb = frame_tb.tb_next
-    return name
-
-
-def _describe_failure(exc: BaseException) -> str:
-    """One readable line: where it failed, what, and the root cause."""
-    operator = _failing_operator(exc)
-    where = f"operator {operator!r}" if operator else "composing the pipeline"
-    message = f"{APP_NAME} failed in {where}: {type(exc).__name__}: {exc}"
-    root = exc
-    while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
-        root = root.__cause__ or root.__context__  # type: ignore[assignment]
-    if root is not exc:
-        message += f" (root cause: {type(root).__name__}: {root})"
-    return message
+    """The model file behind a ``-m`` argument: :func:`hounsfield_operators.application.resolve_model_file`."""
+    return application.resolve_model_file(model_path, MODEL_NAME)
 
 
 class LesionInferenceOperator(MonaiSegInferenceOperator):
@@ -174,59 +112,22 @@ class LesionInferenceOperator(MonaiSegInferenceOperator):
         return inference_post_transforms(self.pred_dataset_key)
 
 
-class CTLesionSegApp(Application):
+class CTLesionSegApp(HounsfieldApp):
     """Segment and measure lesions in a CT series; write a DICOM SEG and a TID 1500 SR.
 
-    See the module docstring for the argv contract and outputs.
+    See the module docstring for the argv contract and outputs; argument parsing and failure
+    reporting come from :class:`~hounsfield_operators.application.HounsfieldApp`.
     """
 
-    def __init__(self, argv: Sequence[str] | None = None, *args: Any, **kwargs: Any) -> None:
-        """Create the application.
-
-        Parameters
-        ----------
-        argv : sequence of str or None
-            ``[program_name, *flags]`` as in the module docstring; ``None`` uses ``sys.argv``.
-
-        Raises
-        ------
-        ValueError
-            When the arguments do not parse (argparse's ``SystemExit`` is turned into an exception
-            a worker can handle).
-        """
-        # Holoscan drops argv[0] as the interpreter and keeps the rest as ``self.argv``, whose
-        # first item the SDK's parser then drops as the program name.
-        full_argv = None if argv is None else [sys.executable, *argv]
-        super().__init__(full_argv, *args, **kwargs)
-        try:
-            parse_args(self.argv)
-        except SystemExit as exc:
-            message = f"Invalid arguments for {APP_NAME}: {list(self.argv)!r} (argparse exit status {exc.code})."
-            raise ValueError(message) from exc
+    app_name = APP_NAME
+    model_name = MODEL_NAME
 
     def compose(self) -> None:
         """Build the operator graph from the parsed arguments."""
-        app_context: AppContext = Application.init_app_context(self.argv)
-        model_file = resolve_model_file(app_context.model_path)
+        dicom = self.compose_dicom_input()
+        app_context, model_file, to_volume = dicom.app_context, dicom.model_file, dicom.to_volume
         if Path(app_context.model_path).resolve() != model_file:
             app_context.update({"model": str(model_file)})  # reloads app_context.models as a TorchScriptModel
-        input_folder = Path(app_context.input_path)
-        output_folder = Path(app_context.output_path)
-        workdir = Path(app_context.workdir) if app_context.workdir else None
-        result_context = ResultContext.load(workdir)
-        logger.info(
-            "Input %s, output %s, model %s, result context %s", input_folder, output_folder, model_file, result_context
-        )
-
-        loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=input_folder, name="dicom_loader")
-        selector = DICOMSeriesSelectorOperator(
-            self,
-            rules=SERIES_SELECTION_RULES,
-            all_matched=True,
-            sort_by_sop_instance_count=True,
-            name="series_selector",
-        )
-        to_volume = DICOMSeriesToVolumeOperator(self, name="series_to_volume")
         inference = LesionInferenceOperator(
             self,
             roi_size=ROI_SIZE,
@@ -237,35 +138,14 @@ class CTLesionSegApp(Application):
             name="seg_inference",
         )
         seg_writer = LesionSegWriterOperator(
-            self, output_folder=output_folder, result_context=result_context, name="seg_writer"
+            self, output_folder=dicom.output_folder, result_context=dicom.result_context, name="seg_writer"
         )
         sr_writer = LesionSRWriterOperator(
-            self, output_folder=output_folder, result_context=result_context, name="sr_writer"
+            self, output_folder=dicom.output_folder, result_context=dicom.result_context, name="sr_writer"
         )
 
-        self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
-        self.add_flow(selector, to_volume, {("study_selected_series_list", "study_selected_series_list")})
         self.add_flow(to_volume, inference, {("image", "image")})
         self.add_flow(inference, seg_writer, {("seg_image", "seg_image")})
         self.add_flow(to_volume, seg_writer, {("image", "image")})
-        self.add_flow(selector, seg_writer, {("study_selected_series_list", "study_selected_series_list")})
+        self.add_flow(dicom.selector, seg_writer, {("study_selected_series_list", "study_selected_series_list")})
         self.add_flow(seg_writer, sr_writer, {("lesion_result", "lesion_result")})
-
-    def run(self, *args: Any, **kwargs: Any) -> None:
-        """Run the pipeline once.
-
-        Holoscan stops the graph when an operator's ``compute`` raises and re-raises that
-        exception from ``run``; it is translated here into a :class:`PipelineError` that names
-        the operator and the root cause.
-
-        Raises
-        ------
-        PipelineError
-            When an operator (or composing the graph) failed.
-        """
-        try:
-            super().run(*args, **kwargs)
-        except PipelineError:
-            raise
-        except Exception as exc:  # boundary: every operator failure becomes a PipelineError
-            raise PipelineError(_describe_failure(exc)) from exc

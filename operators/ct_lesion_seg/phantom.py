@@ -5,23 +5,20 @@ Every phantom is derived solely from ``numpy.random.default_rng(seed)``: the sam
 is an elliptical body of soft tissue with a subcutaneous fat layer in air, a liver-like
 organ, a vertebra, an aorta and 0-3 hypo- or hyperdense lesions inside the organ.
 
-Array convention: volumes are ``(z, y, x)`` = (slice, row, column).  Slice ``k`` is
-written as DICOM instance ``k + 1`` at ``ImagePositionPatient`` z = ``z0 + k * spacing_z``
-(z increasing with ``k``), rows run along patient y (anterior -> posterior) and columns
-along patient x (right -> left), i.e. ``ImageOrientationPatient`` is ``[1, 0, 0, 0, 1, 0]``.
+Array convention and the series writer: :mod:`hounsfield_operators.synthetic_ct`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from hounsfield_operators import synthetic_ct
+from hounsfield_operators.synthetic_ct import HU_MAX, HU_MIN, ellipsoid_mask, gaussian_filter_fft, hu_to_mr
 
 __all__ = [
     "LesionTruth",
@@ -34,11 +31,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_HU_MIN = -1024
-_HU_MAX = 3071
 _LESION_COUNT_PROBABILITIES = (0.1, 0.3, 0.3, 0.3)
-_STUDY_DATE = "20240115"
-_STUDY_TIME = "093000"
 
 
 @dataclass(frozen=True)
@@ -133,34 +126,6 @@ def longest_axial_diameter_mm(mask_zyx: np.ndarray, spacing_zyx_mm: tuple[float,
     return longest + 0.5 * (sy + sx)
 
 
-def _gaussian_filter_fft(volume: np.ndarray, sigma_zyx_vox: tuple[float, float, float]) -> np.ndarray:
-    """Gaussian smoothing with periodic boundaries, computed in the Fourier domain."""
-    spectrum = np.fft.rfftn(volume)
-    transfer = np.ones(spectrum.shape, dtype=np.float64)
-    for axis, (size, sigma) in enumerate(zip(volume.shape, sigma_zyx_vox, strict=True)):
-        freqs = np.fft.rfftfreq(size) if axis == volume.ndim - 1 else np.fft.fftfreq(size)
-        shape = [1] * volume.ndim
-        shape[axis] = freqs.size
-        transfer = transfer * np.exp(-2.0 * (np.pi * sigma * freqs) ** 2).reshape(shape)
-    return np.fft.irfftn(spectrum * transfer, s=volume.shape, axes=tuple(range(volume.ndim)))
-
-
-def _ellipsoid_mask(
-    grid_zyx_mm: tuple[np.ndarray, np.ndarray, np.ndarray],
-    center_zyx_mm: np.ndarray,
-    radii_zyx_mm: np.ndarray,
-    angle_rad: float = 0.0,
-) -> np.ndarray:
-    """Mask of an ellipsoid rotated in-plane by ``angle_rad``; grids are broadcastable mm coordinates."""
-    dz = grid_zyx_mm[0] - center_zyx_mm[0]
-    dy = grid_zyx_mm[1] - center_zyx_mm[1]
-    dx = grid_zyx_mm[2] - center_zyx_mm[2]
-    cos_a, sin_a = np.cos(angle_rad), np.sin(angle_rad)
-    u = cos_a * dy + sin_a * dx
-    v = -sin_a * dy + cos_a * dx
-    return (dz / radii_zyx_mm[0]) ** 2 + (u / radii_zyx_mm[1]) ** 2 + (v / radii_zyx_mm[2]) ** 2 <= 1.0
-
-
 def make_phantom(
     seed: int,
     *,
@@ -247,7 +212,7 @@ def make_phantom(
         ]
     )
     organ_hu = rng.uniform(55.0, 70.0)
-    organ = _ellipsoid_mask(grid, organ_center, organ_radii) & inner
+    organ = ellipsoid_mask(grid, organ_center, organ_radii) & inner
     clean[organ] = organ_hu
 
     # Lesions inside the organ, not touching each other.
@@ -267,7 +232,7 @@ def make_phantom(
             lesion_center = organ_center + offset * np.maximum(organ_radii - radii.max(), 0.0)
             if any(np.linalg.norm(lesion_center - c) < radii.max() + r.max() + 3.0 for c, r, _ in placed):
                 continue
-            lesion = _ellipsoid_mask(grid, lesion_center, radii, angle)
+            lesion = ellipsoid_mask(grid, lesion_center, radii, angle)
             if lesion.sum() < 8 or (lesion & ~organ).any():
                 continue
             lesion_hu = rng.uniform(-10.0, 15.0) if rng.uniform() < 0.6 else rng.uniform(115.0, 165.0)
@@ -280,7 +245,7 @@ def make_phantom(
             break
 
     # Partial volume, smooth intensity inhomogeneity inside the body, correlated noise.
-    image = _gaussian_filter_fft(clean, (0.3, 0.6, 0.6))
+    image = gaussian_filter_fft(clean, (0.3, 0.6, 0.6))
     bias_amplitude = rng.uniform(0.0, 10.0)
     phase = rng.uniform(0.0, 2.0 * np.pi, size=2)
     bias = (
@@ -291,9 +256,9 @@ def make_phantom(
     image += np.where(body, bias, 0.0)
     noise_sigma = rng.uniform(10.0, 20.0)
     corr = rng.uniform(0.5, 1.0)
-    noise = _gaussian_filter_fft(rng.normal(size=shape_zyx), (0.3, corr, corr))
+    noise = gaussian_filter_fft(rng.normal(size=shape_zyx), (0.3, corr, corr))
     image += noise * (noise_sigma / noise.std())
-    hu = np.clip(np.rint(image), _HU_MIN, _HU_MAX).astype(np.int16)
+    hu = np.clip(np.rint(image), HU_MIN, HU_MAX).astype(np.int16)
 
     truths = []
     for index, (lesion_center, radii, _angle) in enumerate(placed, start=1):
@@ -311,183 +276,12 @@ def make_phantom(
     return Phantom(hu=hu, lesion_labels=labels, spacing_zyx_mm=spacing, lesions=tuple(truths))
 
 
-def hu_to_mr(hu: np.ndarray) -> np.ndarray:
-    """Map Hounsfield units to plausible T1-weighted-like MR signal intensities.
+def write_dicom_series(phantom: Phantom, out_dir: Path, **kwargs: Any) -> list[Path]:
+    """Write an abdominal phantom as a CT (or MR) series: :func:`hounsfield_operators.synthetic_ct.write_dicom_series`.
 
-    Parameters
-    ----------
-    hu : numpy.ndarray
-        Array of Hounsfield units.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``int16`` array in roughly [0, 1100]: air dark, fat bright, organ brighter than
-        soft tissue, cortical bone dark.
+    ``series_description`` defaults to "Phantom abdomen" and ``body_part_examined`` to "ABDOMEN";
+    every other keyword argument is passed on.
     """
-    points_hu = [-1024.0, -900.0, -100.0, 0.0, 40.0, 65.0, 150.0, 400.0, 3071.0]
-    points_mr = [0.0, 10.0, 1000.0, 300.0, 450.0, 600.0, 700.0, 150.0, 50.0]
-    return np.rint(np.interp(hu.astype(np.float64), points_hu, points_mr)).astype(np.int16)
-
-
-def _ds(value: float) -> str:
-    """Format a float as a DICOM decimal string (at most 16 characters)."""
-    text = f"{value:.6g}"
-    return text if len(text) <= 16 else f"{value:.8e}"
-
-
-def write_dicom_series(
-    phantom: Phantom,
-    out_dir: Path,
-    *,
-    modality: str = "CT",
-    patient_id: str = "HF-PHANTOM-0001",
-    patient_name: str = "Phantom^Demo",
-    study_instance_uid: str | None = None,
-    series_instance_uid: str | None = None,
-    accession_number: str = "HF0001",
-    series_description: str = "Phantom abdomen",
-    body_part_examined: str = "ABDOMEN",
-    drop_pixel_data_at: int | None = None,
-    uid_seed: str | None = None,
-) -> list[Path]:
-    """Write a phantom as a single-frame DICOM series, one file per slice.
-
-    Parameters
-    ----------
-    phantom : Phantom
-        The phantom to write.
-    out_dir : pathlib.Path
-        Target directory (created if needed); files are named ``IM0001.dcm``, ...
-    modality : {"CT", "MR"}
-        ``"CT"`` writes CT Image Storage with HU pixel values (slope 1, intercept 0);
-        ``"MR"`` writes MR Image Storage with intensities from :func:`hu_to_mr`.
-    patient_id, patient_name, accession_number, series_description, body_part_examined : str
-        Values of the corresponding DICOM attributes.
-    study_instance_uid, series_instance_uid : str or None
-        UIDs to use; ``None`` derives them deterministically (see ``uid_seed``).
-    drop_pixel_data_at : int or None
-        Index of a slice written without Pixel Data (everything else unchanged), to
-        simulate a broken series.
-    uid_seed : str or None
-        Entropy for the derived UIDs.  ``None`` uses a hash of the phantom's voxels and
-        spacing, so writing the same phantom twice with the same arguments yields
-        identical UIDs (and identical files).
-
-    Returns
-    -------
-    list of pathlib.Path
-        The written files, ordered by slice index.
-    """
-    modality = modality.upper()
-    if modality not in ("CT", "MR"):
-        raise ValueError(f"unsupported modality {modality!r}; expected 'CT' or 'MR'")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    if uid_seed is None:
-        digest = hashlib.sha256(phantom.hu.tobytes())
-        digest.update(repr(phantom.spacing_zyx_mm).encode())
-        uid_seed = f"phantom-{digest.hexdigest()}"
-    study_uid = study_instance_uid or generate_uid(entropy_srcs=[uid_seed, "study", patient_id, accession_number])
-    series_uid = series_instance_uid or generate_uid(
-        entropy_srcs=[uid_seed, "series", study_uid, modality, series_description]
-    )
-    frame_of_reference_uid = generate_uid(entropy_srcs=[uid_seed, "frame-of-reference", study_uid])
-
-    nz, ny, nx = phantom.hu.shape
-    sz, sy, sx = phantom.spacing_zyx_mm
-    origin = (-(nx - 1) / 2.0 * sx, -(ny - 1) / 2.0 * sy, -(nz - 1) / 2.0 * sz)
-    if modality == "CT":
-        pixels = phantom.hu.astype(np.int16)
-        sop_class = CTImageStorage
-        window_center, window_width = 40.0, 400.0
-    else:
-        pixels = hu_to_mr(phantom.hu)
-        sop_class = MRImageStorage
-        window_center, window_width = 500.0, 1000.0
-
-    paths = []
-    for k in range(nz):
-        sop_uid = generate_uid(entropy_srcs=[series_uid, "instance", str(k)])
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = sop_class
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
-        meta.ImplementationVersionName = "HOUNSFIELD_1"
-
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.SOPClassUID = sop_class
-        ds.SOPInstanceUID = sop_uid
-        ds.StudyDate = _STUDY_DATE
-        ds.SeriesDate = _STUDY_DATE
-        ds.ContentDate = _STUDY_DATE
-        ds.StudyTime = _STUDY_TIME
-        ds.SeriesTime = _STUDY_TIME
-        ds.ContentTime = _STUDY_TIME
-        ds.AccessionNumber = accession_number
-        ds.Modality = modality
-        ds.Manufacturer = "Hounsfield phantom"
-        ds.ReferringPhysicianName = ""
-        ds.StudyDescription = "Hounsfield synthetic phantom"
-        ds.SeriesDescription = series_description
-        ds.ManufacturerModelName = "Synthetic"
-        ds.PatientName = patient_name
-        ds.PatientID = patient_id
-        ds.PatientBirthDate = "19700101"
-        ds.PatientSex = "O"
-        ds.BodyPartExamined = body_part_examined
-        ds.SliceThickness = _ds(sz)
-        ds.SpacingBetweenSlices = _ds(sz)
-        ds.PatientPosition = "HFS"
-        if modality == "CT":
-            ds.KVP = "120"
-            ds.ConvolutionKernel = "STANDARD"
-        else:
-            ds.ScanningSequence = "GR"
-            ds.SequenceVariant = "SP"
-            ds.ScanOptions = ""
-            ds.MRAcquisitionType = "3D"
-            ds.RepetitionTime = "5.0"
-            ds.EchoTime = "2.0"
-            ds.EchoTrainLength = "1"
-            ds.MagneticFieldStrength = "1.5"
-            ds.ImagedNucleus = "1H"
-            ds.FlipAngle = "10"
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.StudyID = accession_number[:16]
-        ds.SeriesNumber = 1
-        ds.AcquisitionNumber = 1
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [_ds(origin[0]), _ds(origin[1]), _ds(origin[2] + k * sz)]
-        ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
-        ds.FrameOfReferenceUID = frame_of_reference_uid
-        ds.PositionReferenceIndicator = ""
-        ds.SliceLocation = _ds(origin[2] + k * sz)
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = ny
-        ds.Columns = nx
-        ds.PixelSpacing = [_ds(sy), _ds(sx)]
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.WindowCenter = _ds(window_center)
-        ds.WindowWidth = _ds(window_width)
-        if modality == "CT":
-            ds.RescaleIntercept = "0"
-            ds.RescaleSlope = "1"
-            ds.RescaleType = "HU"
-        if k != drop_pixel_data_at:
-            ds.add_new(0x7FE00010, "OW", np.ascontiguousarray(pixels[k]).tobytes())
-        path = out_dir / f"IM{k + 1:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    logger.debug("wrote %d %s slices of series %s to %s", nz, modality, series_uid, out_dir)
-    return paths
+    kwargs.setdefault("series_description", "Phantom abdomen")
+    kwargs.setdefault("body_part_examined", "ABDOMEN")
+    return synthetic_ct.write_dicom_series(phantom, out_dir, **kwargs)

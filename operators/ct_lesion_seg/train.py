@@ -12,11 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import monai
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
@@ -32,15 +37,19 @@ from hounsfield_operators.ct_lesion_seg.preprocessing import (
     SW_BATCH_SIZE,
     network_input_from_zyx,
 )
+from hounsfield_operators.training import deterministic_algorithms, file_sha256, state_dict_sha256
 
 __all__ = [
     "HELD_OUT_SEED_START",
     "TRAIN_SEED_START",
     "build_network",
     "evaluate",
+    "export_torchscript",
+    "fit",
     "main",
     "segment",
     "train",
+    "training_phantoms",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,6 +62,8 @@ HELD_OUT_SEED_START = 90000
 VALIDATION_SEED_START = 80000
 """First validation phantom seed: picks the decision threshold, never trained on, never reported."""
 THRESHOLDS = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+VOLUME_TOLERANCE = 0.15
+"""A lesion's measured volume agrees with the truth when its relative error is at most this."""
 
 _LESION_CENTRED_FRACTION = 0.7
 TRAIN_PATCH_SIZE = (48, 48, 32)
@@ -119,6 +130,50 @@ class CalibratedSegmenter(torch.nn.Module):
         return self.network(x) + self.background_offset
 
 
+_EXPORT_SCRIPT = """
+import sys
+import torch
+from hounsfield_operators.ct_lesion_seg.train import CalibratedSegmenter, build_network
+network = build_network()
+network.load_state_dict(torch.load(sys.argv[1], weights_only=True))
+torch.jit.script(CalibratedSegmenter(network, float(sys.argv[2]))).save(sys.argv[3])
+"""
+
+
+def export_torchscript(network: torch.nn.Module, threshold: float, path: Path) -> None:
+    """Save ``network`` with its decision threshold folded in as the application's TorchScript model.
+
+    TorchScript writes a module's constants in the iteration order of a Python ``set`` of their
+    names, which follows the interpreter's string hash seed; the scripting therefore runs in a fresh
+    interpreter with ``PYTHONHASHSEED=0``, so the same weights give the same file whoever calls
+    this. The file's bytes still depend on the source the code was compiled from (TorchScript keeps
+    debug source ranges: the absolute paths of ``train.py`` and of monai's and torch's modules, and
+    their line numbers) and on the file's name (the archive's top folder); :func:`state_dict_sha256`
+    identifies the weights alone.
+
+    Parameters
+    ----------
+    network : torch.nn.Module
+        A trained network as :func:`build_network` makes it.
+    threshold : float
+        Lesion probability threshold folded into the logits (see :class:`CalibratedSegmenter`).
+    path : pathlib.Path
+        TorchScript file to write.
+    """
+    with tempfile.TemporaryDirectory(prefix="lesion_export_") as folder:
+        weights = Path(folder) / "weights.pt"
+        torch.save(network.state_dict(), weights)
+        command = [sys.executable, "-c", _EXPORT_SCRIPT, str(weights), repr(float(threshold)), str(path)]
+        result = subprocess.run(
+            command, env={**os.environ, "PYTHONHASHSEED": "0"}, capture_output=True, text=True, check=False
+        )
+    if result.returncode != 0:
+        raise RuntimeError(f"TorchScript export to {path} failed:\n{result.stderr[-3000:]}")
+    saved = torch.jit.load(str(path), map_location="cpu")
+    if state_dict_sha256(saved) != state_dict_sha256(CalibratedSegmenter(network, threshold)):
+        raise RuntimeError(f"TorchScript export to {path} changed the weights")
+
+
 def calibrate(model: torch.nn.Module, seeds: Sequence[int]) -> dict:
     """Choose the lesion probability threshold whose lesion volumes are closest to the truth.
 
@@ -140,7 +195,7 @@ def calibrate(model: torch.nn.Module, seeds: Sequence[int]) -> dict:
     table = {
         str(t): {
             "mean_abs_volume_error": float(np.mean(np.abs(errors[t]))),
-            "fraction_within_15_percent": float(np.mean(np.abs(errors[t]) <= 0.15)),
+            "fraction_within_15_percent": float(np.mean(np.abs(errors[t]) <= VOLUME_TOLERANCE)),
             "mean_dice": float(np.mean(scores[t])),
         }
         for t in THRESHOLDS
@@ -188,7 +243,11 @@ def evaluate(model_path: Path, seeds: Sequence[int]) -> dict:
         ``cases`` (per seed: lesion count, truth and predicted voxels, Dice),
         ``mean_dice_lesion_cases`` (mean Dice over cases with lesions), ``global_dice``
         (Dice of all cases pooled), ``false_positive_voxels_lesion_free_cases`` (predicted
-        voxels summed over cases without lesions) and ``n_lesion_cases`` / ``n_lesion_free_cases``.
+        voxels summed over cases without lesions), ``n_lesion_cases`` / ``n_lesion_free_cases``,
+        and the volume agreement per true lesion: ``lesion_volume_errors`` (predicted volume of the
+        components touching the lesion over its true volume, minus 1), ``n_lesions``,
+        ``n_lesion_volumes_within_15_percent`` (``|error| <= VOLUME_TOLERANCE``) and
+        ``fraction_lesion_volumes_within_15_percent``.
     """
     model = torch.jit.load(str(model_path), map_location="cpu").eval()
     cases = []
@@ -210,6 +269,7 @@ def evaluate(model_path: Path, seeds: Sequence[int]) -> dict:
                 "dice": _dice(prediction, truth),
             }
         )
+    within = int(np.sum(np.abs(volume_errors) <= VOLUME_TOLERANCE))
     lesion_cases = [case for case in cases if case["n_lesions"] > 0]
     free_cases = [case for case in cases if case["n_lesions"] == 0]
     return {
@@ -220,9 +280,9 @@ def evaluate(model_path: Path, seeds: Sequence[int]) -> dict:
         "global_dice": 2.0 * intersection / total if total else 1.0,
         "false_positive_voxels_lesion_free_cases": int(sum(c["predicted_voxels"] for c in free_cases)),
         "lesion_volume_errors": [round(e, 4) for e in volume_errors],
-        "fraction_lesion_volumes_within_15_percent": float(np.mean(np.abs(volume_errors) <= 0.15))
-        if volume_errors
-        else float("nan"),
+        "n_lesions": len(volume_errors),
+        "n_lesion_volumes_within_15_percent": within,
+        "fraction_lesion_volumes_within_15_percent": within / len(volume_errors) if volume_errors else float("nan"),
     }
 
 
@@ -250,6 +310,90 @@ def _random_patch(
             image_patch = np.flip(image_patch, axis=axis + 1)
             label_patch = np.flip(label_patch, axis=axis)
     return np.ascontiguousarray(image_patch), np.ascontiguousarray(label_patch)
+
+
+TrainingPhantom = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""Network input ``(1, x, y, z)``, lesion label ``(x, y, z)`` and the lesion voxels' ``(x, y, z)`` indices."""
+
+
+def training_phantoms(seeds: Sequence[int]) -> list[TrainingPhantom]:
+    """Generate the training phantoms for ``seeds`` in the network's layout.
+
+    Parameters
+    ----------
+    seeds : sequence of int
+        Phantom seeds (see :func:`~hounsfield_operators.ct_lesion_seg.phantom.make_phantom`).
+
+    Returns
+    -------
+    list of tuple
+        Per seed: network input ``(1, x, y, z)`` float32, label ``(x, y, z)`` int64 and the
+        ``(n, 3)`` indices of its lesion voxels.
+    """
+    phantoms = []
+    for phantom_seed in seeds:
+        phantom = make_phantom(int(phantom_seed))
+        label = np.ascontiguousarray(phantom.lesion_mask.T).astype(np.int64)
+        phantoms.append((network_input_from_zyx(phantom.hu), label, np.argwhere(label > 0)))
+    return phantoms
+
+
+def fit(
+    phantoms: Sequence[TrainingPhantom],
+    *,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+) -> UNet:
+    """Optimise a freshly initialised network on random patches of ``phantoms``.
+
+    Deterministic: the network's initialisation (torch's global generator) and the patch sampler
+    (a numpy generator) are seeded with ``seed`` and torch runs deterministic algorithms, so the
+    same arguments on the same torch build, CPU and thread count give bitwise identical weights.
+
+    Parameters
+    ----------
+    phantoms : sequence of tuple
+        As returned by :func:`training_phantoms`.
+    steps : int
+        Optimisation steps.
+    batch_size : int
+        Patches per step.
+    learning_rate : float
+        Initial Adam learning rate (cosine-annealed to zero over ``steps``).
+    seed : int
+        Seed of the patch sampler and of torch.
+
+    Returns
+    -------
+    monai.networks.nets.UNet
+        The trained network, in evaluation mode.
+    """
+    with deterministic_algorithms():
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        started = time.perf_counter()
+        model = build_network()
+        loss_function = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+        optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        model.train()
+        running = 0.0
+        for step in range(1, steps + 1):
+            patches = [_random_patch(rng, *phantoms[int(rng.integers(len(phantoms)))]) for _ in range(batch_size)]
+            images = torch.from_numpy(np.stack([p[0] for p in patches]))
+            labels = torch.from_numpy(np.stack([p[1] for p in patches]))[:, None]
+            optimizer.zero_grad()
+            loss = loss_function(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            running += loss.item()
+            if step % 50 == 0:
+                logger.info("step %d/%d loss %.4f (%.0f s)", step, steps, running / 50, time.perf_counter() - started)
+                running = 0.0
+    return model.eval()
 
 
 def train(
@@ -292,45 +436,18 @@ def train(
         raise ValueError("training, validation and held-out seeds must be disjoint")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
-    rng = np.random.default_rng(seed)
-    started = time.perf_counter()
+    with deterministic_algorithms():
+        started = time.perf_counter()
+        phantoms = training_phantoms(train_seeds)
+        logger.info("generated %d training phantoms in %.1f s", n_train, time.perf_counter() - started)
+        model = fit(phantoms, steps=steps, batch_size=batch_size, learning_rate=learning_rate, seed=seed)
+        train_seconds = time.perf_counter() - started
 
-    cache = []
-    for phantom_seed in train_seeds:
-        phantom = make_phantom(phantom_seed)
-        label = np.ascontiguousarray(phantom.lesion_mask.T).astype(np.int64)
-        cache.append((network_input_from_zyx(phantom.hu), label, np.argwhere(label > 0)))
-    logger.info("generated %d training phantoms in %.1f s", n_train, time.perf_counter() - started)
-
-    model = build_network()
-    loss_function = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    model.train()
-    running = 0.0
-    for step in range(1, steps + 1):
-        patches = [_random_patch(rng, *cache[rng.integers(len(cache))]) for _ in range(batch_size)]
-        images = torch.from_numpy(np.stack([p[0] for p in patches]))
-        labels = torch.from_numpy(np.stack([p[1] for p in patches]))[:, None]
-        optimizer.zero_grad()
-        loss = loss_function(model(images), labels)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        running += loss.item()
-        if step % 50 == 0:
-            logger.info("step %d/%d loss %.4f (%.0f s)", step, steps, running / 50, time.perf_counter() - started)
-            running = 0.0
-    train_seconds = time.perf_counter() - started
-
-    model.eval()
-    calibration = calibrate(model, validation)
-    logger.info("decision threshold %.2f (validation sweep %s)", calibration["threshold"], calibration["sweep"])
-    model_path = out_dir / "model.ts"
-    torch.jit.script(CalibratedSegmenter(model, calibration["threshold"])).save(str(model_path))
-    metrics = evaluate(model_path, held_out)
+        calibration = calibrate(model, validation)
+        logger.info("decision threshold %.2f (validation sweep %s)", calibration["threshold"], calibration["sweep"])
+        model_path = out_dir / "model.ts"
+        export_torchscript(model, calibration["threshold"], model_path)
+        metrics = evaluate(model_path, held_out)
     report = {
         "model": "monai.networks.nets.UNet(spatial_dims=3, in_channels=1, out_channels=2, "
         "channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1)",
@@ -349,8 +466,15 @@ def train(
         "train_wall_time_s": round(train_seconds, 1),
         "total_wall_time_s": round(time.perf_counter() - started, 1),
         "torch_version": torch.__version__,
+        "monai_version": monai.__version__,
+        "numpy_version": np.__version__,
+        "model_sha256": file_sha256(model_path),
+        "state_dict_sha256": state_dict_sha256(torch.jit.load(str(model_path), map_location="cpu")),
         "torch_threads": torch.get_num_threads(),
         "machine": platform.machine(),
+        # The weights depend on the CPU kernels used (oneDNN picks them by instruction set).
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_isa_environment": {name: os.environ.get(name) for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")},
         "calibration": calibration,
         "held_out": metrics,
     }

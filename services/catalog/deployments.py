@@ -32,6 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from hounsfield import containers
 from hounsfield.access import CONFIG_PRINCIPAL, Principal, record
 from hounsfield.catalog.manifests import load_map
 from hounsfield.catalog.rules import RULE, put_rule
@@ -112,6 +113,7 @@ def deployment_public(session: Session, row: Deployment) -> DeploymentPublic:
         map_path=row.map_path,
         application_root=row.application_root,
         image=row.image,
+        network=row.network,
         stage=row.stage,
         runs=row.stage in ACTIVE_STAGES,
         source=row.source,  # type: ignore[arg-type]
@@ -196,6 +198,8 @@ def create_deployment(
     problem = _check_destinations(settings, request.destinations)
     if problem:
         raise Invalid("destinations", problem)
+    if request.runtime == "container" and not (request.image or version.image):
+        raise Invalid("image", f"runtime container needs an image: {request.model} {request.version} has none")
     row = Deployment(
         name=request.name,
         model_name=request.model,
@@ -212,6 +216,7 @@ def create_deployment(
         map_path=request.map_path,
         application_root=request.application_root,
         image=request.image,
+        network=request.network,
         stage=Stage.DRAFT,
         stage_changed_by=principal.subject,
         source="api",
@@ -277,12 +282,18 @@ def validation_checks(session: Session, row: Deployment, settings: Settings) -> 
         _check_destinations(settings, row.destinations),
         ", ".join(row.destinations) if row.destinations else "none (results are kept, not sent)",
     )
+    version: ModelVersion | None = None
     if row.model_version_id is not None:
         version = session.get(ModelVersion, row.model_version_id)
         problem = None if version is not None and version.published else "the catalog version is not published"
         check("version", problem, f"{row.model_name} {row.model_version} published")
     if row.runtime == "subprocess":
         check("application", _map_problem(row), f"{row.map_path}: app.json and pkg.json valid")
+    elif row.runtime == "container":
+        image = row.image or (version.image if version is not None else None)
+        pull = settings.worker.container.pull
+        check("application", _image_problem(image, settings), f"image {image} (pull: {pull})")
+        return checks  # its models are in its image
     else:
         module = row.app.partition(":")[0]
         try:
@@ -293,6 +304,18 @@ def validation_checks(session: Session, row: Deployment, settings: Settings) -> 
     model_path = Path(row.model_path)
     check("model files", None if model_path.exists() else f"{model_path} does not exist", str(model_path))
     return checks
+
+
+def _image_problem(image: str | None, settings: Settings) -> str | None:
+    """Why the container runtime could not start this image (the deployment's, else its version's) here, or None."""
+    if not image:
+        return "no image: neither the deployment nor its catalog version names one"
+    try:
+        if containers.image_exists(image) or settings.worker.container.pull != "never":
+            return None
+    except containers.ContainerEngineMissing as exc:
+        return str(exc)
+    return f"image {image} is not here and worker.container.pull is never (load it with podman load)"
 
 
 def _map_problem(row: Deployment) -> str | None:
@@ -491,6 +514,7 @@ def _declared_fields(session: Session, declared: DeploymentSettings) -> dict[str
         "map_path": str(declared.map_path) if declared.map_path else None,
         "application_root": str(declared.application_root) if declared.application_root else None,
         "image": declared.image,
+        "network": declared.network,
     }
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "canonical_json",
     "content_digest",
     "load_map",
+    "memory_bytes",
     "models_digest",
     "parse_manifests",
 ]
@@ -285,6 +286,11 @@ class Resources(_ResourceAmounts):
 def _mebibytes(size: str) -> float:
     number = float(size.rstrip("B")[:-2])
     return number * 1024 if size.rstrip("B").endswith("Gi") else number
+
+
+def memory_bytes(size: str) -> int:
+    """A manifest's memory size (``512Mi``, ``2Gi``, as :class:`Resources` holds it) in bytes."""
+    return int(_mebibytes(size) * 2**20)
 
 
 class PkgManifest(_Manifest):

@@ -6,7 +6,14 @@ adapters. Every write is audited in its own transaction. Refusals are :class:`~h
 follow the MAP spec is :class:`~hounsfield.catalog.manifests.ManifestInvalid`).
 
 Versions are immutable once published: registering the same model and version again with the same
-content digest changes nothing; with another digest it is refused (:class:`~hounsfield.errors.Conflict`).
+content digest and image changes nothing; with another digest or another image (or none where there was
+one, or one where there was none) it is refused (:class:`~hounsfield.errors.Conflict`).
+
+The image (the MAP's OCI image pinned by digest, ``name@sha256:<hex>``) is kept beside the content
+digest, not inside it: the content digest identifies the algorithm (both manifests and the model
+files), can be computed from an application folder before any image exists, and derives the Device
+UID; the image digest identifies one build of it, which changes with every rebuild (base image,
+timestamps) of the same content, and whose layers carry the manifests themselves.
 """
 
 from __future__ import annotations
@@ -148,7 +155,8 @@ def register_version(
 
     Raises :class:`~hounsfield.catalog.manifests.ManifestInvalid` for manifests that do not follow
     the MAP spec, :class:`Invalid` for a content digest that does not match them, :class:`NotFound`
-    for an unknown model and :class:`Conflict` for a published version registered with other content.
+    for an unknown model and :class:`Conflict` for a published version registered with other content
+    or another image.
     """
     registration = _register(session, principal, model_name=model_name, request=request, uid_root=uid_root)
     if registration.outcome != "unchanged":
@@ -187,6 +195,7 @@ def _register(
         "outputs": manifests.outputs(),
         "resources": manifests.pkg.resources.summary(),
         "timeout_s": manifests.timeout_s,
+        "image": request.image,
     }
     now = utcnow()
     existing = session.scalars(
@@ -208,16 +217,21 @@ def _register(
             raise Conflict(f"version {request.version} of model {model.name!r} was registered concurrently") from None
         return Registration(VersionPublic.model_validate(row), "created", None)
     before = VersionPublic.model_validate(existing)
-    if existing.content_digest == digest:
+    if existing.content_digest == digest and existing.image == request.image:
         if request.published and not existing.published:
             existing.published, existing.published_at = True, now
             session.flush()
             return Registration(VersionPublic.model_validate(existing), "published", before)
         return Registration(before, "unchanged", before)
-    if existing.published:
+    if existing.published and existing.content_digest != digest:
         raise Conflict(
             f"version {request.version} of model {model.name!r} is published with content {existing.content_digest}; "
             f"a published version is immutable: register this content ({digest}) as a new version"
+        )
+    if existing.published:
+        raise Conflict(
+            f"version {request.version} of model {model.name!r} is published with image {existing.image or '(none)'}; "
+            f"a published version is immutable: register the image {request.image or '(none)'} as a new version"
         )
     for key, value in content.items():
         setattr(existing, key, value)

@@ -48,6 +48,9 @@ class DeploymentSpec:
     map_path: Path | None = None
     application_root: Path | None = None
     image: str | None = None
+    """The deployment's image, else its catalog version's (pinned by digest); None when neither names one."""
+    network: bool = False
+    """Whether the container runtime gives the application a network."""
     map_manifest: dict[str, Any] | None = None
     """The catalog version's ``{"app": ..., "pkg": ...}`` (None for an unregistered model)."""
 
@@ -80,7 +83,8 @@ def _spec(row: Deployment, rule: RoutingRule, version: ModelVersion | None, mode
         runtime=row.runtime,
         map_path=Path(row.map_path) if row.map_path else None,
         application_root=Path(row.application_root) if row.application_root else None,
-        image=row.image,
+        image=row.image or (version.image if version is not None else None),
+        network=row.network,
         map_manifest=version.map_manifest if version is not None else None,
     )
 

@@ -7,6 +7,7 @@ service functions; the registry answers with them as they are, and the CLI print
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -21,6 +22,7 @@ __all__ = [
     "DeploymentCreate",
     "DeploymentPublic",
     "Digest",
+    "ImageReference",
     "LifecycleRequest",
     "MeasuredLatency",
     "ModelCreate",
@@ -65,6 +67,28 @@ UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
 """A point in time, always answered in UTC with its zone."""
 
 Digest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+
+# The OCI distribution reference grammar (distribution/reference): an optional registry host[:port],
+# lower-case path components, an optional tag, and the digest that pins it.
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_PINNED_IMAGE = re.compile(
+    rf"^(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]+)?/)?{_PATH_PART}(?:/{_PATH_PART})*"
+    r"(?::[\w][\w.-]{0,127})?@sha256:[0-9a-f]{64}$"
+)
+
+
+def _pinned_image(value: str) -> str:
+    if _PINNED_IMAGE.match(value) is None:
+        raise ValueError(
+            f"{value!r} is not an OCI image reference pinned by digest: name@sha256:<64 hex digits>, "
+            "e.g. registry.example.org/maps/ct-lesion-seg@sha256:... (`podman image inspect` gives the digest)"
+        )
+    return value
+
+
+ImageReference = Annotated[str, Field(min_length=1, max_length=512), AfterValidator(_pinned_image)]
+"""An OCI image reference pinned by its digest, ``[registry/]repository[:tag]@sha256:<64 hex>``."""
 
 
 class _Request(BaseModel):
@@ -175,6 +199,9 @@ class VersionRegister(_Request):
     """When given, checked against the digest the registry computes from the manifests and ``models_digest``."""
     published: bool = True
     """A published version is immutable; an unpublished draft may be registered again with other content."""
+    image: ImageReference | None = None
+    """The MAP's container image, pinned by digest (``name@sha256:<hex>``), as ``hounsfield map publish``
+    gives it. Part of what a published version keeps, but not of its content digest."""
 
 
 class VersionPublic(_Public):
@@ -191,6 +218,8 @@ class VersionPublic(_Public):
     resources: dict[str, Any]
     timeout_s: int | None
     map_manifest: dict[str, Any]
+    image: str | None
+    """The MAP's image pinned by digest; deployments that name no image of their own run this one."""
     created_at: UtcDatetime
     created_by: str
 
@@ -271,25 +300,30 @@ class DeploymentCreate(_Request):
     workloads -> stat; asynchronous -> routine; batch -> batch)."""
     app: str | None = Field(None, max_length=256, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     """The App SDK Application class the in-process runtime runs, ``package.module:ClassName``."""
-    model_path: str = Field(min_length=1, max_length=4096)
-    """The model file or folder as the workers see it."""
+    model_path: str = Field("/opt/holoscan/models", min_length=1, max_length=4096)
+    """The model file or folder as the workers see it (a container's models are in its image)."""
     manufacturer: str = Field("Hounsfield", min_length=1, max_length=64)
     timeout_s: float | None = Field(None, gt=0, le=86400)
     """Default: the version's ``app.json#timeout``, else 600 s."""
-    runtime: Literal["in-process", "subprocess"] = "in-process"
+    runtime: Literal["in-process", "subprocess", "container"] = "in-process"
     """``in-process``: ``app`` imported once per worker, each job in a fork of it. ``subprocess``: the
-    MAP's ``app.json`` command as its own process, for applications that must be isolated."""
+    MAP's ``app.json`` command as its own process, for applications that must be isolated. ``container``:
+    the MAP's ``image`` run by the workers with podman or docker."""
     map_path: str | None = Field(None, min_length=1, max_length=4096)
     """The MAP's folder on the workers (``app.json`` and ``pkg.json``); needed by the subprocess runtime."""
     application_root: str | None = Field(None, min_length=1, max_length=4096)
     """Where the MAP's ``applicationRoot`` is on the workers (default: ``map_path``)."""
     image: str | None = Field(None, min_length=1, max_length=512, pattern=r"^[^\s]+$")
-    """The MAP's container image: a version declaring a GPU or large memory runs from it as a Kubernetes
-    Job when the workers run in a cluster."""
+    """The MAP's container image: run by the container runtime; a version declaring a GPU or large memory
+    runs from it as a Kubernetes Job when the workers run in a cluster."""
+    network: bool = False
+    """Whether the container runtime gives the application a network (none otherwise)."""
     description: str = Field("", max_length=2000)
 
     @model_validator(mode="after")
     def _runtime_needs(self) -> DeploymentCreate:
+        if self.runtime != "container" and "model_path" not in self.model_fields_set:
+            raise ValueError(f"runtime {self.runtime} needs model_path (the model file or folder on the workers)")
         if self.runtime == "subprocess" and self.map_path is None:
             raise ValueError("runtime subprocess needs map_path (the folder with app.json and pkg.json)")
         if self.runtime == "in-process" and self.app is None:
@@ -344,6 +378,7 @@ class DeploymentPublic(BaseModel):
     map_path: str | None
     application_root: str | None
     image: str | None
+    network: bool
     stage: Stage
     runs: bool
     """The router runs it (shadow, research or clinical)."""

@@ -148,13 +148,27 @@ def demo(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
     keep: Annotated[bool, typer.Option(help="Keep the demo's data folder and leave nothing running.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the results.")] = 300.0,
+    map_target: Annotated[
+        str | None,
+        typer.Option("--map", help="Run this MAP (an application folder or image) instead of the example."),
+    ] = None,
 ) -> None:
     """Send a synthetic CT study to Hounsfield and show its SEG and SR arriving in a local Orthanc."""
     from hounsfield.demo.run import DemoFailed, print_summary, run_demo
+    from hounsfield.errors import HounsfieldError
 
     setup_logging("WARNING", "demo")
+    deployments = None
+    if map_target is not None:
+        from hounsfield.maps.running import demo_deployment
+
+        try:
+            deployments = [demo_deployment(map_target)]
+        except HounsfieldError as exc:
+            err.print(f"[red]demo: {exc}[/red]", highlight=False)
+            raise typer.Exit(2) from None
     try:
-        summary = run_demo(timeout_s=timeout, keep=keep, progress=None if as_json else err)
+        summary = run_demo(timeout_s=timeout, keep=keep, progress=None if as_json else err, deployments=deployments)
     except DemoFailed as exc:
         err.print(f"[red]demo failed:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from exc

@@ -176,6 +176,8 @@ class ModelVersion(Base):
     resources: Mapped[dict[str, Any]] = mapped_column(default=dict)
     timeout_s: Mapped[int | None] = mapped_column(Integer)
     """``app.json#timeout``; None when the MAP sets none (0)."""
+    image: Mapped[str | None] = mapped_column(String(512))
+    """The MAP's OCI image pinned by digest (``name@sha256:<hex>``), when it was registered with one."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_by: Mapped[str] = mapped_column(String(128), default="")
     model: Mapped[Model] = relationship(back_populates="versions")

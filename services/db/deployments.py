@@ -96,6 +96,8 @@ class Deployment(Base):
     """The MAP's folder on the workers (``app.json``, ``pkg.json``): the subprocess runtime runs it."""
     application_root: Mapped[str | None] = mapped_column(Text)
     image: Mapped[str | None] = mapped_column(String(512))
+    network: Mapped[bool] = mapped_column(default=False)
+    """Whether the container runtime gives the application a network."""
     """The MAP's container image: a MAP declaring a GPU or large memory runs from it as a Kubernetes Job."""
     stage: Mapped[Stage] = mapped_column(_stage_enum(), default=Stage.DRAFT, index=True)
     stage_changed_at: Mapped[datetime] = mapped_column(default=utcnow)

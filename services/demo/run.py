@@ -44,12 +44,19 @@ def _say(progress: Console | None, message: str) -> None:
         progress.print(f"[dim]{datetime.now():%H:%M:%S}[/dim] {message}", highlight=False)
 
 
-def run_demo(*, timeout_s: float = 300.0, keep: bool = False, progress: Console | None = None) -> dict[str, Any]:
-    """Run the whole path once and return the summary (see :func:`print_summary`)."""
+def run_demo(
+    *,
+    timeout_s: float = 300.0,
+    keep: bool = False,
+    progress: Console | None = None,
+    deployments: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Run the whole path once and return the summary (see :func:`print_summary`). ``deployments``: what the
+    demo runs instead of the example CT lesion application (``hounsfield demo --map``)."""
     _check_tools()
     root = Path(tempfile.mkdtemp(prefix="hounsfield-demo-"))
     pacs = LocalOrthanc(root / "orthanc", aet="DEMO-PACS")
-    stack = HounsfieldStack(root / "hounsfield", pacs)
+    stack = HounsfieldStack(root / "hounsfield", pacs, deployments=deployments)
     try:
         _say(progress, f"starting Orthanc (the PACS) on DICOM port {pacs.dicom_port}, HTTP {pacs.url}")
         pacs.start()

@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 
@@ -44,10 +44,11 @@ from hounsfield.worker.runtimes import (
     ApplicationTimedOut,
     InProcessRuntime,
     ResourcesUnavailable,
+    Runtime,
     Runtimes,
 )
 
-__all__ = ["WorkerContext", "execute_job", "resume_export"]
+__all__ = ["WorkerContext", "execute_job", "resume_export", "run_and_check", "write_result_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -130,32 +131,16 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
         for series, paths in inputs:
             check_series(series.series_instance_uid, series.series_description, paths)
             ctx.store.link_into(paths, workspace.input)
-        (workspace.work / "result_context.json").write_text(
-            json.dumps(
-                {
-                    "model_name": deployment.display_name,
-                    "model_version": deployment.model_version,
-                    "manufacturer": deployment.manufacturer,
-                    "device_uid": deployment.device_uid,
-                    "deployment_mode": job.mode,
-                    "uid_root": settings.uid_root,
-                    "job_key": job.idempotency_key,
-                }
-            )
+        write_result_context(
+            workspace.work, deployment, mode=job.mode, uid_root=settings.uid_root, job_key=job.idempotency_key
         )
         watch.lap("load")
         run = ApplicationRun(job_id, deployment, workspace.input, workspace.output, workspace.work)
         runtime = ctx.runtimes.for_deployment(deployment)
         logger.info("job %s: %s runs in the %s runtime", job_id, deployment.name, runtime.name)
-        runtime.run(run)
-        watch.lap("inference")
-        produced = sorted(workspace.output.rglob("*.dcm"))
-        if not produced:
-            raise ApplicationFailed("the application finished without writing any DICOM object")
         sources = [p for _, paths in inputs for p in paths]
-        reports = [validate_object(path, dciodvfy=settings.worker.dciodvfy) for path in produced]
         identity = JobIdentity.of_inputs(job.study_instance_uid, sources)
-        check_results(reports, identity)  # the application's results name this job's patient and study
+        reports = run_and_check(runtime, run, identity, dciodvfy=settings.worker.dciodvfy, lap=watch.lap)
         copies = _display_copies(ctx, job, deployment, reports, sources, workspace.output)
         reports += [validate_object(path, dciodvfy=settings.worker.dciodvfy) for path in copies]
         check_results(reports, identity)
@@ -172,6 +157,42 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
     with ctx.db.session() as session:
         set_job_state(session, job_id, JobState.EXPORTING, watch.timings)
     return _export_and_finish(ctx, job, deployment.destinations, watch)
+
+
+def write_result_context(
+    workdir: Path, deployment: DeploymentSpec, *, mode: str, uid_root: str, job_key: str | None
+) -> None:
+    """``<workdir>/result_context.json``: who makes the job's results (model, version, device UID, mode) and
+    the UID root and job key their UIDs derive from (:class:`hounsfield_operators.result_context.ResultContext`)."""
+    (workdir / "result_context.json").write_text(
+        json.dumps(
+            {
+                "model_name": deployment.display_name,
+                "model_version": deployment.model_version,
+                "manufacturer": deployment.manufacturer,
+                "device_uid": deployment.device_uid,
+                "deployment_mode": mode,
+                "uid_root": uid_root,
+                "job_key": job_key,
+            }
+        )
+    )
+
+
+def run_and_check(
+    runtime: Runtime, run: ApplicationRun, identity: JobIdentity, *, dciodvfy: str, lap: Callable[[str], object]
+) -> list[ValidationReport]:
+    """Run the application, then pass every DICOM object it wrote through the validation gate: each valid
+    (highdicom, dciodvfy) and naming the job's patient, study and frame of reference (:func:`check_results`).
+    ``lap("inference")`` is called when the application has finished."""
+    runtime.run(run)
+    lap("inference")
+    produced = sorted(run.output_dir.rglob("*.dcm"))
+    if not produced:
+        raise ApplicationFailed("the application finished without writing any DICOM object")
+    reports = [validate_object(path, dciodvfy=dciodvfy) for path in produced]
+    check_results(reports, identity)  # the application's results name this job's patient and study
+    return reports
 
 
 _OUTPUT_OF_KIND = {"SEG": "seg", "SR": "sr", "SC": "sc", "PR": "gsps"}

@@ -92,9 +92,10 @@ def test_relative_model_path_resolves_next_to_the_file(tmp_path: Path) -> None:
 def test_shipped_example_configuration_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "deploy" / "hounsfield.example.yaml"
     settings = load_settings(example)
-    (deployment,) = settings.deployments
-    assert deployment.model_path.is_file(), "the example points at the committed model"
-    assert deployment.destinations == ["pacs"]
+    assert [d.name for d in settings.deployments] == ["ct-lesion-seg", "ct-ich-triage"]
+    for deployment in settings.deployments:
+        assert deployment.model_path.is_file(), "the example points at the committed model"
+        assert deployment.destinations == ["pacs"]
 
 
 @pytest.mark.parametrize(
@@ -154,3 +155,24 @@ def test_outbound_tls_settings() -> None:
     stow = {"protocol": "stow-rs", "url": "https://vna.example.org/dicom-web", "tls": {}}
     with pytest.raises(ConfigurationInvalid, match="tls is for protocol dimse"):
         load_settings(None, destinations={"vna": stow})
+
+
+def test_a_container_deployment_names_its_image_and_no_model_path(tmp_path: Path) -> None:
+    base = {
+        "name": "probe", "model_name": "probe", "model_version": "1.0.0", "runtime": "container",
+        "rule": {"kind": "modality", "in": ["CT"]},
+    }  # fmt: skip
+    config = tmp_path / "hounsfield.yaml"
+    config.write_text(yaml.safe_dump({"deployments": [base]}))
+    with pytest.raises(ConfigurationInvalid, match="runtime container needs image"):
+        load_settings(config)
+    config.write_text(yaml.safe_dump({"deployments": [{**base, "image": "localhost/probe:1.0.0"}]}))
+    (deployment,) = load_settings(config).deployments
+    assert (deployment.image, deployment.network, str(deployment.model_path)) == (
+        "localhost/probe:1.0.0",
+        False,
+        "/opt/holoscan/models",
+    )
+    config.write_text(yaml.safe_dump({"deployments": [{**base, "runtime": "subprocess", "map_path": str(tmp_path)}]}))
+    with pytest.raises(ConfigurationInvalid, match="needs model_path"):
+        load_settings(config)

@@ -3,6 +3,7 @@
 - :mod:`.in_process` (``in-process``, the default): the App SDK Application class, imported once per
   worker, each job in a warm process forked from it.
 - :mod:`.map_process` (``subprocess``): the MAP's ``app.json`` command as a process of its own.
+- :mod:`.container` (``container``): the MAP's image run with podman or docker on the worker's host.
 - :mod:`.kubernetes`: a MAP that declares a GPU or large memory, run as a Kubernetes Job when the
   worker runs in a cluster and the deployment has an image.
 
@@ -20,6 +21,7 @@ from hounsfield.catalog.read_model import DeploymentSpec
 from hounsfield.config import Settings
 from hounsfield.errors import HounsfieldError
 from hounsfield.worker.runtimes.base import ApplicationFailed, ApplicationRun, ApplicationTimedOut, Runtime
+from hounsfield.worker.runtimes.container import ContainerRuntime
 from hounsfield.worker.runtimes.in_process import InProcessRuntime
 from hounsfield.worker.runtimes.kubernetes import KubernetesRuntime, in_cluster, needs_kubernetes
 from hounsfield.worker.runtimes.map_process import SubprocessRuntime
@@ -28,6 +30,7 @@ __all__ = [
     "ApplicationFailed",
     "ApplicationRun",
     "ApplicationTimedOut",
+    "ContainerRuntime",
     "InProcessRuntime",
     "KubernetesRuntime",
     "ResourcesUnavailable",
@@ -50,6 +53,7 @@ class Runtimes:
         self._gpus = settings.worker.gpus
         self.in_process = in_process or InProcessRuntime(settings.worker.app_max_jobs)
         self.subprocess = SubprocessRuntime(settings.worker.application_environment)
+        self.container = ContainerRuntime(settings.worker.container, gpus=settings.worker.gpus)
         self.kubernetes = KubernetesRuntime(settings.worker.kubernetes, store_root)
 
     def for_deployment(self, deployment: DeploymentSpec) -> Runtime:
@@ -64,8 +68,14 @@ class Runtimes:
         - GPUs that neither can give: :class:`ResourcesUnavailable`;
         - otherwise (nothing special declared, or no MAP): here, in the deployment's runtime.
         """
-        local: Runtime = self.subprocess if deployment.runtime == "subprocess" else self.in_process
-        manifests = _manifests(deployment)
+        local: Runtime = self.in_process
+        if deployment.runtime == "subprocess":
+            local = self.subprocess
+        elif deployment.runtime == "container":
+            local = self.container
+        manifests = (
+            self.container.manifests(deployment) if deployment.runtime == "container" else _manifests(deployment)
+        )
         if manifests is None:
             return local
         gpus = int(manifests.pkg.resources.gpu or 0)

@@ -24,7 +24,7 @@ class SubprocessRuntime:
     The deployment names the MAP (``map_path``: its ``app.json`` and ``pkg.json``) and where its
     ``applicationRoot`` is on this host (``application_root``, default ``map_path``). The MAP's
     container roots are mapped to folders of this host: ``pkg.json#applicationRoot`` to the
-    application root (in every environment value, e.g. ``PYTHONPATH``), ``modelRoot`` to the
+    application root (in every environment value, e.g. ``PYTHONPATH``, and in the command), ``modelRoot`` to the
     deployment's model path, and the ``HOLOSCAN_*`` input, output, model and work paths to the job's
     folders. ``HOLOSCAN_CONFIG_PATH`` points at the MAP's ``app.yaml`` when it has one. The command
     finds its interpreter on this worker's ``PATH`` (its virtual environment first). Past the timeout
@@ -47,17 +47,10 @@ class SubprocessRuntime:
         and the job's paths; no other variable of the worker (its database URL, passwords, tokens)."""
         map_path, application_root = _locations(run)
         manifests = load_map(map_path).manifests
-        roots = [
-            (manifests.pkg.application_root.rstrip("/"), str(application_root)),
-            (manifests.pkg.model_root.rstrip("/"), str(run.model_path)),
-        ]
         env = {name: value for name, value in os.environ.items() if self._passed(name)}
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', os.defpath)}"
         for key, value in manifests.app.environment.items():
-            text = str(value)
-            for container, host in roots:
-                text = text.replace(container, host)
-            env[key] = text
+            env[key] = _on_host(str(value), run)
         env["HOLOSCAN_APPLICATION"] = str(application_root)
         env["HOLOSCAN_INPUT_PATH"] = str(run.input_dir)
         env["HOLOSCAN_OUTPUT_PATH"] = str(run.output_dir)
@@ -71,7 +64,7 @@ class SubprocessRuntime:
     def run(self, run: ApplicationRun) -> None:
         """Run the MAP's command on one job's folders; its output goes to ``application.log`` in the workdir."""
         map_path, _ = _locations(run)
-        argv = load_map(map_path).manifests.app.argv
+        argv = [_on_host(item, run) for item in load_map(map_path).manifests.app.argv]
         log = run.workdir / "application.log"
         timeout_s = run.timeout_s
         started = time.monotonic()
@@ -94,6 +87,20 @@ class SubprocessRuntime:
 
     def close(self) -> None:
         """Nothing is kept between runs."""
+
+
+def _on_host(text: str, run: ApplicationRun) -> str:
+    """``text`` (an environment value or an argument) with the MAP's container roots mapped to this host's
+    folders: ``applicationRoot`` to the application root, ``modelRoot`` to the deployment's model path."""
+    map_path, application_root = _locations(run)
+    pkg = load_map(map_path).manifests.pkg
+    roots = [
+        (pkg.application_root.rstrip("/"), str(application_root)),
+        (pkg.model_root.rstrip("/"), str(run.model_path)),
+    ]
+    for container, host in roots:
+        text = text.replace(container, host)
+    return text
 
 
 def _locations(run: ApplicationRun) -> tuple[Path, Path]:

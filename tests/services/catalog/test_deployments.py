@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 
 from hounsfield.access import CONFIG_PRINCIPAL, Role
 from hounsfield.catalog import prepare_database
-from hounsfield.catalog.deployments import promote, sync_declared
+from hounsfield.catalog.deployments import promote, sync_declared, validation_checks
 from hounsfield.catalog.read_model import get_spec, load_deployments
 from hounsfield.cli import app as cli
-from hounsfield.config import DeploymentSettings, DestinationSettings, Settings, load_settings
+from hounsfield.config import ContainerSettings, DeploymentSettings, DestinationSettings, Settings, load_settings
 from hounsfield.contracts import StudyComplete
 from hounsfield.db import Database, Job
 from hounsfield.db.access import AuditEntry
@@ -493,3 +493,36 @@ def test_a_subprocess_deployment_names_its_map_and_validation_reads_it(api: Api,
     made = api.send("POST", "/deployments", good, Role.MODEL_DEVELOPER)
     assert made.status_code == 201 and made.json()["runtime"] == "subprocess"
     assert api.promote("liver-isolated-2", Role.MODEL_DEVELOPER).json()["stage"] == "validated"
+
+
+def test_a_container_deployment_runs_an_image_without_network_unless_asked(api: Api) -> None:
+    _ready(api, ("liver-v1", "1.0.0"))
+    image = "registry.hospital.local/maps/liver@sha256:" + "ab" * 32
+    body = {key: value for key, value in _deployment("liver-container", runtime="container").items() if key != "app"}
+    del body["model_path"]  # a container's models are in its image
+    refused = api.send("POST", "/deployments", body, Role.MODEL_DEVELOPER)
+    assert refused.status_code == 422 and "needs an image" in refused.text, refused.text
+    in_process = {key: value for key, value in _deployment("liver-no-model").items() if key != "model_path"}
+    answer = api.send("POST", "/deployments", in_process, Role.MODEL_DEVELOPER)
+    assert answer.status_code == 422 and "needs model_path" in answer.text
+    made = api.send("POST", "/deployments", {**body, "image": image}, Role.MODEL_DEVELOPER)
+    assert made.status_code == 201, made.text
+    assert (made.json()["runtime"], made.json()["network"], made.json()["image"]) == ("container", False, image)
+    networked = api.send("POST", "/deployments", {**body, "name": "liver-net", "image": image, "network": True})
+    assert networked.status_code == 201 and networked.json()["network"] is True
+    settings: Settings = api.client.app.state.settings  # type: ignore[attr-defined]
+    never = settings.model_copy(
+        update={"worker": settings.worker.model_copy(update={"container": ContainerSettings(pull="never")})}
+    )
+    with api.db.session() as session:
+        spec = get_spec(session, "liver-container")
+        networked_spec = get_spec(session, "liver-net")
+        row = session.get(Deployment, "liver-container")
+        assert row is not None
+        pulled = {c.check: c for c in validation_checks(session, row, settings)}
+        local_only = {c.check: c for c in validation_checks(session, row, never)}
+    assert spec is not None and networked_spec is not None
+    assert (spec.runtime, spec.image, spec.network, networked_spec.network) == ("container", image, False, True)
+    assert pulled["application"].ok, pulled["application"].detail
+    assert "model files" not in pulled, "the models are in the image: no model path to check"
+    assert not local_only["application"].ok and "not here" in local_only["application"].detail

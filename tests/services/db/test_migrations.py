@@ -15,7 +15,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection, MetaData, inspect, select, text
+from sqlalchemy import Connection, MetaData, Table, inspect, select, text
 from typer.testing import CliRunner
 
 from hounsfield.cli.database import db as db_app
@@ -208,12 +208,17 @@ def test_stored_applications_follow_the_installed_import_name(database_url: str)
             session.add(RoutingRule(name="ct", definition={"kind": "modality", "in": ["CT"]}))
             session.flush()
             installed = "/opt/hounsfield/lib/python3.12/site-packages/operators/ct_lesion_seg"
+            # The schema of 0005, not today's model: only the columns it had, with the model's defaults.
+            present = {column["name"] for column in inspect(session.connection()).get_columns("deployments")}
+            as_of_0005 = Table(
+                "deployments", MetaData(), *(c._copy() for c in Deployment.__table__.columns if c.name in present)
+            )
             for name, app, model in (
                 ("old", "operators.ct_lesion_seg.app:CTLesionSegApp", f"{installed}/models/model.ts"),
                 ("other", "mypkg.app:App", "/srv/operators/model.ts"),
             ):
-                session.add(
-                    Deployment(
+                session.execute(
+                    as_of_0005.insert().values(
                         name=name, model_name="m", model_version="1.0.0", rule_name="ct", app=app,
                         model_path=model, map_path=installed if name == "old" else None, stage=Stage.DRAFT,
                     )
@@ -226,5 +231,50 @@ def test_stored_applications_follow_the_installed_import_name(database_url: str)
             "old": ("hounsfield_operators.ct_lesion_seg.app:CTLesionSegApp", f"{moved}/models/model.ts", moved),
             "other": ("mypkg.app:App", "/srv/operators/model.ts", None),
         }
+    finally:
+        database.dispose()
+
+
+def test_model_versions_registered_before_have_no_image_and_take_one(database_url: str) -> None:
+    """Revision 0008: ``model_versions.image`` added (nullable); the versions already there keep their rows."""
+    from alembic import command
+
+    from hounsfield.db import utcnow
+    from hounsfield.db.catalog import Model, ModelVersion
+    from hounsfield.db.migrate import alembic_config
+
+    database = Database(database_url)
+    try:
+        assert upgrade(database.engine, "0007") == "0007"
+        with database.transaction() as connection:
+            connection.execute(
+                Model.__table__.insert().values(
+                    name="m", display_name="M", intended_use="Tests.", modality="CT", regulatory_status="other",
+                    owner="tests", documentation_urls=[], created_at=utcnow(),
+                )
+            )  # fmt: skip
+            present = {column["name"] for column in inspect(connection).get_columns("model_versions")}
+            assert "image" not in present
+            as_of_0007 = Table(
+                "model_versions", MetaData(), *(c._copy() for c in ModelVersion.__table__.columns if c.name in present)
+            )
+            connection.execute(
+                as_of_0007.insert().values(
+                    model_name="m", version="1.0.0", published=True, map_manifest={}, device_uid="1.2.3",
+                    content_digest="sha256:" + "0" * 64, inputs={}, outputs={}, resources={}, created_at=utcnow(),
+                )
+            )  # fmt: skip
+        assert upgrade(database.engine) == head_revision()
+        image = "localhost/m@sha256:" + "a" * 64
+        with database.session() as session:
+            (row,) = session.scalars(select(ModelVersion))
+            assert (row.version, row.image) == ("1.0.0", None)
+            row.image = image
+        with database.session() as session:
+            assert session.scalars(select(ModelVersion.image)).one() == image
+        command.downgrade(alembic_config(database_url), "0007")
+        with database.engine.connect() as connection:
+            assert "image" not in {c["name"] for c in inspect(connection).get_columns("model_versions")}
+            assert connection.execute(text("SELECT version FROM model_versions")).scalars().all() == ["1.0.0"]
     finally:
         database.dispose()

@@ -1,0 +1,1 @@
+"""Head CT haemorrhage triage: synthetic phantoms, training and the MONAI Deploy application."""
