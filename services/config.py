@@ -7,6 +7,7 @@ start-up with the key's name instead of being silently ignored.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import ssl
@@ -37,6 +38,7 @@ __all__ = [
     "SourceSettings",
     "TLSSettings",
     "WorkerSettings",
+    "is_loopback_host",
     "load_settings",
 ]
 
@@ -99,6 +101,16 @@ class OutboundTLSSettings(_Strict):
         if self.certificate is not None and self.private_key is not None:
             context.load_cert_chain(self.certificate, self.private_key)
         return context, self.server_hostname or host
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a URL's host name) is this machine's loopback: 127.0.0.0/8, ::1 or ``localhost``."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _refuse_insecure_http(url: str, credentials: list[str], allowed: bool) -> None:
@@ -417,10 +429,9 @@ class KubernetesSettings(_Strict):
 
 
 class ContainerSettings(_Strict):
-    """How the container runtime runs a MAP's image (deployments with ``runtime: container``)."""
+    """How the container runtime runs a MAP's image (deployments with ``runtime: container``), with podman
+    where it is installed, docker otherwise (:func:`hounsfield.containers.engine`)."""
 
-    engine: Literal["auto", "podman", "docker"] = "auto"
-    """``auto``: podman where it is installed, docker otherwise."""
     user: str = Field("10001:10001", pattern=r"^[0-9]+:[0-9]+$")
     """The uid:gid the application runs as when the worker runs as root (a worker of another user runs
     it as itself); the job's output and work folders are given to it. Never root."""

@@ -13,7 +13,6 @@ The token goes only to an ``https://`` registry, or over plain http to this host
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import tempfile
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import httpx
 
 from hounsfield import containers
 from hounsfield.catalog.manifests import LoadedMap, load_map
+from hounsfield.config import is_loopback_host
 from hounsfield.errors import HounsfieldError, Invalid
 from hounsfield.maps.package import lay_out
 
@@ -88,11 +88,7 @@ def _safe_url(url: str, allow_insecure_http: bool) -> str:
         return url.rstrip("/")
     if parts.scheme != "http":
         raise Invalid("registry", f"{url} is not an http(s) URL")
-    try:
-        loopback = ipaddress.ip_address(parts.hostname or "").is_loopback
-    except ValueError:
-        loopback = parts.hostname == "localhost"
-    if not loopback and not allow_insecure_http:
+    if not is_loopback_host(parts.hostname or "") and not allow_insecure_http:
         raise Invalid("registry", f"{url}: a token is sent only over https (or to this host's loopback)")
     return url.rstrip("/")
 

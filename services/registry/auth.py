@@ -20,7 +20,6 @@ role the route is not open to (administrators may do everything).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import threading
@@ -34,7 +33,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from hounsfield.access import TOKEN_PREFIX, Principal, Role, SignInImpossible, authenticate_token
-from hounsfield.config import OIDCSettings
+from hounsfield.config import OIDCSettings, is_loopback_host
 from hounsfield.db import Database
 
 __all__ = ["Authenticator", "require"]
@@ -175,22 +174,13 @@ def _require_https(url: str) -> None:
     scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
     if scheme == "https" and host:
         return
-    if scheme == "http" and _is_loopback(host):
+    if scheme == "http" and is_loopback_host(host):
         return
     given = f"{scheme}://{host}" if scheme else "a URL without a scheme"  # no path, no user or password
     raise SignInImpossible(
         "registry.oidc.jwks_url must use https (plain http is taken only to a loopback host: 127.0.0.0/8, "
         f"::1, localhost), not {given}: anyone on the path could hand the registry keys of their own"
     )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _unauthorized(reason: str) -> HTTPException:

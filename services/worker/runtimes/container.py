@@ -64,9 +64,6 @@ class ContainerRuntime:
 
     # --- what a job's container is ----------------------------------------------------------------------------
 
-    def engine(self) -> str:
-        return containers.engine() if self._settings.engine == "auto" else self._settings.engine
-
     def manifests(self, deployment: DeploymentSpec) -> MapManifests:
         """The MAP's manifests: the catalog version's, else read from the image (cached per image)."""
         if deployment.map_manifest is not None:
@@ -93,7 +90,7 @@ class ContainerRuntime:
         argv = manifests.app.argv
         cpus = resources.cpu_limit or resources.cpu
         memory = memory_bytes(resources.memory_limit or resources.memory)
-        command = [self.engine(), "run", "--rm", "--name", container_name, f"--pull={settings.pull}"]
+        command = [containers.engine(), "run", "--rm", "--name", container_name, f"--pull={settings.pull}"]
         command += ["--read-only", "--tmpfs", f"/tmp:rw,size={memory_bytes(settings.tmp_size)},mode=1777"]
         command += ["--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", self.user()]
         command += ["--cpus", f"{cpus:g}", "--memory", str(memory), "--memory-swap", str(memory)]
@@ -164,7 +161,7 @@ class ContainerRuntime:
                 os.chmod(path, path.stat().st_mode | 0o044)  # result_context.json: readable by the application
 
     def _remove(self, name: str, env: dict[str, str]) -> None:
-        engine = self.engine()
+        engine = containers.engine()
         for argv in ([engine, "kill", "--signal", "KILL", name], [engine, "rm", "--force", name]):
             subprocess.run(argv, env=env, capture_output=True, timeout=60, check=False)
 

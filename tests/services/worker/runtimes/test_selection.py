@@ -15,7 +15,7 @@ from hounsfield.catalog import DeploymentSpec
 from hounsfield.config import Settings
 from hounsfield.db import Job, JobState
 from hounsfield.worker.pipeline import execute_job
-from hounsfield.worker.runtimes import ResourcesUnavailable, Runtime, Runtimes
+from hounsfield.worker.runtimes import ApplicationRun, ResourcesUnavailable, Runtime, Runtimes
 from tests.services.catalog.test_manifests import spec_app, spec_pkg
 from tests.support import EXAMPLE_MAP, REPO, application_run, routed_job
 
@@ -33,9 +33,9 @@ def _worker(settings: Settings, tmp_path: Path, **worker: Any) -> Runtimes:
 
 def test_every_runtime_keeps_the_protocol(settings: Settings, tmp_path: Path) -> None:
     runtimes = Runtimes(settings, tmp_path)
-    kept = [runtimes.in_process, runtimes.subprocess, runtimes.kubernetes]
+    kept = [runtimes.in_process, runtimes.subprocess, runtimes.container, runtimes.kubernetes]
     assert all(isinstance(runtime, Runtime) for runtime in kept)
-    assert len({runtime.name for runtime in kept}) == 3, "logs tell the runtimes apart by name"
+    assert len({runtime.name for runtime in kept}) == 4, "logs tell the runtimes apart by name"
     runtimes.in_process.close()
 
 
@@ -119,3 +119,21 @@ def test_a_worker_holding_gpus_never_submits_a_job_that_asks_for_more(
     for manifest in (large_gpu, two_gpus):
         deployment = _deployment(tmp_path, image="maps/any:1.0.0", map_manifest=manifest)
         assert cpu_worker.for_deployment(deployment) is cpu_worker.kubernetes, "a CPU worker submits GPU Jobs"
+
+
+def test_a_container_gets_a_gpu_only_on_a_worker_with_one(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    image = "localhost/bleed@sha256:" + "ab" * 32
+    gpu = _deployment(tmp_path, runtime="container", image=image, map_manifest=GPU_MAP)
+    with pytest.raises(ResourcesUnavailable, match="1 GPU"):
+        Runtimes(settings, tmp_path).for_deployment(gpu)
+    gpu_worker = _worker(settings, tmp_path, gpus=1)
+    runtime = gpu_worker.for_deployment(gpu)
+    assert runtime is gpu_worker.container
+    command = gpu_worker.container.command(ApplicationRun("job-1", gpu, tmp_path, tmp_path, tmp_path), "job")
+    assert command[command.index("--device") + 1] == "nvidia.com/gpu=all"
+    small = _deployment(tmp_path, runtime="container", image=image, map_manifest=SMALL_MAP)
+    command = gpu_worker.container.command(ApplicationRun("job-2", small, tmp_path, tmp_path, tmp_path), "job")
+    assert "--device" not in command, "no GPU for a MAP declaring none"
