@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import platform
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +40,12 @@ from hounsfield_operators.ct_ich_triage.classifier import (
     volume_logit,
 )
 from hounsfield_operators.ct_ich_triage.phantom import BLEED_KINDS, make_head_phantom
-from hounsfield_operators.training import file_sha256, state_dict_sha256
+from hounsfield_operators.training import (
+    cpu_kernel_record,
+    file_sha256,
+    rerun_with_pinned_cpu_kernels,
+    state_dict_sha256,
+)
 
 __all__ = [
     "HELD_OUT_SEED_START",
@@ -336,6 +342,8 @@ def train(
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "machine": platform.machine(),
+        # The weights depend on the CPU kernels used (oneDNN picks them by instruction set).
+        "cpu_kernels": cpu_kernel_record(),
         "calibration": {
             **calibration,
             "validation_auc": roc_auc(validation_labels, validation_scores)
@@ -364,7 +372,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n-validation", type=int, default=100, help="validation phantoms (threshold)")
     parser.add_argument("--n-held-out", type=int, default=N_HELD_OUT, help="held-out phantoms (0: none)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(arguments)
+    # Kernels of one instruction set on every CPU, so that the weights do not depend on the machine.
+    if (status := rerun_with_pinned_cpu_kernels("hounsfield_operators.ct_ich_triage.train", arguments)) is not None:
+        raise SystemExit(status)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     report = train(

@@ -37,7 +37,13 @@ from hounsfield_operators.ct_lesion_seg.preprocessing import (
     SW_BATCH_SIZE,
     network_input_from_zyx,
 )
-from hounsfield_operators.training import deterministic_algorithms, file_sha256, state_dict_sha256
+from hounsfield_operators.training import (
+    cpu_kernel_record,
+    deterministic_algorithms,
+    file_sha256,
+    rerun_with_pinned_cpu_kernels,
+    state_dict_sha256,
+)
 
 __all__ = [
     "HELD_OUT_SEED_START",
@@ -473,8 +479,7 @@ def train(
         "torch_threads": torch.get_num_threads(),
         "machine": platform.machine(),
         # The weights depend on the CPU kernels used (oneDNN picks them by instruction set).
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_isa_environment": {name: os.environ.get(name) for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")},
+        "cpu_kernels": cpu_kernel_record(),
         "calibration": calibration,
         "held_out": metrics,
     }
@@ -492,7 +497,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(arguments)
+    # Kernels of one instruction set on every CPU, so that the weights do not depend on the machine.
+    if (status := rerun_with_pinned_cpu_kernels("hounsfield_operators.ct_lesion_seg.train", arguments)) is not None:
+        raise SystemExit(status)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     report = train(
