@@ -4,8 +4,8 @@
 VENV          := .venv
 PYTHON        ?= python3
 STAMP         := $(VENV)/.installed
-APT_PACKAGES  := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools postgresql \
-                 podman runc catatonit mmdebstrap
+APT_PACKAGES  := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools libpixelmed-java default-jre-headless \
+                 postgresql podman runc catatonit mmdebstrap
 SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test setup system-deps lint images base-image lock clean
@@ -24,6 +24,7 @@ setup: system-deps $(STAMP)
 system-deps:
 	@if ! command -v redis-server >/dev/null || ! [ -x /usr/sbin/Orthanc ] || ! [ -x /usr/bin/storescu ] \
 	    || ! command -v dciodvfy >/dev/null || ! [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
+	    || ! [ -f /usr/share/java/pixelmed.jar ] || ! command -v java >/dev/null \
 	    || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 	    || ! command -v podman >/dev/null || ! command -v mmdebstrap >/dev/null || ! command -v catatonit >/dev/null; then \
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \

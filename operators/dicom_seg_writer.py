@@ -33,7 +33,9 @@ from hounsfield_operators.result_context import ResultContext
 
 __all__ = [
     "LESION_CATEGORY",
+    "LESION_REGION",
     "LESION_TYPE",
+    "SEGMENT_COLOURS_RGB",
     "SEG_FILENAME",
     "LesionSegResult",
     "LesionSegWriterOperator",
@@ -53,6 +55,19 @@ SEG_FILENAME = "seg.dcm"
 LESION_CATEGORY = codes.SCT.MorphologicallyAbnormalStructure
 #: Segmented Property Type of every segment (CID 7151).
 LESION_TYPE = codes.SCT.Lesion
+#: Anatomic region of every segment (the model is trained on abdominal CT).
+LESION_REGION = codes.SCT.Abdomen
+
+#: Recommended display colours of segments 1, 2, ... (Okabe-Ito, told apart with colour-blindness), as sRGB.
+SEGMENT_COLOURS_RGB = (
+    (230, 159, 0),
+    (86, 180, 233),
+    (0, 158, 115),
+    (240, 228, 66),
+    (0, 114, 178),
+    (213, 94, 0),
+    (204, 121, 167),
+)
 
 _SLICE_POSITION_TOLERANCE_MM = 1e-3
 
@@ -216,10 +231,14 @@ def build_lesion_segmentation(
             algorithm_identification=algorithm,
             tracking_id=lesion_tracking_id(lesion.index),
             tracking_uid=lesion_tracking_uid(context, lesion.index, source_series_uid),
+            anatomic_regions=[LESION_REGION],
+            display_color=hd.color.CIELabColor.from_rgb(
+                *SEGMENT_COLOURS_RGB[(lesion.index - 1) % len(SEGMENT_COLOURS_RGB)]
+            ),
         )
         for lesion in lesions.lesions
     ]
-    return hd.seg.Segmentation(
+    segmentation = hd.seg.Segmentation(
         source_images=list(source_images),
         pixel_array=lesions.labels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -242,6 +261,12 @@ def build_lesion_segmentation(
         content_date=created.date(),
         content_time=created.time(),
     )
+    # The body part of the images segmented. No Laterality: the abdomen is unpaired (PixelMed's IOD check
+    # asks for one whenever no Image or Frame Laterality is present; the standard only for paired parts,
+    # and the Frame Anatomy that would carry "U" is not in the Segmentation IOD).
+    if source_images[0].get("BodyPartExamined"):
+        segmentation.BodyPartExamined = source_images[0].BodyPartExamined
+    return segmentation
 
 
 def _write_atomically(dataset: Dataset, path: Path) -> None:

@@ -4,24 +4,35 @@ Content, per IHE AI Results:
 
 * Procedure Reported: the study's Procedure Code Sequence when present, otherwise
   (25045-6, LN, "CT unspecified body region") from CID 100 (for non-CT modalities the
-  matching "unspecified body region" code).
+  matching "unspecified body region" code); see :func:`procedure_reported`.
+* Preliminary Flag FINAL for a clinical deployment's result, PRELIMINARY otherwise; Verification
+  Flag always UNVERIFIED.
 * Observer: the algorithm as a device observer (Device UID, manufacturer, model name).
-* One TID 1411 volumetric measurement group per lesion: Tracking Identifier "Lesion N" and the
-  same Tracking UID as the SEG segment, a Referenced Segment (SEG instance, segment N, source
-  series), finding Lesion, finding site Abdomen, and measurements with TID 4019 algorithm
-  identification:
+* One TID 1501 measurement group per lesion: Tracking Identifier "Lesion N" and the same
+  Tracking UID as the SEG segment, finding Lesion, finding site Abdomen, and measurements with
+  TID 4019 algorithm identification. (Not a TID 1411 volumetric group referencing the segment:
+  its measurements may carry no coordinates, and a report mixing TID 1411 and TID 1501 groups fails
+  PixelMed's DicomSRValidator, which applies one template to all of a report's groups.)
 
-  - Volume (118565006, SCT) in mL (``ml``);
+  - Volume (118565006, SCT) in mL (``ml``), INFERRED FROM its segment (TID 320: an IMAGE item,
+    Source of Measurement, naming the SEG instance and the segment number);
   - Long axis (103339001, SCT) in mm: the longest axial diameter. CID 7470 offers both
     Diameter (81827009, SCT) and Long axis; Diameter presumes a circular cross-section,
     whereas Long axis is the concept for the longest in-plane extent of a lesion (as in
-    RECIST), which is what is measured;
+    RECIST), which is what is measured. It is INFERRED FROM its line on the slice it was
+    measured on (TID 320: a SCOORD POLYLINE of two points, SELECTED FROM that image), so
+    that viewers draw it where it is;
   - Attenuation Coefficient (112031, DCM) with derivation Mean (373098007, SCT) in
-    ``[hnsf'U]``, as in highdicom's examples;
+    ``[hnsf'U]``, as in highdicom's examples, INFERRED FROM its segment;
   - qualitative evaluation Presence of property (121052, DCM) = Present (52101004, SCT).
 
 * With no lesion: one TID 1501 group "Lesion assessment", finding Lesion, Presence of
   property = Absent (272519000, SCT), and no SEG reference.
+
+The report's Image Library (TID 1600) lists the images its content refers to: those the long axes
+are drawn on. A report that refers to no image (no lesion, a study-level finding) has none: listing
+the whole analysed series instead would cost PixelMed's validator at the gate about 2 GB and 40 s for
+32 images, and grows faster than the list.
 
 A study-level finding (a classifier's answer, e.g. intracranial haemorrhage present or absent) is
 written by :func:`build_finding_report` / :class:`FindingSRWriterOperator` as one TID 1501 group:
@@ -42,11 +53,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from hounsfield_operators.dicom_seg_writer import LesionSegResult, lesion_tracking_id, lesion_tracking_uid
+from hounsfield_operators.dicom_seg_writer import (
+    LESION_REGION,
+    LesionSegResult,
+    lesion_tracking_id,
+    lesion_tracking_uid,
+)
 from hounsfield_operators.lesion_measurement import LesionMeasurement
 from hounsfield_operators.result_context import ResultContext
 
@@ -70,8 +87,8 @@ logger = logging.getLogger(__name__)
 #: File name of the Structured Report in the output folder.
 SR_FILENAME = "sr.dcm"
 
-#: Finding site of every lesion (the model is trained on abdominal CT).
-FINDING_SITE = codes.SCT.Abdomen
+#: Finding site of every lesion (the model is trained on abdominal CT): the SEG's anatomic region.
+FINDING_SITE = LESION_REGION
 
 #: UCUM millilitre (not in pydicom's code dictionary).
 MILLILITER = hd.sr.CodedConcept(value="ml", scheme_designator="UCUM", meaning="milliliter")
@@ -101,8 +118,11 @@ def procedure_reported(source_image: Dataset) -> list[hd.sr.CodedConcept]:
     Returns
     -------
     list of highdicom.sr.CodedConcept
-        The items of the image's Procedure Code Sequence when present, else the CID 100
-        "unspecified body region" code of its modality (CT when unknown).
+        The items of the image's Procedure Code Sequence when present, else the CID 100 "unspecified
+        body region" code of its modality (CT when unknown). Not a procedure named after the Body
+        Part Examined: CID 100 has none for the abdomen or the head without contrast, and PixelMed's
+        validator (the gate) refuses a code outside CID 100 although the group is extensible. The
+        body part is in each finding's site and in the SEG.
     """
     items = source_image.get("ProcedureCodeSequence") or []
     codes_found = [hd.sr.CodedConcept.from_dataset(item) for item in items]
@@ -113,46 +133,81 @@ def procedure_reported(source_image: Dataset) -> list[hd.sr.CodedConcept]:
     return [hd.sr.CodedConcept.from_code(code)]
 
 
+def _long_axis_line(lesion: LesionMeasurement, source_images: Sequence[Dataset]) -> hd.sr.CoordinatesForMeasurement:
+    """The lesion's long axis as a two-point SCOORD POLYLINE on the image it was measured on.
+
+    SCOORD coordinates are (column, row) with the top left corner of the image at (0, 0), so a
+    pixel's centre is its index plus 0.5; the end points stay within the image.
+    """
+    image = source_images[lesion.longest_axial_diameter_slice]
+    rows, columns = int(image.Rows), int(image.Columns)
+    points = [
+        (min(max(column + 0.5, 0.0), float(columns)), min(max(row + 0.5, 0.0), float(rows)))
+        for row, column in lesion.long_axis_rc
+    ]
+    return hd.sr.CoordinatesForMeasurement(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.array(points, dtype=np.float64),
+        source_image=hd.sr.SourceImageForRegion(str(image.SOPClassUID), str(image.SOPInstanceUID)),
+    )
+
+
+class SourceSegmentForMeasurement(hd.sr.SourceImageForMeasurement):
+    """TID 320 IMAGE item: the SEG segment a measurement was made on (Source of Measurement, INFERRED FROM)."""
+
+    def __init__(self, segmentation: Dataset, segment_number: int) -> None:
+        hd.sr.ImageContentItem.__init__(
+            self,
+            name=codes.DCM.SourceOfMeasurement,
+            referenced_sop_class_uid=str(segmentation.SOPClassUID),
+            referenced_sop_instance_uid=str(segmentation.SOPInstanceUID),
+            referenced_segment_numbers=[segment_number],
+            relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM,
+        )
+
+
 def _lesion_group(
     lesion: LesionMeasurement,
     segmentation: hd.seg.Segmentation,
     context: ResultContext,
     algorithm: hd.sr.AlgorithmIdentification,
-    source_series_uid: str,
-) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
-    measurements = [
-        hd.sr.Measurement(
-            name=codes.SCT.Volume, value=round(lesion.volume_ml, 4), unit=MILLILITER, algorithm_id=algorithm
-        ),
-        hd.sr.Measurement(
-            name=codes.SCT.LongAxis,
-            value=round(lesion.longest_axial_diameter_mm, 2),
-            unit=codes.UCUM.Millimeter,
-            algorithm_id=algorithm,
-        ),
-        hd.sr.Measurement(
-            name=codes.DCM.AttenuationCoefficient,
-            value=round(lesion.mean_hu, 1),
-            unit=codes.UCUM.HounsfieldUnit,
-            derivation=codes.SCT.Mean,
-            algorithm_id=algorithm,
-        ),
-    ]
-    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+    source_images: Sequence[Dataset],
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """One lesion's TID 1501 group: its volume and attenuation from its SEG segment, its long axis on its slice."""
+    source_series_uid = str(source_images[0].SeriesInstanceUID)
+    segment = [SourceSegmentForMeasurement(segmentation, lesion.index)]
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=lesion_tracking_uid(context, lesion.index, source_series_uid),
             identifier=lesion_tracking_id(lesion.index),
         ),
-        referenced_segment=hd.sr.ReferencedSegment(
-            sop_class_uid=segmentation.SOPClassUID,
-            sop_instance_uid=segmentation.SOPInstanceUID,
-            segment_number=lesion.index,
-            source_series=hd.sr.SourceSeriesForSegmentation(source_series_uid),
-        ),
         finding_type=codes.SCT.Lesion,
         algorithm_id=algorithm,
         finding_sites=[hd.sr.FindingSite(FINDING_SITE)],
-        measurements=measurements,
+        measurements=[
+            hd.sr.Measurement(
+                name=codes.SCT.Volume,
+                value=round(lesion.volume_ml, 4),
+                unit=MILLILITER,
+                algorithm_id=algorithm,
+                referenced_images=segment,
+            ),
+            hd.sr.Measurement(
+                name=codes.SCT.LongAxis,
+                value=round(lesion.longest_axial_diameter_mm, 2),
+                unit=codes.UCUM.Millimeter,
+                algorithm_id=algorithm,
+                referenced_coordinates=[_long_axis_line(lesion, source_images)],
+            ),
+            hd.sr.Measurement(
+                name=codes.DCM.AttenuationCoefficient,
+                value=round(lesion.mean_hu, 1),
+                unit=codes.UCUM.HounsfieldUnit,
+                derivation=codes.SCT.Mean,
+                algorithm_id=algorithm,
+                referenced_images=segment,
+            ),
+        ],
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.DCM.PresenceOfProperty, codes.SCT.Present)],
     )
 
@@ -185,7 +240,7 @@ def build_lesion_report(result: LesionSegResult, context: ResultContext) -> hd.s
         if result.segmentation is None:
             raise ValueError("Lesions were found but no Segmentation was given to reference.")
         groups = [
-            _lesion_group(lesion, result.segmentation, context, algorithm, source_series_uid)
+            _lesion_group(lesion, result.segmentation, context, algorithm, source_images)
             for lesion in result.lesions.lesions
         ]
         evidence.append(result.segmentation)
@@ -202,7 +257,10 @@ def build_lesion_report(result: LesionSegResult, context: ResultContext) -> hd.s
                 qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.DCM.PresenceOfProperty, codes.SCT.Absent)],
             )
         ]
-    return _comprehensive_3d_sr(groups, evidence, source_images, context, result.created)
+    # The Image Library: the images the lines are drawn on (none with no lesion).
+    drawn_on = sorted({lesion.longest_axial_diameter_slice for lesion in result.lesions.lesions})
+    library = [source_images[k] for k in drawn_on]
+    return _comprehensive_3d_sr(groups, evidence, library, source_images, context, result.created)
 
 
 def _algorithm_identification(context: ResultContext) -> hd.sr.AlgorithmIdentification:
@@ -220,11 +278,16 @@ def _comprehensive_3d_sr(
         hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations
     ],
     evidence: Sequence[Dataset],
+    library: Sequence[Dataset],
     source_images: Sequence[Dataset],
     context: ResultContext,
     created: datetime.datetime,
 ) -> hd.sr.Comprehensive3DSR:
-    """The TID 1500 report of ``groups``, observed by the model as a device, in the job's SR series."""
+    """The TID 1500 report of ``groups``, observed by the model as a device, in the job's SR series.
+
+    ``evidence`` are the instances the report was made from, ``library`` the images its Image Library
+    lists, ``source_images`` the analysed series.
+    """
     source_series_uid = str(source_images[0].SeriesInstanceUID)
     observation_context = hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(
@@ -241,6 +304,7 @@ def _comprehensive_3d_sr(
         observation_context=observation_context,
         procedure_reported=procedure_reported(source_images[0]),
         imaging_measurements=groups,
+        referenced_images=list(library) or None,
     )
     return hd.sr.Comprehensive3DSR(
         evidence=evidence,
@@ -251,7 +315,9 @@ def _comprehensive_3d_sr(
         instance_number=1,
         manufacturer=context.manufacturer,
         is_complete=True,
-        is_final=False,
+        # FINAL: the model will not revise it; PRELIMINARY for shadow and research results. Never
+        # VERIFIED: no person has checked it when it is made (a radiologist's verdict is recorded apart).
+        is_final=context.is_clinical,
         is_verified=False,
         contributing_equipment=[context.contributing_equipment()],
         series_description=context.series_description("SR"),
@@ -342,7 +408,8 @@ def build_finding_report(finding: StudyFinding, context: ResultContext) -> hd.sr
         measurements=measurements or None,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.DCM.PresenceOfProperty, presence)],
     )
-    return _comprehensive_3d_sr([group], finding.source_images, finding.source_images, context, finding.created)
+    images = finding.source_images
+    return _comprehensive_3d_sr([group], images, [], images, context, finding.created)
 
 
 def save_report(report: hd.sr.Comprehensive3DSR, output_folder: Path) -> Path:

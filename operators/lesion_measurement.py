@@ -8,7 +8,10 @@ Definitions (shared with the synthetic phantom ground truth in
 * Volume is voxel count times voxel volume, in millilitres.
 * Longest axial diameter is, over all axial slices, the largest distance between the
   centres of two boundary pixels of the lesion in that slice, plus one mean in-plane
-  pixel spacing, i.e. the extent edge to edge (a single pixel measures one pixel).
+  pixel spacing, i.e. the extent edge to edge (a single pixel measures one pixel). Its
+  end points (:attr:`LesionMeasurement.long_axis_rc`) are those two pixel centres, each
+  moved a quarter of the summed pixel spacings outwards along the line, so that the line
+  drawn between them is as long as the reported diameter.
 * Mean attenuation is the mean HU over the lesion's voxels.
 
 Lesions are numbered 1..N by decreasing volume (ties by raster order of first voxel),
@@ -23,12 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
-from scipy.spatial.distance import pdist
+from scipy.spatial.distance import pdist, squareform
 
 __all__ = [
     "MIN_LESION_VOLUME_ML",
     "LesionMeasurement",
     "LesionSegmentation",
+    "LongAxis",
+    "long_axis",
     "longest_axial_diameter_mm",
     "measure_lesions",
 ]
@@ -61,6 +66,9 @@ class LesionMeasurement:
         Longest in-plane extent over all axial slices, in mm (see module docstring).
     longest_axial_diameter_slice : int
         Index (z) of the slice where the longest axial diameter was measured.
+    long_axis_rc : tuple of two (row, column) tuples
+        End points of that diameter on that slice, in pixel indices (a pixel's centre is its
+        integer index), drawn edge to edge (see module docstring).
     mean_hu : float
         Mean attenuation in Hounsfield units.
     centroid_zyx_vox : tuple of float
@@ -74,6 +82,7 @@ class LesionMeasurement:
     volume_ml: float
     longest_axial_diameter_mm: float
     longest_axial_diameter_slice: int
+    long_axis_rc: tuple[tuple[float, float], tuple[float, float]]
     mean_hu: float
     centroid_zyx_vox: tuple[float, float, float]
     centroid_zyx_mm: tuple[float, float, float]
@@ -102,23 +111,51 @@ class LesionSegmentation:
         return self.labels == index
 
 
-def _slice_extent_mm(plane: np.ndarray, spacing_yx_mm: tuple[float, float]) -> float:
-    """Largest centre-to-centre distance between boundary pixels of a 2D mask, in mm."""
+@dataclass(frozen=True)
+class LongAxis:
+    """The longest axial diameter of a lesion and where it lies.
+
+    Attributes
+    ----------
+    length_mm : float
+        Edge-to-edge length in mm (see module docstring).
+    slice_index : int
+        Index (z) of the slice it lies on.
+    start_rc, end_rc : tuple of float
+        End points ``(row, column)`` in pixel indices, edge to edge.
+    """
+
+    length_mm: float
+    slice_index: int
+    start_rc: tuple[float, float]
+    end_rc: tuple[float, float]
+
+
+def _slice_chord(plane: np.ndarray, spacing_yx_mm: tuple[float, float]) -> tuple[float, np.ndarray, np.ndarray]:
+    """Longest centre-to-centre distance between boundary pixels of a 2D mask (mm), and its two pixels."""
     interior = ndimage.binary_erosion(plane, border_value=0)
-    rows, cols = np.nonzero(plane & ~interior)
-    if rows.size < 2:
-        return 0.0
-    points = np.column_stack([rows * spacing_yx_mm[0], cols * spacing_yx_mm[1]]).astype(np.float64)
+    pixels = np.argwhere(plane & ~interior).astype(np.float64)
+    if len(pixels) < 2:
+        return 0.0, pixels[0] if len(pixels) else np.zeros(2), pixels[0] if len(pixels) else np.zeros(2)
+    points = pixels * np.asarray(spacing_yx_mm, dtype=np.float64)
     if len(points) > _HULL_THRESHOLD:
         try:
-            points = points[ConvexHull(points).vertices]
+            hull = ConvexHull(points).vertices
+            pixels, points = pixels[hull], points[hull]
         except QhullError:
-            logger.debug("Degenerate boundary (%d collinear points); using all points.", len(points))
-    return float(pdist(points).max())
+            # Collinear: the two ends are the point farthest from any point, and the one farthest from it.
+            logger.debug("Degenerate boundary (%d collinear points).", len(points))
+            end = int(np.argmax(np.linalg.norm(points - points[0], axis=1)))
+            distances_from_end = np.linalg.norm(points - points[end], axis=1)
+            other = int(np.argmax(distances_from_end))
+            return float(distances_from_end[other]), pixels[end], pixels[other]
+    distances = squareform(pdist(points))
+    first, second = (int(i) for i in np.unravel_index(int(np.argmax(distances)), distances.shape))
+    return float(distances[first, second]), pixels[first], pixels[second]
 
 
-def longest_axial_diameter_mm(mask_zyx: np.ndarray, spacing_zyx_mm: tuple[float, float, float]) -> tuple[float, int]:
-    """Longest axial diameter of a binary mask.
+def long_axis(mask_zyx: np.ndarray, spacing_zyx_mm: tuple[float, float, float]) -> LongAxis | None:
+    """The longest axial diameter of a binary mask, with its slice and end points.
 
     Parameters
     ----------
@@ -129,20 +166,36 @@ def longest_axial_diameter_mm(mask_zyx: np.ndarray, spacing_zyx_mm: tuple[float,
 
     Returns
     -------
-    tuple of (float, int)
-        The diameter in mm (centre-to-centre distance plus one mean in-plane pixel spacing;
-        0.0 for an empty mask) and the slice index where it was found (-1 when empty).
+    LongAxis or None
+        None for an empty mask. The first slice wins a tie.
     """
     mask = np.asarray(mask_zyx, dtype=bool)
     spacing_yx = (float(spacing_zyx_mm[1]), float(spacing_zyx_mm[2]))
-    best, best_slice = -1.0, -1
-    for z in np.flatnonzero(mask.any(axis=(1, 2))):
-        extent = _slice_extent_mm(mask[z], spacing_yx)
-        if extent > best:
-            best, best_slice = extent, int(z)
-    if best_slice < 0:
-        return 0.0, -1
-    return best + 0.5 * (spacing_yx[0] + spacing_yx[1]), best_slice
+    best: tuple[float, int, np.ndarray, np.ndarray] | None = None
+    for index in np.flatnonzero(mask.any(axis=(1, 2))):
+        extent, start, end = _slice_chord(mask[index], spacing_yx)
+        if best is None or extent > best[0]:
+            best = (extent, int(index), start, end)
+    if best is None:
+        return None
+    extent, z, start, end = best
+    margin_mm = 0.25 * (spacing_yx[0] + spacing_yx[1])
+    direction_mm = (end - start) * spacing_yx
+    # margin_mm along the line, in pixels; a lone pixel is drawn along its row
+    step = direction_mm / extent * margin_mm / spacing_yx if extent > 0 else np.array([0.0, margin_mm / spacing_yx[1]])
+    start, end = start - step, end + step
+    return LongAxis(
+        length_mm=extent + 2 * margin_mm,
+        slice_index=z,
+        start_rc=(float(start[0]), float(start[1])),
+        end_rc=(float(end[0]), float(end[1])),
+    )
+
+
+def longest_axial_diameter_mm(mask_zyx: np.ndarray, spacing_zyx_mm: tuple[float, float, float]) -> tuple[float, int]:
+    """:func:`long_axis`'s length (mm) and slice index; ``(0.0, -1)`` for an empty mask."""
+    axis = long_axis(mask_zyx, spacing_zyx_mm)
+    return (0.0, -1) if axis is None else (axis.length_mm, axis.slice_index)
 
 
 def measure_lesions(
@@ -198,15 +251,17 @@ def measure_lesions(
     for index, component in enumerate(kept, start=1):
         lesion = components == component
         labels[lesion] = index
-        diameter, diameter_slice = longest_axial_diameter_mm(lesion, spacing)
+        axis = long_axis(lesion, spacing)
+        assert axis is not None  # a kept component has voxels
         centroid = tuple(float(c) for c in np.argwhere(lesion).mean(axis=0))
         lesions.append(
             LesionMeasurement(
                 index=index,
                 voxel_count=int(sizes[component]),
                 volume_ml=float(sizes[component] * voxel_ml),
-                longest_axial_diameter_mm=diameter,
-                longest_axial_diameter_slice=diameter_slice,
+                longest_axial_diameter_mm=axis.length_mm,
+                longest_axial_diameter_slice=axis.slice_index,
+                long_axis_rc=(axis.start_rc, axis.end_rc),
                 mean_hu=float(hu[lesion].astype(np.float64).mean()),
                 centroid_zyx_vox=centroid,  # type: ignore[arg-type]
                 centroid_zyx_mm=tuple(c * s for c, s in zip(centroid, spacing, strict=True)),  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ from hounsfield_operators.ct_lesion_seg.phantom import make_phantom, write_dicom
 __all__ = ["DEMO_SEED", "DemoFailed", "print_summary", "run_demo"]
 
 DEMO_SEED = 20261127
-REQUIRED_TOOLS = ("/usr/bin/storescu", "redis-server", "dciodvfy")
+REQUIRED_TOOLS = ("/usr/bin/storescu", "redis-server", "dciodvfy", "java")
 UNITS = {"ml": "mL", "[hnsf'U]": "HU"}
 
 

@@ -5,10 +5,19 @@ Both are made from the job's validated SEG and the CT images it references, for 
 
 * **Secondary Capture** (``sc``): one RGB image per CT slice that holds a lesion, the CT windowed
   (the image's own window, else soft tissue 40/400), each lesion's border burned in, and a banner
-  across the top: "AI result - <model> <version> - not for diagnostic use".
+  across the top: "NOT FOR DIAGNOSTIC USE - AI result - <model> <version>", its type sized to the
+  image's width (1/32 of it, at least 8 px) and wrapped onto more lines where one is too narrow,
+  so that all of it shows on any image; on an image so small that it would cover more than a quarter
+  of it, only "NOT FOR DIAGNOSTIC USE - AI result".
 * **Grayscale Softcopy Presentation State** (``gsps``): the same borders as POLYLINE graphics in
-  pixel units over the original CT images, on one layer named ``AI``, with a text object naming the
-  model and version; viewers that show GSPS draw them over the radiologist's own images.
+  pixel units over the original CT images, on one layer named ``AI``, with a text object holding the
+  whole banner; viewers that show GSPS draw them over the radiologist's own images.
+
+Both say which model made them: the SEG's Contributing Equipment item of the algorithm (IHE AIR:
+manufacturer, model name, version, Device UID) is copied into each, its Device UID is their Device
+Serial Number, and their short descriptions (64 characters at most) start with "Not for diagnostic
+use" so that shortening a long model name never drops it. The SC also carries the study's
+description.
 
 Borders are the iso-contours of each slice's mask at 0.5 (scikit-image's ``find_contours``): closed
 polylines through the edges of the lesion's pixels. UIDs derive from the UID root and the job key,
@@ -17,21 +26,26 @@ so a re-run makes the same objects.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 import pydicom
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 from skimage.measure import find_contours
 
 __all__ = [
+    "BANNER_MIN_PX",
     "BORDER_RGB",
+    "NOT_DIAGNOSTIC",
+    "BannerLayout",
     "DisplayIdentity",
+    "banner_layout",
     "border_polylines",
     "burned_in_copies",
     "lesion_masks",
@@ -40,26 +54,92 @@ __all__ = [
 
 BORDER_RGB = (255, 255, 0)
 """The burned-in border's colour (yellow: visible on every window)."""
-BANNER_ROWS = 14
+NOT_DIAGNOSTIC = "NOT FOR DIAGNOSTIC USE"
+BANNER_MIN_PX = 8
+"""Smallest banner type (pixels); a narrower image gets more lines, not smaller letters."""
+_BANNER_WIDTH_PER_PX = 32
+_BANNER_MARGIN = 2
+_DESCRIPTION_LIMIT = 64  # LO
 _SOFT_TISSUE = (40.0, 400.0)
 
 
 @dataclass(frozen=True)
 class DisplayIdentity:
-    """Whose result the copies show, and the job they belong to."""
+    """Whose result the copies show, and the job they belong to.
+
+    ``equipment`` are the SEG's Contributing Equipment items of the algorithm (IHE AIR), copied into
+    each copy; :func:`write_display_copies` takes them from the SEG.
+    """
 
     model_name: str
     model_version: str
     uid_root: str
     job_key: str
     manufacturer: str = "Hounsfield"
+    equipment: tuple[Dataset, ...] = ()
 
     @property
     def banner(self) -> str:
-        return f"AI result - {self.model_name} {self.model_version} - not for diagnostic use"
+        return f"{NOT_DIAGNOSTIC} - AI result - {self.model_name} {self.model_version}"
+
+    def description(self, kind: str) -> str:
+        """A 64-character description: "Not for diagnostic use", the kind, then the model (shortened)."""
+        head, tail = f"Not for diagnostic use - AI {kind} - ", f" {self.model_version}"
+        room = _DESCRIPTION_LIMIT - len(head) - len(tail)
+        name = self.model_name if len(self.model_name) <= room else self.model_name[: max(room - 3, 0)] + "..."
+        return (head + name + tail)[:_DESCRIPTION_LIMIT]
+
+    @property
+    def device_uid(self) -> str | None:
+        """The algorithm's Device UID, from its equipment item."""
+        return next((str(item.DeviceUID) for item in self.equipment if item.get("DeviceUID")), None)
 
     def uid(self, *parts: str) -> str:
         return generate_uid(prefix=self.uid_root, entropy_srcs=[self.job_key, "display", *parts])
+
+
+@dataclass(frozen=True)
+class BannerLayout:
+    """How the banner is written on an image ``width`` pixels wide."""
+
+    font: ImageFont.FreeTypeFont
+    lines: tuple[str, ...]
+    line_height: int
+
+    @property
+    def rows(self) -> int:
+        """Height of the black band the banner is written on."""
+        return len(self.lines) * self.line_height + 2 * _BANNER_MARGIN
+
+
+def _wrapped(text: str, width: int) -> BannerLayout:
+    size = max(BANNER_MIN_PX, width // _BANNER_WIDTH_PER_PX)
+    font = ImageFont.load_default(size=size)
+    if not isinstance(font, ImageFont.FreeTypeFont):  # Pillow without FreeType has one bitmap size
+        raise RuntimeError("the banner needs Pillow with FreeType (its wheels have it)")
+    room = width - 2 * _BANNER_MARGIN
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= room:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return BannerLayout(font=font, lines=tuple(lines), line_height=size + max(2, size // 4))
+
+
+def banner_layout(identity: DisplayIdentity, width: int, height: int) -> BannerLayout:
+    """The banner for an image ``width`` x ``height``: type 1/32 of the width (at least
+    :data:`BANNER_MIN_PX`), words wrapped to fit. Where the whole banner would cover more than a
+    quarter of the image, only "NOT FOR DIAGNOSTIC USE - AI result" (the model is in the header)."""
+    layout = _wrapped(identity.banner, width)
+    if layout.rows > height // 4:
+        layout = _wrapped(f"{NOT_DIAGNOSTIC} - AI result", width)
+    return layout
+
+
+def _equipment(seg: Dataset) -> tuple[Dataset, ...]:
+    """The SEG's Contributing Equipment items that name a device (the algorithm, per IHE AIR)."""
+    return tuple(copy.deepcopy(item) for item in seg.get("ContributingEquipmentSequence", []) if item.get("DeviceUID"))
 
 
 def lesion_masks(seg: Dataset, source_images: Sequence[Dataset]) -> dict[str, np.ndarray]:
@@ -116,15 +196,19 @@ def _windowed(image: Dataset) -> np.ndarray:
     return np.clip((pixels - low) / width * 255.0, 0, 255).astype(np.uint8)
 
 
-def _burn(image: Dataset, labels: np.ndarray, banner: str) -> np.ndarray:
+def _burn(image: Dataset, labels: np.ndarray, identity: DisplayIdentity) -> np.ndarray:
     gray = _windowed(image)
     canvas = Image.fromarray(np.stack([gray] * 3, axis=-1), mode="RGB")
     draw = ImageDraw.Draw(canvas)
     for line in border_polylines(labels):
         points = [(float(x) - 0.5, float(y) - 0.5) for x, y in line]  # to PIL's pixel-centre coordinates
         draw.line([*points, points[0]], fill=BORDER_RGB, width=1)
-    draw.rectangle((0, 0, canvas.width - 1, BANNER_ROWS - 1), fill=(0, 0, 0))
-    draw.text((2, 2), banner, fill=(255, 255, 255))
+    layout = banner_layout(identity, canvas.width, canvas.height)
+    draw.rectangle((0, 0, canvas.width - 1, layout.rows - 1), fill=(0, 0, 0))
+    for number, text in enumerate(layout.lines):
+        draw.text(
+            (_BANNER_MARGIN, _BANNER_MARGIN + number * layout.line_height), text, fill=(255, 255, 255), font=layout.font
+        )
     return np.asarray(canvas)
 
 
@@ -138,7 +222,7 @@ def burned_in_copies(
         sop_uid = str(image.SOPInstanceUID)
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=image,
-            pixel_array=_burn(image, masks[sop_uid], identity.banner),
+            pixel_array=_burn(image, masks[sop_uid], identity),
             photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
             bits_allocated=8,
             coordinate_system=hd.CoordinateSystemNames.PATIENT,
@@ -149,9 +233,12 @@ def burned_in_copies(
             manufacturer=identity.manufacturer,
             pixel_spacing=tuple(image.PixelSpacing) if "PixelSpacing" in image else None,
             patient_orientation=_patient_orientation(image),
-            series_description=f"AI {identity.model_name} {identity.model_version} (not diagnostic)"[:64],
+            series_description=identity.description("SC"),
         )
         sc.BurnedInAnnotation = "YES"
+        if image.get("StudyDescription"):
+            sc.StudyDescription = image.StudyDescription
+        _name_the_algorithm(sc, identity)
         source = Dataset()
         source.ReferencedSOPClassUID = image.SOPClassUID
         source.ReferencedSOPInstanceUID = image.SOPInstanceUID
@@ -161,11 +248,24 @@ def burned_in_copies(
     return copies
 
 
+def _name_the_algorithm(made: Dataset, identity: DisplayIdentity) -> None:
+    """The algorithm's equipment item and Device UID, as on the SEG and SR."""
+    if identity.equipment:
+        made.ContributingEquipmentSequence = [
+            *made.get("ContributingEquipmentSequence", []),
+            *(copy.deepcopy(item) for item in identity.equipment),
+        ]
+    if identity.device_uid:
+        made.DeviceSerialNumber = identity.device_uid
+    made.ManufacturerModelName = identity.model_name[:_DESCRIPTION_LIMIT]
+    made.SoftwareVersions = identity.model_version
+
+
 def presentation_state(
     source_images: Sequence[Dataset], masks: dict[str, np.ndarray], identity: DisplayIdentity
 ) -> hd.pr.GrayscaleSoftcopyPresentationState:
     """The GSPS: each lesion's border as polylines over the CT images that hold it."""
-    layer = hd.pr.GraphicLayer(layer_name="AI", order=1, description=identity.banner[:64])
+    layer = hd.pr.GraphicLayer(layer_name="AI", order=1, description=identity.description("contours"))
     annotations = []
     for image in source_images:
         labels = masks.get(str(image.SOPInstanceUID))
@@ -176,9 +276,14 @@ def presentation_state(
             for line in border_polylines(labels)
         ]
         label = hd.pr.TextObject(
-            text_value=f"AI {identity.model_name} {identity.model_version}",
+            text_value=identity.banner,
             units="PIXEL",
-            bounding_box=(1.0, 1.0, float(image.Columns) - 1.0, float(BANNER_ROWS)),
+            bounding_box=(
+                1.0,
+                1.0,
+                float(image.Columns) - 1.0,
+                float(min(_wrapped(identity.banner, int(image.Columns)).rows, int(image.Rows) - 1)),
+            ),
         )
         annotations.append(
             hd.pr.GraphicAnnotation(
@@ -194,13 +299,14 @@ def presentation_state(
         manufacturer=identity.manufacturer,
         manufacturer_model_name=identity.model_name[:64],
         software_versions=identity.model_version,
-        device_serial_number=identity.job_key[:64],
+        device_serial_number=identity.device_uid or "",
         content_label="AI_CONTOURS",
-        content_description=identity.banner[:64],
+        content_description=identity.description("contours"),
         graphic_layers=[layer],
         graphic_annotations=annotations,
     )
     _body_part(state, source_images[0])
+    _name_the_algorithm(state, identity)
     return state
 
 
@@ -216,6 +322,7 @@ def write_display_copies(
     masks = lesion_masks(seg, images)
     if not masks:
         return []
+    identity = replace(identity, equipment=_equipment(seg))
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     if "sc" in outputs:

@@ -3,9 +3,9 @@
 Built from the job's TID 1500 SR (read back with highdicom) with the ``fhir.resources`` R4B models,
 which check every element. The report is *preliminary* (an AI result awaiting a radiologist) and
 carries, as contained resources, the model as a Device (name, version, Device UID) and one Observation
-per measurement group: the finding and its site as SNOMED CT codes, its tracking UID, and each
-measurement as a UCUM quantity. It points at the imaging study and the SR by their DICOM UIDs, at the
-order by its accession number, and at the patient by the study's Patient ID.
+per measured finding (:mod:`hounsfield.exporter.findings`): the finding and its site as SNOMED CT
+codes, its tracking UID, and each measurement as a UCUM quantity. It points at the imaging study and
+the SR by their DICOM UIDs, at the order by its accession number, and at the patient by the study's Patient ID.
 
 It is created with ``If-None-Exist`` on the SR's SOP Instance UID: announcing the same results twice
 leaves one report on a server that honours conditional create. Nothing of the patient is logged.
@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import highdicom as hd
 import httpx
 import pydicom
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
@@ -27,6 +26,7 @@ from pydicom import Dataset
 
 from hounsfield.config import FhirSettings
 from hounsfield.errors import HounsfieldError
+from hounsfield.exporter.findings import Finding, report_findings
 
 __all__ = ["AnnouncementFailed", "announce", "diagnostic_report", "model_device_uid", "post_report"]
 
@@ -59,9 +59,9 @@ _ACCESSION = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-02
 _IMAGING_STUDY = {"system": "http://loinc.org", "code": "18748-4", "display": "Diagnostic imaging study"}
 
 
-def _observation(number: int, group: Any) -> dict[str, Any]:
+def _observation(number: int, group: Finding) -> dict[str, Any]:
     """One finding: its code and site, tracking UID, and each measurement as a UCUM quantity."""
-    label = str(group.tracking_identifier)
+    label = group.tracking_identifier
     finding = group.finding_type
     components = [
         {
@@ -73,7 +73,7 @@ def _observation(number: int, group: Any) -> dict[str, Any]:
                 "code": str(m.unit.value),
             },
         }
-        for m in group.get_measurements()
+        for m in group.measurements
     ]
     observation: dict[str, Any] = {
         "resourceType": "Observation",
@@ -85,9 +85,8 @@ def _observation(number: int, group: Any) -> dict[str, Any]:
         "device": {"reference": "#model"},
         "component": components,
     }
-    sites = list(group.finding_sites or [])
-    if sites:
-        observation["bodySite"] = {"coding": [_coding(sites[0].value)]}
+    if group.finding_sites:
+        observation["bodySite"] = {"coding": [_coding(group.finding_sites[0])]}
     Observation.model_validate(observation)  # each finding checked on its own, with its own paths
     return observation
 
@@ -102,8 +101,7 @@ def model_device_uid(sr: Dataset, model_name: str) -> str | None:
 
 def diagnostic_report(sr: Dataset, *, model_name: str, model_version: str, device_uid: str | None) -> DiagnosticReport:
     """The DiagnosticReport for one SR (see the module's docstring)."""
-    content: Any = hd.sr.Comprehensive3DSR.from_dataset(sr, copy=False).content  # a MeasurementReport (TID 1500)
-    groups = [*content.get_volumetric_roi_measurement_groups(), *content.get_planar_roi_measurement_groups()]
+    groups = report_findings(sr)
     device: dict[str, Any] = {
         "resourceType": "Device",
         "id": "model",

@@ -31,6 +31,8 @@ REJECTION_TITLES: dict[Reason, Code] = {
 
 PLATFORM_DEVICE = "Hounsfield"
 
+_REFERENCE_VALUE_TYPES = {"IMAGE", "COMPOSITE", "WAVEFORM"}
+
 
 def note_uids(uid_root: str, job_key: str, title: Code) -> tuple[str, str]:
     """The note's (Series Instance UID, SOP Instance UID), the same every time for one job and title."""
@@ -75,7 +77,7 @@ def build_rejection_note(
         observer_device_context=device,
         description=description[:1024],
     )
-    return hd.ko.KeyObjectSelectionDocument(
+    note = hd.ko.KeyObjectSelectionDocument(
         evidence=list(withdrawn),
         content=content,
         series_instance_uid=series_uid,
@@ -85,3 +87,9 @@ def build_rejection_note(
         manufacturer=manufacturer,
         series_description="AI results withdrawn"[:64],
     )
+    # TID 2010 forbids a concept name (purpose of reference) on the referenced objects; highdicom writes
+    # "Source" there, which a strict archive (and PixelMed's validator) refuses.
+    for item in note.ContentSequence:
+        if item.ValueType in _REFERENCE_VALUE_TYPES:
+            del item.ConceptNameCodeSequence
+    return note

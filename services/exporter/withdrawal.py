@@ -26,7 +26,7 @@ from hounsfield.db.withdrawals import Withdrawal, record_withdrawal, save_notes,
 from hounsfield.errors import Conflict, NotFound
 from hounsfield.exporter.delivery import ExportFailed, deliver
 from hounsfield.exporter.rejection import REJECTION_TITLES, Reason, build_rejection_note, note_uids
-from hounsfield.exporter.validation import GateRejected, validate_object
+from hounsfield.exporter.validation import GateRejected, validate_object, validators
 
 __all__ = ["WithdrawalRefused", "withdraw_job"]
 
@@ -94,7 +94,7 @@ def withdraw_job(
                 build_rejection_note(
                     withdrawn, reason=title_reason, uid_root=settings.uid_root, job_key=job_key, description=description
                 ).save_as(path, enforce_file_format=True)
-            validate_object(path, dciodvfy=settings.worker.dciodvfy)
+            validate_object(path, **validators(settings))
             deliver([path], destination, calling_ae=settings.listener.ae_title)
         except (GateRejected, ExportFailed, OSError) as exc:  # OSError: the results' files are gone
             logger.warning("job %s: rejection note for %s not delivered: %s", job_id, name, exc)

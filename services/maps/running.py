@@ -33,7 +33,7 @@ from hounsfield.config import ContainerSettings, Settings
 from hounsfield.db.deployments import Stage
 from hounsfield.errors import Invalid
 from hounsfield.exporter.identity import JobIdentity
-from hounsfield.exporter.validation import ValidationReport
+from hounsfield.exporter.validation import ValidationReport, validators
 from hounsfield.worker.pipeline import run_and_check, write_result_context
 from hounsfield.worker.runtimes import ApplicationRun, ContainerRuntime, Runtimes
 
@@ -205,7 +205,7 @@ def run_map(
                 runtime,
                 run,
                 identity,
-                dciodvfy=settings.worker.dciodvfy,
+                validators=validators(settings),
                 lap=lambda _: _ended(tail, lap),
             )
             lap("validation gate")

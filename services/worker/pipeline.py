@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hounsfield.catalog.read_model import DeploymentSpec, get_spec
 from hounsfield.catalog.schemas import as_utc
@@ -35,7 +36,7 @@ from hounsfield.exporter.delivery import DestinationUnreachable, ExportFailed, d
 from hounsfield.exporter.display import DisplayIdentity, write_display_copies
 from hounsfield.exporter.fhir import AnnouncementFailed, announce
 from hounsfield.exporter.identity import JobIdentity, check_results
-from hounsfield.exporter.validation import GateRejected, ValidationReport, validate_object
+from hounsfield.exporter.validation import GateRejected, ValidationReport, validate_object, validators
 from hounsfield.store import StudyStore
 from hounsfield.worker.preflight import InputRejected, check_series
 from hounsfield.worker.runtimes import (
@@ -140,9 +141,9 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
         logger.info("job %s: %s runs in the %s runtime", job_id, deployment.name, runtime.name)
         sources = [p for _, paths in inputs for p in paths]
         identity = JobIdentity.of_inputs(job.study_instance_uid, sources)
-        reports = run_and_check(runtime, run, identity, dciodvfy=settings.worker.dciodvfy, lap=watch.lap)
+        reports = run_and_check(runtime, run, identity, validators=validators(settings), lap=watch.lap)
         copies = _display_copies(ctx, job, deployment, reports, sources, workspace.output)
-        reports += [validate_object(path, dciodvfy=settings.worker.dciodvfy) for path in copies]
+        reports += [validate_object(path, **validators(settings)) for path in copies]
         check_results(reports, identity)
         watch.lap("validate")
     except ApplicationTimedOut as exc:
@@ -180,7 +181,12 @@ def write_result_context(
 
 
 def run_and_check(
-    runtime: Runtime, run: ApplicationRun, identity: JobIdentity, *, dciodvfy: str, lap: Callable[[str], object]
+    runtime: Runtime,
+    run: ApplicationRun,
+    identity: JobIdentity,
+    *,
+    validators: dict[str, Any],
+    lap: Callable[[str], object],
 ) -> list[ValidationReport]:
     """Run the application, then pass every DICOM object it wrote through the validation gate: each valid
     (highdicom, dciodvfy) and naming the job's patient, study and frame of reference (:func:`check_results`).
@@ -190,7 +196,7 @@ def run_and_check(
     produced = sorted(run.output_dir.rglob("*.dcm"))
     if not produced:
         raise ApplicationFailed("the application finished without writing any DICOM object")
-    reports = [validate_object(path, dciodvfy=dciodvfy) for path in produced]
+    reports = [validate_object(path, **validators) for path in produced]
     check_results(reports, identity)  # the application's results name this job's patient and study
     return reports
 

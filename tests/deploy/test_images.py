@@ -505,11 +505,13 @@ def test_image_environment_and_labels() -> None:
     assert exposed == {"11112", "2762", "8470", "9470"}
 
 
-def test_worker_installs_dciodvfy() -> None:
-    """The worker image has dicom3tools (the validation gate's dciodvfy) without recommends and
-    without the apt lists."""
-    runs = " ".join(i.args for i in stages()["worker"].all("RUN"))
-    assert re.search(r"apt-get install -y --no-install-recommends .*\bdicom3tools\b", runs)
+def test_both_images_install_the_validators() -> None:
+    """Both images (runtime) have the validation gate's validators, dicom3tools and PixelMed on a
+    headless Java runtime, without recommends and without the apt lists."""
+    runs = " ".join(i.args for i in stages()["runtime"].all("RUN"))
+    installed = re.search(r"apt-get install -y --no-install-recommends ([^&]*)", runs)
+    assert installed is not None
+    assert set(installed.group(1).split()) == {"dicom3tools", "libpixelmed-java", "default-jre-headless"}
     assert "rm -rf /var/lib/apt/lists/*" in runs
 
 

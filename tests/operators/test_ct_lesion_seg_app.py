@@ -219,6 +219,13 @@ def test_seg_matches_truth(lesion_case: Case) -> None:
 # --- SR content ----------------------------------------------------------------------------------
 
 
+def _segment_of(measurement: hd.sr.Measurement) -> tuple[str, int]:
+    """The SEG instance and segment number a measurement is INFERRED FROM (its only referenced image)."""
+    (image,) = measurement.referenced_images or []
+    item = image.ReferencedSOPSequence[0]
+    return str(item.ReferencedSOPInstanceUID), int(item.ReferencedSegmentNumber)
+
+
 def _sr_groups_by_segment(case: Case) -> tuple[np.ndarray, dict[int, object]]:
     """SEG label map rebuilt by reference, and the SR measurement groups keyed by referenced segment number."""
     out = case.outputs[0]
@@ -226,14 +233,15 @@ def _sr_groups_by_segment(case: Case) -> tuple[np.ndarray, dict[int, object]]:
     sr = hd.sr.srread(out / "sr.dcm")
     labels = _seg_labels_by_reference(seg, case.sop_uids, case.phantom.lesion_labels.shape)
     segment_uids = {item.SegmentNumber: item.TrackingUID for item in seg.SegmentSequence}
-    groups = _report(sr).get_volumetric_roi_measurement_groups()
+    groups = _report(sr).get_image_measurement_groups()
     assert len(groups) == len(segment_uids)
     by_segment: dict[int, object] = {}
     for group in groups:
-        reference = group.referenced_segment
-        assert reference is not None
-        assert reference.referenced_sop_instance_uid == seg.SOPInstanceUID
-        (number,) = reference.referenced_segment_numbers or []
+        volume, _, attenuation = (group.get_measurements(name=name)[0] for name in _MEASURED)
+        references = {_segment_of(volume), _segment_of(attenuation)}
+        assert len(references) == 1, f"volume and attenuation come from different segments: {references}"
+        ((seg_uid, number),) = references
+        assert seg_uid == seg.SOPInstanceUID
         assert number in segment_uids, f"SR references segment {number}, absent from the SEG"
         assert group.tracking_uid == segment_uids[number]
         assert group.tracking_identifier == f"Lesion {number}"
@@ -241,13 +249,43 @@ def _sr_groups_by_segment(case: Case) -> tuple[np.ndarray, dict[int, object]]:
     return labels, by_segment
 
 
+_MEASURED = (codes.SCT.Volume, codes.SCT.LongAxis, codes.DCM.AttenuationCoefficient)
+
+
 def _values(group: object) -> tuple[float, float, float]:
-    assert isinstance(group, hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations)
-    volume = group.get_measurements(name=codes.SCT.Volume)[0]
-    diameter = group.get_measurements(name=codes.SCT.LongAxis)[0]
-    attenuation = group.get_measurements(name=codes.DCM.AttenuationCoefficient)[0]
+    assert isinstance(group, hd.sr.MeasurementsAndQualitativeEvaluations)
+    volume, diameter, attenuation = (group.get_measurements(name=name)[0] for name in _MEASURED)
     assert (volume.unit.value, diameter.unit.value, attenuation.unit.value) == ("ml", "mm", "[hnsf'U]")
     return float(volume.value), float(diameter.value), float(attenuation.value)
+
+
+def test_sr_long_axis_is_drawn_on_its_slice_inside_its_segment(lesion_case: Case) -> None:
+    """Each lesion's long axis is a two-point line on one source image: as long as the value, ends on the segment,
+    and that image is in the report's Image Library."""
+    labels, groups = _sr_groups_by_segment(lesion_case)
+    sr = pydicom.dcmread(lesion_case.outputs[0] / "sr.dcm")
+    (library,) = [item for item in sr.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "111028"]
+    listed = {
+        str(entry.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        for group in library.ContentSequence
+        for entry in group.ContentSequence
+        if entry.ValueType == "IMAGE"
+    }
+    row_spacing, column_spacing = lesion_case.phantom.spacing_zyx_mm[1:]
+    for number, group in groups.items():
+        assert isinstance(group, hd.sr.MeasurementsAndQualitativeEvaluations)
+        diameter = group.get_measurements(name=codes.SCT.LongAxis)[0]
+        (line,) = diameter.referenced_coordinates or []
+        assert line.GraphicType == "POLYLINE"
+        (start, end) = np.asarray(line.value, dtype=np.float64).reshape(2, 2)  # (column, row), pixel corner at 0
+        image_uid = str(line.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        assert image_uid in listed, "the image the line is drawn on is in the Image Library"
+        k = lesion_case.sop_uids.index(image_uid)
+        length = float(np.hypot((end[0] - start[0]) * column_spacing, (end[1] - start[1]) * row_spacing))
+        assert length == pytest.approx(float(diameter.value), abs=0.01)
+        for column, row in (start, end):
+            near = labels[k, max(int(row) - 1, 0) : int(row) + 2, max(int(column) - 1, 0) : int(column) + 2]
+            assert (near == number).any(), f"lesion {number}: a line end ({column:.1f}, {row:.1f}) is off its segment"
 
 
 def test_sr_measurements_describe_the_seg_segments(lesion_case: Case) -> None:

@@ -20,12 +20,15 @@ from hounsfield.config import DestinationSettings, Settings
 from hounsfield.db import JobState, Result
 from hounsfield.demo.orthanc import LocalOrthanc
 from hounsfield.exporter.display import (
-    BANNER_ROWS,
+    BANNER_MIN_PX,
     BORDER_RGB,
+    NOT_DIAGNOSTIC,
     DisplayIdentity,
+    banner_layout,
     burned_in_copies,
     lesion_masks,
     presentation_state,
+    write_display_copies,
 )
 from hounsfield.exporter.validation import validate_object
 from hounsfield.worker.pipeline import execute_job
@@ -36,8 +39,13 @@ IDENTITY = DisplayIdentity("CT lesion segmentation", "1.0.0", "1.2.826.0.1.36800
 
 
 @pytest.fixture(scope="module")
-def case(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[pydicom.Dataset], dict[str, np.ndarray]]:
-    files, out = run_example(tmp_path_factory.mktemp("display"), seed=51, shape=(16, 96, 96))
+def example(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], Path]:
+    return run_example(tmp_path_factory.mktemp("display"), seed=51, shape=(16, 96, 96))
+
+
+@pytest.fixture(scope="module")
+def case(example: tuple[list[Path], Path]) -> tuple[list[pydicom.Dataset], dict[str, np.ndarray]]:
+    files, out = example
     source = sorted((pydicom.dcmread(f) for f in files), key=lambda ds: int(ds.InstanceNumber))
     return source, lesion_masks(pydicom.dcmread(out / "seg.dcm"), source)
 
@@ -64,11 +72,14 @@ def test_the_burned_in_copy_passes_the_gate_and_its_border_lies_on_the_lesion(
         Image.fromarray(sc.pixel_array).save(png)
         rgb = np.asarray(Image.open(png))
         drawn = np.all(rgb == BORDER_RGB, axis=-1)
-        drawn[:BANNER_ROWS] = False
+        layout = banner_layout(IDENTITY, int(sc.Columns), int(sc.Rows))
+        drawn[: layout.rows] = False
         labels = masks[str(sc.SourceImageSequence[0].ReferencedSOPInstanceUID)]
         assert drawn.sum() > 0 and _near_border(drawn, labels) == 1.0
         assert sc.BurnedInAnnotation == "YES"
-        assert (rgb[:BANNER_ROWS] > 200).sum() > 20, "the banner is written (light text on black)"
+        for number in range(len(layout.lines)):  # each line of the banner is written (light text on black)
+            top = 2 + number * layout.line_height
+            assert (rgb[top : top + layout.line_height] > 200).sum() > 20, f"banner line {number + 1} is empty"
 
 
 def test_the_presentation_state_draws_the_borders_over_the_original_images(
@@ -131,3 +142,52 @@ def test_each_destination_gets_what_its_outputs_ask_for(tmp_path: Path, settings
         assert made == ["PR", "SC", "SEG", "SR"] and sent == ["PR", "SC"]
         assert "SEG" not in in_pacs and "SR" not in in_pacs and "PR" in in_pacs
     context.db.dispose()
+
+
+@pytest.mark.parametrize("width", [64, 96, 128, 256, 512, 1024])
+def test_the_banner_fits_any_width_in_type_that_grows_with_it(width: int) -> None:
+    """Every word of the banner is on a line that fits the image; the type is 1/32 of the width (>= 8 px);
+    "NOT FOR DIAGNOSTIC USE" is always there, the model's name where it leaves three quarters of the image."""
+    identity = DisplayIdentity("A rather long model name for lesion segmentation", "10.2.3", "1.2.3.", "k")
+    layout = banner_layout(identity, width, width)
+    written = " ".join(layout.lines)
+    assert written.startswith(NOT_DIAGNOSTIC)
+    assert written == identity.banner if width >= 256 else written in (identity.banner, f"{NOT_DIAGNOSTIC} - AI result")
+    assert all(layout.font.getlength(line) <= width - 4 for line in layout.lines if " " in line)
+    assert layout.font.size == max(BANNER_MIN_PX, width // 32)
+    if width >= 512:
+        assert layout.font.size >= 16, "readable on a 512-pixel CT (the old banner's type was 11 px)"
+
+
+def test_descriptions_keep_not_for_diagnostic_use_when_a_long_model_name_is_cut() -> None:
+    identity = DisplayIdentity("A" * 80, "1.0.0", "1.2.3.", "k")
+    for kind in ("SC", "contours"):
+        description = identity.description(kind)
+        assert len(description) <= 64 and description.startswith("Not for diagnostic use")
+        assert description.endswith("... 1.0.0")
+
+
+def test_written_copies_name_the_algorithm_and_the_study(example: tuple[list[Path], Path], tmp_path: Path) -> None:
+    """Through write_display_copies (as the worker calls it): the SEG's algorithm equipment, its Device UID
+    as Device Serial Number (not the job key), the study's description, descriptions that say not diagnostic."""
+    files, out = example
+    seg = pydicom.dcmread(out / "seg.dcm")
+    (algorithm,) = [item for item in seg.ContributingEquipmentSequence if item.get("DeviceUID")]
+    written = write_display_copies(out / "seg.dcm", files, {"sc", "gsps"}, IDENTITY, tmp_path)
+    classes = {str(pydicom.dcmread(path, stop_before_pixels=True).SOPClassUID) for path in written}
+    assert classes == {pydicom.uid.SecondaryCaptureImageStorage, pydicom.uid.GrayscaleSoftcopyPresentationStateStorage}
+    for path in written:
+        made = pydicom.dcmread(path, stop_before_pixels=True)
+        assert validate_object(path).errors == []
+        devices = [item.DeviceUID for item in made.ContributingEquipmentSequence if item.get("DeviceUID")]
+        assert devices == [algorithm.DeviceUID]
+        assert made.DeviceSerialNumber == algorithm.DeviceUID != IDENTITY.job_key
+        assert (made.ManufacturerModelName, made.SoftwareVersions) == (IDENTITY.model_name, IDENTITY.model_version)
+        if made.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage:
+            assert made.StudyDescription == seg.StudyDescription and made.SeriesDescription.startswith("Not for")
+        else:
+            assert made.ContentDescription.startswith("Not for diagnostic use")
+            layer = made.GraphicLayerSequence[0]
+            assert layer.GraphicLayerDescription.startswith("Not for diagnostic use")
+            texts = [t.UnformattedTextValue for a in made.GraphicAnnotationSequence for t in a.TextObjectSequence]
+            assert texts and all(text == IDENTITY.banner for text in texts)

@@ -94,7 +94,11 @@ def _volumes_mm(sr: pydicom.Dataset) -> list[tuple[str, float, str]]:
     content: Any = hd.sr.Comprehensive3DSR.from_dataset(sr).content
     return [
         (str(g.tracking_uid), float(m.value), str(m.unit.value))
-        for g in content.get_volumetric_roi_measurement_groups()
+        for g in (
+            *content.get_planar_roi_measurement_groups(),
+            *content.get_volumetric_roi_measurement_groups(),
+            *content.get_image_measurement_groups(),
+        )
         for m in g.get_measurements()
     ]
 
