@@ -9,6 +9,7 @@ and compare with what the document says, to its rounding.
 from __future__ import annotations
 
 import json
+import platform
 import re
 import subprocess
 import sys
@@ -103,6 +104,10 @@ def test_training_is_deterministic(tmp_path: Path) -> None:
     assert first["weights_sha256"] == second["weights_sha256"]
     assert first["model_sha256"] == second["model_sha256"] == file_sha256(tmp_path / "b" / "model.ts")
     assert (tmp_path / "a" / "model.ts").read_bytes() == (tmp_path / "b" / "model.ts").read_bytes()
+    # The command reran itself with the CPU kernels pinned (see hounsfield_operators.training).
+    assert first["cpu_kernels"]["pinned"], first["cpu_kernels"]
+    if platform.machine() == "x86_64":
+        assert first["cpu_kernels"]["aten_cpu_capability"] == "AVX2", first["cpu_kernels"]
     other = _train_command(tmp_path / "c", "--seed", "1")
     assert other["weights_sha256"] != first["weights_sha256"]
     assert other["model_sha256"] != first["model_sha256"]

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from hounsfield_operators.ct_lesion_seg.train import HELD_OUT_SEED_START, VOLUME_TOLERANCE, evaluate
+from hounsfield_operators.training import PINNED_CPU_KERNELS, file_sha256, state_dict_sha256
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS_DIR = ROOT / "operators" / "ct_lesion_seg" / "models"
@@ -181,3 +182,17 @@ def test_training_report_records_the_documented_figures(documented: DocumentedFi
     assert recorded["false_positive_voxels_lesion_free_cases"] == documented.false_positive_voxels, (
         "training_report.json's false-positive voxels on the lesion-free case differ from docs/models.md"
     )
+
+
+def test_the_committed_model_is_the_documented_reproducible_one() -> None:
+    """The committed file and weights are those docs/models.md says two runs of the training command made,
+    with the CPU kernels pinned, and the training report says the same."""
+    section = DOCS_PATH.read_text(encoding="utf-8").split(LESION_SECTION, 1)[1].split("\n## ", 1)[0]
+    file_digest = re.search(r"\| file sha256 \| `([0-9a-f]{64})` \|", section)
+    weights_digest = re.search(r"\| weights \(`state_dict_sha256`\) \| `([0-9a-f]{64})` \|", section)
+    assert file_digest and weights_digest, "docs/models.md's reproduction table names no file or weights digest"
+    report = json.loads((MODELS_DIR / "training_report.json").read_text())
+    assert file_sha256(MODEL_PATH) == file_digest.group(1) == report["model_sha256"]
+    weights = state_dict_sha256(torch.jit.load(str(MODEL_PATH), map_location="cpu"))
+    assert weights == weights_digest.group(1) == report["state_dict_sha256"]
+    assert report["cpu_kernels"]["pinned"] and report["cpu_kernels"]["environment"] == dict(PINNED_CPU_KERNELS)
