@@ -457,11 +457,11 @@ class WorkerSettings(_Strict):
     """PixelMed (Debian ``libpixelmed-java``), whose ``DicomSRValidator`` checks the templates of every
     structured report and rejection note at the validation gate (run with ``java``)."""
     pixelmed_heap_mb: int = Field(1024, ge=256)
-    """Java heap of one ``DicomSRValidator`` run. It needs about 600 MB for a lesion report, more as
-    the report's Image Library grows; a run out of memory stops the result with the reason."""
+    """Java heap of one ``DicomSRValidator`` run; it needs more as a report's Image Library grows. A run
+    out of memory stops the result with the reason."""
     validator_timeout_s: float = Field(300.0, gt=0)
-    """A validator still running after this long stops the result (PixelMed takes 5-15 s per report
-    on 2 cores)."""
+    """A validator still running after this long stops the result (PixelMed needs seconds, not minutes,
+    for a report)."""
     keep_workspaces: bool = False
     export_retry_first_s: float = Field(5.0, gt=0)
     """A job whose destination is unreachable tries again after this long, then twice as long each

@@ -33,7 +33,7 @@ __all__ = [
     "stop_on_signals",
 ]
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error is one line, however long: a wrapped one breaks grep
 
 ConfigOption = Annotated[
     Path | None,

@@ -76,7 +76,7 @@ def map_run(
         err.print(f"[red]map run: {exc}[/red]", highlight=False)
         raise typer.Exit(1) from None
     for result in report.results:
-        warnings = f", {len(result.warnings)} dciodvfy warning(s)" if result.warnings else ""
+        warnings = f", {len(result.warnings)} validator warning(s)" if result.warnings else ""
         typer.echo(f"passed the gate: {result.path} ({result.kind}{warnings})")
     total = sum(report.timings.values())
     stages = ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in report.timings.items())
