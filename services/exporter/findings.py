@@ -14,10 +14,9 @@ from typing import Any
 
 import highdicom as hd
 from pydicom.dataset import Dataset
+from pydicom.uid import SegmentationStorage
 
 __all__ = ["Finding", "report_findings"]
-
-_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ def _segment(group: Any) -> tuple[str, int] | None:
     for measurement in group.get_measurements():
         for image in measurement.referenced_images or []:
             item = image.ReferencedSOPSequence[0]
-            if str(item.ReferencedSOPClassUID) == _SEGMENTATION_STORAGE and "ReferencedSegmentNumber" in item:
+            if str(item.ReferencedSOPClassUID) == SegmentationStorage and "ReferencedSegmentNumber" in item:
                 return str(item.ReferencedSOPInstanceUID), int(item.ReferencedSegmentNumber)
     return None
 

@@ -356,6 +356,8 @@ def test_no_lesion_writes_only_a_valid_sr(empty_case: Case) -> None:
     (group,) = _report(sr).get_image_measurement_groups()
     evaluations = {(e.name.value, getattr(e.value, "value", None)) for e in group.get_qualitative_evaluations()}
     assert (codes.DCM.PresenceOfProperty.value, codes.SCT.Absent.value) in evaluations
+    top = [item.ConceptNameCodeSequence[0].CodeValue for item in pydicom.dcmread(out / "sr.dcm").ContentSequence]
+    assert "111028" not in top, "a report that refers to no image has no Image Library"
     _algorithm_equipment(pydicom.dcmread(out / "sr.dcm"))
 
 
