@@ -28,6 +28,7 @@ __all__ = [
     "ContainerSettings",
     "DeploymentSettings",
     "DestinationSettings",
+    "FeedbackSettings",
     "FhirSettings",
     "KubernetesSettings",
     "ListenerSettings",
@@ -556,6 +557,19 @@ class FhirSettings(_Strict):
         return self
 
 
+class FeedbackSettings(_Strict):
+    """Radiologists' feedback on results: verdicts and comments through the API, corrected SEGs on arrival."""
+
+    recognise_corrections: bool = True
+    """A SEG that arrives for a study and refers to one of Hounsfield's SEGs (or to the same source series
+    in the same frame of reference) is recorded as a correction, with its Dice per segment."""
+    max_comment_chars: int = Field(2000, ge=1, le=100_000)
+    """The longest comment a verdict may carry; a longer one is refused (422)."""
+    max_correction_mb: int = Field(256, ge=1)
+    """The largest corrected SEG whose masks are read to measure Dice (decoded masks of both SEGs are held
+    at once, one byte per voxel and segment); a bigger one is recorded as a correction without Dice."""
+
+
 class RegistrySettings(_Strict):
     """The registry HTTP API."""
 
@@ -612,6 +626,7 @@ class Settings(BaseSettings):
     destinations: dict[str, DestinationSettings] = Field(default_factory=dict)
     fhir: FhirSettings | None = None
     """Announce each finished job's results to the RIS/EHR over FHIR (off unless set)."""
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     deployments: list[DeploymentSettings] = Field(default_factory=list)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

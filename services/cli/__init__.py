@@ -3,8 +3,9 @@
 - :mod:`~hounsfield.cli.services`: ``up``, ``listener``, ``worker``, ``registry``, ``fetch``, ``echo``,
   ``config``, ``demo``;
 - :mod:`~hounsfield.cli.access`: ``tokens``; :mod:`~hounsfield.cli.catalog`: ``models``, ``rules``,
-  ``deployments``; :mod:`~hounsfield.cli.results`: ``results``; :mod:`~hounsfield.cli.database`: ``db``;
-  :mod:`~hounsfield.cli.maps`: ``map`` (new, validate, run, package, publish).
+  ``deployments``; :mod:`~hounsfield.cli.results`: ``results``; :mod:`~hounsfield.cli.feedback`:
+  ``feedback``; :mod:`~hounsfield.cli.database`: ``db``; :mod:`~hounsfield.cli.maps`: ``map`` (new,
+  validate, run, package, publish).
 
 Commands import what they run when they run, so that ``hounsfield --help`` and ``hounsfield echo``
 (the listener's readiness probe, every few seconds) start quickly.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import typer
 
-from hounsfield.cli import access, catalog, database, maps, results, services
+from hounsfield.cli import access, catalog, database, feedback, maps, results, services
 
 __all__ = ["app", "main"]
 
@@ -30,6 +31,7 @@ app.add_typer(catalog.models, name="models")
 app.add_typer(catalog.rules, name="rules")
 app.add_typer(catalog.deployments, name="deployments")
 app.add_typer(results.results, name="results")
+app.add_typer(feedback.feedback, name="feedback")
 app.add_typer(maps.maps, name="map")
 
 

@@ -55,10 +55,17 @@ class StackFailed(HounsfieldError, RuntimeError):
     """The stack did not start or did not answer in time."""
 
 
-def storescu(files: Sequence[Path], *, host: str, port: int, called_ae: str, calling_ae: str) -> float:
-    """Send files with dcmtk's ``storescu`` as a modality would; returns the seconds it took."""
+def storescu(
+    files: Sequence[Path], *, host: str, port: int, called_ae: str, calling_ae: str, required_only: bool = False
+) -> float:
+    """Send files with dcmtk's ``storescu`` as a modality would; returns the seconds it took.
+
+    ``required_only`` proposes just the files' own SOP classes (``-R``): storescu's default list leaves
+    out some classes, Segmentation Storage among them.
+    """
     env = {**os.environ, "TCP_NODELAY": "1"}
-    argv = ["/usr/bin/storescu", "-aet", calling_ae, "-aec", called_ae, host, str(port), *map(str, files)]
+    options = ["-R"] if required_only else []
+    argv = ["/usr/bin/storescu", *options, "-aet", calling_ae, "-aec", called_ae, host, str(port), *map(str, files)]
     start = time.perf_counter()
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
     if proc.returncode != 0:
@@ -172,8 +179,11 @@ class HounsfieldStack:
         finally:
             app.close()
 
-    def send(self, files: Sequence[Path], calling_ae: str = "DEMO-CT") -> float:
-        return storescu(files, host="127.0.0.1", port=self.listener_port, called_ae="HOUNSFIELD", calling_ae=calling_ae)
+    def send(self, files: Sequence[Path], calling_ae: str = "DEMO-CT", *, required_only: bool = False) -> float:
+        return storescu(
+            files, host="127.0.0.1", port=self.listener_port, called_ae="HOUNSFIELD", calling_ae=calling_ae,
+            required_only=required_only,
+        )  # fmt: skip
 
     @property
     def api_headers(self) -> dict[str, str]:

@@ -27,7 +27,7 @@ from hounsfield.config import Settings
 from hounsfield.db import Job, ping
 from hounsfield.errors import Invalid, NotFound, Refused
 from hounsfield.queues import Enqueuer
-from hounsfield.registry import access_api, catalog_api, deployments_api, rules_api, stow, studies_api
+from hounsfield.registry import access_api, catalog_api, deployments_api, feedback_api, rules_api, stow, studies_api
 from hounsfield.registry.auth import Authenticator, require
 from hounsfield.registry.deps import SessionDep
 from hounsfield.registry.gate import RequestGate
@@ -156,7 +156,7 @@ def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = No
     app.state.stow = None
     app.state.auth = authenticator
     add_exception_handlers(app)
-    routers = (access_api.router, catalog_api.router, rules_api.router, deployments_api.router)
+    routers = (access_api.router, catalog_api.router, rules_api.router, deployments_api.router, feedback_api.router)
     for router in (health, studies_api.studies, studies_api.jobs, studies_api.results, *routers):
         app.include_router(router)
     if settings.registry.stow_enabled:

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "EventPublic",
+    "FeedbackPublic",
+    "FeedbackRequest",
     "JobPublic",
     "ResultPublic",
     "SeriesPublic",
@@ -119,3 +121,40 @@ class WithdrawalPublic(_Public):
     created_at: datetime
     notes: dict[str, RejectionNotePublic]
     """Per destination that had received the results: its rejection note, delivered or why not yet."""
+
+
+class FeedbackRequest(BaseModel):
+    """A radiologist's verdict on one result (see docs/radiologists.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: Literal["accept", "reject", "comment"]
+    reason: str | None = Field(None, max_length=32)
+    """Why it is rejected (rejections only): false-positive, false-negative, boundary, measurement,
+    wrong-anatomy, image-quality or other (then say what in the comment)."""
+    comment: str | None = None
+    """In words, no patient data; at most ``feedback.max_comment_chars`` characters."""
+
+
+class SegmentDicePublic(BaseModel):
+    segment_number: int | None
+    label: str
+    corrected_segment_number: int | None
+    dice: float
+
+
+class FeedbackPublic(_Public):
+    id: int
+    result_id: int
+    job_id: str
+    model_name: str
+    model_version: str
+    kind: str
+    """accept, reject, comment, or correction (a corrected SEG that arrived)."""
+    reason: str | None
+    comment: str | None
+    given_by: str
+    created_at: datetime
+    correction_sop_instance_uid: str | None = None
+    dice: list[SegmentDicePublic] = []
+    mean_dice: float | None = None

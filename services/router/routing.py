@@ -7,6 +7,9 @@ A study can complete more than once: series that arrive after it was routed set 
 receiving, and its next completion re-evaluates it ("re-evaluated" in its events, with the trigger).
 A deployment whose chosen series set changed gets a new job that supersedes the earlier one; an
 unchanged set finds its existing job (same idempotency key), so nothing is duplicated.
+
+Each completion also looks for corrected segmentations among the study's SEGs (a radiologist's
+correction of one of our results, :mod:`hounsfield.feedback.corrections`), after the routing.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from hounsfield.contracts import Match, SeriesFacts, StudyComplete
 from hounsfield.db import Database, Job, Study, StudyState
 from hounsfield.db.index import add_event, complete_study, study_state
 from hounsfield.db.jobs import create_job, idempotency_key, supersede_earlier_jobs
+from hounsfield.feedback import recognise_corrections
 from hounsfield.router.dry_run import study_facts
 
 __all__ = ["Decision", "Router", "RouterThread", "evaluate_deployment"]
@@ -110,6 +114,7 @@ class Router:
         for job in created:
             self._enqueue(job)
         logger.info("study routed (%s): %d new job(s)", event.trigger, len(created))
+        recognise_corrections(self._settings, self._db, uid)
         return created
 
 

@@ -164,6 +164,52 @@ def test_ct_study_results_reach_the_pacs(
     time.sleep(2)
     assert len(orthanc.studies.get_instances_ids(orthanc.studies.lookup(study_uid))) == before
 
+    _a_radiologist_corrects_the_seg(stack, seg, source, tmp_path)
+
+
+def _a_radiologist_corrects_the_seg(
+    stack: HounsfieldStack, seg: hd.seg.Segmentation, source: list[pydicom.Dataset], tmp_path: Path
+) -> None:
+    """The SEG from the PACS, its second lesion deleted in an editor, sent back over DICOM (dcmtk): recognised
+    as a correction of Hounsfield's SEG on arrival, with Dice 1 for the kept lesion and 0 for the deleted one."""
+    ordered = sorted(source, key=lambda ds: float(ds.ImagePositionPatient[2]))
+    uids = [str(ds.SOPInstanceUID) for ds in ordered]
+    kept = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, segment_numbers=[1], assert_missing_frames_are_empty=True
+    )
+    ours = seg.SegmentSequence[0]
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="Lesion 1",
+        segmented_property_category=ours.SegmentedPropertyCategoryCodeSequence[0],
+        segmented_property_type=ours.SegmentedPropertyTypeCodeSequence[0],
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    corrected = hd.seg.Segmentation(
+        source_images=ordered, pixel_array=(kept[..., 0] > 0).astype(np.uint8), segmentation_type="BINARY",
+        segment_descriptions=[description], series_instance_uid=hd.UID(), series_number=91, sop_instance_uid=hd.UID(),
+        instance_number=1, manufacturer="Reading room", manufacturer_model_name="SEG editor", software_versions="1",
+        device_serial_number="1",
+    )  # fmt: skip
+    path = tmp_path / "corrected-seg.dcm"
+    corrected.save_as(path, enforce_file_format=True)
+    stack.send([path], required_only=True)  # from an AE the listener knows (a PACS forwarding the viewer's SEG)
+    url = f"{stack.api}/results/{seg.SOPInstanceUID}/feedback"
+    deadline = time.monotonic() + 120
+    feedback: list[dict] = []
+    while time.monotonic() < deadline and not feedback:
+        feedback = httpx.get(url, headers=stack.api_headers, timeout=10).json()
+        time.sleep(0.5)
+    (correction,) = feedback
+    assert correction["kind"] == "correction" and correction["given_by"] == "dicom:DEMO-CT"
+    assert (
+        correction["correction_sop_instance_uid"] == corrected.SOPInstanceUID and correction["model_version"] == "1.0.0"
+    )
+    assert [(d["label"], d["dice"]) for d in correction["dice"]] == [("Lesion 1", 1.0), ("Lesion 2", 0.0)]
+    assert correction["mean_dice"] == 0.5
+    summary = httpx.get(f"{stack.api}/feedback/summary", headers=stack.api_headers, timeout=10).json()
+    assert [(s["corrections"], s["mean_correction_dice"]) for s in summary] == [(1, 0.5)]
+
 
 def _volume_name(finding: dict) -> str:
     (name,) = [n for n in finding["measurements"] if "volume" in n.lower()]
