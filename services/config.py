@@ -565,9 +565,11 @@ class FeedbackSettings(_Strict):
     in the same frame of reference) is recorded as a correction, with its Dice per segment."""
     max_comment_chars: int = Field(2000, ge=1, le=100_000)
     """The longest comment a verdict may carry; a longer one is refused (422)."""
-    max_correction_mb: int = Field(256, ge=1)
-    """The largest corrected SEG whose masks are read to measure Dice (decoded masks of both SEGs are held
-    at once, one byte per voxel and segment); a bigger one is recorded as a correction without Dice."""
+    max_correction_mb: float = Field(512, gt=0)
+    """The most memory measuring a correction's Dice may take, reckoned from the headers before any pixel
+    is decoded: both SEGs' frames, and a segment pair's pixels and masks over every source image either refers
+    to, a byte per voxel (for a 512 x 512 x 300 CT about 320 MiB). A correction beyond it is recorded without
+    Dice."""
 
 
 class RegistrySettings(_Strict):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, ForeignKey, Integer, String, Text, select
+from sqlalchemy import Float, ForeignKey, Integer, String, Text, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from hounsfield.db.catalog import model_use_cases
@@ -26,10 +26,10 @@ __all__ = [
     "FeedbackTally",
     "add_feedback",
     "correction_candidates",
+    "examined_segs",
     "feedback_rows",
     "feedback_tallies",
     "find_result",
-    "refused_corrections",
     "study_seg_results",
 ]
 
@@ -127,45 +127,61 @@ class FeedbackTally:
 def feedback_tallies(
     session: Session, *, model_name: str | None = None, model_version: str | None = None, use_case: str | None = None
 ) -> list[FeedbackTally]:
-    """Counts per use case, model and version.
+    """Counts per use case, model and version, counted by the database (three grouped queries).
 
     Verdicts count once per result and radiologist: the latest of each (a radiologist may change their
-    mind). A model filed under two use cases counts under both. Corrections add their mean Dice where
-    it could be measured.
+    mind). A model filed under two use cases counts under both; one filed under none (a deployment of the
+    configuration file only) under ``""``. Corrections add their mean Dice where it could be measured.
     """
-    query = select(Feedback, model_use_cases.c.use_case_key).outerjoin(
-        model_use_cases, model_use_cases.c.model_name == Feedback.model_name
+    key = func.coalesce(model_use_cases.c.use_case_key, "")
+    groups = (key, Feedback.model_name, Feedback.model_version)
+
+    def grouped(*columns: Any) -> Any:
+        query = select(*groups, *columns).select_from(Feedback)
+        query = query.outerjoin(model_use_cases, model_use_cases.c.model_name == Feedback.model_name)
+        if model_name is not None:
+            query = query.where(Feedback.model_name == model_name)
+        if model_version is not None:
+            query = query.where(Feedback.model_version == model_version)
+        if use_case is not None:
+            query = query.where(model_use_cases.c.use_case_key == use_case)
+        return query
+
+    newest_first = func.row_number().over(
+        partition_by=(Feedback.result_id, Feedback.given_by), order_by=Feedback.id.desc()
     )
-    if model_name is not None:
-        query = query.where(Feedback.model_name == model_name)
-    if model_version is not None:
-        query = query.where(Feedback.model_version == model_version)
-    if use_case is not None:
-        query = query.where(model_use_cases.c.use_case_key == use_case)
-    query = query.order_by(Feedback.id)
+    ranked = (
+        select(Feedback.id, newest_first.label("rank"))
+        .where(Feedback.kind.in_((FeedbackKind.ACCEPT.value, FeedbackKind.REJECT.value)))
+        .subquery()
+    )
+    latest = select(ranked.c.id).where(ranked.c.rank == 1)
     tallies: dict[tuple[str, str, str], FeedbackTally] = {}
-    verdicts: dict[tuple[str, str, str], dict[tuple[int, str], Feedback]] = {}
-    for row, key in session.execute(query):
-        group = (key or "", row.model_name, row.model_version)  # "": the model is filed under no use case
-        tally = tallies.setdefault(group, FeedbackTally(*group))
-        if row.kind in (FeedbackKind.ACCEPT, FeedbackKind.REJECT):
-            verdicts.setdefault(group, {})[(row.result_id, row.given_by)] = row  # the latest wins (ordered by id)
-        elif row.kind == FeedbackKind.COMMENT:
-            tally.comments += 1
-        elif row.kind == FeedbackKind.CORRECTION:
-            tally.corrections += 1
-            if row.mean_dice is not None:
-                tally.corrections_measured += 1
-                tally.dice_sum += row.mean_dice
-    for group, latest in verdicts.items():
-        tally = tallies[group]
-        for row in latest.values():
-            if row.kind == FeedbackKind.ACCEPT:
-                tally.accepted += 1
-            else:
-                tally.rejected += 1
-                reason = row.reason or "unstated"
-                tally.rejection_reasons[reason] = tally.rejection_reasons.get(reason, 0) + 1
+
+    def tally(row: Any) -> FeedbackTally:
+        group = (str(row[0]), str(row[1]), str(row[2]))
+        return tallies.setdefault(group, FeedbackTally(*group))
+
+    verdicts = grouped(Feedback.kind, Feedback.reason, func.count()).where(Feedback.id.in_(latest))
+    for row in session.execute(verdicts.group_by(*groups, Feedback.kind, Feedback.reason)):
+        counted = tally(row)
+        if row[3] == FeedbackKind.ACCEPT:
+            counted.accepted += int(row[5])
+        else:
+            counted.rejected += int(row[5])
+            reason = row[4] or "unstated"
+            counted.rejection_reasons[reason] = counted.rejection_reasons.get(reason, 0) + int(row[5])
+    comments = grouped(func.count()).where(Feedback.kind == FeedbackKind.COMMENT.value).group_by(*groups)
+    for row in session.execute(comments):
+        tally(row).comments = int(row[3])
+    corrections = grouped(func.count(), func.count(Feedback.mean_dice), func.sum(Feedback.mean_dice))
+    for row in session.execute(corrections.where(Feedback.kind == FeedbackKind.CORRECTION.value).group_by(*groups)):
+        counted = tally(row)
+        counted.corrections, counted.corrections_measured, counted.dice_sum = (
+            int(row[3]),
+            int(row[4]),
+            float(row[5] or 0),
+        )
     return sorted(tallies.values(), key=lambda t: (t.use_case, t.model_name, t.model_version))
 
 
@@ -199,7 +215,12 @@ def correction_candidates(session: Session, study_uid: str) -> list[tuple[str, s
     return [(uid, path, ae) for uid, path, ae in session.execute(query)]
 
 
-def refused_corrections(session: Session, study_uid: str) -> set[str]:
-    """The SOP Instance UIDs of the study's SEGs refused as corrections already (another patient's)."""
-    query = select(Event.detail).where(Event.study_instance_uid == study_uid, Event.kind == "correction-refused")
+EXAMINED_KINDS = ("correction-refused", "correction-ambiguous", "seg-not-a-correction")
+"""Events that settle a SEG of a study as not (countable as) a correction."""
+
+
+def examined_segs(session: Session, study_uid: str) -> set[str]:
+    """The SOP Instance UIDs of the study's SEGs examined already and found not to be corrections (or
+    refused, or ambiguous): read once, never again."""
+    query = select(Event.detail).where(Event.study_instance_uid == study_uid, Event.kind.in_(EXAMINED_KINDS))
     return {str(detail.get("sop_instance_uid")) for detail in session.scalars(query)}

@@ -11,13 +11,14 @@
 
 from __future__ import annotations
 
-from hounsfield.feedback.corrections import SegmentDice, recognise_corrections, segment_dice
+from hounsfield.feedback.corrections import NoSharedImage, SegmentDice, recognise_corrections, segment_dice
 from hounsfield.feedback.summary import FeedbackSummary, summarise
 from hounsfield.feedback.verdicts import REJECTION_REASONS, give_feedback
 
 __all__ = [
     "REJECTION_REASONS",
     "FeedbackSummary",
+    "NoSharedImage",
     "SegmentDice",
     "give_feedback",
     "recognise_corrections",

@@ -48,12 +48,15 @@ def post_feedback(reference: str, request: FeedbackRequest, caller: Radiologist,
 
 
 @router.get("/results/{reference}/feedback", response_model=list[FeedbackPublic], dependencies=_readers)
-def get_result_feedback(reference: str, session: SessionDep, http: Request) -> list[FeedbackPublic]:
+def get_result_feedback(
+    reference: str, session: SessionDep, http: Request, limit: Limit = 100, offset: Offset = 0
+) -> list[FeedbackPublic]:
     """The feedback on one result (verdicts, comments, corrections), newest first."""
     result = find_result(session, reference)
     if result is None:
         raise NotFound("no result with this id or SOP Instance UID")
-    found = [FeedbackPublic.model_validate(f) for f in feedback_rows(session, result_id=result.id, limit=500)]
+    rows = feedback_rows(session, result_id=result.id, limit=limit, offset=offset)
+    found = [FeedbackPublic.model_validate(f) for f in rows]
     log_read(http, len(found))
     return found
 

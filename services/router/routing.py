@@ -114,7 +114,10 @@ class Router:
         for job in created:
             self._enqueue(job)
         logger.info("study routed (%s): %d new job(s)", event.trigger, len(created))
-        recognise_corrections(self._settings, self._db, uid)
+        try:
+            recognise_corrections(self._settings, self._db, uid)
+        except Exception:  # the study is routed and its jobs queued: feedback never undoes that
+            logger.exception("looking for corrected segmentations failed; the study's routing stands")
         return created
 
 

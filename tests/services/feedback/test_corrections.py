@@ -9,6 +9,7 @@ frames and their source references, not with the code under test.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 
 import highdicom as hd
@@ -19,11 +20,13 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from sqlalchemy import select
 
-from hounsfield.config import Settings
+from hounsfield.config import DestinationSettings, Settings
 from hounsfield.contracts import StudyComplete
 from hounsfield.db import Database, Event, JobState, Result
 from hounsfield.db.feedback import Feedback
-from hounsfield.feedback import segment_dice, summarise
+from hounsfield.demo.orthanc import LocalOrthanc
+from hounsfield.feedback import NoSharedImage, segment_dice, summarise
+from hounsfield.feedback.corrections import _header, _original_for, _Ours
 from hounsfield.router.routing import Router
 from hounsfield.worker.pipeline import execute_job
 from tests.support import index_files, routed_job, write_study
@@ -94,9 +97,21 @@ def _arrive(db: Database, settings: Settings, study_uid: str, seg: Dataset, fold
     )
 
 
-def test_corrected_segs_are_recognised_and_measured_against_ours(settings: Settings, tmp_path: Path) -> None:
-    context, job = routed_job(tmp_path, settings, seed=62, destinations=[])
-    assert execute_job(context, job.id) is JobState.DONE
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOrthanc]:
+    orthanc = LocalOrthanc(tmp_path_factory.mktemp("orthanc"), aet="READPACS")
+    orthanc.start()
+    yield orthanc
+    orthanc.stop()
+
+
+def test_corrected_segs_are_recognised_and_measured_against_ours(
+    settings: Settings, tmp_path: Path, pacs: LocalOrthanc
+) -> None:
+    destination = {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port, "retries": 0}
+    settings = settings.model_copy(update={"destinations": {"pacs": DestinationSettings.model_validate(destination)}})
+    context, job = routed_job(tmp_path, settings, seed=62, mode="clinical", destinations=["pacs"])
+    assert execute_job(context, job.id) is JobState.DONE  # its SEG in the PACS, where a radiologist sees it
     db, study_uid = context.db, job.study_instance_uid
     with db.session() as session:
         (ours,) = session.scalars(select(Result).where(Result.job_id == job.id, Result.kind == "SEG")).all()
@@ -154,14 +169,18 @@ def test_corrected_segs_are_recognised_and_measured_against_ours(settings: Setti
     stranger = _seg(cts, {"Lesion 1": lesion}, PatientID="SOMEONE-ELSE")
     _arrive(db, context.settings, study_uid, stranger, tmp_path / "in")
 
-    # 5. one larger than feedback.max_correction_mb: a correction, not measured
+    # 5. one whose masks would take more than feedback.max_correction_mb (8 KiB of frames here, 32 KiB of
+    # masks over 8 images of 32 x 32): a correction, not measured
     padded = _seg(cts, {"Lesion 1": trimmed})
-    padded.add_new((0x0011, 0x0010), "LO", "HOUNSFIELD TEST")
-    padded.add_new((0x0011, 0x1000), "OB", bytes(2**20 + 1))
     small = context.settings.model_copy(
-        update={"feedback": context.settings.feedback.model_copy(update={"max_correction_mb": 1})}
+        update={"feedback": context.settings.feedback.model_copy(update={"max_correction_mb": 0.03})}
     )
     _arrive(db, small, study_uid, padded, tmp_path / "in")
+
+    # 6. one whose pixel data is cut short: a correction, not measured, and the study still routed
+    broken = _seg(cts, {"Lesion 1": trimmed})
+    broken.PixelData = broken.PixelData[: len(broken.PixelData) // 2]
+    _arrive(db, context.settings, study_uid, broken, tmp_path / "in")
 
     with db.session() as session:
         rows = session.scalars(select(Feedback).order_by(Feedback.id)).all()
@@ -170,18 +189,23 @@ def test_corrected_segs_are_recognised_and_measured_against_ours(settings: Setti
         corrected.SOPInstanceUID,
         naming.SOPInstanceUID,
         padded.SOPInstanceUID,
+        broken.SOPInstanceUID,
     ]
     assert rows[1].given_by == "dicom:PACS" and rows[1].mean_dice == 1.0 and rows[1].result_id == ours.id
-    assert rows[2].mean_dice is None and rows[2].dice == [] and "feedback.max_correction_mb" in rows[2].comment
+    assert rows[2].mean_dice is None and rows[2].dice == [] and "over feedback.max_correction_mb" in rows[2].comment
+    assert rows[3].mean_dice is None and "cannot be read or aligned" in rows[3].comment
+    assert study_uid not in rows[3].comment and "/" not in rows[3].comment, "a reason, not a path or a value"
     refused = [e for e in events if e.kind == "correction-refused"]
     assert len(refused) == 1 and refused[0].detail["sop_instance_uid"] == stranger.SOPInstanceUID
+    not_corrections = [e.detail["sop_instance_uid"] for e in events if e.kind == "seg-not-a-correction"]
+    assert not_corrections == [unrelated.SOPInstanceUID], "examined once, however often the study completes"
     assert [e.detail["sop_instance_uid"] for e in events if e.kind == "correction-recorded"] == [
         r.correction_sop_instance_uid for r in rows
     ]
     assert not [e for e in events if e.kind == "job-queued" and e.job_id != job.id], "a correction makes no new job"
 
     (summary,) = summarise(db)
-    assert (summary.corrections, summary.corrections_measured) == (3, 2)
+    assert (summary.corrections, summary.corrections_measured) == (4, 2)
     assert summary.mean_correction_dice == pytest.approx((expected / 2 + 1.0) / 2, abs=1e-4)
 
     off = context.settings.model_copy(
@@ -189,7 +213,7 @@ def test_corrected_segs_are_recognised_and_measured_against_ours(settings: Setti
     )
     _arrive(db, off, study_uid, _seg(cts, {"Lesion 1": trimmed}), tmp_path / "in")
     with db.session() as session:
-        assert len(session.scalars(select(Feedback)).all()) == 3, "feedback.recognise_corrections: false"
+        assert len(session.scalars(select(Feedback)).all()) == 4, "feedback.recognise_corrections: false"
     db.dispose()
 
 
@@ -229,7 +253,7 @@ def test_segments_pair_by_tracking_uid_then_label_then_number(tmp_path: Path) ->
 
     _, elsewhere = write_study(tmp_path / "other", seed=4, shape=(6, 24, 24))
     foreign = _seg(_ct(elsewhere[0].parent), {"Lesion 1": a})
-    with pytest.raises(ValueError, match="share no source image"):
+    with pytest.raises(NoSharedImage, match="share no source image"):
         segment_dice(hd.seg.segread(_saved(ours, tmp_path)), hd.seg.segread(_saved(foreign, tmp_path)))
 
 
@@ -237,3 +261,54 @@ def _saved(seg: hd.seg.Segmentation, folder: Path) -> Path:
     path = folder / f"{seg.SOPInstanceUID}.dcm"
     seg.save_as(path, enforce_file_format=True)
     return path
+
+
+def test_a_correction_of_the_series_goes_to_the_seg_a_radiologist_saw(tmp_path: Path) -> None:
+    """Two SEGs of ours on one series (a shadow version beside the clinical one, another model's): the
+    correction is credited to the one delivered and, among those, the one whose labels it shares."""
+    _, files = write_study(tmp_path / "ct", seed=5, shape=(6, 24, 24))
+    cts = _ct(files[0].parent)
+    lesion = np.zeros((6, 24, 24), dtype=bool)
+    lesion[2:4, 5:9, 5:9] = True
+    headers = {
+        name: _header(_saved(_seg(cts, {label: lesion}), tmp_path))
+        for name, label in [("v1", "Lesion 1"), ("v2", "Lesion 1"), ("liver", "Liver"), ("fix", "lesion 1")]
+    }
+
+    def ours(name: str, job: str, *, seen: bool) -> _Ours:
+        return _Ours(
+            Result(id=len(job), job_id=job, sop_instance_uid=headers[name].sop_instance_uid), headers[name], seen
+        )
+
+    clinical_v1, shadow_v2 = ours("v1", "clinical-v1", seen=True), ours("v2", "shadow-v2", seen=False)
+    liver = ours("liver", "liver-model", seen=True)
+    assert _original_for(headers["fix"], [shadow_v2, clinical_v1]) is clinical_v1, "never a result nobody saw"
+    assert _original_for(headers["fix"], [liver, clinical_v1]) is clinical_v1, "the one whose labels it shares"
+    twin = ours("v2", "clinical-v2", seen=True)
+    assert _original_for(headers["fix"], [twin, clinical_v1]) == "ambiguous", "credited to nobody"
+    assert _original_for(headers["fix"], [shadow_v2]) is None
+    named = _header(_saved(_seg(cts, {"Lesion 1": lesion}, FrameOfReferenceUID=hd.UID()), tmp_path))
+    assert _original_for(named, [shadow_v2, clinical_v1]) is None, "another frame of reference, our SEG not named"
+
+
+def test_a_failing_look_for_corrections_leaves_the_routing_alone(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hounsfield.catalog import prepare_database
+    from hounsfield.router import routing
+
+    def failing(*_: object) -> None:
+        raise RuntimeError("a decoder nobody expected")
+
+    monkeypatch.setattr(routing, "recognise_corrections", failing)
+    db = Database(settings.sqlalchemy_url)
+    prepare_database(db, settings)
+    study_uid, files = write_study(tmp_path / "ct", seed=6, shape=(8, 32, 32))
+    index_files(db, files)
+    (job,) = Router(settings, db, lambda job: None).on_study_complete(
+        StudyComplete(study_instance_uid=study_uid, trigger="manual")
+    )
+    with db.session() as session:
+        kinds = session.scalars(select(Event.kind).where(Event.study_instance_uid == study_uid)).all()
+    assert "job-queued" in kinds and job.study_instance_uid == study_uid
+    db.dispose()
