@@ -49,13 +49,14 @@ from hounsfield.db.feedback import (
 )
 from hounsfield.db.index import add_event
 from hounsfield.db.withdrawals import is_withdrawn
+from hounsfield.errors import HounsfieldError
 
 __all__ = ["NoSharedImage", "SegmentDice", "recognise_corrections", "segment_dice"]
 
 logger = logging.getLogger(__name__)
 
 
-class NoSharedImage(ValueError):
+class NoSharedImage(HounsfieldError, ValueError):
     """The two SEGs refer to no source image in common: nothing to compare."""
 
 
