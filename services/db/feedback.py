@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydicom.uid import SegmentationStorage
 from sqlalchemy import Float, ForeignKey, Integer, String, Text, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -32,8 +33,6 @@ __all__ = [
     "find_result",
     "study_seg_results",
 ]
-
-SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 class FeedbackKind(enum.StrEnum):
@@ -190,7 +189,7 @@ def study_seg_results(session: Session, study_uid: str) -> Sequence[Result]:
     query = (
         select(Result)
         .join(Job, Job.id == Result.job_id)
-        .where(Job.study_instance_uid == study_uid, Result.sop_class_uid == SEG_STORAGE)
+        .where(Job.study_instance_uid == study_uid, Result.sop_class_uid == str(SegmentationStorage))
         .order_by(Result.id.desc())
     )
     return session.scalars(query).all()
@@ -206,7 +205,7 @@ def correction_candidates(session: Session, study_uid: str) -> list[tuple[str, s
         .join(Series, Series.series_instance_uid == Instance.series_instance_uid)
         .where(
             Series.study_instance_uid == study_uid,
-            Instance.sop_class_uid == SEG_STORAGE,
+            Instance.sop_class_uid == str(SegmentationStorage),
             Instance.sop_instance_uid.not_in(ours),
             Instance.sop_instance_uid.not_in(recorded),
         )

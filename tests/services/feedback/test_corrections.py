@@ -18,6 +18,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.uid import SegmentationStorage
 from sqlalchemy import select
 
 from hounsfield.config import DestinationSettings, Settings
@@ -31,8 +32,6 @@ from hounsfield.router.routing import Router
 from hounsfield.worker.pipeline import execute_job
 from tests.support import index_files, routed_job, write_study
 from tests.support import settings_on_both_backends as settings_on_both_backends  # the settings fixture, on both
-
-SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 def _ct(folder: Path) -> list[pydicom.Dataset]:
@@ -160,7 +159,7 @@ def test_corrected_segs_are_recognised_and_measured_against_ours(
     reference = Dataset()
     reference.SeriesInstanceUID = original.SeriesInstanceUID
     item = Dataset()
-    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = SEG_STORAGE, original.SOPInstanceUID
+    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = SegmentationStorage, original.SOPInstanceUID
     reference.ReferencedInstanceSequence = [item]
     naming.ReferencedSeriesSequence = [*naming.ReferencedSeriesSequence, reference]
     _arrive(db, context.settings, study_uid, naming, tmp_path / "in", ae="PACS")
