@@ -15,7 +15,7 @@ from hounsfield.db import Event, utcnow
 from hounsfield.db.access import AuditEntry
 from hounsfield.drift import DriftCollector, ReferenceWindow, evaluate, set_reference_window
 from hounsfield.errors import Invalid, NotFound
-from tests.services.drift.conftest import ProfiledJobs
+from tests.services.drift.profiled import ProfiledJobs
 
 DEVELOPER = Principal("dev", Role.MODEL_DEVELOPER, "api")
 
