@@ -151,3 +151,15 @@ def test_a_window_without_jobs_is_not_enough_data(jobs: ProfiledJobs) -> None:
         )  # fmt: skip
     assert (status.status, status.reference_jobs) == ("not_enough_data", 0)
     assert _events(jobs) == []
+
+
+def test_metrics_cover_the_most_recently_profiled_versions_only(jobs: ProfiledJobs) -> None:
+    jobs.run(3)
+    newer = ProfiledJobs(jobs.settings, jobs.db, version="1.1.0")
+    newer.run(2)
+    both = _metrics(jobs)
+    assert {key[2] for key in both if key[0] == "hounsfield_drift_drifting"} == {"1.0.0", "1.1.0"}
+    jobs.settings = jobs.settings.model_copy(
+        update={"drift": jobs.settings.drift.model_copy(update={"max_metric_versions": 1})}
+    )
+    assert {key[2] for key in _metrics(jobs) if key[0] == "hounsfield_drift_drifting"} == {"1.1.0"}

@@ -3,9 +3,11 @@ application, keyed by the job with its model name and version; no patient data i
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pydicom
+import pytest
 from sqlalchemy import select
 
 from hounsfield.config import Settings
@@ -42,3 +44,17 @@ def test_the_worker_records_the_profile_of_a_real_job(settings: Settings, tmp_pa
     assert record_profile(context.settings, context.db, job, files) is None
     with context.db.session() as session:
         assert len(session.scalars(select(InputProfile)).all()) == 1
+
+
+def test_an_input_that_cannot_be_profiled_is_logged_by_kind_and_not_recorded(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    context, job = routed_job(tmp_path, settings, seed=72, destinations=[])
+    files = sorted((tmp_path / "study").glob("*.dcm"))
+    files[2].write_bytes(b"PATIENT NAME: nobody")
+    with caplog.at_level(logging.WARNING, logger="hounsfield.drift"):
+        assert record_profile(context.settings, context.db, job, files) is None  # never raises: the job goes on
+    assert f"job {job.id}: input not profiled: a header could not be read (InvalidDicomError)" in caplog.text
+    assert "nobody" not in caplog.text
+    with context.db.session() as session:
+        assert session.scalars(select(InputProfile)).all() == []
