@@ -23,14 +23,14 @@ from hounsfield.drift.monitor import (
     set_reference_window,
     store_profile,
 )
-from hounsfield.drift.profile import InputProfile, ProfileFailed, profile_input
+from hounsfield.drift.profile import Profile, ProfileFailed, profile_input
 
 __all__ = [
     "NUMERIC_FEATURES",
     "DriftCollector",
     "DriftStatus",
     "FeatureDrift",
-    "InputProfile",
+    "Profile",
     "ProfileFailed",
     "ReferenceWindow",
     "drift_status",

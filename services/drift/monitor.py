@@ -26,9 +26,7 @@ from hounsfield.access import Principal, record
 from hounsfield.config import DriftSettings, Settings
 from hounsfield.db import Database, Job, Session
 from hounsfield.db.drift import (
-    InputProfile as ProfileRow,
-)
-from hounsfield.db.drift import (
+    InputProfile,
     add_profile,
     drift_state,
     ensure_drift_state,
@@ -42,7 +40,7 @@ from hounsfield.db.drift import (
 )
 from hounsfield.db.index import add_event
 from hounsfield.drift.compare import NUMERIC_FEATURES, FeatureDrift, compare_feature
-from hounsfield.drift.profile import InputProfile, ProfileFailed, profile_input
+from hounsfield.drift.profile import Profile, ProfileFailed, profile_input
 from hounsfield.errors import Invalid, NotFound
 
 __all__ = [
@@ -122,7 +120,7 @@ def _evaluate(
 
 
 def _compare(
-    feature: str, reference: Sequence[ProfileRow], window: Sequence[ProfileRow], settings: DriftSettings
+    feature: str, reference: Sequence[InputProfile], window: Sequence[InputProfile], settings: DriftSettings
 ) -> FeatureDrift:
     return compare_feature(
         feature, [getattr(p, feature) for p in reference], [getattr(p, feature) for p in window], settings
@@ -150,7 +148,7 @@ def _settle(session: Session, status: DriftStatus, job_id: str | None) -> None:
         logger.info("%s %s: input drift cleared", name, version)
 
 
-def record_profile(settings: Settings, db: Database, job: Job, paths: Sequence[Path]) -> InputProfile | None:
+def record_profile(settings: Settings, db: Database, job: Job, paths: Sequence[Path]) -> Profile | None:
     """Profile ``job``'s input, store it and compare the version's windows (recording a crossing).
 
     None when drift monitoring is off, the job was profiled before (a redelivered job), or the input could
@@ -171,7 +169,7 @@ def record_profile(settings: Settings, db: Database, job: Job, paths: Sequence[P
     return profile
 
 
-def store_profile(settings: Settings, db: Database, job: Job, profile: InputProfile) -> DriftStatus:
+def store_profile(settings: Settings, db: Database, job: Job, profile: Profile) -> DriftStatus:
     """Store ``job``'s profile and compare its version's windows again (a crossing recorded once)."""
     with db.session() as session:
         add_profile(session, job, **profile.model_dump())

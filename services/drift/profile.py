@@ -25,7 +25,7 @@ from pydicom.pixels import apply_rescale, pixel_array
 from hounsfield.config import DriftSettings
 from hounsfield.errors import HounsfieldError
 
-__all__ = ["SCANNER_SEPARATOR", "InputProfile", "ProfileFailed", "profile_input"]
+__all__ = ["SCANNER_SEPARATOR", "Profile", "ProfileFailed", "profile_input"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class ProfileFailed(HounsfieldError):
     """The input could not be profiled (a header or the pixels of a sampled slice unreadable)."""
 
 
-class InputProfile(BaseModel):
+class Profile(BaseModel):
     """One job's input: the values compared across jobs (see :mod:`hounsfield.drift.compare`)."""
 
     model_config = ConfigDict(frozen=True)
@@ -114,7 +114,7 @@ def _rescaled(path: Path, frame: int, ds: Dataset) -> np.ndarray:
     return values
 
 
-def profile_input(paths: Sequence[Path], settings: DriftSettings, *, seed: str) -> InputProfile:
+def profile_input(paths: Sequence[Path], settings: DriftSettings, *, seed: str) -> Profile:
     """The profile of a job's input files (one or more series); ``seed`` (the job's key) seeds the pixel sample.
 
     Raises :class:`ProfileFailed` when a header or a sampled slice cannot be read (the reason is the
@@ -147,7 +147,7 @@ def profile_input(paths: Sequence[Path], settings: DriftSettings, *, seed: str) 
     if pixels.size:
         p05, p50, p95 = np.percentile(pixels, [5, 50, 95])
         stats = {"mean": pixels.mean(), "std": pixels.std(), "p05": p05, "p50": p50, "p95": p95}
-    return InputProfile(
+    return Profile(
         scanner=scanners.most_common(1)[0][0] if scanners else "",
         slice_thickness_mm=_median([_number(ds.get("SliceThickness")) for _, ds in headers]),
         pixel_spacing_mm=_median([_spacing(ds) for _, ds in headers]),

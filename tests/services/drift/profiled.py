@@ -8,7 +8,7 @@ import numpy as np
 
 from hounsfield.config import DriftSettings, Settings
 from hounsfield.db import Database, Job, Study
-from hounsfield.drift import DriftStatus, InputProfile, store_profile
+from hounsfield.drift import DriftStatus, Profile, store_profile
 
 __all__ = ["BASELINE", "SMALL_WINDOWS", "ProfiledJobs"]
 
@@ -49,12 +49,12 @@ class ProfiledJobs:
         scanner: tuple[str, ...] = BASELINE["scanner"],  # type: ignore[assignment]
         slice_thickness_mm: tuple[float, ...] = BASELINE["slice_thickness_mm"],  # type: ignore[assignment]
         intensity_mean: float = BASELINE["intensity_mean"],  # type: ignore[assignment]
-    ) -> InputProfile:
+    ) -> Profile:
         """One input: a scanner and a thickness of those given (70/30 for two), intensities with noise."""
         shares = [0.7, 0.3] if len(scanner) == 2 else None
         mean = intensity_mean + self.rng.normal(0, 20)
         std = 480 + self.rng.normal(0, 15)
-        return InputProfile(
+        return Profile(
             scanner=str(self.rng.choice(scanner, p=shares)),
             slice_thickness_mm=float(self.rng.choice(slice_thickness_mm)),
             pixel_spacing_mm=round(float(self.rng.uniform(0.68, 0.8)), 3),
