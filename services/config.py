@@ -28,6 +28,7 @@ __all__ = [
     "ContainerSettings",
     "DeploymentSettings",
     "DestinationSettings",
+    "DriftSettings",
     "FeedbackSettings",
     "FhirSettings",
     "KubernetesSettings",
@@ -572,6 +573,45 @@ class FeedbackSettings(_Strict):
     Dice."""
 
 
+class DriftSettings(_Strict):
+    """Input drift per model version: each job's input profiled by the worker, each version's recent jobs
+    compared with its reference (docs/drift.md)."""
+
+    enabled: bool = True
+    """Profile each job's input before its application runs, and compare (off: no profile, no event)."""
+    reference_jobs: int = Field(100, ge=2, le=10_000)
+    """The reference: a version's first this many profiled jobs (or, when a model developer set a reference
+    window, its first this many in that window)."""
+    window_jobs: int = Field(50, ge=2, le=10_000)
+    """The recent window: a version's last this many profiled jobs after its reference."""
+    min_reference_jobs: int = Field(30, ge=2)
+    """Fewer profiles in the reference (of a feature: fewer with a value): not enough data, no alarm."""
+    min_window_jobs: int = Field(20, ge=2)
+    """Fewer profiles in the recent window (of a feature: fewer with a value): not enough data, no alarm."""
+    ks_threshold: float = Field(0.3, gt=0, le=1)
+    """A numeric feature drifts when its Kolmogorov-Smirnov distance (reference against recent) reaches this..."""
+    scanner_threshold: float = Field(0.2, gt=0, le=1)
+    """... the scanner when its total variation distance reaches this ..."""
+    max_p_value: float = Field(0.001, gt=0, le=1)
+    """... and the difference is significant: its test's p-value (KS; chi-square for the scanner) at most this."""
+    max_sampled_slices: int = Field(16, ge=1, le=10_000)
+    """Slices (frames) whose pixels are decoded per job, evenly spaced through its input; headers of every
+    instance are read."""
+    max_sampled_pixels: int = Field(200_000, ge=100, le=100_000_000)
+    """Pixels per job the intensity statistics are taken from (a seeded sample of the decoded slices')."""
+    max_metric_versions: int = Field(50, ge=1, le=10_000)
+    """Model versions whose drift the registry's ``/metrics`` computes at each scrape (the most recently
+    profiled): each reads at most ``reference_jobs + window_jobs`` profiles."""
+
+    @model_validator(mode="after")
+    def _minimums_within_windows(self) -> DriftSettings:
+        if self.min_reference_jobs > self.reference_jobs:
+            raise ValueError(f"min_reference_jobs must be at most reference_jobs ({self.reference_jobs})")
+        if self.min_window_jobs > self.window_jobs:
+            raise ValueError(f"min_window_jobs must be at most window_jobs ({self.window_jobs})")
+        return self
+
+
 class RegistrySettings(_Strict):
     """The registry HTTP API."""
 
@@ -629,6 +669,7 @@ class Settings(BaseSettings):
     fhir: FhirSettings | None = None
     """Announce each finished job's results to the RIS/EHR over FHIR (off unless set)."""
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
     deployments: list[DeploymentSettings] = Field(default_factory=list)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

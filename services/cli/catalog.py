@@ -267,3 +267,69 @@ def deployments_rollback(name: str, reason: ReasonOption, config: ConfigOption =
 def deployments_retire(name: str, reason: ReasonOption, config: ConfigOption = None) -> None:
     """Stop a deployment for good."""
     _lifecycle_call(config, "retire", name, reason=reason)
+
+
+@models.command("drift")
+def models_drift(
+    model: Annotated[str | None, typer.Argument(help="Only this model's versions.")] = None,
+    version: Annotated[str | None, typer.Argument(help="Only this version (with the model).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON, as the API's .../versions/{version}/drift.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Input drift per model version: ok, drifting or not_enough_data, with each feature's score."""
+    from hounsfield.drift import drift_status, drift_statuses
+
+    settings, db = database(config)
+    with session_or_exit(db) as session:
+        if version is not None and model is not None:
+            statuses = [drift_status(session, settings, model_name=model, model_version=version)]
+        else:
+            statuses = drift_statuses(session, settings, model_name=model)
+    if as_json:
+        typer.echo(json.dumps([s.model_dump(mode="json") for s in statuses], indent=2))
+        return
+    if not statuses:
+        typer.echo("no profiled jobs yet")
+    for s in statuses:
+        reference = "first jobs"
+        if s.reference == "window":
+            reference = f"{s.reference_start:%Y-%m-%d %H:%M} to {s.reference_end:%Y-%m-%d %H:%M}"
+        typer.echo(
+            f"{s.model_name} {s.model_version}\t{s.status}\treference {reference} ({s.reference_jobs} jobs)\t"
+            f"recent {s.window_jobs} jobs"
+        )
+        for f in s.features:
+            score = "-" if f.score is None else f"{f.score:.3f}"
+            typer.echo(f"  {f.feature}\t{f.status}\t{f.statistic} {score} (threshold {f.threshold})")
+
+
+@models.command("drift-reference")
+def models_drift_reference(
+    model: Annotated[str, typer.Argument(help="The model.")],
+    version: Annotated[str, typer.Argument(help="Its version.")],
+    start: Annotated[str | None, typer.Option(help="ISO date or time the reference window starts (UTC).")] = None,
+    end: Annotated[str | None, typer.Option(help="ISO date or time it ends (UTC).")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Back to the version's first jobs.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Set the jobs a version's recent inputs are compared with (audited, as the CLI's administrator)."""
+    from datetime import datetime
+
+    from hounsfield.drift import ReferenceWindow, set_reference_window
+
+    if clear == (start is not None or end is not None):
+        err.print("[red]give --start and --end, or --clear[/red]", highlight=False)
+        raise typer.Exit(2)
+    try:
+        window = ReferenceWindow(
+            start=datetime.fromisoformat(start) if start else None, end=datetime.fromisoformat(end) if end else None
+        )
+    except ValueError as exc:
+        err.print(f"[red]not an ISO date or time: {exc}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    settings, db = database(config)
+    with session_or_exit(db) as session:
+        status = set_reference_window(
+            session, cli_principal(), settings, model_name=model, model_version=version, window=window
+        )
+    typer.echo(f"{model} {version}: reference {status.reference} ({status.reference_jobs} jobs), {status.status}")

@@ -58,6 +58,7 @@ MODEL_MODULES: tuple[str, ...] = (
     "hounsfield.db.deployments",
     "hounsfield.db.withdrawals",
     "hounsfield.db.feedback",
+    "hounsfield.db.drift",
 )
 """The modules whose tables the migrations own. A module added here needs a migration for its tables
 (``tests/services/db/test_migrations.py`` fails until the migrated schema matches them)."""

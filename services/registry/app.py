@@ -25,6 +25,7 @@ from hounsfield.access import Role, ensure_sign_in_possible
 from hounsfield.catalog import DeploymentChecksFailed, ManifestInvalid, open_database
 from hounsfield.config import Settings
 from hounsfield.db import Job, ping
+from hounsfield.drift import DriftCollector
 from hounsfield.errors import Invalid, NotFound, Refused
 from hounsfield.queues import Enqueuer
 from hounsfield.registry import access_api, catalog_api, deployments_api, feedback_api, rules_api, stow, studies_api
@@ -125,10 +126,12 @@ def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = No
             intake = stow.StowIntake(settings, db, enqueue or Enqueuer(settings))
             intake.start()
             app.state.stow = intake
+        metrics = intake.metrics.registry if intake is not None else CollectorRegistry()
+        metrics.register(DriftCollector(settings, db))  # input drift, computed from the database at each scrape
+        app.state.metrics = metrics
         served = None
         if settings.registry.metrics_port is not None:  # a port of their own, which the API's Ingress never routes
-            registry = intake.metrics.registry if intake is not None else CollectorRegistry()
-            served = start_http_server(settings.registry.metrics_port, addr=settings.registry.host, registry=registry)
+            served = start_http_server(settings.registry.metrics_port, addr=settings.registry.host, registry=metrics)
         try:
             yield
         finally:
@@ -137,6 +140,7 @@ def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = No
                 server.shutdown()
                 server.server_close()
                 thread.join(timeout=5)
+            app.state.metrics = None
             if intake is not None:
                 app.state.stow = None
                 intake.stop()
@@ -154,6 +158,7 @@ def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = No
     app.state.settings = settings
     app.state.db = db
     app.state.stow = None
+    app.state.metrics = None
     app.state.auth = authenticator
     add_exception_handlers(app)
     routers = (access_api.router, catalog_api.router, rules_api.router, deployments_api.router, feedback_api.router)
@@ -166,9 +171,8 @@ def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = No
 
         @app.get("/metrics", include_in_schema=False)
         def metrics(request: Request) -> Response:
-            """Prometheus metrics of the STOW-RS intake (instances by outcome, bytes, free disk)."""
-            intake = request.app.state.stow
-            registry = intake.metrics.registry if intake is not None else CollectorRegistry()
+            """Prometheus metrics of the STOW-RS intake (instances by outcome, bytes, free disk) and input drift."""
+            registry = request.app.state.metrics or CollectorRegistry()
             return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

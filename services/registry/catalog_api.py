@@ -1,9 +1,9 @@
 """API routes of the model catalog: use cases (the taxonomy), models and their versions.
 
 Reads are open to viewers, radiologists and model developers; adding a use case needs an
-administrator; filing a model or registering a version needs a model developer (administrators may
-do everything). Every write is audited by the catalog in its own transaction; refusals are answered
-by the app's handler (404, 409, 422).
+administrator; filing a model, registering a version or setting a version's drift reference window
+needs a model developer (administrators may do everything). Every write is audited by the catalog (or
+the drift room) in its own transaction; refusals are answered by the app's handler (404, 409, 422).
 
 The app provides ``app.state.db`` (a :class:`~hounsfield.db.Database`), ``app.state.settings`` (the
 Device UIDs of versions are made under ``settings.uid_root``) and ``app.state.auth``.
@@ -25,6 +25,7 @@ from hounsfield.catalog.schemas import (
     VersionPublic,
     VersionRegister,
 )
+from hounsfield.drift import DriftStatus, ReferenceWindow, drift_status, set_reference_window
 from hounsfield.registry.deps import Admin, Developer, Limit, Offset, Reader, SessionDep
 
 __all__ = ["router"]
@@ -111,3 +112,19 @@ def list_versions(name: str, session: SessionDep, _: Reader) -> list[VersionPubl
 @router.get("/models/{name}/versions/{version}", response_model=VersionPublic, responses=_ERRORS)
 def get_version(name: str, version: str, session: SessionDep, _: Reader) -> VersionPublic:
     return models.get_version(session, model_name=name, version=version)
+
+
+@router.get("/models/{name}/versions/{version}/drift", response_model=DriftStatus, responses=_ERRORS)
+def get_version_drift(name: str, version: str, request: Request, session: SessionDep, _: Reader) -> DriftStatus:
+    """The version's input drift (ok, drifting or not_enough_data) with each feature's score (docs/drift.md)."""
+    return drift_status(session, request.app.state.settings, model_name=name, model_version=version)
+
+
+@router.put("/models/{name}/versions/{version}/drift/reference", response_model=DriftStatus, responses=_ERRORS)
+def put_drift_reference(
+    name: str, version: str, body: ReferenceWindow, request: Request, session: SessionDep, principal: Developer
+) -> DriftStatus:
+    """Compare the version's recent jobs with those profiled between ``start`` and ``end`` (model developers;
+    both null: with its first jobs again); audited. Answers the drift compared again."""
+    settings = request.app.state.settings
+    return set_reference_window(session, principal, settings, model_name=name, model_version=version, window=body)

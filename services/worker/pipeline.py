@@ -32,6 +32,7 @@ from hounsfield.db.jobs import (
     supersede_results,
 )
 from hounsfield.db.withdrawals import is_withdrawn
+from hounsfield.drift import record_profile
 from hounsfield.exporter.delivery import DestinationUnreachable, ExportFailed, deliver
 from hounsfield.exporter.display import DisplayIdentity, write_display_copies
 from hounsfield.exporter.fhir import AnnouncementFailed, announce
@@ -136,10 +137,12 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
             workspace.work, deployment, mode=job.mode, uid_root=settings.uid_root, job_key=job.idempotency_key
         )
         watch.lap("load")
+        sources = [p for _, paths in inputs for p in paths]
+        record_profile(settings, ctx.db, job, sources)  # input drift: never a reason to fail the job
+        watch.lap("profile")
         run = ApplicationRun(job_id, deployment, workspace.input, workspace.output, workspace.work)
         runtime = ctx.runtimes.for_deployment(deployment)
         logger.info("job %s: %s runs in the %s runtime", job_id, deployment.name, runtime.name)
-        sources = [p for _, paths in inputs for p in paths]
         identity = JobIdentity.of_inputs(job.study_instance_uid, sources)
         reports = run_and_check(runtime, run, identity, validators=validators(settings), lap=watch.lap)
         copies = _display_copies(ctx, job, deployment, reports, sources, workspace.output)

@@ -241,6 +241,7 @@ def test_with_a_metrics_port_the_metrics_leave_the_api_port(
         assert client.get("/metrics").status_code == 404
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         assert 'hounsfield_listener_instances_total{outcome="stored",transport="stow-rs"} 1.0' in metrics
+        assert "# TYPE hounsfield_drift_drifting gauge" in metrics  # input drift: served on the same port
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)  # stopped with the app
 
