@@ -84,7 +84,7 @@ def retention_facts(session: Session) -> list[StudyRetentionFacts]:
     for uid, calling_ae in session.execute(select(Series.study_instance_uid, Series.calling_ae).distinct()):
         if calling_ae:
             callers[uid].add(calling_ae)
-    rule_of = dict(session.execute(select(Deployment.name, Deployment.rule_name)).tuples().all())
+    rule_of = {name: rule for name, rule in session.execute(select(Deployment.name, Deployment.rule_name))}
     ends: dict[str, datetime] = {}
     active: dict[str, int] = defaultdict(int)
     deployments: dict[str, set[str]] = defaultdict(set)
