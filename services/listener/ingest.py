@@ -356,8 +356,9 @@ class JournaledStore:
         with self._place_lock:
             busy = self._unapplied[study_uid] > 0 or any(folder in path.parents for path in self._reserved)
             yield not busy
-            if not busy:  # its folders may be gone: make them again when needed
+            if not busy:  # its folders may be gone: make them again when needed; space may have been freed
                 self._folders = {known for known in self._folders if folder not in known.parents}
+                self._checked_at = 0.0
 
     def _place(self, item: IndexedInstance, incoming: _Digest) -> tuple[Path, int, _Reservation | None, bool]:
         """(path, revision, the reservation holding the same bytes, whether they are on disk there).

@@ -57,13 +57,16 @@ class StoreUsage:
         return self.used_percent >= self.high_water_percent or self.free < self.floor + self.margin
 
     @property
+    def target_free(self) -> int:
+        """Free space at the low-water mark, and at least twice the margin above the floor."""
+        return int(max(self.total * (100.0 - self.low_water_percent) / 100.0, self.floor + 2 * self.margin))
+
+    @property
     def bytes_to_free(self) -> int:
-        """What a purge must free to reach the low-water mark and twice the margin above the floor (0 unless
-        the store is above high water)."""
+        """What a purge must free to reach :attr:`target_free` (0 unless the store is above high water)."""
         if not self.above_high_water:
             return 0
-        target_free = max(self.total * (100.0 - self.low_water_percent) / 100.0, self.floor + 2 * self.margin)
-        return max(0, int(target_free) - self.free)
+        return max(0, self.target_free - self.free)
 
 
 def store_usage(root: Path, settings: Settings) -> StoreUsage:

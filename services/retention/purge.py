@@ -80,11 +80,13 @@ class Purger:
 
     def purge(self, plan: PurgePlan | None = None) -> PurgeReport:
         """Purge the studies of ``plan`` (a fresh one by default), in its order; those taken for the
-        high-water mark only while the store is still above it."""
+        high-water mark only until the store's free space reaches the plan's low-water target."""
         plan = plan or self.plan()
         report = PurgeReport()
         for candidate in plan.candidates:
-            if candidate.reason == "high_water" and not store_usage(self.store.root, self.settings).above_high_water:
+            if candidate.reason == "high_water" and store_usage(self.store.root, self.settings).free >= (
+                plan.usage.target_free
+            ):
                 break
             try:
                 purged = self._purge_study(candidate)

@@ -91,9 +91,10 @@ class Rig:
 
 @pytest.fixture
 def rig(settings: Settings) -> Iterator[Rig]:
-    configured = settings.model_copy(
-        update={"retention": settings.retention.model_copy(update={"enabled": True, "high_water_percent": 100.0, "floor_margin_mb": 0})}
-    )
+    retention = settings.retention.model_copy(
+        update={"enabled": True, "high_water_percent": 100.0, "floor_margin_mb": 0}
+    )  # never above high water here: a test that wants it sets its own marks
+    configured = settings.model_copy(update={"retention": retention})
     db = open_database(configured)
     yield Rig(configured, db, StudyStore(configured.data_dir))
     db.dispose()

@@ -35,7 +35,7 @@ def test_a_dry_run_says_what_would_go_and_why_and_deletes_nothing(rig: Rig, tmp_
     code, output = _invoke(rig, tmp_path, "store", "purge", "--dry-run")
     assert code == 0, output
     (line,) = [line for line in output.splitlines() if line.startswith(old.uid)]
-    uid, reason, source, last_job, _, keep, instances, size = line.split("\t")
+    _, reason, source, last_job, _, keep, instances, size = line.split("\t")
     assert (reason, source, keep, instances, size) == ("expired", "CT01", "30 (default)", "3", str(3 * 4096))
     assert last_job.startswith("20")
     assert recent.uid not in output and "nothing deleted" in output
