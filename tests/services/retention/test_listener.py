@@ -17,9 +17,13 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import func, select
 
 from hounsfield.config import Settings
-from hounsfield.db import Event, Instance
+from hounsfield.db import Event, Instance, StudyState
 from hounsfield.demo.stack import StackFailed, storescu
+from hounsfield.listener.metrics import ListenerMetrics
+from hounsfield.listener.retention import RetentionThread
 from hounsfield.listener.server import Listener
+from tests.services.retention.conftest import Rig
+from tests.support import wait_for
 
 MiB = 1 << 20
 DISK_MB = 128  # the journal's four 8 MiB segments take 32 of it
@@ -123,3 +127,17 @@ def test_a_steady_inflow_beyond_the_disk_is_all_accepted_and_never_reaches_the_f
     assert indexed is not None and indexed < sent
     assert lowest[0] > FLOOR_MB * MiB, f"free space fell to {lowest[0] / MiB:.1f} MiB (floor {FLOOR_MB} MiB)"
     assert elapsed < 60
+
+
+def test_the_listener_thread_applies_the_policies_every_interval(rig: Rig) -> None:
+    cfg = rig.settings.retention.model_copy(update={"interval_s": 0.3, "watch_s": 0.1})
+    rig.settings = rig.settings.model_copy(update={"retention": cfg})
+    expired = rig.study(days_ago=40)
+    metrics = ListenerMetrics(rig.store)
+    thread = RetentionThread(rig.settings, rig.db, rig.store, metrics, journal=None)
+    thread.start()
+    try:
+        wait_for(lambda: rig.state(expired.uid) is StudyState.PURGED, timeout=10)
+    finally:
+        thread.stop()
+    assert metrics.registry.get_sample_value("hounsfield_retention_purged_studies_total", {"reason": "expired"}) == 1

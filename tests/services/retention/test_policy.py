@@ -79,6 +79,14 @@ def test_the_defaults_purge_nothing_and_bad_marks_are_refused(tmp_path) -> None:
     defaults = load_settings(None, data_dir=tmp_path)
     assert defaults.retention.enabled is False
     assert defaults.retention.results_keep_days is None and defaults.retention.audit_keep_days is None
+    marks = defaults.retention.model_dump(
+        include={"keep_days", "high_water_percent", "low_water_percent", "floor_margin_mb", "watch_s", "interval_s"}
+    )
+    assert marks == {
+        "keep_days": 30.0, "high_water_percent": 90.0, "low_water_percent": 80.0, "floor_margin_mb": 1024,
+        "watch_s": 2.0, "interval_s": 3600.0,
+    }  # fmt: skip
+    assert defaults.retention.max_studies_per_run == 10000
     with pytest.raises(ConfigurationInvalid, match="low_water_percent must be below high_water_percent"):
         load_settings(None, data_dir=tmp_path, retention={"high_water_percent": 70, "low_water_percent": 80})
     with pytest.raises(ConfigurationInvalid, match="keep days must be above 0: CT01"):

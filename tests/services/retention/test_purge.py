@@ -197,3 +197,15 @@ def test_results_and_audit_are_kept_forever_by_default_and_by_their_own_keep_whe
         assert old is not None
         old.at = utcnow() - timedelta(days=2)
     assert _purger(rig).run_policies().events_deleted == 1
+
+
+def test_files_that_cannot_be_removed_are_a_counted_failure_and_the_rest_goes_on(rig: Rig) -> None:
+    metrics = ListenerMetrics(rig.store)
+    broken, fine = rig.study(days_ago=41), rig.study(days_ago=40)
+    broken.files[0].unlink()
+    broken.files[0].mkdir()  # not a file: cannot be unlinked
+    (broken.files[0] / "x").write_bytes(b"x")
+    report = _purger(rig, on_purged=metrics.retention_purged, on_failure=metrics.retention_failed).purge()
+    assert report.failures == 1 and report.studies == {"expired": 1}
+    assert metrics.registry.get_sample_value("hounsfield_retention_failures_total", {"kind": "files"}) == 1
+    assert not any(path.exists() for path in fine.files)
