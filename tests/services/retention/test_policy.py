@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
-from hounsfield.config import ConfigurationInvalid, Settings, load_settings
+from hounsfield.config import ConfigurationInvalid, Settings, SourceSettings, load_settings
 from hounsfield.db import StudyState
 from hounsfield.db.retention import StudyRetentionFacts
 from hounsfield.retention import KeepPolicy, StoreUsage, keep_policy, plan_from_facts
@@ -58,24 +59,17 @@ def test_the_longest_of_the_overrides_that_apply_wins() -> None:
 
 
 def test_a_source_key_means_its_ae_title_and_a_bare_key_a_calling_ae(settings: Settings) -> None:
+    sources = {"ward-ct": SourceSettings(ae_title="CTWARD")}
     configured = settings.model_copy(
         update={
-            "listener": settings.listener.model_copy(
-                update={"sources": {"ward-ct": settings.listener.sources.get("x") or _source("CTWARD")}}
-            ),
+            "listener": settings.listener.model_copy(update={"sources": sources}),
             "retention": settings.retention.model_copy(update={"sources": {"ward-ct": 7.0, "OTHERAE": 3.0}}),
         }
     )
     assert keep_policy(configured).sources == {"CTWARD": 7.0, "OTHERAE": 3.0}
 
 
-def _source(ae_title: str):  # type: ignore[no-untyped-def]
-    from hounsfield.config import SourceSettings
-
-    return SourceSettings(ae_title=ae_title)
-
-
-def test_the_defaults_purge_nothing_and_bad_marks_are_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_defaults_purge_nothing_and_bad_marks_are_refused(tmp_path: Path) -> None:
     defaults = load_settings(None, data_dir=tmp_path)
     assert defaults.retention.enabled is False
     assert defaults.retention.results_keep_days is None and defaults.retention.audit_keep_days is None
