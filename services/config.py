@@ -36,6 +36,7 @@ __all__ = [
     "OutboundTLSSettings",
     "QueryRetrieveSettings",
     "RegistrySettings",
+    "RetentionSettings",
     "Settings",
     "SourceSettings",
     "TLSSettings",
@@ -650,6 +651,55 @@ class RegistrySettings(_Strict):
         return self
 
 
+class RetentionSettings(_Strict):
+    """How long the study store keeps a study's instance files, and when it purges them earlier.
+
+    Off by default: an upgrade deletes nothing until ``enabled`` is set (docs/operations.md).
+    """
+
+    enabled: bool = False
+    """Purge the study store (in the listener, every ``interval_s`` and at once past the high-water mark)."""
+    keep_days: float = Field(30.0, gt=0)
+    """Keep a study this long after its last job ended (a study never routed: after its completion)."""
+    sources: dict[str, float] = Field(default_factory=dict)
+    """Keep days per source: a key of ``listener.sources`` or a calling AE title that sent a series."""
+    deployments: dict[str, float] = Field(default_factory=dict)
+    """Keep days per deployment that ran a job on the study."""
+    rules: dict[str, float] = Field(default_factory=dict)
+    """Keep days per stored routing rule, for the studies of its deployments' jobs."""
+    high_water_percent: float = Field(90.0, gt=0, le=100)
+    """Past this much of the store's file system used, purge early (oldest first) down to ``low_water_percent``."""
+    low_water_percent: float = Field(80.0, gt=0, le=100)
+    floor_margin_mb: int = Field(1024, ge=0)
+    """Also purge early when free space comes within this of the listener's floor (``listener.min_free_disk_mb``),
+    until it is twice this above it."""
+    interval_s: float = Field(3600.0, gt=0)
+    """How often the listener applies the policies (keep days, results, audit)."""
+    watch_s: float = Field(2.0, gt=0, le=60)
+    """How often the listener reads the store's disk usage for the high-water mark."""
+    max_studies_per_run: int = Field(10000, ge=1)
+    """The most studies one purge takes; the rest wait for the next."""
+    results_keep_days: float | None = Field(None, gt=0)
+    """Remove a finished job's result files and workspace (``results/``, ``jobs/``) this long after it ended;
+    never when unset (results stay for feedback and withdrawals)."""
+    audit_keep_days: float | None = Field(None, gt=0)
+    """Delete events (each study's path) and audit-log rows older than this; never when unset (the default)."""
+
+    @field_validator("sources", "deployments", "rules")
+    @classmethod
+    def _positive_days(cls, values: dict[str, float]) -> dict[str, float]:
+        bad = sorted(key for key, days in values.items() if not days > 0)
+        if bad:
+            raise ValueError(f"keep days must be above 0: {', '.join(bad)}")
+        return values
+
+    @model_validator(mode="after")
+    def _marks_ordered(self) -> RetentionSettings:
+        if self.low_water_percent >= self.high_water_percent:
+            raise ValueError("low_water_percent must be below high_water_percent")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything one Hounsfield process needs; build it with :func:`load_settings`."""
 
@@ -670,6 +720,7 @@ class Settings(BaseSettings):
     """Announce each finished job's results to the RIS/EHR over FHIR (off unless set)."""
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     deployments: list[DeploymentSettings] = Field(default_factory=list)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

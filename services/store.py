@@ -152,7 +152,11 @@ class StudyStore:
             raise StoreFull(
                 f"free disk space {free // 2**20} MiB would fall below the floor of {self.min_free_bytes // 2**20} MiB"
             )
-        fd, tmp_name = tempfile.mkstemp(prefix=".incoming-", dir=path.parent)
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=".incoming-", dir=path.parent)
+        except FileNotFoundError:  # retention removed the emptied folder meanwhile: make it again
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=".incoming-", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)

@@ -4,7 +4,8 @@
   ``config``, ``demo``;
 - :mod:`~hounsfield.cli.access`: ``tokens``; :mod:`~hounsfield.cli.catalog`: ``models``, ``rules``,
   ``deployments``; :mod:`~hounsfield.cli.results`: ``results``; :mod:`~hounsfield.cli.feedback`:
-  ``feedback``; :mod:`~hounsfield.cli.database`: ``db``; :mod:`~hounsfield.cli.maps`: ``map`` (new,
+  ``feedback``; :mod:`~hounsfield.cli.store`: ``store`` (status, purge);
+  :mod:`~hounsfield.cli.database`: ``db``; :mod:`~hounsfield.cli.maps`: ``map`` (new,
   validate, run, package, publish).
 
 Commands import what they run when they run, so that ``hounsfield --help`` and ``hounsfield echo``
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import typer
 
-from hounsfield.cli import access, catalog, database, feedback, maps, results, services
+from hounsfield.cli import access, catalog, database, feedback, maps, results, services, store
 
 __all__ = ["app", "main"]
 
@@ -33,6 +34,7 @@ app.add_typer(catalog.deployments, name="deployments")
 app.add_typer(results.results, name="results")
 app.add_typer(feedback.feedback, name="feedback")
 app.add_typer(maps.maps, name="map")
+app.add_typer(store.store, name="store")
 
 
 def main() -> None:

@@ -25,6 +25,8 @@ class StudyState(enum.StrEnum):
     COMPLETE = "complete"
     ROUTED = "routed"
     NO_ROUTE = "no_route"
+    PURGED = "purged"
+    """Its instance files and rows were removed by retention; the study row, series and events stay."""
 
 
 class JobState(enum.StrEnum):

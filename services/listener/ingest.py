@@ -36,8 +36,8 @@ import os
 import shutil
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,6 +157,8 @@ class JournaledStore:
         self._barriers = 0
         self._place_lock = threading.Lock()
         self._reserved: dict[Path, _Reservation] = {}
+        self._unapplied: Counter[str] = Counter()
+        """Per study: instances queued (acknowledged) whose file and index row are not yet applied."""
         self._queue: deque[_Apply | Callable[[], None]] = deque()
         self._queued = threading.Condition()
         self._pending_bytes = 0
@@ -324,7 +326,7 @@ class JournaledStore:
                 self.journal.wait_durable(seq)
             return StoredInstance(path, item.sha256, item.size, revision, duplicate=True)
         try:
-            self._folder(path.parent)
+            path.parent.mkdir(parents=True, exist_ok=True)  # not the cache: retention may have removed it
             move_durably(spooled, path)
             with self._place_lock:
                 self._enqueue(_Apply(placed, key), 0)
@@ -341,6 +343,22 @@ class JournaledStore:
         """Run ``call`` on the applier thread once everything queued before it is indexed."""
         with self._place_lock:
             self._enqueue(call, 0)
+
+    @contextlib.contextmanager
+    def holding_study(self, study_uid: str) -> Iterator[bool]:
+        """Hold the placement of every instance while a study's files are removed (retention's purge).
+
+        Yields False when the journal holds acknowledged instances of the study not yet applied (or one
+        is being moved into place): the study must not be purged now. While held, no instance is
+        placed, so none can be found already stored in a file about to go.
+        """
+        folder = self.store.studies / study_uid
+        with self._place_lock:
+            busy = self._unapplied[study_uid] > 0 or any(folder in path.parents for path in self._reserved)
+            yield not busy
+            if not busy:  # its folders may be gone: make them again when needed; space may have been freed
+                self._folders = {known for known in self._folders if folder not in known.parents}
+                self._checked_at = 0.0
 
     def _place(self, item: IndexedInstance, incoming: _Digest) -> tuple[Path, int, _Reservation | None, bool]:
         """(path, revision, the reservation holding the same bytes, whether they are on disk there).
@@ -393,6 +411,8 @@ class JournaledStore:
                 self._first_enqueued = now
             self._last_enqueued = now
             self._queue.append(work)
+            if isinstance(work, _Apply):
+                self._unapplied[work.item.study_instance_uid] += 1
             self._pending_bytes += size
             barrier = not isinstance(work, _Apply)
             if barrier:
@@ -512,6 +532,13 @@ class JournaledStore:
                 self._hold(entry.seq)
                 continue
             self.tracker.instance_received(entry.key, entry.item.study_instance_uid, entry.item.calling_ae)
+        applied = [entry for entry, error in zip(ready, errors, strict=True) if error is None]
+        with self._place_lock:  # what failed stays in the journal, unapplied, for the next start
+            for entry in applied:
+                study_uid = entry.item.study_instance_uid
+                self._unapplied[study_uid] -= 1
+                if self._unapplied[study_uid] <= 0:
+                    del self._unapplied[study_uid]
         with self._queued:
             self._pending_bytes -= written
             self._applied_seq = max([self._applied_seq, *(entry.seq for entry in batch)])

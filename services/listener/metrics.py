@@ -50,6 +50,24 @@ class ListenerMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.retention_purged_studies = Counter(
+            "hounsfield_retention_purged_studies",
+            "Studies whose instance files retention removed, by reason (expired, high_water).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.retention_purged_bytes = Counter(
+            "hounsfield_retention_purged_bytes",
+            "Bytes of instance files retention removed, by reason (expired, high_water).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.retention_failures = Counter(
+            "hounsfield_retention_failures",
+            "Retention runs or removals that failed, by kind (files: a study's files, results, run: a whole pass).",
+            ["kind"],
+            registry=self.registry,
+        )
         free = Gauge("hounsfield_store_free_bytes", "Free bytes on the study store's disk.", registry=self.registry)
         free.set_function(lambda: _free_bytes(store))
         floor = Gauge(
@@ -59,6 +77,14 @@ class ListenerMetrics:
         )
         floor.set(store.min_free_bytes)
         self._server: tuple[WSGIServer, threading.Thread] | None = None
+
+    def retention_purged(self, reason: str, size: int) -> None:
+        """Count one study purged by retention, and its bytes."""
+        self.retention_purged_studies.labels(reason).inc()
+        self.retention_purged_bytes.labels(reason).inc(size)
+
+    def retention_failed(self, kind: str) -> None:
+        self.retention_failures.labels(kind).inc()
 
     def watch_journal(self, backlog: Callable[[], tuple[int, int]]) -> None:
         """Gauges of what the ingest journal holds that is not yet in the store's files and index.

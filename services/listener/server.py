@@ -24,6 +24,7 @@ from hounsfield.listener.engine import DicomServer, EngineConfig
 from hounsfield.listener.intake import Intake
 from hounsfield.listener.policy import AssociationPolicy
 from hounsfield.listener.recovery import RecoveryReport, recover_store
+from hounsfield.listener.retention import RetentionThread
 from hounsfield.queues import Enqueuer
 
 __all__ = ["Listener", "run"]
@@ -56,6 +57,9 @@ class Listener:
         self._clean_marker = self.settings.data_dir / f".listener-stopped-cleanly-{socket.gethostname()}"
         self.recovery: RecoveryReport | None = None
         """What start-up recovery found (after :meth:`start`)."""
+        self.retention: RetentionThread | None = None
+        if self.settings.retention.enabled:
+            self.retention = RetentionThread(self.settings, self.db, self.store, self.metrics, self.journal)
 
     def engine_config(self) -> EngineConfig:
         """How the DICOM engine serves, from the listener settings."""
@@ -80,6 +84,8 @@ class Listener:
             self.journal.start()
         self.recovery = recover_store(self.store, self.db, self.tracker, called_ae=cfg.ae_title, scan_files=not clean)
         self.intake.start()
+        if self.retention is not None:
+            self.retention.start()
         try:
             pending = self.requeue_pending()
             if pending:
@@ -109,6 +115,8 @@ class Listener:
             raise TimeoutError(f"the ingest journal was not applied within {timeout:.0f} s")
 
     def stop(self) -> None:
+        if self.retention is not None:
+            self.retention.stop()
         if self._server is not None:
             self._server.stop()  # waits for every store job: nothing is half-written after this
             self._server = None
