@@ -3,10 +3,13 @@ paging, PACS links, and the actions (promote, rollback, retry) audited as the AP
 
 from __future__ import annotations
 
+import logging
 import re
 import time
+from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 
 from hounsfield.access import Role, revoke_token
@@ -18,9 +21,13 @@ from hounsfield.db.access import list_audit, token_by_name
 from hounsfield.db.jobs import finish_job
 from hounsfield.registry.app import create_app
 from hounsfield.registry.dashboard.sessions import COOKIE
+from hounsfield.registry.read_log import READS_LOGGER
 from hounsfield.router.routing import Router
 from tests.conftest import TEST_PRINCIPAL
+from tests.services.registry.test_auth import AUDIENCE, ISSUER, _jwt, provider
 from tests.support import bearer, index_series
+
+__all__ = ["provider"]  # the OIDC provider's keys (a fixture)
 
 STUDY = "1.2.826.0.1.3680043.10.1392.77"
 HOSTILE = "<script>alert('x')</script>"
@@ -81,6 +88,10 @@ def test_pages_need_a_sign_in_and_a_token_gives_a_strict_session_cookie(
 ) -> None:
     client, _ = _app(settings)
     assert client.get("/dashboard/studies").headers["location"] == "/dashboard/sign-in"
+    style = client.get("/dashboard/static/dashboard.css")
+    assert style.status_code == 200 and style.headers["content-type"].startswith("text/css"), "open, like the form"
+    form_cookie = client.get("/dashboard/sign-in").headers["set-cookie"].lower()
+    assert "max-age=600" in form_cookie and "httponly" in form_cookie and "samesite=strict" in form_cookie
     assert client.post("/dashboard/sign-out", data={"csrf": "x"}).status_code == 401
     _sign_in(client, tokens[Role.VIEWER])
     cookie = client.cookies.get(COOKIE)
@@ -89,6 +100,8 @@ def test_pages_need_a_sign_in_and_a_token_gives_a_strict_session_cookie(
     assert page.status_code == 200 and "test-viewer" in page.text
     assert "script-src" not in page.headers["content-security-policy"]
     assert page.headers["content-security-policy"].startswith("default-src 'none'")
+    assert page.headers["x-content-type-options"] == "nosniff" and page.headers["referrer-policy"] == "no-referrer"
+    assert page.headers["cache-control"] == "no-store"
 
     secure, _ = _app(settings)
     secure.base_url = secure.base_url.copy_with(scheme="https")
@@ -99,6 +112,7 @@ def test_pages_need_a_sign_in_and_a_token_gives_a_strict_session_cookie(
     set_cookie = answer.headers["set-cookie"].lower()
     assert "httponly" in set_cookie and "samesite=strict" in set_cookie and "secure" in set_cookie
     assert f"max-age={settings.registry.dashboard.session_max_age_s}" in set_cookie
+    assert "path=/dashboard" in set_cookie
 
     plain, _ = _app(settings)
     form = plain.get("/dashboard/sign-in")
@@ -218,6 +232,7 @@ def test_bad_input_gets_a_clear_4xx_page(settings: Settings, tokens: dict[Role, 
         "/dashboard/studies/not-a-uid": 422,
         "/dashboard/studies/1.2.3": 404,
         "/dashboard/jobs/0000": 404,
+        "/dashboard/jobs/XYZ": 422,
         "/dashboard/studies?page=0": 422,
         "/dashboard/studies?size=100000": 422,
         "/dashboard/jobs?state=sleeping": 422,
@@ -331,5 +346,79 @@ def test_a_named_session_key_must_be_set(
 
     with pytest.raises(SignInImpossible, match="HF_DASHBOARD_KEY is not set"):
         _app(settings, session_key_env="HF_DASHBOARD_KEY")
+    monkeypatch.setenv("HF_DASHBOARD_KEY", "k" * 31)
+    with pytest.raises(SignInImpossible, match="HF_DASHBOARD_KEY holds fewer than 32 characters"):
+        _app(settings, session_key_env="HF_DASHBOARD_KEY")
     monkeypatch.setenv("HF_DASHBOARD_KEY", "k" * 32)
-    _app(settings, session_key_env="HF_DASHBOARD_KEY")
+    first, _ = _app(settings, session_key_env="HF_DASHBOARD_KEY")
+    _sign_in(first, tokens[Role.VIEWER])
+    replica, _ = _app(settings, session_key_env="HF_DASHBOARD_KEY")
+    replica.cookies.set(COOKIE, first.cookies[COOKIE])
+    assert replica.get("/dashboard").status_code == 200, "replicas with one key share sessions"
+    restarted, _ = _app(settings)  # a random key of its own
+    restarted.cookies.set(COOKIE, first.cookies[COOKIE])
+    assert restarted.get("/dashboard").status_code == 303, "another key: signed out"
+
+
+def test_an_oidc_bearer_jwt_from_a_proxy_is_honoured_as_the_api_does(
+    settings: Settings, provider: tuple[rsa.RSAPrivateKey, Path]
+) -> None:
+    key, jwks = provider
+    roles = {"rad": "radiologist", "ops": "admin"}
+    oidc = {"issuer": ISSUER, "audience": AUDIENCE, "jwks_file": jwks, "roles": roles}
+    configured = settings.model_validate(settings.model_dump() | {"registry": {"oidc": oidc}})
+    client, _ = _app(configured)
+    radiologist = bearer(_jwt(key, roles=["rad"]))
+    page = client.get("/dashboard", headers=radiologist)
+    assert page.status_code == 200 and "dr.who (radiologist)" in page.text
+    assert client.get("/dashboard/audit", headers=radiologist).status_code == 403
+    expired = bearer(_jwt(key, roles=["rad"], exp=int(time.time()) - 60))
+    assert client.get("/dashboard", headers=expired).status_code == 401
+    assert client.get("/dashboard", headers=bearer(_jwt(key, roles=["nurse"]))).status_code == 403
+
+    admin = bearer(_jwt(key, sub="ops.lead", roles=["ops"]))
+    form = {"csrf": _csrf_of(client, "/dashboard", radiologist), "reason": "tested", "to": "shadow"}
+    refused = client.post("/dashboard/deployments/ct-lesion-seg/promote", data=form, headers=admin)
+    assert refused.status_code == 403, "another subject's CSRF token"
+    form["csrf"] = _csrf_of(client, "/dashboard", admin)
+    answer = client.post("/dashboard/deployments/ct-lesion-seg/promote", data=form, headers=admin)
+    assert answer.status_code == 303
+    db = Database(configured.sqlalchemy_url)
+    with db.session() as session:
+        entry = list_audit(session, limit=1)[0]
+        assert (entry.action, entry.actor, entry.via) == ("deployment.promote", "ops.lead", "oidc")
+    db.dispose()
+
+
+def _csrf_of(client: TestClient, path: str, headers: dict[str, str]) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', client.get(path, headers=headers).text)
+    assert found is not None
+    return found.group(1)
+
+
+def test_reads_are_logged_as_the_api_logs_them(
+    settings: Settings, tokens: dict[Role, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    _routed_study(settings)
+    client, _ = _app(settings)
+    with caplog.at_level(logging.INFO, logger=READS_LOGGER):
+        assert client.get(f"/dashboard/studies/{STUDY}", headers=bearer(tokens[Role.VIEWER])).status_code == 200
+    (line,) = [r.getMessage() for r in caplog.records if r.name == READS_LOGGER]
+    assert line == "GET /dashboard/studies/{study_uid} read by test-viewer (viewer): 1 item(s)"
+
+
+def test_dashboard_settings_refuse_a_bad_viewer_url_and_page_sizes() -> None:
+    from pydantic import ValidationError
+
+    from hounsfield.config import DashboardSettings
+
+    with pytest.raises(ValidationError, match="http"):
+        DashboardSettings(pacs_viewer_url="javascript:alert(1)//{study_uid}")
+    with pytest.raises(ValidationError, match="unknown placeholder"):
+        DashboardSettings(pacs_viewer_url="https://pacs/viewer?patient={patient_id}")
+    with pytest.raises(ValidationError, match="must not exceed max_page_size"):
+        DashboardSettings(page_size=150, max_page_size=100)
+    with pytest.raises(ValidationError):
+        DashboardSettings(max_page_size=501)
+    url = "https://pacs/viewer?StudyInstanceUIDs={study_uid}&SeriesInstanceUIDs={series_uid}"
+    assert DashboardSettings(pacs_viewer_url=url).pacs_viewer_url == url
