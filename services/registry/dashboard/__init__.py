@@ -12,8 +12,10 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hounsfield.config import Settings
 from hounsfield.db import Database
@@ -72,10 +74,28 @@ def install(app: FastAPI, settings: Settings, db: Database) -> None:
     for kind in (RequestValidationError, Refused):
         _html_on_dashboard(app, kind, app.exception_handlers[kind])
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await call_next(request)
-        if _on_dashboard(request):
-            for name, value in SECURITY_HEADERS.items():
-                response.headers.setdefault(name, value)
-        return response
+    app.add_middleware(_SecurityHeaders)  # outside the gate: its redirects and refusals get them too
+
+
+class _SecurityHeaders:
+    """ASGI middleware: every answer on a dashboard path carries :data:`SECURITY_HEADERS` (the gate's
+    redirects and refusals, the stylesheet); other paths pass untouched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path == DASHBOARD_PREFIX or path.startswith(DASHBOARD_PREFIX + "/")):
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    if name not in headers:
+                        headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, with_headers)

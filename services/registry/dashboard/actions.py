@@ -71,6 +71,7 @@ def sign_in(request: Request, token: Annotated[str, Form(max_length=512)], csrf:
         raise HTTPException(403, detail="the sign-in form has expired or came from elsewhere: open it again")
     made = sessions.sign_in(token.strip())
     if made is None:
+        logger.warning("dashboard sign-in refused: unknown or revoked API token")
         fresh = secrets.token_urlsafe(16)
         context = {"sign_in_csrf": sessions.csrf_token("sign-in|" + fresh), "refused": "unknown or revoked API token"}
         response: Response = render(request, "sign_in.html", context, status=401)

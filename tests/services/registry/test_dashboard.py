@@ -88,7 +88,12 @@ def test_pages_need_a_sign_in_and_a_token_gives_a_strict_session_cookie(
 ) -> None:
     client, _ = _app(settings)
     assert client.get("/dashboard/studies").headers["location"] == "/dashboard/sign-in"
+    assert "content-security-policy" in client.get("/dashboard/studies").headers, "the gate's redirect too"
+    huge = {"content-length": str(64 * 2**20), "content-type": "application/x-www-form-urlencoded"}
+    unread = client.post("/dashboard/jobs/0000/retry", headers=huge, content=b"csrf=x")
+    assert unread.status_code == 401, "refused before a body is read (a 413 would mean it was weighed first)"
     style = client.get("/dashboard/static/dashboard.css")
+    assert "content-security-policy" in style.headers
     assert style.status_code == 200 and style.headers["content-type"].startswith("text/css"), "open, like the form"
     form_cookie = client.get("/dashboard/sign-in").headers["set-cookie"].lower()
     assert "max-age=600" in form_cookie and "httponly" in form_cookie and "samesite=strict" in form_cookie
