@@ -11,14 +11,19 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
+from pydicom.uid import SegmentationStorage
 
-from hounsfield.access import Role, revoke_token
+from hounsfield.access import Principal, Role, revoke_token
 from hounsfield.catalog import prepare_database
+from hounsfield.catalog.models import create_model
+from hounsfield.catalog.schemas import ModelCreate
 from hounsfield.config import Settings
 from hounsfield.contracts import StudyComplete
 from hounsfield.db import Database, Job, JobState
 from hounsfield.db.access import list_audit, token_by_name
-from hounsfield.db.jobs import finish_job
+from hounsfield.db.catalog import RegulatoryStatus
+from hounsfield.db.jobs import finish_job, record_result
+from hounsfield.feedback import give_feedback
 from hounsfield.registry.app import create_app
 from hounsfield.registry.dashboard.sessions import COOKIE
 from hounsfield.registry.read_log import READS_LOGGER
@@ -427,3 +432,38 @@ def test_dashboard_settings_refuse_a_bad_viewer_url_and_page_sizes() -> None:
         DashboardSettings(max_page_size=501)
     url = "https://pacs/viewer?StudyInstanceUIDs={study_uid}&SeriesInstanceUIDs={series_uid}"
     assert DashboardSettings(pacs_viewer_url=url).pacs_viewer_url == url
+
+
+def test_results_feedback_and_models_pages_show_what_the_api_holds(settings: Settings, tokens: dict[Role, str]) -> None:
+    declared = settings.deployments[0].model_copy(update={"model_name": "ct-lesion-seg"})
+    settings = settings.model_copy(update={"deployments": [declared]})
+    job = _routed_study(settings)
+    db = Database(settings.sqlalchemy_url)
+    seg_uid = f"{settings.uid_root}55.1"
+    with db.session() as session:  # as the worker records a result and finishes its job
+        record_result(
+            session, job_id=job.id, kind="SEG", sop_class_uid=str(SegmentationStorage), sop_instance_uid=seg_uid,
+            series_instance_uid=f"{settings.uid_root}55", path="/nonexistent/seg.dcm", summary={}, exported_to=["pacs"],
+        )  # fmt: skip
+        finish_job(session, job.id, JobState.DONE, {"inference": 1.5, "export": 0.25})
+        filed = ModelCreate(
+            name="ct-lesion-seg", display_name="CT lesions", intended_use="tests", use_cases=["scheduled"],
+            modality="CT", regulatory_status=RegulatoryStatus.RESEARCH_ONLY, owner="tests",
+        )  # fmt: skip
+        create_model(session, TEST_PRINCIPAL, filed)
+    radiologist = Principal("dr-one", Role.RADIOLOGIST, "token")
+    give_feedback(settings, db, seg_uid, verdict="reject", reason="boundary", comment=HOSTILE, principal=radiologist)
+    db.dispose()
+    client, _ = _app(settings, pacs_viewer_url="https://pacs.example.org/v?s={study_uid}&i={sop_uid}")
+    viewer = bearer(tokens[Role.VIEWER])
+
+    results = client.get("/dashboard/results", headers=viewer).text
+    assert seg_uid in results and f'href="https://pacs.example.org/v?s={STUDY}&amp;i={seg_uid}"' in results
+    job_page = client.get(f"/dashboard/jobs/{job.id}", headers=viewer).text
+    assert seg_uid in job_page and "1.500 s" in job_page and "Retry this job" not in job_page
+    feedback = client.get("/dashboard/feedback", headers=viewer).text
+    assert "<td>scheduled</td><td>ct-lesion-seg</td><td>1.0.0</td>" in feedback
+    assert "boundary: 1" in feedback and ">0%<" in feedback and "dr-one" in feedback
+    assert HOSTILE not in feedback and "&lt;script&gt;" in feedback
+    models = client.get("/dashboard/models", headers=viewer).text
+    assert "CT lesions" in models and 'href="/dashboard/deployments/ct-lesion-seg"' in models
