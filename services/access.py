@@ -44,10 +44,12 @@ __all__ = [
     "Role",
     "SignInImpossible",
     "authenticate_token",
+    "authenticate_token_digest",
     "create_token",
     "ensure_sign_in_possible",
     "record",
     "revoke_token",
+    "token_digest",
 ]
 
 logger = logging.getLogger(__name__)
@@ -114,8 +116,12 @@ def record(
     )
 
 
-def _digest(token: str) -> str:
+def token_digest(token: str) -> str:
+    """The SHA-256 an API token is stored as (what a dashboard session keeps instead of the token)."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+_digest = token_digest
 
 
 def create_token(
@@ -165,7 +171,13 @@ def revoke_token(session: Session, principal: Principal, token_id: int) -> bool:
 
 def authenticate_token(session: Session, token: str) -> Principal | None:
     """The principal an API token stands for (its use is noted); None when it is unknown or revoked."""
-    row = token_by_digest(session, _digest(token))
+    return authenticate_token_digest(session, _digest(token))
+
+
+def authenticate_token_digest(session: Session, digest: str) -> Principal | None:
+    """The principal of the API token whose SHA-256 is ``digest`` (its use is noted); None when it is
+    unknown or revoked."""
+    row = token_by_digest(session, digest)
     if row is None or row.revoked_at is not None:
         return None
     row.last_used_at = utcnow()

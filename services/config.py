@@ -26,6 +26,7 @@ from hounsfield.errors import HounsfieldError
 __all__ = [
     "ConfigurationInvalid",
     "ContainerSettings",
+    "DashboardSettings",
     "DeploymentSettings",
     "DestinationSettings",
     "DriftSettings",
@@ -613,6 +614,48 @@ class DriftSettings(_Strict):
         return self
 
 
+class DashboardSettings(_Strict):
+    """The web dashboard the registry serves at ``/dashboard`` (docs/dashboard.md)."""
+
+    enabled: bool = True
+    """Serve the dashboard; off: every ``/dashboard`` path answers 401 or 404 like any unknown API path."""
+    session_max_age_s: int = Field(28800, ge=60, le=7 * 86400)
+    """How long a sign-in with an API token lasts; the cookie is refused after it (the token itself is
+    checked again on every request, so a revoked token signs its user out at once)."""
+    session_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """The name of an environment variable holding the key that signs session cookies and CSRF tokens
+    (at least 32 characters), shared by every registry replica. Unset: a random key per process, so a
+    restart signs everybody out and replicas do not know each other's sessions."""
+    page_size: int = Field(50, ge=1, le=200)
+    """Rows per page of every list (studies, jobs, results, feedback, audit); a ``size`` asked for is
+    capped at ``max_page_size``."""
+    max_page_size: int = Field(200, ge=1, le=500)
+    """The most rows one page may show, whatever a ``size`` in the address asks."""
+    pacs_viewer_url: str | None = Field(None, max_length=1000)
+    """A link into the PACS' viewer per study and result, e.g.
+    ``https://pacs.example.org/viewer?StudyInstanceUIDs={study_uid}``; ``{study_uid}``,
+    ``{series_uid}`` and ``{sop_uid}`` are replaced (URL-encoded). Unset: no links. http(s) only."""
+
+    @field_validator("pacs_viewer_url")
+    @classmethod
+    def _viewer_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.match(r"^https?://[^\s]+$", value):
+            raise ValueError("pacs_viewer_url must be an http(s) URL without spaces")
+        unknown = set(re.findall(r"\{([^}]*)\}", value)) - {"study_uid", "series_uid", "sop_uid"}
+        if unknown:
+            known = "study_uid, series_uid, sop_uid"
+            raise ValueError(f"pacs_viewer_url: unknown placeholder(s) {sorted(unknown)} (known: {known})")
+        return value
+
+    @model_validator(mode="after")
+    def _page_sizes(self) -> DashboardSettings:
+        if self.page_size > self.max_page_size:
+            raise ValueError(f"page_size ({self.page_size}) must not exceed max_page_size ({self.max_page_size})")
+        return self
+
+
 class RegistrySettings(_Strict):
     """The registry HTTP API."""
 
@@ -643,6 +686,7 @@ class RegistrySettings(_Strict):
     metrics_port: int | None = Field(None, ge=1, le=65535)
     """Serve the Prometheus metrics on ``host:metrics_port/metrics`` instead of the API's port, where
     ``/metrics`` then answers 404: a proxy or Ingress that routes the API never exposes them."""
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> RegistrySettings:

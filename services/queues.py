@@ -8,13 +8,18 @@ job whose worker died is handed to another one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from celery import Celery
 from kombu import Queue
 
+from hounsfield.access import Principal, record
 from hounsfield.config import Settings
-from hounsfield.db import Job
+from hounsfield.db import Database, Job
+from hounsfield.db.jobs import get_job, requeue_failed_job
+from hounsfield.errors import Conflict, NotFound
 
-__all__ = ["EXPORT_JOB_TASK", "QUEUES", "RUN_JOB_TASK", "Enqueuer", "make_celery"]
+__all__ = ["EXPORT_JOB_TASK", "QUEUES", "RUN_JOB_TASK", "Enqueuer", "make_celery", "retry_job"]
 
 QUEUES = ("stat", "routine", "batch")
 RUN_JOB_TASK = "hounsfield.run_job"
@@ -60,3 +65,24 @@ class Enqueuer:
 
     def __call__(self, job: Job) -> None:
         self._app.send_task(RUN_JOB_TASK, args=[job.id], queue=job.queue)
+
+
+def retry_job(db: Database, job_id: str, *, principal: Principal, enqueue: Callable[[Job], None]) -> Job:
+    """Run a failed or timed-out job again: back to queued (audited as ``job.retry``, a ``job-retried``
+    event on the study's path), committed, then put on its queue.
+
+    :class:`~hounsfield.errors.NotFound` for no such job; :class:`~hounsfield.errors.Conflict` when it did
+    not fail (or time out), or a newer job of the same study and deployment superseded it.
+    """
+    with db.session() as session:
+        found = get_job(session, job_id)
+        if found is None:
+            raise NotFound("no job with this id")
+        before = found.state.value
+        job = requeue_failed_job(session, job_id, actor=principal.subject)
+        if job is None:
+            why = "only a failed or timed-out job that nothing superseded can be retried"
+            raise Conflict(f"{why} (this one: {before})")
+        record(session, principal, "job.retry", "job", job_id, before={"state": before}, after={"state": "queued"})
+    enqueue(job)
+    return job

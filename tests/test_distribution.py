@@ -66,6 +66,8 @@ def test_the_wheel_carries_its_data_and_the_command(wheel: zipfile.ZipFile) -> N
         "hounsfield/db/migrations/script.py.mako",
         "hounsfield_operators/ct_lesion_seg/models/model.ts",
         "hounsfield_operators/ct_lesion_seg/app.json",
+        "hounsfield/registry/dashboard/templates/base.html",
+        "hounsfield/registry/dashboard/static/dashboard.css",
     ):
         assert data in names, data
     assert {n for n in names if n.startswith("hounsfield/db/migrations/versions/")}, "the migrations ship"

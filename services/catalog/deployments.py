@@ -50,10 +50,13 @@ __all__ = [
     "deployment_public",
     "get_deployment",
     "list_deployments",
+    "next_stages",
     "promote",
+    "promotion_needs_admin",
     "queue_for",
     "retire",
     "rollback",
+    "rollback_stage",
     "sync_declared",
     "validation_checks",
 ]
@@ -85,6 +88,23 @@ class DeploymentChecksFailed(Conflict):
         self.checks = checks
         failed = "; ".join(f"{c.check}: {c.detail}" for c in checks if not c.ok)
         super().__init__(f"deployment {name!r} stays a draft: {failed}")
+
+
+def next_stages(stage: Stage) -> tuple[Stage, ...]:
+    """Where a deployment in ``stage`` may be promoted to; the first is the default next step."""
+    return _PROMOTIONS[stage]
+
+
+def promotion_needs_admin(stage: Stage, to: Stage | None) -> bool:
+    """Whether promoting from ``stage`` to ``to`` (None: the default next step) reaches clinical, which
+    only an administrator may do."""
+    target = to or (_PROMOTIONS[stage][0] if _PROMOTIONS[stage] else None)
+    return target is Stage.CLINICAL
+
+
+def rollback_stage(stage: Stage) -> Stage | None:
+    """Where a rollback takes a deployment in ``stage``; None: it cannot be rolled back."""
+    return _ROLLBACKS.get(stage)
 
 
 def _deployment(session: Session, name: str) -> Deployment:

@@ -33,6 +33,7 @@ __all__ = [
     "study_instance_count",
     "study_series_callers",
     "study_state",
+    "study_state_counts",
     "upsert_rows",
 ]
 
@@ -327,6 +328,12 @@ def list_studies(
     if state is not None:
         query = query.where(Study.state == state)
     return session.scalars(query).all()
+
+
+def study_state_counts(session: Session) -> dict[StudyState, int]:
+    """How many studies are in each state (states without studies are left out)."""
+    rows = session.execute(select(Study.state, func.count()).group_by(Study.state)).all()
+    return {StudyState(state): int(count) for state, count in rows}
 
 
 def study_events(session: Session, study_uid: str) -> Sequence[Event]:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -29,10 +29,13 @@ __all__ = [
     "get_job",
     "idempotency_key",
     "job_results",
+    "job_state_counts",
     "list_jobs",
     "list_results",
+    "list_results_of_studies",
     "queued_jobs",
     "record_result",
+    "requeue_failed_job",
     "set_job_state",
     "study_jobs",
     "supersede_earlier_jobs",
@@ -111,6 +114,25 @@ def finish_job(
     _merge_timings(job, timings)
     detail = {"error": error} if error else {}
     add_event(session, job.study_instance_uid, "worker", f"job-{state.value}", job_id=job_id, **detail)
+
+
+RETRYABLE = (JobState.FAILED, JobState.TIMED_OUT)
+"""The states a job may be retried from: it ended without results and nothing replaced it."""
+
+
+def requeue_failed_job(session: Session, job_id: str, *, actor: str) -> Job | None:
+    """Put a failed or timed-out job back to queued (its error and times cleared, a ``job-retried`` event
+    naming ``actor``); None when it is in no such state or a newer job superseded it."""
+    statement = update(Job).where(Job.id == job_id, Job.state.in_(RETRYABLE), Job.superseded_by.is_(None))
+    values = {"state": JobState.QUEUED, "error": None, "started_at": None, "finished_at": None}
+    result = cast(CursorResult[Any], session.execute(statement.values(**values)))
+    if not result.rowcount:
+        return None
+    job = session.get(Job, job_id)
+    assert job is not None
+    session.refresh(job)
+    add_event(session, job.study_instance_uid, "registry", "job-retried", job_id=job_id, by=actor)
+    return job
 
 
 def record_result(session: Session, **fields: Any) -> Result:
@@ -227,6 +249,24 @@ def list_results(session: Session, *, job_id: str | None = None, limit: int = 10
     if job_id is not None:
         query = query.where(Result.job_id == job_id)
     return session.scalars(query).all()
+
+
+def list_results_of_studies(session: Session, *, limit: int = 100, offset: int = 0) -> list[tuple[Result, str]]:
+    """Results, newest first, each with the Study Instance UID of its job's study."""
+    query = (
+        select(Result, Job.study_instance_uid)
+        .join(Job, Job.id == Result.job_id)
+        .order_by(Result.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return [(result, str(study_uid)) for result, study_uid in session.execute(query).all()]
+
+
+def job_state_counts(session: Session) -> dict[JobState, int]:
+    """How many jobs are in each state (states without jobs are left out)."""
+    rows = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
+    return {JobState(state): int(count) for state, count in rows}
 
 
 def first_event_at(session: Session, job_id: str, kind: str) -> datetime | None:

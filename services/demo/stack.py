@@ -86,6 +86,7 @@ class HounsfieldStack:
         extra_env: dict[str, str] | None = None,
         database_url: str | None = None,
         overrides: dict[str, Any] | None = None,
+        dashboard: dict[str, Any] | None = None,
     ) -> None:
         self.folder = folder
         self.extra_env = extra_env or {}
@@ -125,6 +126,8 @@ class HounsfieldStack:
         }
         if database_url is not None:  # else SQLite in the data folder
             self.config["database_url"] = database_url
+        if dashboard is not None:
+            self.config["registry"]["dashboard"] = dashboard
         self.config.update(overrides or {})  # top-level sections replaced whole (e.g. worker)
         self.process: subprocess.Popen[bytes] | None = None
 

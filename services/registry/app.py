@@ -1,7 +1,8 @@
 """The registry's HTTP API: health, studies, jobs, results (read-only), access, the model catalog,
 routing rules and deployments, and STOW-RS intake.
 
-Everything but ``/health`` and ``/metrics`` needs a bearer credential (:mod:`hounsfield.registry.auth`):
+The web dashboard is served at ``/dashboard`` (:mod:`hounsfield.registry.dashboard`). Everything else
+but ``/health`` and ``/metrics`` needs a bearer credential (:mod:`hounsfield.registry.auth`):
 reads are open to viewers, radiologists and model developers, STOW-RS to senders, the rest to the
 roles each route names; administrators may do everything. With ``registry.metrics_port`` the metrics
 are served on that port instead, and ``/metrics`` on the API's port answers 404.
@@ -28,7 +29,16 @@ from hounsfield.db import Job, ping
 from hounsfield.drift import DriftCollector
 from hounsfield.errors import Invalid, NotFound, Refused
 from hounsfield.queues import Enqueuer
-from hounsfield.registry import access_api, catalog_api, deployments_api, feedback_api, rules_api, stow, studies_api
+from hounsfield.registry import (
+    access_api,
+    catalog_api,
+    dashboard,
+    deployments_api,
+    feedback_api,
+    rules_api,
+    stow,
+    studies_api,
+)
 from hounsfield.registry.auth import Authenticator, require
 from hounsfield.registry.deps import SessionDep
 from hounsfield.registry.gate import RequestGate
@@ -123,7 +133,9 @@ def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = No
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         intake = None
         if settings.registry.stow_enabled:
-            intake = stow.StowIntake(settings, db, enqueue or Enqueuer(settings))
+            if app.state.enqueue is None:
+                app.state.enqueue = Enqueuer(settings)
+            intake = stow.StowIntake(settings, db, app.state.enqueue)
             intake.start()
             app.state.stow = intake
         metrics = intake.metrics.registry if intake is not None else CollectorRegistry()
@@ -160,10 +172,14 @@ def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = No
     app.state.stow = None
     app.state.metrics = None
     app.state.auth = authenticator
+    app.state.enqueue = enqueue
+    app.state.dashboard_sessions = None
     add_exception_handlers(app)
     routers = (access_api.router, catalog_api.router, rules_api.router, deployments_api.router, feedback_api.router)
     for router in (health, studies_api.studies, studies_api.jobs, studies_api.results, *routers):
         app.include_router(router)
+    if settings.registry.dashboard.enabled:
+        dashboard.install(app, settings, db)  # DashboardKeyMissing: registry.dashboard.session_key_env
     if settings.registry.stow_enabled:
         app.include_router(stow.router, dependencies=[Depends(require(Role.SENDER))])
 

@@ -64,7 +64,7 @@ def promote(
     settings: Settings = request.app.state.settings
     row = deployments.get_deployment(session, name)
     target = Stage(body.to) if body.to else None
-    if (target is Stage.CLINICAL or (target is None and row.stage is Stage.SHADOW)) and principal.role != Role.ADMIN:
+    if deployments.promotion_needs_admin(row.stage, target) and principal.role != Role.ADMIN:
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="promotion to clinical needs the admin role")
     return deployments.promote(
         session, principal, name, reason=body.reason, settings=settings, to=target, supersede=body.supersede

@@ -12,6 +12,11 @@ check answers 401. :class:`RequestGate` is ASGI middleware in front of every rou
 
 The principal found is left in the request's state; the routes' role checks
 (:func:`~hounsfield.registry.auth.require`) use it instead of asking the database again.
+
+The dashboard's paths (``/dashboard``, when ``app.state.dashboard_sessions`` is set) take a bearer
+credential as well, or else its session cookie (checked by the sessions object, the token looked up
+again); without either, a page (GET) is redirected to the sign-in form and anything else answered 401,
+again before the body is read. The sign-in form and the static files are open.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 from fastapi import HTTPException
 from starlette.concurrency import run_in_threadpool
 
-__all__ = ["OPEN_PATHS", "RequestGate"]
+__all__ = ["DASHBOARD_OPEN_PATHS", "DASHBOARD_PREFIX", "OPEN_PATHS", "RequestGate"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -34,6 +39,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 OPEN_PATHS = frozenset({"/health", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
 """Paths anyone may call (no body is read on any of them)."""
 STOW_PREFIX = "/dicomweb/"
+DASHBOARD_PREFIX = "/dashboard"
+DASHBOARD_OPEN_PATHS = frozenset({"/dashboard/sign-in"})
+"""Dashboard paths anyone may call (besides ``/dashboard/static/``): the sign-in form and its post."""
+_DASHBOARD_STATIC = "/dashboard/static/"
 
 
 async def _answer(send: Send, status: int, detail: object, headers: Mapping[str, str] | None = None) -> None:
@@ -51,6 +60,13 @@ def _bearer(scope: Scope) -> str | None:
             if scheme.lower() == "bearer" and credential.strip():
                 return credential.strip()
             return None
+    return None
+
+
+def _header(scope: Scope, wanted: bytes) -> str | None:
+    for name, value in scope.get("headers") or []:
+        if name == wanted:
+            return str(value.decode("latin-1"))
     return None
 
 
@@ -76,7 +92,11 @@ class RequestGate:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if path not in OPEN_PATHS:
+        sessions = getattr(scope["app"].state, "dashboard_sessions", None)
+        if sessions is not None and (path == DASHBOARD_PREFIX or path.startswith(DASHBOARD_PREFIX + "/")):
+            if not await self._dashboard_caller(scope, send, sessions):
+                return
+        elif path not in OPEN_PATHS:
             credential = _bearer(scope)
             if credential is None:
                 detail = "this needs a bearer credential (an API token or a JWT)"
@@ -92,6 +112,36 @@ class RequestGate:
             await self.app(scope, receive, send)
             return
         await self._bounded(scope, receive, send)
+
+    async def _dashboard_caller(self, scope: Scope, send: Send, sessions: Any) -> bool:
+        """Leave the dashboard's caller (and principal) in the state; False when the request was answered."""
+        path: str = scope["path"]
+        state = scope.setdefault("state", {})
+        credential = _bearer(scope)
+        if credential is not None:
+            try:
+                principal = await run_in_threadpool(scope["app"].state.auth.authenticate, credential)
+            except HTTPException as exc:
+                await _answer(send, exc.status_code, exc.detail, exc.headers)
+                return False
+            state["principal"] = principal
+            state["dashboard_caller"] = sessions.bearer_caller(principal)
+            return True
+        cookies = _header(scope, b"cookie")
+        caller = await run_in_threadpool(sessions.from_cookie_header, cookies) if cookies else None
+        if caller is not None:
+            state["principal"] = caller.principal
+            state["dashboard_caller"] = caller
+            return True
+        if path in DASHBOARD_OPEN_PATHS or path.startswith(_DASHBOARD_STATIC):
+            return True
+        if scope["method"] in ("GET", "HEAD"):
+            headers = [(b"location", b"/dashboard/sign-in"), (b"content-length", b"0"), (b"cache-control", b"no-store")]
+            await send({"type": "http.response.start", "status": 303, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return False
+        await _answer(send, 401, "sign in to the dashboard first (or send a bearer credential)")
+        return False
 
     async def _bounded(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Read the body up to the limit (413 beyond it), then hand it to the app in one message."""

@@ -1,6 +1,7 @@
 """API routes of what arrived and what was made: studies (with their path), jobs, results, withdrawals.
 
-Reading needs any reading role; withdrawing a job's results needs a radiologist or an administrator.
+Reading needs any reading role; withdrawing a job's results needs a radiologist or an administrator;
+retrying a failed job needs an administrator.
 Every read answered is logged, without patient data (:mod:`hounsfield.registry.read_log`).
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from hounsfield.access import READERS
-from hounsfield.db import JobState, Study, StudyState
+from hounsfield.db import JobState, Session, Study, StudyState
 from hounsfield.db.index import list_studies as study_rows
 from hounsfield.db.index import series_facts_rows, study_events
 from hounsfield.db.jobs import get_job as job_row
@@ -18,8 +19,9 @@ from hounsfield.db.jobs import list_results as result_rows
 from hounsfield.db.jobs import study_jobs
 from hounsfield.errors import NotFound
 from hounsfield.exporter.withdrawal import withdraw_job
+from hounsfield.queues import retry_job
 from hounsfield.registry.auth import require
-from hounsfield.registry.deps import Limit, Offset, Radiologist, SessionDep
+from hounsfield.registry.deps import Admin, Limit, Offset, Radiologist, SessionDep, enqueuer
 from hounsfield.registry.read_log import log_read
 from hounsfield.registry.schemas import (
     EventPublic,
@@ -32,7 +34,7 @@ from hounsfield.registry.schemas import (
     WithdrawRequest,
 )
 
-__all__ = ["jobs", "results", "studies"]
+__all__ = ["jobs", "results", "studies", "study_detail"]
 
 _readers = [Depends(require(*READERS))]
 studies = APIRouter(prefix="/studies", tags=["studies"], dependencies=_readers)
@@ -49,8 +51,8 @@ def list_studies(
     return found
 
 
-@studies.get("/{study_uid}", response_model=StudyDetail)
-def get_study(study_uid: str, session: SessionDep, http: Request) -> StudyDetail:
+def study_detail(session: Session, study_uid: str) -> StudyDetail:
+    """A study with its series, jobs and events (the dashboard shows the same); NotFound when unknown."""
     study = session.get(Study, study_uid)
     if study is None:
         raise NotFound("no study with this Study Instance UID")
@@ -58,12 +60,17 @@ def get_study(study_uid: str, session: SessionDep, http: Request) -> StudyDetail
         SeriesPublic.model_validate(s).model_copy(update={"instance_count": n})
         for s, n in series_facts_rows(session, study_uid)
     ]
-    detail = StudyDetail(
+    return StudyDetail(
         **StudyPublic.model_validate(study).model_dump(),
         series=series,
         jobs=[JobPublic.model_validate(j) for j in study_jobs(session, study_uid)],
         events=[EventPublic.model_validate(e) for e in study_events(session, study_uid)],
     )
+
+
+@studies.get("/{study_uid}", response_model=StudyDetail)
+def get_study(study_uid: str, session: SessionDep, http: Request) -> StudyDetail:
+    detail = study_detail(session, study_uid)
     log_read(http, 1)
     return detail
 
@@ -115,6 +122,17 @@ def withdraw_job_results(job_id: str, request: WithdrawRequest, caller: Radiolog
         principal=caller,
     )
     return WithdrawalPublic.model_validate(made)
+
+
+@jobs.post(
+    "/{job_id}/retry",
+    response_model=JobPublic,
+    responses={404: {"description": "no such job"}, 409: {"description": "it did not fail, or was superseded"}},
+)
+def retry_failed_job(job_id: str, caller: Admin, http: Request) -> JobPublic:
+    """Run a failed or timed-out job again (administrators): queued afresh, audited as ``job.retry``."""
+    job = retry_job(http.app.state.db, job_id, principal=caller, enqueue=enqueuer(http))
+    return JobPublic.model_validate(job)
 
 
 @results.get("", response_model=list[ResultPublic])

@@ -1,7 +1,8 @@
 """The documents' pictures: every image a document shows exists, and every picture in docs/images is shown.
 
 docs/images/ohif-lesion-result.png is OHIF showing the demo study's SEG and SR; tests/viewer/test_ohif.py
-makes it (``UPDATE_DOCS_IMAGES=1`` writes it here) and docs/radiologists.md shows it.
+makes it (``UPDATE_DOCS_IMAGES=1`` writes it here) and docs/radiologists.md shows it; the dashboard's pages
+(docs/images/dashboard-*.png) come from tests/e2e/test_dashboard.py the same way, and docs/dashboard.md shows them.
 """
 
 from __future__ import annotations
@@ -48,3 +49,11 @@ def test_the_viewer_picture_is_small() -> None:
     picture = IMAGES / "ohif-lesion-result.png"
     assert picture.is_file()
     assert picture.stat().st_size < 300_000
+
+
+def test_the_dashboard_pictures_are_there_and_small() -> None:
+    pictures = sorted(IMAGES.glob("dashboard-*.png"))
+    assert [p.name for p in pictures] == [
+        "dashboard-audit.png", "dashboard-deployment.png", "dashboard-overview.png", "dashboard-study.png"
+    ]  # fmt: skip
+    assert all(p.stat().st_size < 300_000 for p in pictures)
