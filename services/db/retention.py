@@ -32,8 +32,8 @@ __all__ = [
     "delete_audit_before",
     "finished_jobs_before",
     "indexed_paths",
+    "recent_purges",
     "retention_facts",
-    "study_state_counts",
 ]
 
 ACTIVE_JOB_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.EXPORTING, JobState.WAITING)
@@ -119,12 +119,6 @@ def retention_facts(session: Session) -> list[StudyRetentionFacts]:
     return facts
 
 
-def study_state_counts(session: Session) -> dict[str, int]:
-    """How many studies are in each state."""
-    rows = session.execute(select(Study.state, func.count()).group_by(Study.state))
-    return {StudyState(state).value: int(n) for state, n in rows}
-
-
 def claim_study_purge(
     session: Session, study_uid: str, *, last_received_at: datetime, detail: dict[str, Any]
 ) -> list[tuple[str, int]] | None:
@@ -185,3 +179,9 @@ def delete_audit_before(session: Session, before: datetime) -> tuple[int, int]:
     events = cast(CursorResult[Any], session.execute(delete(Event).where(Event.at < before)))
     audit = cast(CursorResult[Any], session.execute(delete(AuditEntry).where(AuditEntry.at < before)))
     return int(events.rowcount), int(audit.rowcount)
+
+
+def recent_purges(session: Session, *, limit: int) -> Sequence[Event]:
+    """The latest ``purged`` events (the retention view's history), newest first."""
+    query = select(Event).where(Event.actor == "retention", Event.kind == "purged")
+    return session.scalars(query.order_by(Event.id.desc()).limit(limit)).all()

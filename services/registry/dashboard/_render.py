@@ -53,8 +53,8 @@ NAV: list[NavEntry] = [
     NavEntry("Results", "/dashboard/results", READERS),
     NavEntry("Models", "/dashboard/models", READERS),
     NavEntry("Feedback", "/dashboard/feedback", READERS),
+    NavEntry("Retention", "/dashboard/retention", READERS),
     NavEntry("Audit log", "/dashboard/audit", ()),
-    # The retention view goes here (a NavEntry and its route), once its data exists.
 ]
 """The pages in the navigation, in order."""
 

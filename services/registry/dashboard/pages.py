@@ -18,6 +18,8 @@ from hounsfield.db.access import list_audit
 from hounsfield.db.feedback import feedback_rows
 from hounsfield.db.index import list_studies, study_state_counts
 from hounsfield.db.jobs import RETRYABLE, get_job, job_state_counts, list_jobs, list_results_of_studies
+from hounsfield.db.retention import recent_purges
+from hounsfield.drift import DriftStatus, evaluate
 from hounsfield.errors import NotFound
 from hounsfield.feedback import summarise
 from hounsfield.registry.access_api import AuditPublic
@@ -27,6 +29,8 @@ from hounsfield.registry.deps import SessionDep
 from hounsfield.registry.read_log import log_read
 from hounsfield.registry.schemas import FeedbackPublic, JobPublic, ResultPublic, StudyPublic
 from hounsfield.registry.studies_api import study_detail
+from hounsfield.retention import keep_policy, plan_purge
+from hounsfield.store import StudyStore
 
 __all__ = ["router"]
 
@@ -137,8 +141,14 @@ def models_page(request: Request, session: SessionDep, caller: ReaderCaller) -> 
             groups[key].append(model)
     catalogued = {m.name for m in filed}
     unfiled = [d for name, ds in sorted(by_model.items()) if name not in catalogued for d in ds]
+    drift_settings = request.app.state.settings.drift
+    drift: dict[tuple[str, str], DriftStatus] = {}
+    for deployment in (d for ds in by_model.values() for d in ds):
+        key = (deployment.model, deployment.version)
+        if key not in drift:  # each version read once: at most reference_jobs + window_jobs profiles
+            drift[key] = evaluate(session, drift_settings, *key)
     context = {"use_cases": use_cases, "groups": dict(sorted(groups.items())), "deployments": by_model}
-    return render(request, "models.html", {**context, "unfiled": unfiled})
+    return render(request, "models.html", {**context, "unfiled": unfiled, "drift": drift})
 
 
 @router.get("/deployments/{name}", response_class=HTMLResponse)
@@ -175,3 +185,22 @@ def audit_page(
     paging = _paging(request, page, size)
     rows = [AuditPublic.model_validate(a) for a in list_audit(session, limit=paging.fetch, offset=paging.offset)]
     return render(request, "audit.html", _paged("entries", rows, paging))
+
+
+@router.get("/retention", response_class=HTMLResponse)
+def retention_page(request: Request, session: SessionDep, caller: ReaderCaller) -> HTMLResponse:
+    """The study store's disk and marks, the retention policy, what a purge would take now (a dry run:
+    nothing is deleted) and the latest purges."""
+    settings = request.app.state.settings
+    plan = plan_purge(settings, request.app.state.db, StudyStore(settings.data_dir).root)
+    shown = settings.registry.dashboard.page_size
+    purges = recent_purges(session, limit=shown)
+    log_read(request, min(len(plan.candidates), shown) + len(purges))
+    context = {
+        "plan": plan,
+        "candidates": plan.candidates[:shown],
+        "policy": keep_policy(settings),
+        "retention": settings.retention,
+        "purges": purges,
+    }
+    return render(request, "retention.html", context)

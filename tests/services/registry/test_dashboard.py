@@ -17,7 +17,7 @@ from hounsfield.access import Principal, Role, revoke_token
 from hounsfield.catalog import prepare_database
 from hounsfield.catalog.models import create_model
 from hounsfield.catalog.schemas import ModelCreate
-from hounsfield.config import Settings
+from hounsfield.config import RetentionSettings, Settings
 from hounsfield.contracts import StudyComplete
 from hounsfield.db import Database, Job, JobState
 from hounsfield.db.access import list_audit, token_by_name
@@ -27,8 +27,11 @@ from hounsfield.feedback import give_feedback
 from hounsfield.registry.app import create_app
 from hounsfield.registry.dashboard.sessions import COOKIE
 from hounsfield.registry.read_log import READS_LOGGER
+from hounsfield.retention import Purger
 from hounsfield.router.routing import Router
+from hounsfield.store import StudyStore
 from tests.conftest import TEST_PRINCIPAL
+from tests.services.drift.profiled import SMALL_WINDOWS, ProfiledJobs
 from tests.services.registry.test_auth import AUDIENCE, ISSUER, _jwt, provider
 from tests.support import bearer, index_series
 
@@ -467,3 +470,64 @@ def test_results_feedback_and_models_pages_show_what_the_api_holds(settings: Set
     assert HOSTILE not in feedback and "&lt;script&gt;" in feedback
     models = client.get("/dashboard/models", headers=viewer).text
     assert "CT lesions" in models and 'href="/dashboard/deployments/ct-lesion-seg"' in models
+
+
+def test_models_page_badges_each_deployed_versions_input_drift(settings: Settings, tokens: dict[Role, str]) -> None:
+    declared = settings.deployments[0].model_copy(update={"model_name": "ct-lesion-seg", "model_version": "1.0.0"})
+    settings = settings.model_copy(update={"deployments": [declared], "drift": SMALL_WINDOWS})
+    db = Database(settings.sqlalchemy_url)
+    prepare_database(db, settings)
+    jobs = ProfiledJobs(settings, db, "ct-lesion-seg", "1.0.0")
+    client, _ = _app(settings)
+    viewer = bearer(tokens[Role.VIEWER])
+
+    def badge() -> str:
+        page = client.get("/dashboard/models", headers=viewer)
+        assert page.status_code == 200, page.text
+        found = re.search(r'<span class="drift drift-(\w+)"[^>]*>([^<]+)</span>( <small>([^<]*)</small>)?', page.text)
+        assert found is not None, page.text
+        return f"{found.group(1)}: {found.group(2)}" + (f" ({found.group(4)})" if found.group(4) else "")
+
+    assert badge() == "not_enough_data: too few jobs"
+    jobs.run(SMALL_WINDOWS.reference_jobs + SMALL_WINDOWS.window_jobs)
+    assert badge() == "ok: no drift"
+    jobs.run(SMALL_WINDOWS.window_jobs, slice_thickness_mm=(5.0,))
+    assert badge() == "drifting: input drift (slice_thickness_mm)"
+    db.dispose()
+
+
+def test_retention_view_shows_the_disk_the_policy_what_a_purge_would_take_and_the_purges(
+    settings: Settings, tokens: dict[Role, str]
+) -> None:
+    # Marks this machine's disk cannot pass (what the plan takes must not depend on how full it is).
+    marks = {"high_water_percent": 100, "low_water_percent": 99, "floor_margin_mb": 0}
+    retention = RetentionSettings(keep_days=1e-6, sources={"OTHER": 90}, **marks)
+    settings = settings.model_copy(update={"retention": retention})
+    job = _routed_study(settings)
+    client, _ = _app(settings)
+    assert client.get("/dashboard/retention").headers["location"] == "/dashboard/sign-in"
+    viewer = bearer(tokens[Role.VIEWER])
+
+    page = client.get("/dashboard/retention", headers=viewer)
+    assert page.status_code == 200, page.text
+    assert re.search(r'<meter id="used" min="0" max="100" low="99" high="100"', page.text)
+    assert "<strong>off</strong>" in page.text and "<dt>source OTHER</dt><dd>90 days</dd>" in page.text
+    assert "job active 1" in page.text, "a study with a queued job is never purged"
+    assert f"/dashboard/studies/{STUDY}" not in page.text
+
+    db = Database(settings.sqlalchemy_url)
+    with db.session() as session:
+        finish_job(session, job.id, JobState.DONE, {"inference": 1.0})
+    time.sleep(0.2)  # its keep (1e-6 days: 86 ms) over
+    page = client.get("/dashboard/retention", headers=viewer).text
+    plan = page[page.index('id="plan"') : page.index('id="purges"')]
+    assert f"/dashboard/studies/{STUDY}" in plan and "<td>expired</td>" in plan and "1e-06 (default)" in plan
+    assert "None yet." in page, "a dry run deletes nothing"
+
+    report = Purger(settings, db, StudyStore(settings.data_dir)).purge()
+    db.dispose()
+    assert report.studies == {"expired": 1} and report.failures == 0
+    page = client.get("/dashboard/retention", headers=viewer).text
+    purges = page[page.index('id="purges"') :]
+    assert f"/dashboard/studies/{STUDY}" in purges and "<td>expired</td>" in purges and "None yet." not in purges
+    assert "Nothing." in page[page.index('id="plan"') : page.index('id="purges"')]
