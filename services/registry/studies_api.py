@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from hounsfield.access import READERS
+from hounsfield.config import Settings
 from hounsfield.db import JobState, Study, StudyState
 from hounsfield.db.index import list_studies as study_rows
 from hounsfield.db.index import series_facts_rows, study_events
@@ -18,6 +19,7 @@ from hounsfield.db.jobs import list_results as result_rows
 from hounsfield.db.jobs import study_jobs
 from hounsfield.errors import NotFound
 from hounsfield.exporter.withdrawal import withdraw_job
+from hounsfield.logs import study_correlation_id
 from hounsfield.registry.auth import require
 from hounsfield.registry.deps import Limit, Offset, Radiologist, SessionDep
 from hounsfield.registry.read_log import log_read
@@ -58,8 +60,10 @@ def get_study(study_uid: str, session: SessionDep, http: Request) -> StudyDetail
         SeriesPublic.model_validate(s).model_copy(update={"instance_count": n})
         for s, n in series_facts_rows(session, study_uid)
     ]
+    settings: Settings = http.app.state.settings
     detail = StudyDetail(
         **StudyPublic.model_validate(study).model_dump(),
+        correlation_id=study_correlation_id(study_uid, settings.log_correlation_key),
         series=series,
         jobs=[JobPublic.model_validate(j) for j in study_jobs(session, study_uid)],
         events=[EventPublic.model_validate(e) for e in study_events(session, study_uid)],

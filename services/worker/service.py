@@ -40,6 +40,7 @@ def run(settings: Settings) -> None:
     try:
         app.worker_main(
             [
+                "--quiet",  # no banner on stdout: every line of the worker is a log record
                 "worker",
                 "--pool=solo",
                 f"--queues={','.join(settings.worker.queues)}",
