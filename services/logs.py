@@ -227,14 +227,8 @@ class JsonLineFormatter(JsonFormatter):
         super().__init__(json_ensure_ascii=True)
         self._process = process
 
-    def format(self, record: logging.LogRecord) -> str:
-        cached, record.exc_text = record.exc_text, None  # another handler may have cached the unredacted text
-        try:
-            return super().format(record)
-        finally:
-            record.exc_text = cached
-
     def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        # Called for every record with an exception: a text another handler cached on it is never reused.
         redacted = _redacted_traceback(ei)
         return str(super().formatException(ei)) if redacted is None else redacted
 
