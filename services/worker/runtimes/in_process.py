@@ -25,6 +25,7 @@ import ctypes
 import ctypes.util
 import gc
 import importlib
+import io
 import logging
 import multiprocessing
 import os
@@ -103,20 +104,26 @@ def _serve(app_class: Any, jobs: Connection, workers_end: Connection, parent: in
 
 @contextlib.contextmanager
 def _output_to(path: str) -> Iterator[None]:
-    """This process's standard output and error (its file descriptors: native code writes there too) to
-    ``path`` while a run lasts; to /dev/null between runs."""
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+    """This process's standard output and error to ``path`` while a run lasts, to /dev/null between runs:
+    its file descriptors (native code writes there) and Python's ``sys.stdout`` and ``sys.stderr`` (which the
+    worker's Celery, or a test runner, may have replaced with objects of their own)."""
+    saved = sys.stdout, sys.stderr
+    for stream in saved:
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    text = io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), errors="backslashreplace", line_buffering=True)
     try:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
+        sys.stdout = sys.stderr = text
         yield
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
+        with contextlib.suppress(OSError, ValueError):
+            text.flush()
+        sys.stdout, sys.stderr = saved
         _silence()
+        text.close()
         os.close(fd)
 
 
