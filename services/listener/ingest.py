@@ -509,14 +509,14 @@ class JournaledStore:
             ready.append(entry)
         errors = self._record([entry.item for entry in ready]) if ready else []
         for entry, error in zip(ready, errors, strict=True):
-            if error is not None:
-                with log_context(study_uid=entry.item.study_instance_uid):
+            with log_context(study_uid=entry.item.study_instance_uid):  # one instance after another, any study
+                if error is not None:
                     logger.error(
                         "instance not indexed (%s); the journal keeps it for the next start", type(error).__name__
                     )
-                self._hold(entry.seq)
-                continue
-            self.tracker.instance_received(entry.key, entry.item.study_instance_uid, entry.item.calling_ae)
+                    self._hold(entry.seq)
+                    continue
+                self.tracker.instance_received(entry.key, entry.item.study_instance_uid, entry.item.calling_ae)
         with self._queued:
             self._pending_bytes -= written
             self._applied_seq = max([self._applied_seq, *(entry.seq for entry in batch)])
