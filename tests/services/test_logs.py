@@ -254,3 +254,13 @@ def test_threads_carry_their_own_study_and_never_an_earlier_one() -> None:
             assert line["study"] == study_correlation_id(f"1.2.3.{line['message'][-1]}"), line
         else:
             assert line["study"] is None and line["job"] is None, line
+
+
+def test_a_json_line_logged_with_its_stack_carries_it_and_nothing_a_caller_attached() -> None:
+    stream = io.StringIO()
+    setup_logging("INFO", "worker", stream=stream)
+    name = "Doe^" + "Jane"  # not in the source line the stack quotes
+    logging.getLogger("hounsfield.worker").info("here", stack_info=True, extra={"patient_name": name})
+    (line,) = _json_lines(stream)
+    assert line["stack"].startswith("Stack (most recent call last):") and "test_logs.py" in line["stack"]
+    assert "patient_name" not in line and "Doe^Jane" not in stream.getvalue(), "no extra field is written"
