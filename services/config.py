@@ -767,6 +767,14 @@ class Settings(BaseSettings):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     deployments: list[DeploymentSettings] = Field(default_factory=list)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    """``json``: one JSON object per line (time, level, process, logger, message, correlation ids,
+    exception; docs/logs.md), for a log collector. ``text``: one readable line, for a person at a terminal."""
+    log_correlation_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """The name of an environment variable holding the key of study correlation ids (at least 16
+    characters, the same in every process of the installation). Unset: the key is ``uid_root``, so whoever
+    holds the configuration and a Study Instance UID can compute the study's id; with a secret key only
+    its holders can (docs/logs.md)."""
 
     @classmethod
     def settings_customise_sources(
@@ -794,6 +802,22 @@ class Settings(BaseSettings):
                         f"{destination!r}; configured: {sorted(self.destinations) or 'none'}"
                     )
         return self
+
+    @model_validator(mode="after")
+    def _correlation_key_present(self) -> Settings:
+        if self.log_correlation_key_env is not None and len(os.environ.get(self.log_correlation_key_env, "")) < 16:
+            raise ValueError(
+                f"log_correlation_key_env: environment variable {self.log_correlation_key_env} must hold "
+                "at least 16 characters"
+            )
+        return self
+
+    @property
+    def log_correlation_key(self) -> bytes:
+        """The key of study correlation ids (:func:`hounsfield.logs.study_correlation_id`)."""
+        if self.log_correlation_key_env is not None:
+            return os.environ[self.log_correlation_key_env].encode()
+        return self.uid_root.encode()
 
     @property
     def sqlalchemy_url(self) -> str:

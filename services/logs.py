@@ -1,24 +1,52 @@
-"""Process logging: one line per record on stderr. Never log patient names or IDs.
+"""Process logging: one JSON object per line (or one text line) per record. Never log patient names or IDs.
 
 Values a peer controls (a calling AE title, a UID, a header value) reach log messages; a newline or
-another control character in one could forge a line of its own. :class:`OneLineFormatter` writes every
-control character of a message escaped (``\\n``, ``\\x1b``), so one record is always one line; only a
-traceback that our own code logged with the record follows on lines of its own.
+another control character in one could forge a line of its own. Both formatters write every control
+character of a message escaped (``\\n``, ``\\x1b``), so one record is always one line:
+:class:`JsonLineFormatter` (``log_format: json``, the services' default) writes one JSON object per
+record, its traceback a field of it; :class:`OneLineFormatter` (``log_format: text``, for a person at a
+terminal) writes one text line, only a traceback that our own code logged following on lines of its own.
+
+Correlation ids (:func:`log_context`) travel with :mod:`contextvars`: the study a line concerns (a
+pseudonym of its Study Instance UID, :func:`study_correlation_id`, never the UID itself), the job, and
+the registry request. Threads do not inherit them: a thread that works for a study sets its own.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
-from typing import Any, TextIO
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Literal, TextIO
+
+from pythonjsonlogger.json import JsonFormatter
 
 from hounsfield.errors import HounsfieldError
 
-__all__ = ["OneLineFormatter", "Throttle", "escape_controls", "setup_logging"]
+__all__ = [
+    "DEFAULT_CORRELATION_KEY",
+    "JsonLineFormatter",
+    "LogContext",
+    "LogFormat",
+    "OneLineFormatter",
+    "Throttle",
+    "current_log_context",
+    "escape_controls",
+    "log_context",
+    "setup_logging",
+    "study_correlation_id",
+]
+
+LogFormat = Literal["json", "text"]
 
 _CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
 _CONTROLS |= {code: f"\\u{code:04x}" for code in (0x85, 0x2028, 0x2029)}  # line breaks beyond ASCII
@@ -27,6 +55,78 @@ _CONTROLS |= {code: f"\\u{code:04x}" for code in (0x85, 0x2028, 0x2029)}  # line
 def escape_controls(text: str) -> str:
     """``text`` with every control character (and Unicode line break) written as an escape."""
     return text.translate(_CONTROLS)
+
+
+DEFAULT_CORRELATION_KEY = b"1.2.826.0.1.3680043.10.1392."
+"""The key of study correlation ids in a process whose logging was not set up (the default ``uid_root``)."""
+
+
+@dataclass(frozen=True)
+class LogContext:
+    """The correlation ids a log line carries: ``study`` (:func:`study_correlation_id`), ``job`` (the job's
+    id), ``request`` (the registry request's id). None: the line concerns none."""
+
+    study: str | None = None
+    job: str | None = None
+    request: str | None = None
+
+
+_CONTEXT: ContextVar[LogContext] = ContextVar("hounsfield_log_context", default=LogContext())  # noqa: B039 - frozen
+
+
+class _Correlation:
+    """The process's key for study correlation ids, set by :func:`setup_logging` with the logging itself."""
+
+    key: bytes = DEFAULT_CORRELATION_KEY
+
+
+def study_correlation_id(study_uid: str, key: bytes | None = None) -> str:
+    """A study's correlation id: the first 20 hex digits of HMAC-SHA256(key, Study Instance UID).
+
+    Stable (the same study, the same id, in every process of an installation) and pseudonymous: the UID
+    cannot be read back from it, while whoever holds the UID and the key computes it to find the study's
+    lines (``hounsfield logs study-id UID``, the registry's study detail). ``key``: the installation's
+    (``Settings.log_correlation_key``); None: this process's, as :func:`setup_logging` set it.
+    """
+    digest = hmac.new(
+        key if key is not None else _Correlation.key, study_uid.encode("ascii", "replace"), hashlib.sha256
+    )
+    return digest.hexdigest()[:20]
+
+
+def current_log_context() -> LogContext:
+    """The correlation ids of this thread's (or task's) log lines now."""
+    return _CONTEXT.get()
+
+
+class _Keep:
+    """The default of :func:`log_context`'s fields: keep the enclosing context's value."""
+
+
+_KEEP: Any = _Keep()
+
+
+@contextmanager
+def log_context(
+    *, study_uid: str | None = _KEEP, study: str | None = _KEEP, job: str | None = _KEEP, request: str | None = _KEEP
+) -> Iterator[LogContext]:
+    """Log lines within carry these correlation ids; the enclosing ones come back after.
+
+    ``study_uid``: the study's Study Instance UID, logged only as its :func:`study_correlation_id`;
+    ``study``: a correlation id already made (one that travelled in a queue message). A field not given
+    keeps the enclosing context's value; None clears it.
+    """
+    fields: dict[str, str | None] = {}
+    if study_uid is not _KEEP:
+        fields["study"] = None if study_uid is None else study_correlation_id(study_uid)
+    for name, value in (("study", study), ("job", job), ("request", request)):
+        if value is not _KEEP:
+            fields[name] = value
+    token = _CONTEXT.set(replace(_CONTEXT.get(), **fields))
+    try:
+        yield _CONTEXT.get()
+    finally:
+        _CONTEXT.reset(token)
 
 
 _WITHHELD = "(message withheld: it may hold patient data)"
@@ -64,12 +164,36 @@ def _redact_next(summary: traceback.TracebackException | None, exc: BaseExceptio
         _redact(summary, exc, seen)
 
 
+def _redacted_traceback(ei: Any) -> str | None:
+    """The traceback of ``ei`` with foreign exceptions' messages withheld (see :class:`OneLineFormatter`)."""
+    exc_type, exc, tb = ei
+    if exc is None:
+        return None
+    summary = traceback.TracebackException(exc_type, exc, tb)
+    _redact(summary, exc, set())
+    return "".join(summary.format()).rstrip("\n")
+
+
+class _ContextFields(logging.Filter):
+    """Puts the emitting thread's correlation ids on the record (``record.log_context``), unless it has some."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(getattr(record, "log_context", None), LogContext):
+            record.log_context = _CONTEXT.get()
+        return True
+
+
+def _context_of(record: logging.LogRecord) -> LogContext:
+    context = getattr(record, "log_context", None)
+    return context if isinstance(context, LogContext) else _CONTEXT.get()
+
+
 class OneLineFormatter(logging.Formatter):
     """A formatter whose messages are one line each, whatever the values in them.
 
     A logged traceback keeps its frames (file, line, code: never data) and the messages of our own
     errors; other exceptions' messages are withheld, since a library's message may quote the patient
-    value it could not decode.
+    value it could not decode. The record's correlation ids follow the message in brackets.
     """
 
     def format(self, record: logging.LogRecord) -> str:
@@ -81,15 +205,51 @@ class OneLineFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         record.message = escape_controls(record.message)
-        return super().formatMessage(record)
+        context = _context_of(record)
+        ids = " ".join(f"{name}={value}" for name, value in vars(context).items() if value is not None)
+        return super().formatMessage(record) + (f" [{escape_controls(ids)}]" if ids else "")
 
     def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
-        exc_type, exc, tb = ei
-        if exc is None:
-            return super().formatException(ei)
-        summary = traceback.TracebackException(exc_type, exc, tb)
-        _redact(summary, exc, set())
-        return "".join(summary.format()).rstrip("\n")
+        redacted = _redacted_traceback(ei)
+        return super().formatException(ei) if redacted is None else redacted
+
+
+class JsonLineFormatter(JsonFormatter):
+    """One JSON object per record, on one line (python-json-logger's encoder, ASCII only, so no character of
+    a value can break the line): ``time`` (ISO 8601, UTC), ``level``, ``process`` (listener, worker,
+    registry, ...), ``pid``, ``thread``, ``logger``, ``message`` (control characters escaped as in the text
+    format), ``study``, ``job``, ``request`` (correlation ids, null when the line concerns none) and, when
+    the record has one, ``exception`` (the traceback, redacted as :class:`OneLineFormatter` redacts it).
+    Nothing else of the record is written: no ``extra`` a caller attached.
+    """
+
+    def __init__(self, process: str) -> None:
+        super().__init__(json_ensure_ascii=True)
+        self._process = process
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        # Called for every record with an exception: a text another handler cached on it is never reused.
+        redacted = _redacted_traceback(ei)
+        return str(super().formatException(ei)) if redacted is None else redacted
+
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
+        context = _context_of(record)
+        log_data.update(
+            time=datetime.fromtimestamp(record.created, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            level=record.levelname,
+            process=self._process,
+            pid=record.process,
+            thread=record.threadName,
+            logger=record.name,
+            message=escape_controls(record.message),
+            study=context.study,
+            job=context.job,
+            request=context.request,
+        )
+        if message_dict.get("exc_info"):
+            log_data["exception"] = message_dict["exc_info"]
+        if message_dict.get("stack_info"):
+            log_data["stack"] = message_dict["stack_info"]
 
 
 class _LibraryValuesWithheld(logging.Filter):
@@ -105,10 +265,28 @@ class _LibraryValuesWithheld(logging.Filter):
         return True
 
 
-def setup_logging(level: str = "INFO", process: str = "hounsfield", *, stream: TextIO | None = None) -> None:
+def setup_logging(
+    level: str = "INFO",
+    process: str = "hounsfield",
+    *,
+    stream: TextIO | None = None,
+    log_format: LogFormat = "json",
+    correlation_key: bytes | None = None,
+) -> None:
+    """Every record of this process to ``stream`` (stderr), one line each, in ``log_format``.
+
+    ``correlation_key``: the installation's key of study correlation ids (``Settings.log_correlation_key``);
+    every process of an installation must have the same, or a study's lines would not share an id.
+    """
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(OneLineFormatter(f"%(asctime)s {process} %(levelname)s %(name)s: %(message)s"))
+    if log_format == "json":
+        handler.setFormatter(JsonLineFormatter(process))
+    else:
+        handler.setFormatter(OneLineFormatter(f"%(asctime)s {process} %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_LibraryValuesWithheld())
+    handler.addFilter(_ContextFields())
+    if correlation_key is not None:
+        _Correlation.key = correlation_key
     root = logging.getLogger()
     root.handlers[:] = [handler]
     # A library's warnings reach stderr through the same filter, on one line (captured afresh: whoever

@@ -18,11 +18,14 @@ from hounsfield.config import Settings
 from hounsfield.db import Database, Job
 from hounsfield.db.jobs import get_job, requeue_failed_job
 from hounsfield.errors import Conflict, NotFound
+from hounsfield.logs import study_correlation_id
 
-__all__ = ["EXPORT_JOB_TASK", "QUEUES", "RUN_JOB_TASK", "Enqueuer", "make_celery", "retry_job"]
+__all__ = ["EXPORT_JOB_TASK", "QUEUES", "RUN_JOB_TASK", "STUDY_HEADER", "Enqueuer", "make_celery", "retry_job"]
 
 QUEUES = ("stat", "routine", "batch")
 RUN_JOB_TASK = "hounsfield.run_job"
+STUDY_HEADER = "hounsfield_study"
+"""The message header that carries the job's study correlation id (:func:`hounsfield.logs.study_correlation_id`)."""
 EXPORT_JOB_TASK = "hounsfield.export_job"
 _TASKS_MODULE = "hounsfield.worker.tasks"
 """Where a worker finds the tasks (imported by name when the worker starts; senders never import it)."""
@@ -62,9 +65,12 @@ class Enqueuer:
 
     def __init__(self, settings: Settings) -> None:
         self._app = make_celery(settings)
+        self._correlation_key = settings.log_correlation_key
 
     def __call__(self, job: Job) -> None:
-        self._app.send_task(RUN_JOB_TASK, args=[job.id], queue=job.queue)
+        # The study's correlation id travels beside the job's id, so that the worker's lines carry both.
+        headers = {STUDY_HEADER: study_correlation_id(job.study_instance_uid, self._correlation_key)}
+        self._app.send_task(RUN_JOB_TASK, args=[job.id], queue=job.queue, headers=headers)
 
 
 def retry_job(db: Database, job_id: str, *, principal: Principal, enqueue: Callable[[Job], None]) -> Job:

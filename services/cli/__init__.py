@@ -6,7 +6,7 @@
   ``deployments``; :mod:`~hounsfield.cli.results`: ``results``; :mod:`~hounsfield.cli.feedback`:
   ``feedback``; :mod:`~hounsfield.cli.store`: ``store`` (status, purge);
   :mod:`~hounsfield.cli.database`: ``db``; :mod:`~hounsfield.cli.maps`: ``map`` (new,
-  validate, run, package, publish).
+  validate, run, package, publish); :mod:`~hounsfield.cli.logs`: ``logs`` (a study's correlation id).
 
 Commands import what they run when they run, so that ``hounsfield --help`` and ``hounsfield echo``
 (the listener's readiness probe, every few seconds) start quickly.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import typer
 
-from hounsfield.cli import access, catalog, database, feedback, maps, results, services, store
+from hounsfield.cli import access, catalog, database, feedback, logs, maps, results, services, store
 
 __all__ = ["app", "main"]
 
@@ -35,6 +35,7 @@ app.add_typer(results.results, name="results")
 app.add_typer(feedback.feedback, name="feedback")
 app.add_typer(maps.maps, name="map")
 app.add_typer(store.store, name="store")
+app.add_typer(logs.logs, name="logs")
 
 
 def main() -> None:

@@ -51,7 +51,9 @@ def settings_or_exit(config: Path | None, process: str, **overrides: object) -> 
     except ConfigurationInvalid as exc:
         err.print(f"[red]{exc}[/red]", highlight=False)
         raise typer.Exit(2) from exc
-    setup_logging(settings.log_level, process)
+    setup_logging(
+        settings.log_level, process, log_format=settings.log_format, correlation_key=settings.log_correlation_key
+    )
     return settings
 
 

@@ -76,6 +76,7 @@ def registry(
         host=host or settings.registry.host,
         port=port or settings.registry.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's lines go through this process's logging (one format, redacted)
         access_log=False,
     )
 
@@ -157,7 +158,7 @@ def demo(
     from hounsfield.demo.run import DemoFailed, print_summary, run_demo
     from hounsfield.errors import HounsfieldError
 
-    setup_logging("WARNING", "demo")
+    setup_logging("WARNING", "demo", log_format="text")  # a person at a terminal; the services log JSON
     deployments = None
     if map_target is not None:
         from hounsfield.maps.running import demo_deployment

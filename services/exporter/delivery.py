@@ -33,6 +33,7 @@ def deliver(paths: Sequence[Path], destination: DestinationSettings, *, calling_
                 store_once(paths, destination)
             else:
                 send_once(paths, destination, calling_ae)
+            logger.info("%d object(s) delivered to %s (attempt %d)", len(paths), destination.label, attempt)
             return attempt
         except ExportFailed as exc:
             raise ExportFailed(f"export to {destination.label}: {exc}") from exc

@@ -24,6 +24,7 @@ from collections.abc import Callable, Hashable, Iterable
 
 from hounsfield.contracts import CompletionTrigger, StudyComplete
 from hounsfield.listener.source_count import SourceCounter
+from hounsfield.logs import log_context
 
 __all__ = ["CompletenessTracker"]
 
@@ -122,10 +123,11 @@ class CompletenessTracker:
     def _emit(self, study_uid: str, trigger: CompletionTrigger, calling_ae: str) -> None:
         if self._source_counts is not None and trigger != "source-count":
             self._source_counts.forget(study_uid)
-        try:
-            self._on_complete(StudyComplete(study_instance_uid=study_uid, trigger=trigger, calling_ae=calling_ae))
-        except Exception:  # the callback belongs to another room: never kill the tracker
-            logger.exception("study completion handler failed")
+        with log_context(study_uid=study_uid):  # the timer's thread works for one study after another
+            try:
+                self._on_complete(StudyComplete(study_instance_uid=study_uid, trigger=trigger, calling_ae=calling_ae))
+            except Exception:  # the callback belongs to another room: never kill the tracker
+                logger.exception("study completion handler failed")
 
     def _watch(self) -> None:
         tick = min(1.0, self._quiet_period_s / 4)

@@ -46,6 +46,7 @@ from hounsfield.db.group_commit import DatabaseUnavailable, GroupCommit
 from hounsfield.db.index import IndexedInstance, indexed_digests
 from hounsfield.listener.completeness import CompletenessTracker
 from hounsfield.listener.journal import Journal, JournalEntry, JournalLocation
+from hounsfield.logs import log_context
 from hounsfield.store import StoredInstance, StoreFull, StudyStore, move_durably, sha256_file
 
 __all__ = ["JournaledStore"]
@@ -518,7 +519,8 @@ class JournaledStore:
                 except OSError as exc:
                     # Durable in the journal, which keeps it (no checkpoint passes it): the next start
                     # replays it. It stays reserved until then.
-                    logger.error("could not write an instance file from the journal: %s", exc.strerror or exc)
+                    with log_context(study_uid=entry.item.study_instance_uid):
+                        logger.error("could not write an instance file from the journal: %s", exc.strerror or exc)
                     self._hold(entry.seq)
                     continue
                 with self._place_lock:
@@ -527,11 +529,14 @@ class JournaledStore:
             ready.append(entry)
         errors = self._record([entry.item for entry in ready]) if ready else []
         for entry, error in zip(ready, errors, strict=True):
-            if error is not None:
-                logger.error("instance not indexed (%s); the journal keeps it for the next start", type(error).__name__)
-                self._hold(entry.seq)
-                continue
-            self.tracker.instance_received(entry.key, entry.item.study_instance_uid, entry.item.calling_ae)
+            with log_context(study_uid=entry.item.study_instance_uid):  # one instance after another, any study
+                if error is not None:
+                    logger.error(
+                        "instance not indexed (%s); the journal keeps it for the next start", type(error).__name__
+                    )
+                    self._hold(entry.seq)
+                    continue
+                self.tracker.instance_received(entry.key, entry.item.study_instance_uid, entry.item.calling_ae)
         applied = [entry for entry, error in zip(ready, errors, strict=True) if error is None]
         with self._place_lock:  # what failed stays in the journal, unapplied, for the next start
             for entry in applied:

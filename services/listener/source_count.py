@@ -25,6 +25,7 @@ from hounsfield.config import Settings, SourceSettings
 from hounsfield.db import Database
 from hounsfield.db.index import study_instance_count
 from hounsfield.listener.qr_client import QueryRetrieveClient, RetrieveError
+from hounsfield.logs import log_context
 
 __all__ = ["SourceCounter"]
 
@@ -130,10 +131,11 @@ class SourceCounter:
             with self._lock:
                 due = [(uid, p.generation) for uid, p in self._pending.items()]
             for uid, generation in due:
-                try:
-                    self._check(uid, generation)
-                except Exception:  # the index or the network: log and keep watching the other studies
-                    logger.exception("source count check failed")
+                with log_context(study_uid=uid):  # this thread looks at one study after another
+                    try:
+                        self._check(uid, generation)
+                    except Exception:  # the index or the network: log and keep watching the other studies
+                        logger.exception("source count check failed")
             self._stop.wait(self._interval_s)
 
     def _ask(self, uid: str, source: str, calling_ae: str) -> _Expected:

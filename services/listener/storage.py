@@ -35,7 +35,7 @@ from hounsfield.listener.completeness import CompletenessTracker
 from hounsfield.listener.header import DatasetMalformed, SyntaxNotStored, dataset_text, read_values
 from hounsfield.listener.ingest import JournaledStore
 from hounsfield.listener.metrics import ListenerMetrics
-from hounsfield.logs import Throttle
+from hounsfield.logs import Throttle, log_context
 from hounsfield.store import InvalidUID, StudyStore, check_uid
 
 __all__ = [
@@ -317,6 +317,29 @@ def _receive(
             return _refuse(Status.CANNOT_UNDERSTAND, str(exc)), 0
         return _refuse(Status.CANNOT_UNDERSTAND, f"the dataset cannot be decoded ({type(exc).__name__})"), 0
     uids = {"sop_class_uid": sop_class, "sop_instance_uid": sop_uid, "study_instance_uid": study_uid}
+    with log_context(study_uid=study_uid):  # this thread's lines about the instance carry its study's id
+        return _receive_valid(
+            context, dataset, transfer_syntax, origin, header, uids, series_uid,
+            expected_sop_instance_uid=expected_sop_instance_uid, expected_sop_class_uid=expected_sop_class_uid,
+            expected_study_instance_uid=expected_study_instance_uid,
+        )  # fmt: skip
+
+
+def _receive_valid(
+    context: StoreContext,
+    dataset: bytes | bytearray | SpooledDataset,
+    transfer_syntax: str,
+    origin: Origin,
+    header: Mapping[str, str],
+    uids: Mapping[str, str],
+    series_uid: str,
+    *,
+    expected_sop_instance_uid: str | None,
+    expected_sop_class_uid: str | None,
+    expected_study_instance_uid: str | None,
+) -> tuple[Received, int]:
+    """:func:`_receive`'s work once the header's UIDs are valid."""
+    study_uid, sop_uid, sop_class = uids["study_instance_uid"], uids["sop_instance_uid"], uids["sop_class_uid"]
     if expected_sop_instance_uid is not None and sop_uid != expected_sop_instance_uid.strip().rstrip("\x00"):
         reason = "SOPInstanceUID differs from the request's Affected SOP Instance UID"
         return _refuse(Status.DATASET_MISMATCH, reason, **uids), 0

@@ -40,6 +40,7 @@ from hounsfield.registry import (
     studies_api,
 )
 from hounsfield.registry.auth import Authenticator, require
+from hounsfield.registry.correlation import RequestCorrelation
 from hounsfield.registry.deps import SessionDep
 from hounsfield.registry.gate import RequestGate
 
@@ -167,6 +168,7 @@ def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = No
         redoc_url="/redoc" if docs else None,
     )
     app.add_middleware(RequestGate, max_body_bytes=settings.registry.max_request_body_mb * 2**20)
+    app.add_middleware(RequestCorrelation)  # added last: outermost, so the gate's lines carry the request's id
     app.state.settings = settings
     app.state.db = db
     app.state.stow = None

@@ -89,6 +89,8 @@ class EventPublic(_Public):
 
 
 class StudyDetail(StudyPublic):
+    correlation_id: str
+    """The study's id in the log lines of every process (docs/logs.md): a keyed hash of its UID."""
     series: list[SeriesPublic]
     jobs: list[JobPublic]
     events: list[EventPublic]

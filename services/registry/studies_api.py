@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from hounsfield.access import READERS
+from hounsfield.config import Settings
 from hounsfield.db import JobState, Session, Study, StudyState
 from hounsfield.db.index import list_studies as study_rows
 from hounsfield.db.index import series_facts_rows, study_events
@@ -19,6 +20,7 @@ from hounsfield.db.jobs import list_results as result_rows
 from hounsfield.db.jobs import study_jobs
 from hounsfield.errors import NotFound
 from hounsfield.exporter.withdrawal import withdraw_job
+from hounsfield.logs import study_correlation_id
 from hounsfield.queues import retry_job
 from hounsfield.registry.auth import require
 from hounsfield.registry.deps import Admin, Limit, Offset, Radiologist, SessionDep, enqueuer
@@ -51,8 +53,9 @@ def list_studies(
     return found
 
 
-def study_detail(session: Session, study_uid: str) -> StudyDetail:
-    """A study with its series, jobs and events (the dashboard shows the same); NotFound when unknown."""
+def study_detail(session: Session, settings: Settings, study_uid: str) -> StudyDetail:
+    """A study with its series, jobs, events and log correlation id (the dashboard shows the same);
+    NotFound when unknown."""
     study = session.get(Study, study_uid)
     if study is None:
         raise NotFound("no study with this Study Instance UID")
@@ -62,6 +65,7 @@ def study_detail(session: Session, study_uid: str) -> StudyDetail:
     ]
     return StudyDetail(
         **StudyPublic.model_validate(study).model_dump(),
+        correlation_id=study_correlation_id(study_uid, settings.log_correlation_key),
         series=series,
         jobs=[JobPublic.model_validate(j) for j in study_jobs(session, study_uid)],
         events=[EventPublic.model_validate(e) for e in study_events(session, study_uid)],
@@ -70,7 +74,7 @@ def study_detail(session: Session, study_uid: str) -> StudyDetail:
 
 @studies.get("/{study_uid}", response_model=StudyDetail)
 def get_study(study_uid: str, session: SessionDep, http: Request) -> StudyDetail:
-    detail = study_detail(session, study_uid)
+    detail = study_detail(session, http.app.state.settings, study_uid)
     log_read(http, 1)
     return detail
 

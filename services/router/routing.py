@@ -27,6 +27,7 @@ from hounsfield.db import Database, Job, Study, StudyState
 from hounsfield.db.index import add_event, complete_study, study_state
 from hounsfield.db.jobs import create_job, idempotency_key, supersede_earlier_jobs
 from hounsfield.feedback import recognise_corrections
+from hounsfield.logs import log_context
 from hounsfield.router.dry_run import study_facts
 
 __all__ = ["Decision", "Router", "RouterThread", "evaluate_deployment"]
@@ -65,6 +66,10 @@ class Router:
 
     def on_study_complete(self, event: StudyComplete) -> list[Job]:
         """Route one study; returns the jobs created (none for no route or a repeat)."""
+        with log_context(study_uid=event.study_instance_uid):
+            return self._route(event)
+
+    def _route(self, event: StudyComplete) -> list[Job]:
         uid = event.study_instance_uid
         created: list[Job] = []
         with self._db.session() as session:
@@ -112,7 +117,9 @@ class Router:
             if not matched_any:
                 add_event(session, uid, "router", "no-route", series=len(facts))
         for job in created:
-            self._enqueue(job)
+            with log_context(job=job.id):
+                self._enqueue(job)
+                logger.info("job queued: %s on queue %s", job.deployment, job.queue)
         logger.info("study routed (%s): %d new job(s)", event.trigger, len(created))
         try:
             recognise_corrections(self._settings, self._db, uid)
@@ -145,8 +152,10 @@ class RouterThread:
             try:
                 if event is None:
                     return
-                self._router.on_study_complete(event)
-            except Exception:  # keep routing the next study; this one is logged with its cause
-                logger.exception("routing failed for a study (trigger %s)", event.trigger if event else "")
+                with log_context(study_uid=event.study_instance_uid):
+                    try:
+                        self._router.on_study_complete(event)
+                    except Exception:  # keep routing the next study; this one is logged with its cause
+                        logger.exception("routing failed for a study (trigger %s)", event.trigger)
             finally:
                 self._queue.task_done()

@@ -113,7 +113,7 @@ def execute_job(ctx: WorkerContext, job_id: str, *, redelivered: bool = False) -
     try:
         return _run_claimed(ctx, job, watch)
     except Exception as exc:  # the task boundary: record, then let Celery log it
-        _fail(ctx, job_id, f"internal error: {type(exc).__name__}: {exc}", watch)
+        _fail(ctx, job_id, f"internal error: {type(exc).__name__}: {exc}", watch, kind=type(exc).__name__)
         raise
     finally:
         if not ctx.settings.worker.keep_workspaces:
@@ -125,7 +125,7 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
     with ctx.db.session() as session:
         deployment = get_spec(session, job.deployment)
     if deployment is None:
-        return _fail(ctx, job_id, f"deployment {job.deployment!r} is not in the registry", watch)
+        return _fail(ctx, job_id, f"deployment {job.deployment!r} is not in the registry", watch, kind="no deployment")
     workspace = ctx.store.workspace(job_id)
     try:
         with ctx.db.session() as session:
@@ -151,11 +151,11 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
         watch.lap("validate")
     except ApplicationTimedOut as exc:
         watch.lap("inference")
-        return _fail(ctx, job_id, f"timed out: {exc}", watch, state=JobState.TIMED_OUT)
+        return _fail(ctx, job_id, f"timed out: {exc}", watch, state=JobState.TIMED_OUT, kind=type(exc).__name__)
     except (InputRejected, ResourcesUnavailable, ApplicationFailed, GateRejected) as exc:
-        return _fail(ctx, job_id, str(exc), watch)
+        return _fail(ctx, job_id, str(exc), watch, kind=type(exc).__name__)
     except OSError as exc:
-        return _fail(ctx, job_id, f"workspace error: {exc}", watch)
+        return _fail(ctx, job_id, f"workspace error: {exc}", watch, kind=f"workspace {type(exc).__name__}")
 
     _keep_results(ctx, job_id, reports)
     with ctx.db.session() as session:
@@ -232,7 +232,7 @@ def _export_and_finish(ctx: WorkerContext, job: Job, destinations: Sequence[str]
     except DestinationUnreachable as exc:
         return _wait_or_fail(ctx, job, destinations, str(exc), watch)
     except ExportFailed as exc:
-        return _fail(ctx, job.id, str(exc), watch)
+        return _fail(ctx, job.id, str(exc), watch, kind=type(exc).__name__)
     watch.lap("export")
     waited = _waited_s(ctx, job)
     if waited is not None:
@@ -260,7 +260,8 @@ def _announce(ctx: WorkerContext, job: Job, mode: str) -> None:
     try:
         where = announce(Path(sr.path), fhir, model_name=job.model_name, model_version=job.model_version)
     except (AnnouncementFailed, ValueError) as exc:
-        logger.warning("job %s: results not announced over FHIR: %s", job.id, exc)
+        # The server's words may quote the report's patient: they are in the study's events, not here.
+        logger.warning("job %s: results not announced over FHIR (%s)", job.id, type(exc).__name__)
         with ctx.db.session() as session:
             add_event(session, job.study_instance_uid, "worker", "fhir-failed", job_id=job.id, reason=str(exc))
         return
@@ -279,11 +280,11 @@ def resume_export(ctx: WorkerContext, job_id: str) -> JobState | None:
         deployment = get_spec(session, job.deployment)
     watch = _Stopwatch()
     if deployment is None:
-        return _fail(ctx, job_id, f"deployment {job.deployment!r} is not in the registry", watch)
+        return _fail(ctx, job_id, f"deployment {job.deployment!r} is not in the registry", watch, kind="no deployment")
     try:
         return _export_and_finish(ctx, job, deployment.destinations, watch)
     except Exception as exc:  # the task boundary: record, then let Celery log it
-        _fail(ctx, job_id, f"internal error: {type(exc).__name__}: {exc}", watch)
+        _fail(ctx, job_id, f"internal error: {type(exc).__name__}: {exc}", watch, kind=type(exc).__name__)
         raise
 
 
@@ -301,7 +302,7 @@ def _wait_or_fail(
     limit = min((d.wait_max_s for d in configured), default=86400.0)
     waited = _waited_s(ctx, job) or 0.0
     if waited >= limit:
-        return _fail(ctx, job.id, f"{reason}; gave up after waiting {waited:.0f} s", watch)
+        return _fail(ctx, job.id, f"{reason}; gave up after waiting {waited:.0f} s", watch, kind="gave up waiting")
     logger.warning("job %s waits for its destination: %s", job.id, reason)
     with ctx.db.session() as session:
         set_job_state(session, job.id, JobState.WAITING, watch.timings)
@@ -376,9 +377,11 @@ def _export(ctx: WorkerContext, job: Job, names: Sequence[str], mode: str) -> No
 
 
 def _fail(
-    ctx: WorkerContext, job_id: str, reason: str, watch: _Stopwatch, *, state: JobState = JobState.FAILED
+    ctx: WorkerContext, job_id: str, reason: str, watch: _Stopwatch, *, kind: str, state: JobState = JobState.FAILED
 ) -> JobState:
-    logger.warning("job %s %s: %s", job_id, state.value, reason)
+    """Record the job's end with ``reason`` (its error, shown by the registry); the log says only ``kind``:
+    a reason may quote an application's, a validator's or a library's words, and those may quote a patient."""
+    logger.warning("job %s %s (%s); the reason is the job's error", job_id, state.value, kind)
     with ctx.db.session() as session:
         finish_job(session, job_id, state, watch.timings, error=reason)
     return state

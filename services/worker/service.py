@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
+import celery.apps.worker as celery_worker_program
 from celery.signals import worker_ready
 
 from hounsfield.catalog.read_model import load_deployments
@@ -18,8 +19,15 @@ __all__ = ["run"]
 logger = logging.getLogger(__name__)
 
 
+def _say_through_logging(msg: str, f: object = None) -> None:
+    """Celery's signal handlers write their words (``worker: Warm shutdown``) straight to the standard streams'
+    file descriptors; here they become records, so that every line of the worker is one of its log lines."""
+    logger.info("celery: %s", msg.strip())
+
+
 def run(settings: Settings) -> None:
     """Serve jobs until stopped (solo pool: one job at a time per process, the app kept warm)."""
+    celery_worker_program.safe_say = _say_through_logging  # type: ignore[attr-defined]  # see the function
     db = Database(settings.sqlalchemy_url)
     db.create_schema()
     with db.session() as session:  # the registry's deployments (the configuration's are written there too)
@@ -40,6 +48,7 @@ def run(settings: Settings) -> None:
     try:
         app.worker_main(
             [
+                "--quiet",  # no banner on stdout: every line of the worker is a log record
                 "worker",
                 "--pool=solo",
                 f"--queues={','.join(settings.worker.queues)}",

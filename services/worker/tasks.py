@@ -7,6 +7,8 @@ up to ``worker.export_retry_max_s``), so that the worker is free for other jobs 
 
 from __future__ import annotations
 
+import re
+from contextlib import AbstractContextManager
 from functools import cached_property
 from typing import Any
 
@@ -14,7 +16,8 @@ from celery import Task, shared_task
 
 from hounsfield.config import Settings
 from hounsfield.db import Database, JobState
-from hounsfield.queues import EXPORT_JOB_TASK, RUN_JOB_TASK
+from hounsfield.logs import LogContext, current_log_context, log_context
+from hounsfield.queues import EXPORT_JOB_TASK, RUN_JOB_TASK, STUDY_HEADER
 from hounsfield.store import StudyStore
 from hounsfield.worker.pipeline import WorkerContext, execute_job, resume_export
 
@@ -37,21 +40,32 @@ class _JobTask(Task):  # type: ignore[misc]
         delay = min(worker.export_retry_max_s, worker.export_retry_first_s * 2 ** (attempt - 1))
         delivery: dict[str, Any] = self.request.delivery_info or {}
         queue = delivery.get("routing_key") or "routine"
-        self.app.send_task(EXPORT_JOB_TASK, args=[job_id, attempt], countdown=delay, queue=queue)
+        headers = {STUDY_HEADER: current_log_context().study}
+        self.app.send_task(EXPORT_JOB_TASK, args=[job_id, attempt], countdown=delay, queue=queue, headers=headers)
+
+    def correlated(self, job_id: str) -> AbstractContextManager[LogContext]:
+        """The job's log lines carry its id and its study's correlation id (the message's header)."""
+        study = getattr(self.request, STUDY_HEADER, None)
+        return log_context(study=study if isinstance(study, str) and _CORRELATION_ID.match(study) else None, job=job_id)
+
+
+_CORRELATION_ID = re.compile(r"^[0-9a-f]{1,64}$")
 
 
 @shared_task(bind=True, base=_JobTask, name=RUN_JOB_TASK, acks_late=True)
 def run_job(self: _JobTask, job_id: str) -> str | None:
     delivery: dict[str, Any] = self.request.delivery_info or {}
-    state = execute_job(self.context, job_id, redelivered=bool(delivery.get("redelivered")))
-    if state is JobState.WAITING:
-        self.retry_export_later(job_id, 1)
+    with self.correlated(job_id):
+        state = execute_job(self.context, job_id, redelivered=bool(delivery.get("redelivered")))
+        if state is JobState.WAITING:
+            self.retry_export_later(job_id, 1)
     return state.value if state else None
 
 
 @shared_task(bind=True, base=_JobTask, name=EXPORT_JOB_TASK, acks_late=True)
 def export_job(self: _JobTask, job_id: str, attempt: int) -> str | None:
-    state = resume_export(self.context, job_id)
-    if state is JobState.WAITING:
-        self.retry_export_later(job_id, attempt + 1)
+    with self.correlated(job_id):
+        state = resume_export(self.context, job_id)
+        if state is JobState.WAITING:
+            self.retry_export_later(job_id, attempt + 1)
     return state.value if state else None

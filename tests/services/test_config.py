@@ -176,3 +176,21 @@ def test_a_container_deployment_names_its_image_and_no_model_path(tmp_path: Path
     config.write_text(yaml.safe_dump({"deployments": [{**base, "runtime": "subprocess", "map_path": str(tmp_path)}]}))
     with pytest.raises(ConfigurationInvalid, match="needs model_path"):
         load_settings(config)
+
+
+def test_logs_are_json_and_study_ids_keyed_by_the_uid_root_unless_a_secret_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings(None, uid_root="1.2.3.")
+    assert settings.log_format == "json" and settings.log_correlation_key == b"1.2.3."
+    path = _write(tmp_path, {"log_format": "text", "log_correlation_key_env": "HF_LOG_KEY"})
+    with pytest.raises(ConfigurationInvalid, match=r"HF_LOG_KEY must hold at least 16 characters"):
+        load_settings(path)  # named, absent: the processes would disagree on every study's id
+    monkeypatch.setenv("HF_LOG_KEY", "short")
+    with pytest.raises(ConfigurationInvalid, match=r"HF_LOG_KEY must hold at least 16 characters"):
+        load_settings(path)
+    monkeypatch.setenv("HF_LOG_KEY", "a-secret-of-this-installation")
+    settings = load_settings(path)
+    assert settings.log_format == "text" and settings.log_correlation_key == b"a-secret-of-this-installation"
+    with pytest.raises(ConfigurationInvalid, match=r"log_format"):
+        load_settings(_write(tmp_path, {"log_format": "xml"}))

@@ -83,7 +83,7 @@ def studies_page(
 @router.get("/studies/{study_uid}", response_class=HTMLResponse)
 def study_page(request: Request, study_uid: Uid, session: SessionDep, caller: ReaderCaller) -> HTMLResponse:
     """A study's completeness state and its path: series, events, jobs with their timings, results."""
-    detail = study_detail(session, study_uid)
+    detail = study_detail(session, request.app.state.settings, study_uid)
     log_read(request, 1)
     return render(request, "study.html", {"study": detail, "retryable": [s.value for s in RETRYABLE]})
 

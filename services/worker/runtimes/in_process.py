@@ -12,8 +12,10 @@ It is replaced by a fresh fork
   (``1`` gives every job a fresh fork of its own).
 
 The App SDK's logging set-up (it resets the root logger at every compose) stays in that process;
-the worker's own logging is never touched. The worker itself never runs torch: a fork of a process
-whose OpenMP threads have started can hang in its first parallel region.
+the worker's own logging is never touched. What a run writes to its standard output and error (the App
+SDK's log, holoscan's lines) goes to ``application.log`` in the job's work folder, as with the other
+runtimes: never into the worker's own log, whose every line is one of its records. The worker itself never
+runs torch: a fork of a process whose OpenMP threads have started can hang in its first parallel region.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ import ctypes
 import ctypes.util
 import gc
 import importlib
+import io
 import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from functools import cache
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -69,6 +74,7 @@ def _serve(app_class: Any, jobs: Connection, workers_end: Connection, parent: in
     _die_with_parent()
     if os.getppid() != parent:  # the worker died before the request took effect
         os._exit(1)
+    _silence()  # nothing but a run's output (to its application.log) leaves this process
     try:
         while True:
             # A Ctrl-C reaches the whole process group: the worker's warm shutdown lets the current run
@@ -77,13 +83,15 @@ def _serve(app_class: Any, jobs: Connection, workers_end: Connection, parent: in
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             try:
-                argv = jobs.recv()
+                request = jobs.recv()
             except EOFError:  # the worker is gone
                 break
-            if argv is None:  # retired, or the worker is shutting down
+            if request is None:  # retired, or the worker is shutting down
                 break
+            argv, output = request
             try:
-                app_class(argv).run()
+                with _output_to(output):
+                    app_class(argv).run()
             except BaseException as exc:
                 jobs.send(f"{type(exc).__name__}: {exc}")
             else:
@@ -92,6 +100,38 @@ def _serve(app_class: Any, jobs: Connection, workers_end: Connection, parent: in
         jobs.close()
         logging.shutdown()
         os._exit(0)
+
+
+@contextlib.contextmanager
+def _output_to(path: str) -> Iterator[None]:
+    """This process's standard output and error to ``path`` while a run lasts, to /dev/null between runs:
+    its file descriptors (native code writes there) and Python's ``sys.stdout`` and ``sys.stderr`` (which the
+    worker's Celery, or a test runner, may have replaced with objects of their own)."""
+    saved = sys.stdout, sys.stderr
+    for stream in saved:
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    text = io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), errors="backslashreplace", line_buffering=True)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        sys.stdout = sys.stderr = text
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            text.flush()
+        sys.stdout, sys.stderr = saved
+        _silence()
+        text.close()
+        os.close(fd)
+
+
+def _silence() -> None:
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    os.close(null)
 
 
 class _AppProcess:
@@ -108,11 +148,11 @@ class _AppProcess:
         theirs.close()
         self.runs = 0
 
-    def run(self, argv: list[str], timeout_s: float | None) -> None:
+    def run(self, argv: list[str], timeout_s: float | None, output: str) -> None:
         self.runs += 1
         started = time.monotonic()
         try:
-            self._jobs.send(argv)
+            self._jobs.send((argv, output))
         except OSError:  # it died between two jobs
             self.process.join(5)
             raise ApplicationFailed(f"the application process had exited (code {self.process.exitcode})") from None
@@ -170,7 +210,7 @@ class InProcessRuntime:
             if process is None or not process.process.is_alive():
                 process = self._processes[reference] = _AppProcess(_load_app_class(reference))
             try:
-                process.run(argv, timeout_s)
+                process.run(argv, timeout_s, str(run.workdir / "application.log"))
             except ApplicationFailed as failed:
                 del self._processes[reference]
                 process.close(kill=True)

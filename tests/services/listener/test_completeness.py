@@ -6,6 +6,7 @@ series set grew gets a new job that supersedes the earlier one, and a resend mak
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -258,3 +259,34 @@ def test_a_c_move_release_completes_nothing_and_the_end_of_a_c_get_completes_wha
         assert (completed[2].study_instance_uid, completed[2].trigger) == ("1.2.5", "association-release")
     finally:
         tracker.stop()
+
+
+def test_completing_threads_carry_the_study_they_complete_and_never_the_one_before() -> None:
+    """The quiet-period timer and an association's release each complete one study after another: the
+    router's callback (and any line it logs) sees each study's own correlation id, and none after."""
+    from hounsfield.logs import current_log_context, log_context, study_correlation_id
+
+    seen: list[tuple[str, str | None]] = []
+    done = threading.Event()
+
+    def on_complete(event: StudyComplete) -> None:
+        seen.append((event.study_instance_uid, current_log_context().study))
+        if len(seen) == 4:
+            done.set()
+
+    tracker = CompletenessTracker(on_complete, complete_on_release=True, quiet_period_s=0.2)
+    tracker.start()
+    try:
+        with log_context(study_uid="1.2.3.99"):  # the receiving thread's own study: not the timer's
+            tracker.instance_received("a", "1.2.3.1", "CT")
+            tracker.instance_received("a", "1.2.3.2", "CT")
+            tracker.association_aborted("a")  # left to the quiet period (the timer's thread)
+            tracker.instance_received("b", "1.2.3.3", "CT")
+            tracker.instance_received("b", "1.2.3.4", "CT")
+            tracker.association_released("b", "CT")  # completed here, one after the other
+            after_release = current_log_context().study
+        assert done.wait(10), seen
+    finally:
+        tracker.stop()
+    assert after_release == study_correlation_id("1.2.3.99"), "the caller's own context comes back"
+    assert sorted(seen) == [(uid, study_correlation_id(uid)) for uid in ("1.2.3.1", "1.2.3.2", "1.2.3.3", "1.2.3.4")]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from hounsfield.listener.completeness import CompletenessTracker
 from hounsfield.listener.ingest import JournaledStore
 from hounsfield.listener.journal import Journal
 from hounsfield.listener.storage import Origin, StoreContext, part10_bytes, receive_instance
+from hounsfield.logs import LogContext, current_log_context, study_correlation_id
 from hounsfield.store import StudyStore
 from tests.support import bare_ct
 
@@ -194,6 +195,30 @@ def test_a_queued_call_runs_after_the_instances_before_it_are_indexed(rig: Rig) 
     rig.context.then(count_rows)
     assert done.wait(10)
     assert seen == [3]
+
+
+def test_the_applier_works_for_each_instances_study_and_after_them_for_none(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One applier thread applies instances of any study in turn: what it does for each (its log lines, the
+    tracker it tells) carries that instance's study, never the one before, and nothing stays after."""
+    seen: list[tuple[str, str | None, str]] = []
+    after: list[LogContext] = []
+    done = threading.Event()
+    told = rig.tracker.instance_received
+
+    def telling(key: Hashable, study_uid: str, calling_ae: str) -> None:
+        seen.append((study_uid, current_log_context().study, threading.current_thread().name))
+        told(key, study_uid, calling_ae)
+
+    monkeypatch.setattr(rig.tracker, "instance_received", telling)
+    studies = [generate_uid(), generate_uid()]
+    for uid in (studies[0], studies[1], studies[0]):
+        assert _receive(rig.context, _dataset(uid)[1]) == Status.SUCCESS
+    rig.context.then(lambda: (after.append(current_log_context()), done.set()))
+    assert done.wait(10)
+    assert seen == [(uid, study_correlation_id(uid), "ingest-applier") for uid in (studies[0], studies[1], studies[0])]
+    assert after == [LogContext()]
 
 
 def test_below_the_disk_floor_nothing_is_journaled(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from hounsfield.db.access import list_audit, token_by_name
 from hounsfield.db.catalog import RegulatoryStatus
 from hounsfield.db.jobs import finish_job, record_result
 from hounsfield.feedback import give_feedback
+from hounsfield.logs import study_correlation_id
 from hounsfield.registry.app import create_app
 from hounsfield.registry.dashboard.sessions import COOKIE
 from hounsfield.registry.read_log import READS_LOGGER
@@ -225,6 +226,8 @@ def test_study_page_shows_completeness_path_jobs_and_pacs_links_and_no_patient_i
     assert f'href="/dashboard/jobs/{job.id}"' in page
     assert f'href="https://pacs.example.org/viewer?StudyInstanceUIDs={STUDY}"' in page
     assert ">P<" not in page and "Patient" not in page, "no patient ID is shown"
+    correlation = study_correlation_id(STUDY, settings.log_correlation_key)
+    assert f'<code id="correlation">{correlation}</code>' in page, "the id its log lines carry"
     plain, _ = _app(settings)
     assert "pacs.example.org" not in plain.get(f"/dashboard/studies/{STUDY}", headers=bearer(tokens[Role.VIEWER])).text
 

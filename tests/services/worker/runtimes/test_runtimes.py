@@ -14,6 +14,7 @@ import os
 import time
 from pathlib import Path
 
+import pydicom
 import pytest
 from sqlalchemy import select
 
@@ -51,6 +52,29 @@ def test_a_raising_application_fails_with_its_own_words_and_logging_stays(tmp_pa
         InProcessRuntime().run(application_run(app="tests.e2e.raising_app:RaisingApp", **_folders(tmp_path)))
     assert not isinstance(failed.value, ApplicationTimedOut)
     assert root.handlers == handlers and root.level == level, "the SDK's logging set-up stayed in the child"
+
+
+def test_what_an_application_writes_goes_to_its_jobs_application_log_and_nowhere_else(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Its prints, its own logging, holoscan's native lines: the job's ``application.log``, never the worker's
+    standard streams, whose every line is one of the worker's log records (docs/logs.md)."""
+    folders = _folders(tmp_path)
+    for path in folders["input_dir"].iterdir():
+        ds = pydicom.dcmread(path)
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Doe^Jane", "ID-4711", "19370412"
+        ds.save_as(path)
+    runtime = InProcessRuntime()
+    with pytest.raises(ApplicationFailed, match="ID-4711"):  # the run's own words are its failure's
+        runtime.run(application_run(app="tests.e2e.quoting_app:QuotingApp", **folders))
+    runtime.run(application_run(timeout_s=300, **folders))  # the next run, in a fresh fork, logs too
+    runtime.close()
+    worker = capfd.readouterr()
+    assert worker.out == "" and worker.err == "", worker
+    written = (folders["workdir"] / "application.log").read_text(errors="replace")
+    assert "reading the study of Doe^Jane (ID ID-4711, born 19370412)" in written
+    assert "stderr: Doe^Jane" in written and "the App SDK's logging: Doe^Jane" in written
+    assert "[info]" in written, "holoscan's native lines, written to the file descriptors themselves"
 
 
 def test_an_application_past_its_timeout_is_stopped(tmp_path: Path) -> None:
