@@ -8,13 +8,15 @@ job whose worker died is handed to another one.
 
 from __future__ import annotations
 
+import redis
 from celery import Celery
 from kombu import Queue
+from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from hounsfield.config import Settings
 from hounsfield.db import Job
 
-__all__ = ["EXPORT_JOB_TASK", "QUEUES", "RUN_JOB_TASK", "Enqueuer", "make_celery"]
+__all__ = ["EXPORT_JOB_TASK", "QUEUES", "RUN_JOB_TASK", "Enqueuer", "make_celery", "queue_depths"]
 
 QUEUES = ("stat", "routine", "batch")
 RUN_JOB_TASK = "hounsfield.run_job"
@@ -60,3 +62,18 @@ class Enqueuer:
 
     def __call__(self, job: Job) -> None:
         self._app.send_task(RUN_JOB_TASK, args=[job.id], queue=job.queue)
+
+
+def queue_depths(client: redis.Redis) -> dict[str, int]:
+    """Messages waiting on each queue, as kombu's Redis transport keeps them: one list per queue and
+    priority step (``routine``, ``routine\\x06\\x163``, ...). Messages a worker holds (unacknowledged) and
+    export retries waiting for their countdown are not counted. Raises :class:`redis.RedisError`."""
+    keys = [(name, f"{name}{Channel.sep}{step}" if step else name) for name in QUEUES for step in PRIORITY_STEPS]
+    with client.pipeline(transaction=False) as pipe:
+        for _, key in keys:
+            pipe.llen(key)
+        sizes = pipe.execute()
+    depths = dict.fromkeys(QUEUES, 0)
+    for (name, _), size in zip(keys, sizes, strict=True):
+        depths[name] += int(size)
+    return depths
