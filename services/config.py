@@ -680,6 +680,21 @@ class Settings(BaseSettings):
         """The Redis URL, the local redis-server's when none is configured."""
         return self.redis_url or f"redis://127.0.0.1:{self.local_redis_port}/0"
 
+    @property
+    def metrics_urls(self) -> dict[str, str | None]:
+        """Where each process serves its Prometheus metrics (None: the listener or the worker without a
+        ``metrics_port``); the registry's are on its API port unless ``registry.metrics_port`` is set."""
+
+        def url(host: str, port: int | None) -> str | None:
+            shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # where a scraper on this host connects
+            return None if port is None else f"http://{shown}:{port}/metrics"
+
+        return {
+            "listener": url(self.listener.host, self.listener.metrics_port),
+            "worker": url(self.worker.metrics_host, self.worker.metrics_port),
+            "registry": url(self.registry.host, self.registry.metrics_port or self.registry.port),
+        }
+
 
 def _format_error(error: ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
