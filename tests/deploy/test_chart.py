@@ -501,7 +501,7 @@ def test_the_service_monitor_scrapes_the_listener_the_workers_and_the_registry(c
     ]
     assert "hf-hounsfield-worker-gpu" in workers and "hf-hounsfield-worker-stat" in workers, workers
     expected = {f"{name}-metrics" for name in ["hf-hounsfield-listener", "hf-hounsfield-registry", *workers]}
-    assert scraped == dict.fromkeys(expected, {"metrics"})
+    assert scraped == {key: {"metrics"} for key in expected}
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
 
 
