@@ -162,6 +162,16 @@ def test_promtool_accepts_the_rule_file() -> None:
     assert f"SUCCESS: {len(_alert_rules())} rules found" in checked.stdout
 
 
+def test_the_alerts_fire_on_the_series_their_unit_tests_give() -> None:
+    """alerts.test.yml: the store's floor, the stat queue, a model version's failure ratio, refused exports and
+    validation failures fire when they should (and not before), with their descriptions rendered."""
+    tested = subprocess.run(
+        ["promtool", "test", "rules", ALERTS.with_name("alerts.test.yml").name],
+        cwd=ALERTS.parent, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
 def test_every_alert_says_what_to_do() -> None:
     for rule in _alert_rules():
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
