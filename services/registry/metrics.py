@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Protocol
 
 import redis
 from fastapi import FastAPI
@@ -35,34 +36,39 @@ _UP = "hounsfield_registry_source_up"
 _UP_HELP = "1 when the registry could read the source (broker, database) at this scrape, else 0."
 
 
-class _ReadAtScrape(Collector):
-    """A gauge family read from ``source`` at each scrape, and ``hounsfield_registry_source_up`` for it."""
+class _Reading(Protocol):
+    """A gauge family read from ``source`` at each scrape."""
 
     source: str
 
     def read(self) -> GaugeMetricFamily:
         """The family's values now; raises :class:`JobCountsUnavailable` or a Redis error when the source is down."""
-        raise NotImplementedError(f"Subclass {type(self).__name__} must implement read")
+        ...
+
+
+class _ReadAtScrape(Collector):
+    """Each reading's family, and one ``hounsfield_registry_source_up`` family for all their sources (a metric
+    name appears once in a scrape: Prometheus refuses a second HELP line for it)."""
+
+    def __init__(self, *readings: _Reading) -> None:
+        self._readings = readings
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(_UP, _UP_HELP, labels=["source"])
-        try:
-            family = self.read()
-        except (
-            JobCountsUnavailable,
-            redis.RedisError,
-            ValueError,
-        ) as exc:  # ValueError: a broker URL that is not Redis
-            logger.warning("%s not read for metrics: %s", self.source, type(exc).__name__)
-            up.add_metric([self.source], 0)
-        else:
-            up.add_metric([self.source], 1)
-            yield family
+        for reading in self._readings:
+            try:
+                family = reading.read()
+            except (JobCountsUnavailable, redis.RedisError, ValueError) as exc:  # ValueError: a URL that is not Redis
+                logger.warning("%s not read for metrics: %s", reading.source, type(exc).__name__)
+                up.add_metric([reading.source], 0)
+            else:
+                up.add_metric([reading.source], 1)
+                yield family
         yield up
 
 
-class _QueueDepths(_ReadAtScrape):
-    """``hounsfield_queue_depth{queue}`` from Redis at each scrape."""
+class _QueueDepths:
+    """``hounsfield_queue_depth{queue}`` from Redis."""
 
     source = "broker"
 
@@ -86,8 +92,8 @@ class _QueueDepths(_ReadAtScrape):
         return depth
 
 
-class _ActiveJobs(_ReadAtScrape):
-    """``hounsfield_jobs{state}`` for the unfinished states, from the database at each scrape."""
+class _ActiveJobs:
+    """``hounsfield_jobs{state}`` for the unfinished states, from the database."""
 
     source = "database"
 
@@ -115,8 +121,8 @@ class RegistryMetrics:
 
     def __init__(self, settings: Settings, db: Database) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_QueueDepths(settings.broker_url, settings.registry.metrics_broker_timeout_s))
-        self.registry.register(_ActiveJobs(db, settings.registry.metrics_jobs_count_max))
+        broker = _QueueDepths(settings.broker_url, settings.registry.metrics_broker_timeout_s)
+        self.registry.register(_ReadAtScrape(broker, _ActiveJobs(db, settings.registry.metrics_jobs_count_max)))
 
     def instrument(self, app: FastAPI) -> None:
         """Count ``app``'s requests by route template, method and status, and time them (before it starts)."""

@@ -69,8 +69,8 @@ def _declared(*owners: object) -> Exposed:
 
 
 @pytest.fixture(scope="module")
-def exposed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposed]:
-    """Every sample name ``hounsfield up``'s three processes serve, scraped from their ``/metrics``."""
+def scrapes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """What ``hounsfield up``'s three processes serve on their ``/metrics``, by process."""
     folder = tmp_path_factory.mktemp("up")
     ports = {"listener": free_port(), "worker": free_port(), "registry": free_port()}
     config = folder / "hounsfield.yaml"
@@ -103,10 +103,7 @@ def exposed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposed]:
     try:
         wait_for(serving, timeout=180)
         httpx.get(f"http://127.0.0.1:{ports['registry']}/health", timeout=10)  # one request to count
-        scraped: Exposed = {}
-        for url in urls.values():
-            _exposed(httpx.get(url, timeout=10).text, scraped)
-        yield scraped
+        yield {name: httpx.get(url, timeout=10).text for name, url in urls.items()}
     finally:
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGINT)
@@ -119,6 +116,15 @@ def exposed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposed]:
     logged = (folder / "up.log").read_text()
     for name, url in urls.items():
         assert f"{name}: Prometheus metrics at {url}" in logged, "hounsfield up says where each process serves"
+
+
+@pytest.fixture(scope="module")
+def exposed(scrapes: dict[str, str]) -> Exposed:
+    """Every sample name the three processes serve, with the label names their samples carry."""
+    served: Exposed = {}
+    for text in scrapes.values():
+        _exposed(text, served)
+    return served
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +160,15 @@ def _selectors(expression: str) -> list[promql_parser.VectorSelector]:
 def _expressions() -> list[tuple[str, str]]:
     alerts = [(f"alert {rule['alert']}", rule["expr"]) for rule in _alert_rules()]
     return alerts + [(f"panel {title!r}", expr) for title, expr in _panel_targets()]
+
+
+def test_prometheus_can_read_what_every_process_serves(scrapes: dict[str, str]) -> None:
+    """``promtool check metrics``: Prometheus's own parser and linter (one HELP per name, counters ending in
+    _total, units as suffixes) on each process's exposition."""
+    assert set(scrapes) == {"listener", "worker", "registry"}
+    for process, text in scrapes.items():
+        checked = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        assert checked.returncode == 0, f"{process}: {checked.stdout}{checked.stderr}"
 
 
 def test_promtool_accepts_the_rule_file() -> None:
