@@ -484,6 +484,11 @@ class WorkerSettings(_Strict):
     ready_file: Path | None = None
     """Written once the worker consumes from its queues, removed when it stops: a readiness probe that
     a busy worker (one job at a time) still passes, where a ping through the broker would wait."""
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    """Serve the worker's Prometheus metrics on ``metrics_host:metrics_port/metrics`` (off when unset). Each
+    worker process needs a port of its own: two workers on one host take two ports."""
+    metrics_host: str = "127.0.0.1"
+    """Where the metrics port listens: this host only by default; ``0.0.0.0`` in a pod that Prometheus scrapes."""
     visibility_timeout_s: float | None = Field(None, gt=0)
     """How long a job's message may stay unacknowledged before Redis hands it to another worker (its
     worker died mid-job). Default: twice the longest timeout of any deployed version, plus 300 s.
@@ -687,6 +692,12 @@ class RegistrySettings(_Strict):
     """Serve the Prometheus metrics on ``host:metrics_port/metrics`` instead of the API's port, where
     ``/metrics`` then answers 404: a proxy or Ingress that routes the API never exposes them."""
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    metrics_jobs_count_max: int = Field(100_000, ge=1)
+    """Each scrape counts the jobs in every unfinished state (``hounsfield_jobs``) up to this many per state:
+    a scrape's cost on the database stays bounded during a backlog (a count at the cap means "at least")."""
+    metrics_broker_timeout_s: float = Field(1.0, gt=0, le=30)
+    """How long a scrape waits for Redis when it reads the queues' depths; past it the depths are left out
+    and ``hounsfield_registry_source_up{source="broker"}`` is 0."""
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> RegistrySettings:
@@ -828,6 +839,21 @@ class Settings(BaseSettings):
     def broker_url(self) -> str:
         """The Redis URL, the local redis-server's when none is configured."""
         return self.redis_url or f"redis://127.0.0.1:{self.local_redis_port}/0"
+
+    @property
+    def metrics_urls(self) -> dict[str, str | None]:
+        """Where each process serves its Prometheus metrics (None: the listener or the worker without a
+        ``metrics_port``); the registry's are on its API port unless ``registry.metrics_port`` is set."""
+
+        def url(host: str, port: int | None) -> str | None:
+            shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # where a scraper on this host connects
+            return None if port is None else f"http://{shown}:{port}/metrics"
+
+        return {
+            "listener": url(self.listener.host, self.listener.metrics_port),
+            "worker": url(self.worker.metrics_host, self.worker.metrics_port),
+            "registry": url(self.registry.host, self.registry.metrics_port or self.registry.port),
+        }
 
 
 def _format_error(error: ValidationError, source: str) -> str:

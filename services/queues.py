@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import redis
 from celery import Celery
 from kombu import Queue
+from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from hounsfield.access import Principal, record
 from hounsfield.config import Settings
@@ -20,7 +22,16 @@ from hounsfield.db.jobs import get_job, requeue_failed_job
 from hounsfield.errors import Conflict, NotFound
 from hounsfield.logs import study_correlation_id
 
-__all__ = ["EXPORT_JOB_TASK", "QUEUES", "RUN_JOB_TASK", "STUDY_HEADER", "Enqueuer", "make_celery", "retry_job"]
+__all__ = [
+    "EXPORT_JOB_TASK",
+    "QUEUES",
+    "RUN_JOB_TASK",
+    "STUDY_HEADER",
+    "Enqueuer",
+    "make_celery",
+    "queue_depths",
+    "retry_job",
+]
 
 QUEUES = ("stat", "routine", "batch")
 RUN_JOB_TASK = "hounsfield.run_job"
@@ -92,3 +103,18 @@ def retry_job(db: Database, job_id: str, *, principal: Principal, enqueue: Calla
         record(session, principal, "job.retry", "job", job_id, before={"state": before}, after={"state": "queued"})
     enqueue(job)
     return job
+
+
+def queue_depths(client: redis.Redis) -> dict[str, int]:
+    """Messages waiting on each queue, as kombu's Redis transport keeps them: one list per queue and
+    priority step (``routine``, ``routine\\x06\\x163``, ...). Messages a worker holds (unacknowledged) and
+    export retries waiting for their countdown are not counted. Raises :class:`redis.RedisError`."""
+    keys = [(name, f"{name}{Channel.sep}{step}" if step else name) for name in QUEUES for step in PRIORITY_STEPS]
+    with client.pipeline(transaction=False) as pipe:
+        for _, key in keys:
+            pipe.llen(key)
+        sizes = pipe.execute()
+    depths = dict.fromkeys(QUEUES, 0)
+    for (name, _), size in zip(keys, sizes, strict=True):
+        depths[name] += int(size)
+    return depths

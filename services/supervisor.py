@@ -114,6 +114,11 @@ def run_up(settings: Settings, config_path: Path | None, stop: threading.Event) 
     try:
         for service in ("worker", "listener", "registry"):
             supervisor.spawn(service, [*command, service])
+        for service, url in settings.metrics_urls.items():
+            if url is None:
+                logger.info("%s: no Prometheus metrics (set %s.metrics_port)", service, service)
+            else:
+                logger.info("%s: Prometheus metrics at %s", service, url)
         code = supervisor.wait(stop)
     finally:
         supervisor.stop_all()

@@ -14,13 +14,16 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
 from hounsfield.db.index import add_event
 from hounsfield.db.models import Event, Job, JobState, Result, utcnow
+from hounsfield.errors import HounsfieldError
 
 __all__ = [
+    "JobCountsUnavailable",
+    "active_job_counts",
     "claim_job",
     "claim_waiting_job",
     "create_job",
@@ -273,3 +276,26 @@ def first_event_at(session: Session, job_id: str, kind: str) -> datetime | None:
     """When the job's first event of ``kind`` (e.g. ``export-waiting``) happened; None when none did."""
     query = select(Event.at).where(Event.job_id == job_id, Event.kind == kind).order_by(Event.id).limit(1)
     return session.scalar(query)
+
+
+class JobCountsUnavailable(HounsfieldError):
+    """The database did not answer the count of unfinished jobs (the message names the error's type)."""
+
+
+def active_job_counts(session: Session, *, cap: int) -> dict[JobState, int]:
+    """Jobs in each state not final (queued, running, exporting, waiting), each count stopping at ``cap``.
+
+    One query per state on the state's index, each reading at most ``cap`` index entries: a metrics scrape
+    costs the same however many jobs the table holds (finished jobs are never counted here). Raises
+    :class:`JobCountsUnavailable` when the database cannot answer.
+    """
+    counts = {}
+    try:
+        for state in JobState:
+            if state.final:
+                continue
+            capped = select(Job.id).where(Job.state == state).limit(cap).subquery()
+            counts[state] = int(session.scalar(select(func.count()).select_from(capped)) or 0)
+    except SQLAlchemyError as exc:
+        raise JobCountsUnavailable(type(exc).__name__) from exc
+    return counts

@@ -94,6 +94,8 @@ class HounsfieldStack:
         self.listener_port = free_port()
         self.registry_port = free_port()
         self.redis_port = free_port()
+        self.listener_metrics_port = free_port()
+        self.worker_metrics_port = free_port()
         self.config_path = folder / "hounsfield.yaml"
         self.config: dict[str, Any] = {
             "data_dir": str(folder / "data"),
@@ -101,6 +103,7 @@ class HounsfieldStack:
             "listener": {
                 "host": "127.0.0.1",
                 "port": self.listener_port,
+                "metrics_port": self.listener_metrics_port,
                 "quiet_period_s": quiet_period_s,
                 "min_free_disk_mb": 64,  # a demo on a small disk still runs
                 # Only known callers may send: the demo modality, the readiness probe, and the MR scanner
@@ -129,11 +132,19 @@ class HounsfieldStack:
         if dashboard is not None:
             self.config["registry"]["dashboard"] = dashboard
         self.config.update(overrides or {})  # top-level sections replaced whole (e.g. worker)
+        self.config["worker"] = {"metrics_port": self.worker_metrics_port, **self.config.get("worker", {})}
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def api(self) -> str:
         return f"http://127.0.0.1:{self.registry_port}"
+
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        """Each process's ``/metrics``: the listener's, the worker's, and the registry's (on its API port)."""
+        worker_port = self.config["worker"]["metrics_port"]
+        ports = {"listener": self.listener_metrics_port, "worker": worker_port, "registry": self.registry_port}
+        return {name: f"http://127.0.0.1:{port}/metrics" for name, port in ports.items()}
 
     def start(self, timeout: float = 240.0) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -36,11 +36,11 @@ def deliver(paths: Sequence[Path], destination: DestinationSettings, *, calling_
             logger.info("%d object(s) delivered to %s (attempt %d)", len(paths), destination.label, attempt)
             return attempt
         except ExportFailed as exc:
-            raise ExportFailed(f"export to {destination.label}: {exc}") from exc
+            raise ExportFailed(f"export to {destination.label}: {exc}", protocol=destination.protocol) from exc
         except (ConnectionError, OSError, RuntimeError) as exc:
             if attempt == attempts:
                 raise DestinationUnreachable(
-                    f"{destination.label} unreachable after {attempt} attempt(s): {exc}"
+                    f"{destination.label} unreachable after {attempt} attempt(s): {exc}", protocol=destination.protocol
                 ) from exc
             delay = destination.retry_backoff_s * 2 ** (attempt - 1)
             logger.warning("export to %s failed (%s); retry %d in %.1f s", destination.label, exc, attempt, delay)

@@ -88,4 +88,7 @@ def check_results(reports: Iterable[ValidationReport], identity: JobIdentity) ->
     for report in reports:
         problems = identity_problems(pydicom.dcmread(report.path, stop_before_pixels=True), identity, results)
         if problems:
-            raise GateRejected(f"{report.path.name} ({report.kind}) does not belong to this job: {'; '.join(problems)}")
+            raise GateRejected(
+                f"{report.path.name} ({report.kind}) does not belong to this job: {'; '.join(problems)}",
+                validator="identity",
+            )

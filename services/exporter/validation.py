@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import highdicom as hd
 import pydicom
@@ -28,7 +28,7 @@ from pydicom.uid import (
 from hounsfield.config import Settings
 from hounsfield.errors import HounsfieldError
 
-__all__ = ["GateRejected", "ValidationReport", "validate_object", "validators"]
+__all__ = ["GateRejected", "ValidationReport", "Validator", "validate_object", "validators"]
 
 _SR_CLASSES = {Comprehensive3DSRStorage, ComprehensiveSRStorage, EnhancedSRStorage}
 _TEMPLATE_CHECKED = {*_SR_CLASSES, KeyObjectSelectionDocumentStorage}
@@ -60,8 +60,18 @@ class ValidationReport:
     warnings: list[str] = field(default_factory=list)
 
 
+Validator = Literal["readable", "highdicom", "dciodvfy", "pixelmed", "identity"]
+"""Which check refused an object: Part 10 parsing, highdicom's round trip, dciodvfy, PixelMed's
+``DicomSRValidator``, or the job's own patient and study (:mod:`hounsfield.exporter.identity`)."""
+
+
 class GateRejected(HounsfieldError, ValueError):
-    """The validation gate refused an object; the message carries the validator's words."""
+    """The validation gate refused an object; the message carries the validator's words, :attr:`validator`
+    names the check (a label of the worker's metrics)."""
+
+    def __init__(self, message: str, *, validator: Validator) -> None:
+        super().__init__(message)
+        self.validator: Validator = validator
 
 
 def validators(settings: Settings) -> dict[str, Any]:
@@ -80,9 +90,11 @@ def _dciodvfy(path: Path, executable: str, timeout_s: float) -> tuple[list[str],
     try:
         proc = subprocess.run([executable, str(path)], capture_output=True, text=True, timeout=timeout_s, check=False)
     except FileNotFoundError as exc:
-        raise GateRejected(f"validator {executable!r} is not installed (Debian package dicom3tools)") from exc
+        raise GateRejected(
+            f"validator {executable!r} is not installed (Debian package dicom3tools)", validator="dciodvfy"
+        ) from exc
     except subprocess.TimeoutExpired as exc:
-        raise GateRejected(f"{path.name}: dciodvfy did not finish in {timeout_s:g} s") from exc
+        raise GateRejected(f"{path.name}: dciodvfy did not finish in {timeout_s:g} s", validator="dciodvfy") from exc
     lines = [line.strip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     return [x for x in lines if x.startswith("Error")], [x for x in lines if x.startswith("Warning")]
 
@@ -92,19 +104,30 @@ def _dicom_sr_validator(
 ) -> tuple[list[str], list[str]]:
     command = [java, f"-Xmx{heap_mb}m", *_JAVA_OPTIONS, "-cp", pixelmed_jar, _SR_VALIDATOR_CLASS, str(path)]
     if not Path(pixelmed_jar).is_file():
-        raise GateRejected(f"validator PixelMed ({pixelmed_jar}) is not installed (Debian package libpixelmed-java)")
+        raise GateRejected(
+            f"validator PixelMed ({pixelmed_jar}) is not installed (Debian package libpixelmed-java)",
+            validator="pixelmed",
+        )
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
     except FileNotFoundError as exc:
-        raise GateRejected(f"validator {java!r} is not installed (Debian package default-jre-headless)") from exc
+        raise GateRejected(
+            f"validator {java!r} is not installed (Debian package default-jre-headless)", validator="pixelmed"
+        ) from exc
     except subprocess.TimeoutExpired as exc:
-        raise GateRejected(f"{path.name}: PixelMed's DicomSRValidator did not finish in {timeout_s:g} s") from exc
+        raise GateRejected(
+            f"{path.name}: PixelMed's DicomSRValidator did not finish in {timeout_s:g} s", validator="pixelmed"
+        ) from exc
     if any("OutOfMemoryError" in line for line in proc.stderr.splitlines()):
-        raise GateRejected(f"{path.name}: PixelMed's DicomSRValidator ran out of its {heap_mb} MB heap")
+        raise GateRejected(
+            f"{path.name}: PixelMed's DicomSRValidator ran out of its {heap_mb} MB heap", validator="pixelmed"
+        )
     lines = [line.strip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     if proc.returncode != 0 or not any(line.startswith("IOD validation complete") for line in lines):
         last = lines[-1] if lines else f"exit status {proc.returncode}"
-        raise GateRejected(f"{path.name}: PixelMed's DicomSRValidator did not finish: {last[:300]}")
+        raise GateRejected(
+            f"{path.name}: PixelMed's DicomSRValidator did not finish: {last[:300]}", validator="pixelmed"
+        )
     return [x for x in lines if x.startswith("Error")], [x for x in lines if x.startswith("Warning")]
 
 
@@ -125,7 +148,7 @@ def validate_object(
     try:
         ds = pydicom.dcmread(path)
     except Exception as exc:  # any parse failure means the object must not leave
-        raise GateRejected(f"{path.name}: not readable DICOM: {exc}") from exc
+        raise GateRejected(f"{path.name}: not readable DICOM: {exc}", validator="readable") from exc
     sop_class = str(ds.get("SOPClassUID", ""))
     try:
         if sop_class == SegmentationStorage:
@@ -147,14 +170,16 @@ def validate_object(
         else:
             kind = str(ds.get("Modality", "OT"))
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise GateRejected(f"{path.name}: highdicom cannot read it back: {exc}") from exc
+        raise GateRejected(f"{path.name}: highdicom cannot read it back: {exc}", validator="highdicom") from exc
     errors, warnings = _dciodvfy(path, dciodvfy, timeout_s)
     if errors:
-        raise GateRejected(f"{path.name} ({kind}) failed dciodvfy: " + "; ".join(errors[:5]))
+        raise GateRejected(f"{path.name} ({kind}) failed dciodvfy: " + "; ".join(errors[:5]), validator="dciodvfy")
     if sop_class in _TEMPLATE_CHECKED:
         template_errors, template_warnings = _dicom_sr_validator(path, java, pixelmed_jar, heap_mb, timeout_s)
         if template_errors:
-            raise GateRejected(f"{path.name} ({kind}) failed DicomSRValidator: " + "; ".join(template_errors[:5]))
+            raise GateRejected(
+                f"{path.name} ({kind}) failed DicomSRValidator: " + "; ".join(template_errors[:5]), validator="pixelmed"
+            )
         warnings += template_warnings
     report = ValidationReport(
         path=path,

@@ -65,7 +65,8 @@ class Intake:
         self.settings = settings
         self.db = db
         self.store = StudyStore(settings.data_dir, min_free_bytes=settings.listener.min_free_disk_mb * 2**20)
-        self.router = Router(settings, db, enqueue)
+        self.metrics = ListenerMetrics(self.store)
+        self.router = Router(settings, db, enqueue, metrics=self.metrics.routing)
         self.router_thread = RouterThread(self.router)
         self.tracker = CompletenessTracker(
             self.router_thread.submit,
@@ -73,7 +74,6 @@ class Intake:
             quiet_period_s=settings.listener.quiet_period_s,
             source_counts=SourceCounter.from_settings(settings, db) if count_sources else None,
         )
-        self.metrics = ListenerMetrics(self.store)
         self.journal: JournaledStore | None = None
         if journal:
             folder = settings.data_dir / "journal" / socket.gethostname()

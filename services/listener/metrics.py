@@ -3,28 +3,30 @@
 Labels are few and fixed (transport, outcome, refusal kind), never UIDs or AE titles, so the
 series stay bounded and carry no patient data. Each listener (and the registry, for STOW-RS)
 has its own :class:`~prometheus_client.CollectorRegistry`; :meth:`ListenerMetrics.serve` exposes it
-on ``/metrics``.
+on ``/metrics``. The router runs in the same process: its metrics (completeness, jobs routed per queue)
+are :attr:`ListenerMetrics.routing`, in the same registry.
 """
 
 from __future__ import annotations
 
 import shutil
-import threading
 from collections.abc import Callable
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import Counter, Gauge
 
+from hounsfield.metrics import ProcessMetrics
+from hounsfield.router.metrics import RoutingMetrics
 from hounsfield.store import StudyStore
 
 __all__ = ["ListenerMetrics"]
 
 
-class ListenerMetrics:
-    """The listener's counters and gauges, in a registry of their own."""
+class ListenerMetrics(ProcessMetrics):
+    """The listener's counters and gauges, in a registry of their own (:attr:`registry`: another room running
+    in the listener's process, or in the registry's STOW-RS intake, adds its metrics there)."""
 
     def __init__(self, store: StudyStore) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         self.instances = Counter(
             "hounsfield_listener_instances",
             "Instances received, by transport and outcome (stored, duplicate, or the refusal's kind).",
@@ -76,7 +78,7 @@ class ListenerMetrics:
             registry=self.registry,
         )
         floor.set(store.min_free_bytes)
-        self._server: tuple[WSGIServer, threading.Thread] | None = None
+        self.routing = RoutingMetrics(self.registry)
 
     def retention_purged(self, reason: str, size: int) -> None:
         """Count one study purged by retention, and its bytes."""
@@ -103,18 +105,6 @@ class ListenerMetrics:
             registry=self.registry,
         )
         waiting_bytes.set_function(lambda: float(backlog()[1]))
-
-    def serve(self, host: str, port: int) -> None:
-        """Expose ``/metrics`` on ``host:port`` in a background thread."""
-        self._server = start_http_server(port, addr=host, registry=self.registry)
-
-    def stop(self) -> None:
-        if self._server is not None:
-            server, thread = self._server
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
-            self._server = None
 
 
 def _free_bytes(store: StudyStore) -> float:

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hounsfield import __version__
 from hounsfield.access import Role, ensure_sign_in_possible
@@ -28,6 +28,7 @@ from hounsfield.config import Settings
 from hounsfield.db import Job, ping
 from hounsfield.drift import DriftCollector
 from hounsfield.errors import Invalid, NotFound, Refused
+from hounsfield.metrics import MetricsEndpoint
 from hounsfield.queues import Enqueuer
 from hounsfield.registry import (
     access_api,
@@ -43,6 +44,7 @@ from hounsfield.registry.auth import Authenticator, require
 from hounsfield.registry.correlation import RequestCorrelation
 from hounsfield.registry.deps import SessionDep
 from hounsfield.registry.gate import RequestGate
+from hounsfield.registry.metrics import RegistryMetrics
 
 __all__ = ["add_exception_handlers", "create_app"]
 
@@ -129,6 +131,8 @@ def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = No
     db = open_database(settings)  # migrations, the use-case taxonomy, the configuration's deployments
     authenticator = Authenticator(db, settings.registry.oidc)  # SignInImpossible: the OIDC keys cannot be loaded
     ensure_sign_in_possible(settings, db, oidc_configured=authenticator.oidc_configured)
+    metrics = RegistryMetrics(settings, db)
+    metrics.registry.register(DriftCollector(settings, db))  # input drift, computed from the database at each scrape
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -139,22 +143,17 @@ def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = No
             intake = stow.StowIntake(settings, db, app.state.enqueue)
             intake.start()
             app.state.stow = intake
-        metrics = intake.metrics.registry if intake is not None else CollectorRegistry()
-        metrics.register(DriftCollector(settings, db))  # input drift, computed from the database at each scrape
-        app.state.metrics = metrics
+            metrics.include(intake.metrics.registry)
         served = None
         if settings.registry.metrics_port is not None:  # a port of their own, which the API's Ingress never routes
-            served = start_http_server(settings.registry.metrics_port, addr=settings.registry.host, registry=metrics)
+            served = MetricsEndpoint(metrics.registry, settings.registry.host, settings.registry.metrics_port)
         try:
             yield
         finally:
             if served is not None:
-                server, thread = served
-                server.shutdown()
-                server.server_close()
-                thread.join(timeout=5)
-            app.state.metrics = None
+                served.stop()
             if intake is not None:
+                metrics.exclude(intake.metrics.registry)
                 app.state.stow = None
                 intake.stop()
 
@@ -168,11 +167,12 @@ def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = No
         redoc_url="/redoc" if docs else None,
     )
     app.add_middleware(RequestGate, max_body_bytes=settings.registry.max_request_body_mb * 2**20)
+    metrics.instrument(app)  # outside the gate: its refusals (401, 413) are counted too
     app.add_middleware(RequestCorrelation)  # added last: outermost, so the gate's lines carry the request's id
     app.state.settings = settings
     app.state.db = db
     app.state.stow = None
-    app.state.metrics = None
+    app.state.metrics = metrics
     app.state.auth = authenticator
     app.state.enqueue = enqueue
     app.state.dashboard_sessions = None
@@ -188,9 +188,9 @@ def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = No
     if settings.registry.metrics_port is None:
 
         @app.get("/metrics", include_in_schema=False)
-        def metrics(request: Request) -> Response:
-            """Prometheus metrics of the STOW-RS intake (instances by outcome, bytes, free disk) and input drift."""
-            registry = request.app.state.metrics or CollectorRegistry()
-            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        def get_metrics(request: Request) -> Response:
+            """Prometheus metrics: queues, unfinished jobs, HTTP requests, and the STOW-RS intake's."""
+            served: RegistryMetrics = request.app.state.metrics
+            return Response(generate_latest(served.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

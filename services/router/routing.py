@@ -29,6 +29,7 @@ from hounsfield.db.jobs import create_job, idempotency_key, supersede_earlier_jo
 from hounsfield.feedback import recognise_corrections
 from hounsfield.logs import log_context
 from hounsfield.router.dry_run import study_facts
+from hounsfield.router.metrics import RoutingMetrics
 
 __all__ = ["Decision", "Router", "RouterThread", "evaluate_deployment"]
 
@@ -59,10 +60,13 @@ def evaluate_deployment(deployment: DeploymentSpec, facts: list[SeriesFacts]) ->
 class Router:
     """Turns :class:`StudyComplete` events into job rows and queue messages."""
 
-    def __init__(self, settings: Settings, db: Database, enqueue: Enqueue) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, enqueue: Enqueue, *, metrics: RoutingMetrics | None = None
+    ) -> None:
         self._settings = settings
         self._db = db
         self._enqueue = enqueue
+        self._metrics = metrics
 
     def on_study_complete(self, event: StudyComplete) -> list[Job]:
         """Route one study; returns the jobs created (none for no route or a repeat)."""
@@ -85,6 +89,9 @@ class Router:
                 add_event(session, uid, actor, "study-complete", trigger=event.trigger)
             study = session.get(Study, uid)
             assert study is not None  # complete_study matched it
+            if self._metrics is not None and study.completed_at is not None:
+                completed = study.completed_at
+                self._metrics.study_completed(event.trigger, study.first_received_at, study.last_received_at, completed)
             facts = study_facts(session, uid)
             matched_any = False
             for deployment in load_deployments(session):  # shadow, research and clinical ones
@@ -109,6 +116,8 @@ class Router:
                 )
                 if is_new:
                     created.append(job)
+                    if self._metrics is not None:
+                        self._metrics.jobs_created.labels(job.queue).inc()
                     add_event(session, uid, "router", "job-queued", job_id=job.id, deployment=deployment.name)
                     supersede_earlier_jobs(session, job)
                 else:
@@ -120,6 +129,8 @@ class Router:
             with log_context(job=job.id):
                 self._enqueue(job)
                 logger.info("job queued: %s on queue %s", job.deployment, job.queue)
+            if self._metrics is not None:
+                self._metrics.jobs_enqueued.labels(job.queue).inc()
         logger.info("study routed (%s): %d new job(s)", event.trigger, len(created))
         try:
             recognise_corrections(self._settings, self._db, uid)

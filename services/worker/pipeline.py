@@ -39,6 +39,7 @@ from hounsfield.exporter.fhir import AnnouncementFailed, announce
 from hounsfield.exporter.identity import JobIdentity, check_results
 from hounsfield.exporter.validation import GateRejected, ValidationReport, validate_object, validators
 from hounsfield.store import StudyStore
+from hounsfield.worker.metrics import WorkerMetrics
 from hounsfield.worker.preflight import InputRejected, check_series
 from hounsfield.worker.runtimes import (
     ApplicationFailed,
@@ -67,6 +68,8 @@ class WorkerContext:
     store: StudyStore
     in_process: InitVar[InProcessRuntime | None] = None
     """The in-process runtime the worker warmed its applications in (a fresh one when not given)."""
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+    """The worker process's metrics (the one it serves on ``worker.metrics_port``)."""
     runtimes: Runtimes = field(init=False)
 
     def __post_init__(self, in_process: InProcessRuntime | None) -> None:
@@ -108,12 +111,13 @@ def execute_job(ctx: WorkerContext, job_id: str, *, redelivered: bool = False) -
             return None
         queue_wait = (job.started_at - job.created_at).total_seconds() if job.started_at else 0.0
         job.timings = {**job.timings, "queue_wait": round(queue_wait, 3)}
+        ctx.metrics.observe_stages(job.model_name, job.model_version, {"queue_wait": queue_wait})
         add_event(session, job.study_instance_uid, "worker", "job-running", job_id=job_id, worker=WORKER_ID)
     watch = _Stopwatch()
     try:
         return _run_claimed(ctx, job, watch)
     except Exception as exc:  # the task boundary: record, then let Celery log it
-        _fail(ctx, job_id, f"internal error: {type(exc).__name__}: {exc}", watch, kind=type(exc).__name__)
+        _fail(ctx, job, f"internal error: {type(exc).__name__}: {exc}", watch, kind=type(exc).__name__)
         raise
     finally:
         if not ctx.settings.worker.keep_workspaces:
@@ -125,7 +129,7 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
     with ctx.db.session() as session:
         deployment = get_spec(session, job.deployment)
     if deployment is None:
-        return _fail(ctx, job_id, f"deployment {job.deployment!r} is not in the registry", watch, kind="no deployment")
+        return _fail(ctx, job, f"deployment {job.deployment!r} is not in the registry", watch, kind="no deployment")
     workspace = ctx.store.workspace(job_id)
     try:
         with ctx.db.session() as session:
@@ -151,11 +155,14 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
         watch.lap("validate")
     except ApplicationTimedOut as exc:
         watch.lap("inference")
-        return _fail(ctx, job_id, f"timed out: {exc}", watch, state=JobState.TIMED_OUT, kind=type(exc).__name__)
-    except (InputRejected, ResourcesUnavailable, ApplicationFailed, GateRejected) as exc:
-        return _fail(ctx, job_id, str(exc), watch, kind=type(exc).__name__)
+        return _fail(ctx, job, f"timed out: {exc}", watch, state=JobState.TIMED_OUT, kind=type(exc).__name__)
+    except GateRejected as exc:
+        ctx.metrics.validation_failures.labels(exc.validator).inc()
+        return _fail(ctx, job, str(exc), watch, kind=type(exc).__name__)
+    except (InputRejected, ResourcesUnavailable, ApplicationFailed) as exc:
+        return _fail(ctx, job, str(exc), watch, kind=type(exc).__name__)
     except OSError as exc:
-        return _fail(ctx, job_id, f"workspace error: {exc}", watch, kind=f"workspace {type(exc).__name__}")
+        return _fail(ctx, job, f"workspace error: {exc}", watch, kind=f"workspace {type(exc).__name__}")
 
     _keep_results(ctx, job_id, reports)
     with ctx.db.session() as session:
@@ -230,9 +237,11 @@ def _export_and_finish(ctx: WorkerContext, job: Job, destinations: Sequence[str]
     try:
         _export(ctx, job, destinations, mode)
     except DestinationUnreachable as exc:
-        return _wait_or_fail(ctx, job, destinations, str(exc), watch)
+        ctx.metrics.export_failures.labels(exc.protocol, exc.kind).inc()
+        return _wait_or_fail(ctx, job, destinations, exc, watch)
     except ExportFailed as exc:
-        return _fail(ctx, job.id, str(exc), watch, kind=type(exc).__name__)
+        ctx.metrics.export_failures.labels(exc.protocol, exc.kind).inc()
+        return _fail(ctx, job, str(exc), watch, kind=type(exc).__name__)
     watch.lap("export")
     waited = _waited_s(ctx, job)
     if waited is not None:
@@ -240,6 +249,7 @@ def _export_and_finish(ctx: WorkerContext, job: Job, destinations: Sequence[str]
     with ctx.db.session() as session:
         supersede_results(session, job.id)  # a re-evaluated study: this job's results are the new version
         finish_job(session, job.id, JobState.DONE, watch.timings)
+    _count_finished(ctx, job, JobState.DONE, watch)
     logger.info("job %s done in %.2f s", job.id, sum(watch.timings.values()))
     _announce(ctx, job, mode)
     return JobState.DONE
@@ -276,15 +286,16 @@ def resume_export(ctx: WorkerContext, job_id: str) -> JobState | None:
         if job is None:
             return None
         add_event(session, job.study_instance_uid, "worker", "export-retry", job_id=job_id)
+    ctx.metrics.export_retries.labels("queued").inc()
     with ctx.db.session() as session:
         deployment = get_spec(session, job.deployment)
     watch = _Stopwatch()
     if deployment is None:
-        return _fail(ctx, job_id, f"deployment {job.deployment!r} is not in the registry", watch, kind="no deployment")
+        return _fail(ctx, job, f"deployment {job.deployment!r} is not in the registry", watch, kind="no deployment")
     try:
         return _export_and_finish(ctx, job, deployment.destinations, watch)
     except Exception as exc:  # the task boundary: record, then let Celery log it
-        _fail(ctx, job_id, f"internal error: {type(exc).__name__}: {exc}", watch, kind=type(exc).__name__)
+        _fail(ctx, job, f"internal error: {type(exc).__name__}: {exc}", watch, kind=type(exc).__name__)
         raise
 
 
@@ -296,17 +307,21 @@ def _waited_s(ctx: WorkerContext, job: Job) -> float | None:
 
 
 def _wait_or_fail(
-    ctx: WorkerContext, job: Job, destinations: Sequence[str], reason: str, watch: _Stopwatch
+    ctx: WorkerContext, job: Job, destinations: Sequence[str], unreachable: DestinationUnreachable, watch: _Stopwatch
 ) -> JobState:
     configured = [ctx.settings.destinations[d] for d in destinations if d in ctx.settings.destinations]
     limit = min((d.wait_max_s for d in configured), default=86400.0)
     waited = _waited_s(ctx, job) or 0.0
+    reason = str(unreachable)
     if waited >= limit:
-        return _fail(ctx, job.id, f"{reason}; gave up after waiting {waited:.0f} s", watch, kind="gave up waiting")
+        ctx.metrics.export_failures.labels(unreachable.protocol, "gave_up").inc()
+        return _fail(ctx, job, f"{reason}; gave up after waiting {waited:.0f} s", watch, kind="gave up waiting")
     logger.warning("job %s waits for its destination: %s", job.id, reason)
     with ctx.db.session() as session:
         set_job_state(session, job.id, JobState.WAITING, watch.timings)
         add_event(session, job.study_instance_uid, "worker", "export-waiting", job_id=job.id, reason=reason)
+    ctx.metrics.export_waits.inc()
+    ctx.metrics.observe_stages(job.model_name, job.model_version, watch.timings)
     return JobState.WAITING
 
 
@@ -358,7 +373,7 @@ def _export(ctx: WorkerContext, job: Job, names: Sequence[str], mode: str) -> No
     for name in names:
         destination = ctx.settings.destinations.get(name)
         if destination is None:
-            raise ExportFailed(f"destination {name!r} is not configured on this worker")
+            raise ExportFailed(f"destination {name!r} is not configured on this worker", kind="not_configured")
         if mode == "shadow" and destination.clinical:
             logger.info("job %s: shadow results are never sent to clinical destination %s", job.id, name)
             continue
@@ -367,7 +382,12 @@ def _export(ctx: WorkerContext, job: Job, names: Sequence[str], mode: str) -> No
         ]
         if not pending:
             continue
-        deliver([Path(r.path) for r in pending], destination, calling_ae=ctx.settings.listener.ae_title)
+        try:
+            attempts = deliver([Path(r.path) for r in pending], destination, calling_ae=ctx.settings.listener.ae_title)
+        except DestinationUnreachable:
+            ctx.metrics.export_retries.labels("delivery").inc(destination.retries)
+            raise
+        ctx.metrics.export_retries.labels("delivery").inc(attempts - 1)
         with ctx.db.session() as session:
             for result in pending:
                 row = session.get(Result, result.id)
@@ -377,11 +397,18 @@ def _export(ctx: WorkerContext, job: Job, names: Sequence[str], mode: str) -> No
 
 
 def _fail(
-    ctx: WorkerContext, job_id: str, reason: str, watch: _Stopwatch, *, kind: str, state: JobState = JobState.FAILED
+    ctx: WorkerContext, job: Job, reason: str, watch: _Stopwatch, *, kind: str, state: JobState = JobState.FAILED
 ) -> JobState:
     """Record the job's end with ``reason`` (its error, shown by the registry); the log says only ``kind``:
     a reason may quote an application's, a validator's or a library's words, and those may quote a patient."""
-    logger.warning("job %s %s (%s); the reason is the job's error", job_id, state.value, kind)
+    logger.warning("job %s %s (%s); the reason is the job's error", job.id, state.value, kind)
     with ctx.db.session() as session:
-        finish_job(session, job_id, state, watch.timings, error=reason)
+        finish_job(session, job.id, state, watch.timings, error=reason)
+    _count_finished(ctx, job, state, watch)
     return state
+
+
+def _count_finished(ctx: WorkerContext, job: Job, state: JobState, watch: _Stopwatch) -> None:
+    """The metrics of a run that ended the job: the stages it timed, and its outcome."""
+    ctx.metrics.observe_stages(job.model_name, job.model_version, watch.timings)
+    ctx.metrics.jobs_finished.labels(job.model_name, job.model_version, state.value).inc()

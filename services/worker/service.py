@@ -12,6 +12,7 @@ from hounsfield.catalog.read_model import load_deployments
 from hounsfield.config import Settings
 from hounsfield.db import Database
 from hounsfield.queues import make_celery
+from hounsfield.worker.metrics import WorkerMetrics
 from hounsfield.worker.runtimes import InProcessRuntime
 
 __all__ = ["run"]
@@ -38,6 +39,11 @@ def run(settings: Settings) -> None:
     app = make_celery(settings, longest_timeout_s=max((d.timeout_s for d in deployed), default=None))
     runtime = InProcessRuntime(max_jobs=settings.worker.app_max_jobs)
     app.conf.hounsfield_runtime = runtime  # the tasks' context runs its jobs
+    metrics = WorkerMetrics()
+    app.conf.hounsfield_metrics = metrics  # the tasks' context counts into it
+    if settings.worker.metrics_port is not None:
+        metrics.serve(settings.worker.metrics_host, settings.worker.metrics_port)
+        logger.info("metrics on %s:%d/metrics", settings.worker.metrics_host, settings.worker.metrics_port)
     for reference in sorted(references):
         logger.info("warming application %s", reference)
         runtime.warm(reference)
@@ -61,4 +67,5 @@ def run(settings: Settings) -> None:
     finally:  # the application processes leave with the worker, each after its current run
         if ready_file is not None:
             ready_file.unlink(missing_ok=True)
+        metrics.stop()
         runtime.close()

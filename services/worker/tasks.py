@@ -19,6 +19,7 @@ from hounsfield.db import Database, JobState
 from hounsfield.logs import LogContext, current_log_context, log_context
 from hounsfield.queues import EXPORT_JOB_TASK, RUN_JOB_TASK, STUDY_HEADER
 from hounsfield.store import StudyStore
+from hounsfield.worker.metrics import WorkerMetrics
 from hounsfield.worker.pipeline import WorkerContext, execute_job, resume_export
 
 __all__ = ["export_job", "run_job"]
@@ -31,8 +32,9 @@ class _JobTask(Task):  # type: ignore[misc]
     def context(self) -> WorkerContext:
         settings: Settings = self.app.conf.hounsfield_settings
         in_process = self.app.conf.get("hounsfield_runtime")  # warmed by the worker process (service.run)
+        metrics = self.app.conf.get("hounsfield_metrics") or WorkerMetrics()  # served by the worker process
         db, store = Database(settings.sqlalchemy_url), StudyStore(settings.data_dir)
-        return WorkerContext(settings=settings, db=db, store=store, in_process=in_process)
+        return WorkerContext(settings=settings, db=db, store=store, in_process=in_process, metrics=metrics)
 
     def retry_export_later(self, job_id: str, attempt: int) -> None:
         """Queue the next export attempt of a waiting job on the queue this task came from."""

@@ -322,7 +322,11 @@ def test_every_pod_gets_a_configuration_hounsfield_accepts(
 
 def test_one_worker_deployment_per_queue(chart: helm.Chart) -> None:
     objects = render(chart)
-    names = sorted(o["metadata"]["name"] for o in objects if o["metadata"]["name"].startswith("hf-hounsfield-worker"))
+    names = sorted(
+        o["metadata"]["name"]
+        for o in objects
+        if o["kind"] == "Deployment" and o["metadata"]["name"].startswith("hf-hounsfield-worker")
+    )
     assert names == ["hf-hounsfield-worker-batch", "hf-hounsfield-worker-routine", "hf-hounsfield-worker-stat"]
     objects = render(chart, {"workers": {"batch": {"enabled": False, "replicas": 0}}})
     assert "hf-hounsfield-worker-batch" not in {o["metadata"]["name"] for o in objects}
@@ -452,7 +456,9 @@ def test_network_policies_let_only_the_listener_and_the_api_in(chart: helm.Chart
         labels = pod["spec"]["template"]["metadata"]["labels"]
         assert all(labels.get(k) == v for k, v in deny["podSelector"]["matchLabels"].items()), "every pod is covered"
     open_to_all = {name for name, spec in policies.items() if any("from" not in rule for rule in spec["ingress"])}
-    assert open_to_all == {"hf-hounsfield-listener", "hf-hounsfield-registry"}
+    assert open_to_all == {"hf-hounsfield-listener", "hf-hounsfield-registry", "hf-hounsfield-workers"}
+    worker_ports = [p["port"] for rule in policies["hf-hounsfield-workers"]["ingress"] for p in rule["ports"]]
+    assert worker_ports == [9472], "a worker takes nothing but a scrape of its metrics"
     listener_ports = [p["port"] for rule in policies["hf-hounsfield-listener"]["ingress"] for p in rule["ports"]]
     assert listener_ports == [11112, 9470]
     for inner in ("hf-hounsfield-redis", "hf-hounsfield-postgresql"):
@@ -481,7 +487,7 @@ def test_keda_scales_each_worker_on_its_own_queue(chart: helm.Chart) -> None:
             assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
 
 
-def test_the_service_monitor_scrapes_the_listener_and_registry(chart: helm.Chart) -> None:
+def test_the_service_monitor_scrapes_the_listener_the_workers_and_the_registry(chart: helm.Chart) -> None:
     objects = render(chart, production_values())
     monitor = one(objects, "ServiceMonitor", "hf-hounsfield")
     selector = monitor["spec"]["selector"]["matchLabels"]
@@ -490,8 +496,30 @@ def test_the_service_monitor_scrapes_the_listener_and_registry(chart: helm.Chart
         for o in objects
         if o["kind"] == "Service" and all(o["metadata"]["labels"].get(k) == v for k, v in selector.items())
     }
-    assert scraped == {"hf-hounsfield-listener-metrics": {"metrics"}, "hf-hounsfield-registry-metrics": {"metrics"}}
+    workers = [
+        o["metadata"]["name"] for o in objects if o["kind"] == "Deployment" and "worker" in o["metadata"]["name"]
+    ]
+    assert "hf-hounsfield-worker-gpu" in workers and "hf-hounsfield-worker-stat" in workers, workers
+    expected = {f"{name}-metrics" for name in ["hf-hounsfield-listener", "hf-hounsfield-registry", *workers]}
+    assert scraped == {key: {"metrics"} for key in expected}
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+
+
+def test_each_worker_serves_its_metrics_to_the_monitoring_namespace_alone(chart: helm.Chart) -> None:
+    objects = render(chart, production_values())
+    config = hounsfield_config(objects)["worker"]
+    assert (config["metrics_port"], config["metrics_host"]) == (9472, "0.0.0.0"), "a pod's IP, not loopback"
+    workers = [o for o in objects if o["kind"] == "Deployment" and "worker" in o["metadata"]["name"]]
+    policy = one(objects, "NetworkPolicy", "hf-hounsfield-workers")["spec"]
+    monitoring = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert policy["ingress"] == [{"ports": [{"port": 9472, "protocol": "TCP"}], "from": monitoring}]
+    for worker in workers:
+        (container,) = containers(worker)
+        assert container["ports"] == [{"name": "metrics", "containerPort": 9472}]
+        labels = worker["spec"]["template"]["metadata"]["labels"]
+        assert all(labels.get(k) == v for k, v in policy["podSelector"]["matchLabels"].items()), "the policy applies"
+        service = one(objects, "Service", f"{worker['metadata']['name']}-metrics")
+        assert all(labels.get(k) == v for k, v in service["spec"]["selector"].items()), "the Service finds its pods"
 
 
 # -- NOTES.txt ------------------------------------------------------------------------------------------

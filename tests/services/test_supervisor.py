@@ -9,12 +9,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import psutil
 import yaml
 
+from hounsfield.config import load_settings
 from hounsfield.demo.orthanc import free_port
+from hounsfield.demo.stack import HounsfieldStack
 
 
 def _port_open(port: int) -> bool:
@@ -59,3 +62,16 @@ def test_up_runs_everything_and_ctrl_c_stops_it_cleanly(tmp_path: Path) -> None:
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)
             up.wait()
+
+
+def test_the_demo_stack_gives_each_process_a_metrics_port(tmp_path: Path) -> None:
+    pacs = SimpleNamespace(aet="ORTHANC", dicom_port=free_port())
+    stack = HounsfieldStack(tmp_path, pacs, overrides={"worker": {"queues": ["stat"]}})  # type: ignore[arg-type]
+    path = tmp_path / "hounsfield.yaml"
+    path.write_text(yaml.safe_dump(stack.config))
+    settings = load_settings(path)
+    assert settings.worker.queues == ["stat"], "a worker section given is kept"
+    assert settings.metrics_urls == stack.metrics_urls
+    assert {name: url is not None for name, url in settings.metrics_urls.items()} == dict.fromkeys(
+        ("listener", "worker", "registry"), True
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,10 +12,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hounsfield.config import Settings
+from hounsfield.db import Job, Study
 from hounsfield.demo.orthanc import free_port
 from hounsfield.demo.stack import StackFailed, storescu
 from hounsfield.listener.server import Listener
-from tests.support import write_study
+from tests.support import wait_for, write_study
 
 
 def _serve(settings: Settings, **listener: object) -> Listener:
@@ -80,3 +82,39 @@ def test_disk_floor_refusals_show_in_the_metrics(serve: list[Listener], settings
     assert samples[("hounsfield_store_free_floor_bytes", ())] == (free_mb + 1024) * 2**20
     assert samples[("hounsfield_store_free_bytes", ())] < samples[("hounsfield_store_free_floor_bytes", ())]
     assert not list((listener.settings.data_dir / "studies").rglob("*.dcm")), "nothing written below the floor"
+
+
+def test_completeness_and_routing_are_measured_by_trigger_and_queue(
+    serve: list[Listener], settings: Settings, tmp_path: Path
+) -> None:
+    queued: list[Job] = []
+    # Two associations, not completing on release: the quiet period (1 s) completes the study after the second.
+    update = {"metrics_port": free_port(), "complete_on_release": False}
+    tuned = settings.model_copy(update={"listener": settings.listener.model_copy(update=update)})
+    listener = Listener(tuned, queued.append)
+    listener.start()
+    serve.append(listener)
+    study_uid, files = write_study(tmp_path / "ct", seed=7)
+    port = tuned.listener.port
+    storescu(files[:2], host="127.0.0.1", port=port, called_ae="HOUNSFIELD", calling_ae="CT01")
+    time.sleep(0.3)
+    storescu(files[2:], host="127.0.0.1", port=port, called_ae="HOUNSFIELD", calling_ae="CT01")
+    wait_for(lambda: queued, timeout=30)  # complete after the quiet period, then routed to the CT deployment
+    samples = _samples(listener)
+    trigger = ("trigger", "quiet-period")
+    assert samples[("hounsfield_studies_completed_total", (trigger,))] == 1
+    histogram = "hounsfield_study_completeness_seconds"
+    for since in ("first_instance", "last_instance"):
+        assert samples[(f"{histogram}_count", (("since", since), trigger))] == 1, since
+        assert samples[(f"{histogram}_bucket", (("le", "+Inf"), ("since", since), trigger))] == 1
+    since_first = samples[(f"{histogram}_sum", (("since", "first_instance"), trigger))]
+    since_last = samples[(f"{histogram}_sum", (("since", "last_instance"), trigger))]
+    with listener.db.session() as session:
+        study = session.get(Study, study_uid)
+        assert study is not None and study.completed_at is not None
+        spread = (study.last_received_at - study.first_received_at).total_seconds()
+        assert since_last == pytest.approx((study.completed_at - study.last_received_at).total_seconds())
+    assert since_last >= 1.0, "the quiet period passed after the last instance"
+    assert spread >= 0.3 and since_first - since_last == pytest.approx(spread), "from the first instance, and the last"
+    assert samples[("hounsfield_router_jobs_created_total", (("queue", queued[0].queue),))] == 1
+    assert samples[("hounsfield_router_jobs_enqueued_total", (("queue", queued[0].queue),))] == 1

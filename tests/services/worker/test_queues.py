@@ -12,11 +12,13 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from hounsfield.catalog import prepare_database
@@ -53,7 +55,7 @@ def config(tmp_path: Path, default_database_url: str | None) -> Iterator[Path]:
     body: dict[str, object] = {
         "data_dir": str(tmp_path / "data"),
         "redis_url": redis.url,
-        "worker": {"ready_file": str(tmp_path / "worker-ready")},
+        "worker": {"ready_file": str(tmp_path / "worker-ready"), "metrics_port": free_port()},
         "deployments": [_deployment("urgent", "stat", "^STAT"), _deployment("cohort", "batch", "^BATCH")],
     }
     if default_database_url:
@@ -70,6 +72,16 @@ def _queue(settings: Settings, db: Database, router: Router, kind: str, index: i
     index_series(db, study, f"{study}.1", 2, description=f"{kind} {index}", folder=settings.data_dir / "absent")
     (job,) = router.on_study_complete(StudyComplete(study_instance_uid=study, trigger="manual"))
     return job.id
+
+
+def _worker_metrics(settings: Settings) -> Callable[..., float]:
+    text = httpx.get(f"http://127.0.0.1:{settings.worker.metrics_port}/metrics", timeout=10).text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    return lambda name, **labels: samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def _claim_order(db: Database, ids: list[str], timeout: float = 180.0) -> list[str]:
@@ -93,7 +105,8 @@ def test_stat_jumps_a_batch_backlog_and_batch_is_not_starved(config: Path) -> No
     urgent = _queue(settings, db, router, "STAT", 100)
 
     log = (config.parent / "worker.log").open("wb")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TCP_NODELAY": "1"}
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))  # a caller's path kept
+    env = {**os.environ, "PYTHONPATH": pythonpath, "TCP_NODELAY": "1"}
     worker = subprocess.Popen(
         [sys.executable, "-m", "hounsfield.cli", "worker", "--config", str(config)],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -104,6 +117,11 @@ def test_stat_jumps_a_batch_backlog_and_batch_is_not_starved(config: Path) -> No
         assert ready.read_text().strip() == str(worker.pid)
         order = _claim_order(db, [*backlog, urgent])
         assert order.index(urgent) <= 1, f"the stat job was claimed {order.index(urgent) + 1}th of 13"
+        served = _worker_metrics(settings)  # the worker's own /metrics counted the jobs its tasks ran
+        for model, count in (("urgent", 1), ("cohort", 12)):
+            labels = {"model": model, "version": "1.0.0"}
+            assert served("hounsfield_worker_jobs_finished_total", outcome="failed", **labels) == count
+            assert served("hounsfield_worker_job_stage_seconds_count", stage="queue_wait", **labels) == count
 
         # Now a stat backlog and a batch backlog together: the worker takes its queues in turn. The jobs
         # are made first and published back to back (milliseconds), so that both backlogs are there.
