@@ -144,9 +144,9 @@ def models_page(request: Request, session: SessionDep, caller: ReaderCaller) -> 
     drift_settings = request.app.state.settings.drift
     drift: dict[tuple[str, str], DriftStatus] = {}
     for deployment in (d for ds in by_model.values() for d in ds):
-        key = (deployment.model, deployment.version)
-        if key not in drift:  # each version read once: at most reference_jobs + window_jobs profiles
-            drift[key] = evaluate(session, drift_settings, *key)
+        version = (deployment.model, deployment.version)
+        if version not in drift:  # each version read once: at most reference_jobs + window_jobs profiles
+            drift[version] = evaluate(session, drift_settings, *version)
     context = {"use_cases": use_cases, "groups": dict(sorted(groups.items())), "deployments": by_model}
     return render(request, "models.html", {**context, "unfiled": unfiled, "drift": drift})
 
