@@ -179,7 +179,8 @@ def test_promtool_accepts_the_rule_file() -> None:
 
 def test_the_alerts_fire_on_the_series_their_unit_tests_give() -> None:
     """alerts.test.yml: the store's floor, the stat queue, a model version's failure ratio, refused exports and
-    validation failures fire when they should (and not before), with their descriptions rendered."""
+    validation failures, input drift, retention failures and early purges fire when they should (and not
+    before), with their descriptions rendered."""
     tested = subprocess.run(
         ["promtool", "test", "rules", ALERTS.with_name("alerts.test.yml").name],
         cwd=ALERTS.parent, capture_output=True, text=True, check=False,
@@ -196,7 +197,7 @@ def test_every_alert_says_what_to_do() -> None:
 def test_the_dashboard_covers_every_part_of_the_path() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
-    assert rows == ["Ingest", "Completeness", "Queues", "Jobs by stage", "Exports", "Store disk", "Registry"]
+    assert rows == ["Ingest", "Completeness", "Queues", "Jobs by stage", "Exports", "Store disk", "Registry", "Retention and input drift"]
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"]), "panel ids are unique"
     assert all(p["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"] if p["type"] != "row")
 
