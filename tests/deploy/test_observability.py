@@ -197,7 +197,16 @@ def test_every_alert_says_what_to_do() -> None:
 def test_the_dashboard_covers_every_part_of_the_path() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
-    assert rows == ["Ingest", "Completeness", "Queues", "Jobs by stage", "Exports", "Store disk", "Registry", "Retention and input drift"]
+    assert rows == [
+        "Ingest",
+        "Completeness",
+        "Queues",
+        "Jobs by stage",
+        "Exports",
+        "Store disk",
+        "Registry",
+        "Retention and input drift",
+    ]
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"]), "panel ids are unique"
     assert all(p["datasource"]["uid"] == "${datasource}" for p in dashboard["panels"] if p["type"] != "row")
 
