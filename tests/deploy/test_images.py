@@ -750,3 +750,32 @@ def test_compose_configuration_points_at_the_compose_services() -> None:
         and fnmatch(installed.relative_to(package.replace(".", "/")).as_posix(), pattern)
     ]
     assert shipped, f"{installed} is no package data in pyproject.toml: the installed package would lack it"
+
+
+def _pinned(lock: str) -> dict[str, str]:
+    """Each package the lock pins, by its normalised name, with its version."""
+    text = (REPO / "deploy" / "locks" / f"{lock}.txt").read_text()
+    pins = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\]+)", text, flags=re.M)
+    return {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in pins}
+
+
+def test_every_runtime_dependency_is_in_the_images_locks() -> None:
+    """A dependency added to pyproject.toml but not to the locks would leave the images without it (they
+    install the locks with --no-deps): every runtime dependency is pinned in both locks, the worker's
+    extra in the worker's, each at a version its specifier allows."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = {
+        "services": project["dependencies"],
+        "worker": project["dependencies"] + project["optional-dependencies"]["worker"],
+    }
+    for lock, requirements in wanted.items():
+        pinned = _pinned(lock)
+        for requirement in requirements:
+            found = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*(.*)", requirement)
+            assert found is not None, requirement
+            name = re.sub(r"[-_.]+", "-", found.group(1)).lower()
+            assert name in pinned, f"{requirement!r} is not pinned in deploy/locks/{lock}.txt (make lock)"
+            version = pinned[name].split("+")[0]
+            assert SpecifierSet(found.group(3).split(";")[0]).contains(version, prereleases=True), (
+                f"deploy/locks/{lock}.txt pins {name}=={pinned[name]}, outside {requirement!r}"
+            )
