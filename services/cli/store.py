@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hounsfield.cli._common import ConfigOption, database
+from hounsfield.cli._common import ConfigOption, cli_principal, database
 
 if TYPE_CHECKING:
     from hounsfield.retention import PurgePlan
@@ -78,7 +78,7 @@ def store_purge(
 
     settings, db = database(config)
     try:
-        purger = Purger(settings, db, StudyStore(settings.data_dir))
+        purger = Purger(settings, db, StudyStore(settings.data_dir), principal=cli_principal())
         plan = purger.plan()
         if dry_run:
             for line in _plan_lines(plan):

@@ -21,18 +21,24 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from hounsfield.access import Principal, Role, record
 from hounsfield.config import Settings
 from hounsfield.db import Database, utcnow
 from hounsfield.db.retention import claim_study_purge, delete_audit_before, finished_jobs_before, indexed_paths
+from hounsfield.logs import log_context
 from hounsfield.retention.policy import Candidate, PurgePlan, Reason, plan_purge, store_usage
 from hounsfield.store import StudyStore
 
-__all__ = ["PurgeReport", "Purger", "StudyGuard"]
+__all__ = ["RETENTION_PRINCIPAL", "PurgeReport", "Purger", "StudyGuard"]
 
 logger = logging.getLogger(__name__)
 
 StudyGuard = Callable[[str], AbstractContextManager[bool]]
 """Held around one study's purge; yields False when the study must not be purged now."""
+
+
+RETENTION_PRINCIPAL = Principal("retention", Role.ADMIN, "cli")
+"""Who the listener's purges are audited as."""
 
 
 @contextlib.contextmanager
@@ -69,8 +75,10 @@ class Purger:
         guard: StudyGuard | None = None,
         on_purged: Callable[[Reason, int], None] | None = None,
         on_failure: Callable[[str], None] | None = None,
+        principal: Principal | None = None,
     ) -> None:
         self.settings, self.db, self.store = settings, db, store
+        self._principal = principal
         self._guard = guard or _unguarded
         self._on_purged = on_purged or (lambda reason, size: None)
         self._on_failure = on_failure or (lambda kind: None)
@@ -88,13 +96,14 @@ class Purger:
                 plan.usage.target_free
             ):
                 break
-            try:
-                purged = self._purge_study(candidate)
-            except OSError as exc:  # the database row says purged; the files left are logged, counted
-                report.failures += 1
-                self._on_failure("files")
-                logger.error("retention: removing a study's files failed (%s)", type(exc).__name__)
-                continue
+            with log_context(study_uid=candidate.study_instance_uid):  # its lines carry the study's id
+                try:
+                    purged = self._purge_study(candidate)
+                except OSError as exc:  # the database row says purged; the files left are logged, counted
+                    report.failures += 1
+                    self._on_failure("files")
+                    logger.error("retention: removing a study's files failed (%s)", type(exc).__name__)
+                    continue
             if purged is None:
                 report.skipped += 1
                 continue
@@ -193,4 +202,19 @@ class Purger:
             report.failures += 1
             self._on_failure("results")
             logger.error("retention: removing results failed (%s)", type(exc).__name__)
+        self._audit(report)
         return report
+
+    def _audit(self, report: PurgeReport) -> None:
+        """One ``store.purge`` audit row per run that did something, and per run an operator asked for
+        (``principal`` given) even when it found nothing: who purged, and how much, by reason."""
+        done = report.studies or report.results_removed or report.events_deleted or report.audit_deleted
+        if not done and not report.failures and self._principal is None:
+            return
+        after = {
+            "studies": report.studies, "bytes": report.bytes, "instances": report.instances,
+            "skipped": report.skipped, "failures": report.failures, "results_removed": report.results_removed,
+            "events_deleted": report.events_deleted, "audit_deleted": report.audit_deleted,
+        }  # fmt: skip
+        with self.db.session() as session:
+            record(session, self._principal or RETENTION_PRINCIPAL, "store.purge", "store", "studies", after=after)

@@ -9,7 +9,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
+from hounsfield.access import Principal, Role
 from hounsfield.db import Event, Instance, JobState, StudyState, utcnow
+from hounsfield.db.access import list_audit
 from hounsfield.db.index import study_events
 from hounsfield.listener.metrics import ListenerMetrics
 from hounsfield.retention import Purger, plan_purge
@@ -162,6 +164,20 @@ def test_each_purge_is_an_event_without_patient_data_and_counted(rig: Rig) -> No
     sample = metrics.registry.get_sample_value
     assert sample("hounsfield_retention_purged_studies_total", {"reason": "expired"}) == 1
     assert sample("hounsfield_retention_purged_bytes_total", {"reason": "expired"}) == 15000
+
+
+def test_each_run_that_purged_and_each_run_an_operator_asked_for_is_in_the_audit_log(rig: Rig) -> None:
+    rig.study(days_ago=40, size=5000)
+    _purger(rig).run_policies()
+    _purger(rig).run_policies()  # the listener's next run finds nothing: no row
+    operator = Principal("cli:ops", Role.ADMIN, "cli")
+    _purger(rig, principal=operator).run_policies()  # an operator's run is audited even when it finds nothing
+    with rig.db.session() as session:
+        rows = [(a.actor, a.action, a.entity, a.after) for a in reversed(list_audit(session, limit=10))]
+    rows = [row for row in rows if row[1] == "store.purge"]
+    assert [row[:3] for row in rows] == [("retention", "store.purge", "store"), ("cli:ops", "store.purge", "store")]
+    assert rows[0][3]["studies"] == {"expired": 1} and rows[0][3]["bytes"] == {"expired": 15000}
+    assert rows[1][3]["studies"] == {} and rows[1][3]["failures"] == 0
 
 
 def test_a_source_override_keeps_its_studies_longer(rig: Rig) -> None:
