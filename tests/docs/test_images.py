@@ -54,6 +54,7 @@ def test_the_viewer_picture_is_small() -> None:
 def test_the_dashboard_pictures_are_there_and_small() -> None:
     pictures = sorted(IMAGES.glob("dashboard-*.png"))
     assert [p.name for p in pictures] == [
-        "dashboard-audit.png", "dashboard-deployment.png", "dashboard-overview.png", "dashboard-study.png"
+        "dashboard-audit.png", "dashboard-deployment.png", "dashboard-models.png", "dashboard-overview.png",
+        "dashboard-retention.png", "dashboard-study.png",
     ]  # fmt: skip
     assert all(p.stat().st_size < 300_000 for p in pictures)

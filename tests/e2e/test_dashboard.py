@@ -4,8 +4,8 @@ A synthetic CT study goes through ``hounsfield up`` (listener, router, worker wi
 application, exporter to the test Orthanc); the registry it runs serves the dashboard. The test signs
 in with the admin token the registry made at its start, clicks from the studies list into the study's
 path (its completeness state, events, the job's per-stage timings and the results' links into the PACS
-viewer), then opens the deployment from the models page, promotes it (research -> shadow) and sees the
-deployment page and the audit log show it.
+viewer), looks at the retention view and the models page's input-drift badge, then opens the
+deployment, promotes it (research -> shadow) and sees the deployment page and the audit log show it.
 
 Screenshots go to a temporary folder; ``UPDATE_DOCS_IMAGES=1`` also writes those docs/dashboard.md shows
 (docs/images/dashboard-*.png).
@@ -49,7 +49,9 @@ def stack(
 ) -> Iterator[HounsfieldStack]:
     viewer = f"{pacs.url}/ui/app/#/filtered-studies?StudyInstanceUID={{study_uid}}"
     dashboard = {"pacs_viewer_url": viewer}
-    with running_stack(tmp_path_factory, pacs, request, dashboard=dashboard) as running:
+    # Marks this machine's disk cannot pass: what the retention view plans must not depend on how full it is.
+    retention = {"retention": {"high_water_percent": 100, "low_water_percent": 99, "floor_margin_mb": 0}}
+    with running_stack(tmp_path_factory, pacs, request, dashboard=dashboard, overrides=retention) as running:
         yield running
 
 
@@ -107,8 +109,18 @@ def test_from_the_studies_list_to_a_study_path_then_a_promotion_in_the_audit_log
     expect(section.locator("table.results")).to_contain_text("pacs")  # where each result was sent
     _screenshot(page, tmp_path, "dashboard-study.png")
 
-    # models and deployments by use case; promote research -> shadow
+    # the retention view: the study is within its keep (retention is off by default), nothing to purge
+    page.click("nav >> text=Retention")
+    expect(page.locator("#policy")).to_contain_text("off")
+    expect(page.locator("#policy")).to_contain_text("kept 30 days after their last job ended")
+    expect(page.locator("#plan")).to_contain_text("Nothing.")
+    assert 0 < float(page.locator("meter#used").get_attribute("value") or "nan") <= 100
+    _screenshot(page, tmp_path, "dashboard-retention.png")
+
+    # models and deployments by use case, each version with its input-drift badge (one job: too few)
     page.click("nav >> text=Models")
+    expect(page.locator("span.drift")).to_have_text("too few jobs")
+    _screenshot(page, tmp_path, "dashboard-models.png")
     page.click("a.deployment >> text=ct-lesion-seg")
     expect(page.locator("#stage")).to_have_text("research")
     form = page.locator("form.action", has=page.locator("button[value=shadow]"))
