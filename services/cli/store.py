@@ -73,7 +73,7 @@ def store_purge(
 ) -> None:
     """Purge the study store now by the retention policy (expired studies; above high water the oldest
     too), whether or not ``retention.enabled`` is set. Each study purged is an event on its path."""
-    from hounsfield.retention import Purger
+    from hounsfield.retention import Purger, StoreNotMounted
     from hounsfield.store import StudyStore
 
     settings, db = database(config)
@@ -86,6 +86,9 @@ def store_purge(
             typer.echo(f"would purge {len(plan.candidates)} study(ies), {plan.bytes} bytes; nothing deleted")
             return
         report = purger.run_policies()
+    except StoreNotMounted as exc:
+        typer.echo(f"not purged: {exc}", err=True)
+        raise typer.Exit(2) from None
     finally:
         db.dispose()
     purged = ", ".join(f"{reason} {n}" for reason, n in sorted(report.studies.items())) or "none"

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import CursorResult, exists, func, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
 from hounsfield.db.index import add_event
-from hounsfield.db.models import Event, Job, JobState, Result, utcnow
+from hounsfield.db.models import Event, Job, JobState, Result, Study, StudyState, utcnow
 from hounsfield.errors import HounsfieldError
 
 __all__ = [
@@ -125,8 +125,12 @@ RETRYABLE = (JobState.FAILED, JobState.TIMED_OUT)
 
 def requeue_failed_job(session: Session, job_id: str, *, actor: str) -> Job | None:
     """Put a failed or timed-out job back to queued (its error and times cleared, a ``job-retried`` event
-    naming ``actor``); None when it is in no such state or a newer job superseded it."""
-    statement = update(Job).where(Job.id == job_id, Job.state.in_(RETRYABLE), Job.superseded_by.is_(None))
+    naming ``actor``); None when it is in no such state, a newer job superseded it, or retention purged
+    its study."""
+    present = exists().where(Study.study_instance_uid == Job.study_instance_uid, Study.state != StudyState.PURGED)
+    statement = update(Job).where(
+        Job.id == job_id, Job.state.in_(RETRYABLE), Job.superseded_by.is_(None), present
+    )  # a purged study's files are gone: its job cannot run again
     values = {"state": JobState.QUEUED, "error": None, "started_at": None, "finished_at": None}
     result = cast(CursorResult[Any], session.execute(statement.values(**values)))
     if not result.rowcount:

@@ -120,9 +120,11 @@ def retention_facts(session: Session) -> list[StudyRetentionFacts]:
 
 
 def claim_study_purge(
-    session: Session, study_uid: str, *, last_received_at: datetime, detail: dict[str, Any]
+    session: Session, study_uid: str, *, folder: str, last_received_at: datetime, detail: dict[str, Any]
 ) -> list[tuple[str, int]] | None:
-    """Mark a study purged and delete its instance rows; the (path, size) of each row deleted.
+    """Mark a study purged and delete its instance rows whose file lies under ``folder`` (the study's own
+    folder of the store, ending with a separator: a row another study's instance took over, by a reused
+    series or SOP UID, points elsewhere and is left alone); the (path, size) of each row deleted.
 
     None (nothing changed) unless the study is still routed or without a route, was last received at
     ``last_received_at`` (as planned), and has no job queued, running, exporting or waiting. The
@@ -143,15 +145,9 @@ def claim_study_purge(
     if not cast(CursorResult[Any], claimed).rowcount:
         return None
     series = select(Series.series_instance_uid).where(Series.study_instance_uid == study_uid)
-    files = [
-        (path, int(size))
-        for path, size in session.execute(
-            select(Instance.path, Instance.size).where(Instance.series_instance_uid.in_(series))
-        )
-    ]
-    session.execute(
-        delete(Instance).where(Instance.series_instance_uid.in_(series)).execution_options(synchronize_session=False)
-    )
+    own = (Instance.series_instance_uid.in_(series), func.substr(Instance.path, 1, len(folder)) == folder)
+    files = [(path, int(size)) for path, size in session.execute(select(Instance.path, Instance.size).where(*own))]
+    session.execute(delete(Instance).where(*own).execution_options(synchronize_session=False))
     add_event(
         session, study_uid, "retention", "purged", **detail, instances=len(files), bytes=sum(size for _, size in files)
     )

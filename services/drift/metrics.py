@@ -8,6 +8,7 @@ no patient data.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -18,6 +19,8 @@ from hounsfield.db import Database
 from hounsfield.drift.monitor import drift_statuses
 
 __all__ = ["DriftCollector"]
+
+logger = logging.getLogger(__name__)
 
 
 class DriftCollector(Collector):
@@ -39,8 +42,14 @@ class DriftCollector(Collector):
             "1 when a model version's inputs drift (a feature past its threshold), else 0 (not enough data: 0).",
             labels=["model", "version"],
         )
-        with self._db.session() as session:
-            statuses = drift_statuses(session, self._settings)
+        if not self._settings.drift.enabled:
+            return
+        try:
+            with self._db.session() as session:
+                statuses = drift_statuses(session, self._settings)
+        except Exception as exc:  # the database down: the scrape's other metrics still go out (source_up says it)
+            logger.warning("input drift not read for metrics: %s", type(exc).__name__)
+            return
         for status in statuses:
             labels = [status.model_name, status.model_version]
             drifting.add_metric(labels, 1.0 if status.status == "drifting" else 0.0)

@@ -114,6 +114,20 @@ def _rescaled(path: Path, frame: int, ds: Dataset) -> np.ndarray:
     return values
 
 
+_MAX_FRAMES = 100_000
+"""More frames than this in one instance: a header that cannot be right (the profile fails, the job goes on)."""
+
+
+def _frames(ds: Dataset) -> int:
+    try:
+        count = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        raise ProfileFailed("a header's Number of Frames is not a number") from None
+    if not 1 <= count <= _MAX_FRAMES:
+        raise ProfileFailed(f"a header's Number of Frames is outside 1 to {_MAX_FRAMES}")
+    return count
+
+
 def profile_input(paths: Sequence[Path], settings: DriftSettings, *, seed: str) -> Profile:
     """The profile of a job's input files (one or more series); ``seed`` (the job's key) seeds the pixel sample.
 
@@ -127,7 +141,7 @@ def profile_input(paths: Sequence[Path], settings: DriftSettings, *, seed: str) 
         except (InvalidDicomError, *_DECODE_ERRORS) as exc:
             raise ProfileFailed(f"a header could not be read ({type(exc).__name__})") from None
     scanners = Counter(_scanner(ds) for _, ds in headers)
-    frames = [(path, index, ds) for path, ds in headers for index in range(int(ds.get("NumberOfFrames", 1) or 1))]
+    frames = [(path, index, ds) for path, ds in headers for index in range(_frames(ds))]
     budget = settings.max_sampled_pixels
     chosen = _sampled_slices(frames, settings.max_sampled_slices)
     per_slice = max(1, budget // max(1, len(chosen)))

@@ -17,7 +17,7 @@ from hounsfield.retention.policy import (
     plan_purge,
     store_usage,
 )
-from hounsfield.retention.purge import Purger, PurgeReport, StudyGuard
+from hounsfield.retention.purge import Purger, PurgeReport, StoreNotMounted, StudyGuard
 
 __all__ = [
     "Candidate",
@@ -26,6 +26,7 @@ __all__ = [
     "PurgeReport",
     "Purger",
     "Reason",
+    "StoreNotMounted",
     "StoreUsage",
     "StudyGuard",
     "keep_policy",

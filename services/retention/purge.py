@@ -25,16 +25,22 @@ from hounsfield.access import Principal, Role, record
 from hounsfield.config import Settings
 from hounsfield.db import Database, utcnow
 from hounsfield.db.retention import claim_study_purge, delete_audit_before, finished_jobs_before, indexed_paths
+from hounsfield.errors import HounsfieldError
 from hounsfield.logs import log_context
 from hounsfield.retention.policy import Candidate, PurgePlan, Reason, plan_purge, store_usage
 from hounsfield.store import StudyStore
 
-__all__ = ["RETENTION_PRINCIPAL", "PurgeReport", "Purger", "StudyGuard"]
+__all__ = ["RETENTION_PRINCIPAL", "PurgeReport", "Purger", "StoreNotMounted", "StudyGuard"]
 
 logger = logging.getLogger(__name__)
 
 StudyGuard = Callable[[str], AbstractContextManager[bool]]
 """Held around one study's purge; yields False when the study must not be purged now."""
+
+
+class StoreNotMounted(HounsfieldError):
+    """The configured study store is not there (a host without the volume): nothing is purged, since the
+    database's rows would go and the files stay."""
 
 
 RETENTION_PRINCIPAL = Principal("retention", Role.ADMIN, "cli")
@@ -89,8 +95,16 @@ class Purger:
     def purge(self, plan: PurgePlan | None = None) -> PurgeReport:
         """Purge the studies of ``plan`` (a fresh one by default), in its order; those taken for the
         high-water mark only until the store's free space reaches the plan's low-water target."""
-        plan = plan or self.plan()
         report = PurgeReport()
+        try:
+            self._purge_studies(plan or self.plan(), report)
+        finally:
+            self._audit(report)  # each purge that removed something is audited, a failed one too
+        return report
+
+    def _purge_studies(self, plan: PurgePlan, report: PurgeReport) -> None:
+        if plan.candidates and not self.store.studies.is_dir():
+            raise StoreNotMounted(f"no study store at the configured data_dir ({self.store.studies} is missing)")
         for candidate in plan.candidates:
             if candidate.reason == "high_water" and store_usage(self.store.root, self.settings).free >= (
                 plan.usage.target_free
@@ -117,7 +131,6 @@ class Purger:
                 sum(report.studies.values()), report.instances, sum(report.bytes.values()) >> 20,
                 ", ".join(f"{reason} {n}" for reason, n in sorted(report.studies.items())),
             )  # fmt: skip
-        return report
 
     def _purge_study(self, candidate: Candidate) -> tuple[int, int] | None:
         """(instances, bytes) removed; None when the study was not claimed (or is held)."""
@@ -132,7 +145,10 @@ class Purger:
                 "reference_at": candidate.reference_at.isoformat(),
             }
             with self.db.session() as session:
-                files = claim_study_purge(session, uid, last_received_at=candidate.last_received_at, detail=detail)
+                files = claim_study_purge(
+                    session, uid, folder=f"{self.store.studies / uid}{os.sep}",
+                    last_received_at=candidate.last_received_at, detail=detail,
+                )  # fmt: skip
             if files is None:
                 return None
             self._remove_files([path for path, _ in files])
@@ -153,9 +169,9 @@ class Purger:
             back = indexed_paths(session, [str(path) for path, _ in aside])
         for path, moved in aside:
             if str(path) in back:  # indexed again meanwhile: the same bytes were resent and found stored
-                os.rename(moved, path)
+                with contextlib.suppress(FileExistsError):  # never over a file written there since (indexed)
+                    os.link(moved, path)
                 logger.warning("retention: an instance was received again during its study's purge; kept")
-                continue
             moved.unlink(missing_ok=True)
 
     def _remove_empty_folders(self, study_uid: str) -> None:
@@ -194,15 +210,18 @@ class Purger:
 
     def run_policies(self) -> PurgeReport:
         """Everything retention does on its interval: the store, then results and the audit trail."""
-        report = self.purge()
+        report = PurgeReport()
         try:
-            report.results_removed = self.purge_results()
-            report.events_deleted, report.audit_deleted = self.purge_audit()
-        except OSError as exc:
-            report.failures += 1
-            self._on_failure("results")
-            logger.error("retention: removing results failed (%s)", type(exc).__name__)
-        self._audit(report)
+            self._purge_studies(self.plan(), report)
+            try:
+                report.results_removed = self.purge_results()
+                report.events_deleted, report.audit_deleted = self.purge_audit()
+            except OSError as exc:
+                report.failures += 1
+                self._on_failure("results")
+                logger.error("retention: removing results failed (%s)", type(exc).__name__)
+        finally:
+            self._audit(report)
         return report
 
     def _audit(self, report: PurgeReport) -> None:

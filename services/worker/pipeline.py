@@ -142,7 +142,10 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
         )
         watch.lap("load")
         sources = [p for _, paths in inputs for p in paths]
-        record_profile(settings, ctx.db, job, sources)  # input drift: never a reason to fail the job
+        try:
+            record_profile(settings, ctx.db, job, sources)
+        except Exception as exc:  # input drift is never a reason to fail a job (a header, the database, ...)
+            logger.warning("job %s: input not profiled (%s)", job.id, type(exc).__name__)
         watch.lap("profile")
         run = ApplicationRun(job_id, deployment, workspace.input, workspace.output, workspace.work)
         runtime = ctx.runtimes.for_deployment(deployment)

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import select
 
 from hounsfield.access import Principal, Role
-from hounsfield.db import Event, utcnow
+from hounsfield.db import Database, Event, utcnow
 from hounsfield.db.access import AuditEntry
 from hounsfield.drift import DriftCollector, ReferenceWindow, evaluate, set_reference_window
 from hounsfield.errors import Invalid, NotFound
@@ -163,3 +163,12 @@ def test_metrics_cover_the_most_recently_profiled_versions_only(jobs: ProfiledJo
         update={"drift": jobs.settings.drift.model_copy(update={"max_metric_versions": 1})}
     )
     assert {key[2] for key in _metrics(jobs) if key[0] == "hounsfield_drift_drifting"} == {"1.1.0"}
+
+
+def test_a_scrape_while_the_database_is_down_gives_no_drift_and_no_error(jobs: ProfiledJobs) -> None:
+    jobs.run(3)
+    down = Database("postgresql+psycopg://nobody:x@127.0.0.1:1/none?connect_timeout=2")
+    registry = CollectorRegistry()
+    registry.register(DriftCollector(jobs.settings, down))
+    assert b"hounsfield_drift" not in generate_latest(registry), "the scrape's other metrics still go out"
+    down.dispose()

@@ -81,3 +81,19 @@ def test_a_file_that_is_not_dicom_fails_the_profile_with_its_kind_only(tmp_path:
     with pytest.raises(ProfileFailed, match=r"a header could not be read \(\w+\)") as failed:
         profile_input(files, DriftSettings(), seed="job")
     assert "nobody" not in str(failed.value)
+
+
+@pytest.mark.parametrize("frames", ["abc", "999999999"])
+def test_a_number_of_frames_that_cannot_be_right_fails_the_profile_not_the_process(tmp_path: Path, frames: str) -> None:
+    files = _series(tmp_path / "ct")
+    broken = pydicom.dcmread(files[2])
+    broken.NumberOfFrames = 1
+    broken.save_as(files[2], enforce_file_format=True)
+    # Written as a sender would (pydicom refuses to make it): a malformed IS value is read back as text, a
+    # huge one would fill memory with frame indices.
+    value = frames.encode().ljust(len(frames) + len(frames) % 2)
+    element = b"\x28\x00\x08\x00IS"
+    data = files[2].read_bytes().replace(element + b"\x02\x001 ", element + len(value).to_bytes(2, "little") + value)
+    files[2].write_bytes(data)
+    with pytest.raises(ProfileFailed, match="Number of Frames"):
+        profile_input(files, DriftSettings(), seed="job")

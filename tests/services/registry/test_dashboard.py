@@ -527,7 +527,9 @@ def test_retention_view_shows_the_disk_the_policy_what_a_purge_would_take_and_th
     assert f"/dashboard/studies/{STUDY}" in plan and "<td>expired</td>" in plan and "1e-06 (default)" in plan
     assert "None yet." in page, "a dry run deletes nothing"
 
-    report = Purger(settings, db, StudyStore(settings.data_dir)).purge()
+    store = StudyStore(settings.data_dir)
+    store.studies.mkdir(parents=True, exist_ok=True)  # the store is there (its rows here name no files)
+    report = Purger(settings, db, store).purge()
     db.dispose()
     assert report.studies == {"expired": 1} and report.failures == 0
     page = client.get("/dashboard/retention", headers=viewer).text

@@ -10,12 +10,14 @@ import pytest
 from sqlalchemy import func, select
 
 from hounsfield.access import Principal, Role
-from hounsfield.db import Event, Instance, JobState, StudyState, utcnow
+from hounsfield.db import Event, Instance, Job, JobState, StudyState, utcnow
 from hounsfield.db.access import list_audit
 from hounsfield.db.index import study_events
+from hounsfield.db.jobs import requeue_failed_job
 from hounsfield.listener.metrics import ListenerMetrics
-from hounsfield.retention import Purger, plan_purge
+from hounsfield.retention import Purger, StoreNotMounted, plan_purge
 from hounsfield.retention import purge as purge_module
+from hounsfield.store import StudyStore
 from tests.services.retention.conftest import Rig
 
 
@@ -225,3 +227,40 @@ def test_files_that_cannot_be_removed_are_a_counted_failure_and_the_rest_goes_on
     assert report.failures == 1 and report.studies == {"expired": 1}
     assert metrics.registry.get_sample_value("hounsfield_retention_failures_total", {"kind": "files"}) == 1
     assert not any(path.exists() for path in fine.files)
+
+
+def test_a_purge_leaves_another_studys_instance_that_reused_a_series_uid(rig: Rig) -> None:
+    """A broken sender reuses study A's Series Instance UID in study B: B's instance is indexed under A's
+    series row, but its file is in B's folder; purging A takes only what lies in A's folder."""
+    old = rig.study(days_ago=40)
+    other = "1.2.826.0.1.3680043.10.1392.98.1"
+    stray = rig.instance(other, f"{old.uid}.1", f"{other}.1.1", size=4096, calling_ae="CT02")
+    report = _purger(rig).purge()
+    assert report.studies == {"expired": 1} and report.instances == 3
+    assert not any(path.exists() for path in old.files)
+    assert stray.exists() and _rows(rig, other) == 1
+
+
+def test_nothing_is_purged_where_the_store_is_not_mounted(rig: Rig) -> None:
+    study = rig.study(days_ago=40)
+    missing = Purger(rig.settings, rig.db, StudyStore(rig.store.root.parent / "not-mounted"))
+    with pytest.raises(StoreNotMounted):
+        missing.purge()
+    assert rig.state(study.uid) is StudyState.ROUTED and _rows(rig, study.uid) == 3
+
+
+def test_a_purge_for_the_high_water_mark_alone_is_audited(rig: Rig) -> None:
+    rig.study(days_ago=40)
+    _purger(rig).purge()  # what the listener runs between its intervals when the store passes high water
+    with rig.db.session() as session:
+        (row,) = [a for a in list_audit(session, limit=10) if a.action == "store.purge"]
+        assert row.actor == "retention" and row.after is not None and row.after["studies"] == {"expired": 1}
+
+
+def test_a_purged_studys_failed_job_is_not_retried(rig: Rig) -> None:
+    study = rig.study(days_ago=40, jobs=(JobState.FAILED,))
+    _purger(rig).purge()
+    assert rig.state(study.uid) is StudyState.PURGED
+    with rig.db.session() as session:
+        job_id = session.scalars(select(Job.id).where(Job.study_instance_uid == study.uid)).one()
+        assert requeue_failed_job(session, job_id, actor="ops") is None
