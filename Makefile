@@ -8,7 +8,7 @@ APT_PACKAGES  := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools libpixe
                  postgresql podman runc catatonit mmdebstrap chromium prometheus
 SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test setup system-deps lint images base-image lock clean
+.PHONY: demo test soak setup system-deps lint images base-image lock clean
 
 demo: setup
 	$(VENV)/bin/hounsfield demo
@@ -18,6 +18,13 @@ test: setup
 	# Second pass: every test's database on PostgreSQL (a scratch database each). Tests that have their
 	# own SQLite and PostgreSQL variants ran both above; the operators' tests touch no database.
 	TEST_DATABASE=postgresql $(VENV)/bin/pytest -k "not sqlite and not postgresql" tests/services tests/e2e
+
+# A soak and chaos run (benchmarks/soak): MINUTES of load from 8 simulated modalities while workers, the
+# listener, Redis, PostgreSQL and Orthanc are killed or restarted and the data volume hits its floor; then a
+# reconciliation (nothing lost) and the report in docs/soak.md with its plots. Loopback only.
+MINUTES       ?= 10
+soak: setup
+	$(VENV)/bin/python -m benchmarks.soak --minutes $(MINUTES)
 
 setup: system-deps $(STAMP)
 

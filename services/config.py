@@ -204,6 +204,10 @@ class ListenerSettings(_Strict):
     """Declare a study complete when the association that sent it is released."""
     quiet_period_s: float = Field(30.0, gt=0)
     """Fallback for senders that spread a study over several associations (or abort)."""
+    enqueue_retry_s: float = Field(5.0, gt=0, le=300)
+    """A job the broker did not take (Redis restarting) is sent again this often until it does; it stays
+    queued in the database meanwhile, and a listener that restarts sends every queued job again. A study
+    completed while the database was unreachable is routed again this often, too."""
     acse_timeout_s: float = Field(2.0, gt=0, le=60)
     """After the listener's last PDU (A-RELEASE-RP, A-ASSOCIATE-RJ, A-ABORT), how long the peer has to
     close the connection before the listener does (PS3.8's ARTIM timer); a connection that was never
@@ -471,6 +475,9 @@ class WorkerSettings(_Strict):
     """A job whose destination is unreachable tries again after this long, then twice as long each
     time, up to ``export_retry_max_s``."""
     export_retry_max_s: float = Field(300.0, gt=0)
+    database_retry_s: float = Field(5.0, gt=0, le=300)
+    """A job that meets an unreachable database (PostgreSQL restarting) is tried again after this long, as
+    often as it takes; it stays running meanwhile, and is never marked failed for it."""
     app_max_jobs: int = Field(200, ge=1)
     """An in-process application's warm process serves this many jobs, then a fresh one is forked
     (memory an application leaks comes back). ``1``: a fresh process for every job, never warm."""

@@ -3,7 +3,7 @@
 Layout under ``root``::
 
     studies/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
-    jobs/<job id>/{input,output,work}
+    jobs/<job id>/<run>/{input,output,work}
     spool/<host>/.spool-*.dcm   (large incoming datasets while they arrive; never acknowledged yet)
 
 Each host (a pod, in a cluster) spools in a folder of its own: several listeners and registries
@@ -14,6 +14,7 @@ Paths are built only from validated UIDs, so a hostile UID cannot escape the sto
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -197,19 +198,31 @@ class StudyStore:
             removed += 1
         return removed
 
-    def workspace(self, job_id: str) -> Workspace:
-        """A fresh, empty workspace for one job run (an earlier attempt's leftovers are removed)."""
+    def workspace(self, job_id: str, run: str | None = None) -> Workspace:
+        """A fresh, empty workspace for one job run (an earlier attempt's leftovers are removed).
+
+        ``run`` names the run: ``jobs/<job id>/<run>/``. Two runs of one job at once (its message delivered
+        again while its first worker still runs it: Redis restarted under it) never share a workspace,
+        so that neither removes the other's files."""
         if not re.fullmatch(r"[0-9a-f-]{8,64}", job_id):
             raise ValueError("job id must be a UUID")
-        root = self.jobs / job_id
+        if run is not None and not re.fullmatch(r"[0-9a-f]{1,32}", run):
+            raise ValueError("a run is named by hex digits")
+        root = self.jobs / job_id if run is None else self.jobs / job_id / run
         shutil.rmtree(root, ignore_errors=True)
         ws = Workspace(root, root / "input", root / "output", root / "work")
         for folder in (ws.input, ws.output, ws.work):
             folder.mkdir(parents=True)
         return ws
 
-    def remove_workspace(self, job_id: str) -> None:
-        shutil.rmtree(self.jobs / job_id, ignore_errors=True)
+    def remove_workspace(self, job_id: str, run: str | None = None) -> None:
+        """Remove a run's workspace (the job's folder too once no run is left in it)."""
+        if run is None:
+            shutil.rmtree(self.jobs / job_id, ignore_errors=True)
+            return
+        shutil.rmtree(self.jobs / job_id / run, ignore_errors=True)
+        with contextlib.suppress(OSError):  # another run of the job still has its workspace there
+            (self.jobs / job_id).rmdir()
 
     @staticmethod
     def link_into(sources: list[Path], folder: Path) -> None:

@@ -13,6 +13,7 @@ from hounsfield.access import Principal, Role, create_token
 from hounsfield.config import Settings, load_settings
 from hounsfield.db import Database
 from hounsfield.demo.orthanc import free_port
+from hounsfield.supervisor import LocalRedis
 from tests.services.db import postgres
 from tests.support import CT_RULE
 
@@ -107,3 +108,14 @@ def tokens(settings: Settings) -> dict[Role, str]:
             _, made[role] = create_token(session, TEST_PRINCIPAL, f"test-{role.value}", role)
     db.dispose()
     return made
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[LocalRedis]:
+    """A redis-server of the test's own (append-only, as ``hounsfield up`` runs it) on a free port."""
+    server = LocalRedis(tmp_path, free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

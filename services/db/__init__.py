@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
 
+import sqlalchemy.exc
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,6 +26,7 @@ from hounsfield.db.models import Base, Event, Instance, Job, JobState, Result, S
 from hounsfield.errors import Invalid
 
 __all__ = [
+    "DATABASE_UNREACHABLE",
     "Base",
     "Database",
     "Event",
@@ -41,6 +43,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+DATABASE_UNREACHABLE: tuple[type[Exception], ...] = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+"""What the driver raises while the database cannot be reached (restarting, failing over, a connection cut):
+work that meets it is tried again later, never recorded as failed (the record could not be written anyway)."""
 
 
 class Database:

@@ -70,9 +70,11 @@ def create_job(session: Session, **fields: Any) -> tuple[Job, bool]:
 def claim_job(session: Session, job_id: str, *, redelivered: bool) -> Job | None:
     """Move a queued job to running; None when another worker owns it or it is finished.
 
-    A re-delivered message (its worker died) may take over a job left running.
+    A re-delivered message (its worker died, or the database went away mid-job) may take over a job left
+    running or exporting: it runs again from its inputs, and its results come out with the same UIDs (they
+    derive from the job's key), so a PACS that already took some holds them once.
     """
-    allowed = [JobState.QUEUED] + ([JobState.RUNNING] if redelivered else [])
+    allowed = [JobState.QUEUED] + ([JobState.RUNNING, JobState.EXPORTING] if redelivered else [])
     statement = update(Job).where(Job.id == job_id, Job.state.in_(allowed))
     result = cast(CursorResult[Any], session.execute(statement.values(state=JobState.RUNNING, started_at=utcnow())))
     if not result.rowcount:
@@ -80,9 +82,13 @@ def claim_job(session: Session, job_id: str, *, redelivered: bool) -> Job | None
     return session.get(Job, job_id)
 
 
-def claim_waiting_job(session: Session, job_id: str) -> Job | None:
-    """Move a job waiting for its destination to exporting; None when it is not waiting any more."""
-    statement = update(Job).where(Job.id == job_id, Job.state == JobState.WAITING)
+def claim_waiting_job(session: Session, job_id: str, *, resumed: bool = False) -> Job | None:
+    """Move a job waiting for its destination to exporting; None when it is not waiting any more.
+
+    ``resumed``: the export attempt is tried again after the database went away mid-export, and may take
+    over the job it left exporting."""
+    allowed = [JobState.WAITING] + ([JobState.EXPORTING] if resumed else [])
+    statement = update(Job).where(Job.id == job_id, Job.state.in_(allowed))
     result = cast(CursorResult[Any], session.execute(statement.values(state=JobState.EXPORTING)))
     if not result.rowcount:
         return None

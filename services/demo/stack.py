@@ -87,6 +87,7 @@ class HounsfieldStack:
         database_url: str | None = None,
         overrides: dict[str, Any] | None = None,
         dashboard: dict[str, Any] | None = None,
+        sources: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.folder = folder
         self.extra_env = extra_env or {}
@@ -112,6 +113,7 @@ class HounsfieldStack:
                     "demo-ct": {"ae_title": "DEMO-CT", "networks": ["127.0.0.1/32"]},
                     "demo-mr": {"ae_title": "MR-SCANNER", "networks": ["127.0.0.1/32"]},
                     "probe": {"ae_title": "HF-PROBE", "networks": ["127.0.0.1/32"]},
+                    **(sources or {}),  # more senders (listener.sources entries)
                 },
             },
             # A demo installation: the registry makes its own admin token (data_dir/registry-admin-token).

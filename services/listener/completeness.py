@@ -71,13 +71,21 @@ class CompletenessTracker:
         if self._source_counts is not None:
             self._source_counts.watch(study_uid, calling_ae)
 
-    def association_released(self, key: Hashable, calling_ae: str, *, moved: bool = False) -> None:
+    def association_released(
+        self, key: Hashable, calling_ae: str, *, moved: bool = False, refused: bool = False
+    ) -> None:
         """The association ``key`` was released. ``moved``: its C-STORE requests were a C-MOVE's
         sub-operations (they named a move originator), which may go on over other associations: its
-        studies are left to the source's count and the quiet period, as after an abort."""
+        studies are left to the source's count and the quiet period, as after an abort. ``refused``: it
+        had an instance refused (the disk at its floor, ...), which its sender will send again: its
+        studies are left to the quiet period too, from now, so that a study is not routed without it."""
         with self._lock:
             studies = self._by_assoc.pop(key, set())
-            if not self._complete_on_release or moved:
+            if refused:
+                now = time.monotonic()
+                for uid in studies:
+                    self._last_seen[uid] = (now, calling_ae)
+            if not self._complete_on_release or moved or refused:
                 return
             for uid in studies:
                 self._last_seen.pop(uid, None)

@@ -67,7 +67,7 @@ class Intake:
         self.store = StudyStore(settings.data_dir, min_free_bytes=settings.listener.min_free_disk_mb * 2**20)
         self.metrics = ListenerMetrics(self.store)
         self.router = Router(settings, db, enqueue, metrics=self.metrics.routing)
-        self.router_thread = RouterThread(self.router)
+        self.router_thread = RouterThread(self.router, resend_every_s=settings.listener.enqueue_retry_s)
         self.tracker = CompletenessTracker(
             self.router_thread.submit,
             complete_on_release=complete_on_release,

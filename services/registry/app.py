@@ -11,6 +11,7 @@ are served on that port instead, and ``/metrics`` on the API's port answers 404.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -25,7 +26,7 @@ from hounsfield import __version__
 from hounsfield.access import Role, ensure_sign_in_possible
 from hounsfield.catalog import DeploymentChecksFailed, ManifestInvalid, open_database
 from hounsfield.config import Settings
-from hounsfield.db import Job, ping
+from hounsfield.db import DATABASE_UNREACHABLE, Job, ping
 from hounsfield.drift import DriftCollector
 from hounsfield.errors import Invalid, NotFound, Refused
 from hounsfield.metrics import MetricsEndpoint
@@ -43,10 +44,12 @@ from hounsfield.registry import (
 from hounsfield.registry.auth import Authenticator, require
 from hounsfield.registry.correlation import RequestCorrelation
 from hounsfield.registry.deps import SessionDep
-from hounsfield.registry.gate import RequestGate
+from hounsfield.registry.gate import DATABASE_RETRY_AFTER_S, DATABASE_UNREACHABLE_DETAIL, RequestGate
 from hounsfield.registry.metrics import RegistryMetrics
 
 __all__ = ["add_exception_handlers", "create_app"]
+
+logger = logging.getLogger(__name__)
 
 
 health = APIRouter(tags=["health"])
@@ -112,10 +115,27 @@ async def _unprocessable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": errors})
 
 
+def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """503 with the reason and ``Retry-After`` while the database is not reachable (restarting, failing
+    over), instead of a bare 500: the client may try again, and nothing it sent was half-done (the
+    request's transaction was rolled back). The driver's message is not given: it can quote SQL."""
+    logger.warning(
+        "database unreachable while answering %s %s (%s)", request.method, request.url.path, type(exc).__name__
+    )
+    return JSONResponse(
+        status_code=503,
+        content={"detail": DATABASE_UNREACHABLE_DETAIL},
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )
+
+
 def add_exception_handlers(app: FastAPI) -> None:
-    """How the app answers what it refuses: a request it cannot validate, and the domain's refusals."""
+    """How the app answers what it refuses: a request it cannot validate, the domain's refusals, and a
+    database it cannot reach."""
     app.add_exception_handler(RequestValidationError, _unprocessable)
     app.add_exception_handler(Refused, _refused)
+    for unreachable in DATABASE_UNREACHABLE:
+        app.add_exception_handler(unreachable, _database_unavailable)
 
 
 def create_app(settings: Settings, *, enqueue: Callable[[Job], None] | None = None) -> FastAPI:

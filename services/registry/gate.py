@@ -28,7 +28,16 @@ from typing import Any
 from fastapi import HTTPException
 from starlette.concurrency import run_in_threadpool
 
-__all__ = ["DASHBOARD_OPEN_PATHS", "DASHBOARD_PREFIX", "OPEN_PATHS", "RequestGate"]
+from hounsfield.db import DATABASE_UNREACHABLE
+
+__all__ = [
+    "DASHBOARD_OPEN_PATHS",
+    "DASHBOARD_PREFIX",
+    "DATABASE_RETRY_AFTER_S",
+    "DATABASE_UNREACHABLE_DETAIL",
+    "OPEN_PATHS",
+    "RequestGate",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -39,6 +48,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 OPEN_PATHS = frozenset({"/health", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
 """Paths anyone may call (no body is read on any of them)."""
 STOW_PREFIX = "/dicomweb/"
+DATABASE_RETRY_AFTER_S = 5
+"""What a 503 for an unreachable database asks the client to wait (``Retry-After``)."""
+DATABASE_UNREACHABLE_DETAIL = "the database is not reachable; try again shortly"
 DASHBOARD_PREFIX = "/dashboard"
 DASHBOARD_OPEN_PATHS = frozenset({"/dashboard/sign-in"})
 """Dashboard paths anyone may call (besides ``/dashboard/static/``): the sign-in form and its post."""
@@ -107,6 +119,9 @@ class RequestGate:
             except HTTPException as exc:
                 await _answer(send, exc.status_code, exc.detail, exc.headers)
                 return
+            except DATABASE_UNREACHABLE:  # the token is looked up in the database: it cannot be told now
+                await _answer(send, 503, DATABASE_UNREACHABLE_DETAIL, {"Retry-After": str(DATABASE_RETRY_AFTER_S)})
+                return
             scope.setdefault("state", {})["principal"] = principal
         if path.startswith(STOW_PREFIX) or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
@@ -123,6 +138,9 @@ class RequestGate:
                 principal = await run_in_threadpool(scope["app"].state.auth.authenticate, credential)
             except HTTPException as exc:
                 await _answer(send, exc.status_code, exc.detail, exc.headers)
+                return False
+            except DATABASE_UNREACHABLE:
+                await _answer(send, 503, DATABASE_UNREACHABLE_DETAIL, {"Retry-After": str(DATABASE_RETRY_AFTER_S)})
                 return False
             state["principal"] = principal
             state["dashboard_caller"] = sessions.bearer_caller(principal)

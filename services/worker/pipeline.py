@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 from hounsfield.catalog.read_model import DeploymentSpec, get_spec
 from hounsfield.catalog.schemas import as_utc
 from hounsfield.config import Settings
-from hounsfield.db import Database, Job, JobState, Result, Series, Session, utcnow
+from hounsfield.db import DATABASE_UNREACHABLE, Database, Job, JobState, Result, Series, Session, utcnow
 from hounsfield.db.index import add_event, series_instance_paths
 from hounsfield.db.jobs import (
     claim_job,
@@ -102,7 +103,9 @@ def execute_job(ctx: WorkerContext, job_id: str, *, redelivered: bool = False) -
     """Run one job; returns its final state, or None when it was not ours to run.
 
     Anything unexpected is recorded as the job's failure reason before it propagates, so that no
-    job is left running without a worker.
+    job is left running without a worker; except the database going away (:data:`DATABASE_UNREACHABLE`),
+    which propagates as it is: the task runs the job again once the database answers
+    (:func:`hounsfield.worker.tasks.run_job`).
     """
     with ctx.db.session() as session:
         job = claim_job(session, job_id, redelivered=redelivered)
@@ -114,23 +117,26 @@ def execute_job(ctx: WorkerContext, job_id: str, *, redelivered: bool = False) -
         ctx.metrics.observe_stages(job.model_name, job.model_version, {"queue_wait": queue_wait})
         add_event(session, job.study_instance_uid, "worker", "job-running", job_id=job_id, worker=WORKER_ID)
     watch = _Stopwatch()
+    run_id = uuid.uuid4().hex[:12]  # this run's own workspace: a second delivery of the job never shares it
     try:
-        return _run_claimed(ctx, job, watch)
+        return _run_claimed(ctx, job, watch, run_id)
+    except DATABASE_UNREACHABLE:
+        raise  # not the job's failure: it stays running, and runs again
     except Exception as exc:  # the task boundary: record, then let Celery log it
         _fail(ctx, job, f"internal error: {type(exc).__name__}: {exc}", watch, kind=type(exc).__name__)
         raise
     finally:
         if not ctx.settings.worker.keep_workspaces:
-            ctx.store.remove_workspace(job_id)
+            ctx.store.remove_workspace(job_id, run_id)
 
 
-def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch) -> JobState:
+def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch, run_id: str) -> JobState:
     settings, job_id = ctx.settings, job.id
     with ctx.db.session() as session:
         deployment = get_spec(session, job.deployment)
     if deployment is None:
         return _fail(ctx, job, f"deployment {job.deployment!r} is not in the registry", watch, kind="no deployment")
-    workspace = ctx.store.workspace(job_id)
+    workspace = ctx.store.workspace(job_id, run_id)
     try:
         with ctx.db.session() as session:
             inputs = _inputs(session, job)
@@ -282,10 +288,13 @@ def _announce(ctx: WorkerContext, job: Job, mode: str) -> None:
         add_event(session, job.study_instance_uid, "worker", "fhir-announced", job_id=job.id, location=where)
 
 
-def resume_export(ctx: WorkerContext, job_id: str) -> JobState | None:
-    """Try a waiting job's export again; None when it is not waiting (another delivery took it)."""
+def resume_export(ctx: WorkerContext, job_id: str, *, resumed: bool = False) -> JobState | None:
+    """Try a waiting job's export again; None when it is not waiting (another delivery took it).
+
+    ``resumed``: this attempt met an unreachable database before and may take over the job it left exporting.
+    """
     with ctx.db.session() as session:
-        job = claim_waiting_job(session, job_id)
+        job = claim_waiting_job(session, job_id, resumed=resumed)
         if job is None:
             return None
         add_event(session, job.study_instance_uid, "worker", "export-retry", job_id=job_id)
@@ -297,6 +306,8 @@ def resume_export(ctx: WorkerContext, job_id: str) -> JobState | None:
         return _fail(ctx, job, f"deployment {job.deployment!r} is not in the registry", watch, kind="no deployment")
     try:
         return _export_and_finish(ctx, job, deployment.destinations, watch)
+    except DATABASE_UNREACHABLE:
+        raise  # not the job's failure: it stays exporting, and runs again
     except Exception as exc:  # the task boundary: record, then let Celery log it
         _fail(ctx, job, f"internal error: {type(exc).__name__}: {exc}", watch, kind=type(exc).__name__)
         raise

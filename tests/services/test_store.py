@@ -41,6 +41,25 @@ def test_workspace_is_fresh(tmp_path: Path) -> None:
         store.workspace("../../x")
 
 
+def test_two_runs_of_one_job_have_workspaces_of_their_own(tmp_path: Path) -> None:
+    """A job's message delivered again while its first worker still runs it: neither run may remove the
+    other's files (the soak met it: a Redis restart hands running tasks out again)."""
+    store = StudyStore(tmp_path)
+    job_id = "0b2a4c1e-0000-4000-8000-000000000002"
+    first, second = store.workspace(job_id, "a1"), store.workspace(job_id, "b2")
+    (first.output / "seg.dcm").write_bytes(b"x")
+    (second.output / "seg.dcm").write_bytes(b"y")
+    store.remove_workspace(job_id, "b2")
+    assert (first.output / "seg.dcm").read_bytes() == b"x"
+    store.workspace(job_id, "c3")  # a third run starts: the first's files stay
+    assert (first.output / "seg.dcm").exists()
+    store.remove_workspace(job_id, "a1")
+    store.remove_workspace(job_id, "c3")
+    assert not (tmp_path / "jobs" / job_id).exists(), "the job's folder goes with its last run"
+    with pytest.raises(ValueError):
+        store.workspace(job_id, "../x")
+
+
 def test_a_disk_below_the_floor_refuses_before_writing(tmp_path: Path) -> None:
     store = StudyStore(tmp_path, min_free_bytes=2**62)
     with pytest.raises(StoreFull, match="would fall below the floor"):

@@ -31,7 +31,7 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-from hounsfield.dicom_status import Status
+from hounsfield.dicom_status import Status, is_stored
 from hounsfield.listener.engine.config import EngineConfig
 from hounsfield.listener.engine.dimse import (
     C_CANCEL_RQ,
@@ -180,6 +180,9 @@ class Association(asyncio.Protocol):
         self._end_notice: Literal["released", "aborted"] | None = None
         self._moved = False
         """A C-STORE named a move originator: this association carries a C-MOVE's sub-operations."""
+        self._refused = False
+        """An instance of this association was refused: its sender will send it again, so a release does
+        not complete its studies (the quiet period does)."""
         self._last_pdu = self._loop.time()
         self._artim: asyncio.TimerHandle | None = None
         self._idle: asyncio.TimerHandle | None = None
@@ -589,6 +592,8 @@ class Association(asyncio.Protocol):
         except Exception:  # the store's own failures are statuses; anything else is a bug, answered 0x0110
             logger.exception("storing an instance failed unexpectedly")
             received = Received(Status.PROCESSING_FAILURE, "internal error while storing")
+        if not is_stored(received.status):
+            self._refused = True
         if self._closing:
             self._notify_end()
             return
@@ -625,7 +630,8 @@ class Association(asyncio.Protocol):
         # Behind this association's instances: the router must not see a study before its rows.
         if self._end_notice == "released":
             key, calling_ae = self._origin.key, self._origin.calling_ae
-            self._state.store.then(partial(tracker.association_released, key, calling_ae, moved=self._moved))
+            released = partial(tracker.association_released, key, calling_ae, moved=self._moved, refused=self._refused)
+            self._state.store.then(released)
         else:
             self._state.store.then(partial(tracker.association_aborted, self._origin.key))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -154,6 +155,30 @@ def test_quiet_period_completes_a_study_after_an_abort(
         assert assoc.send_c_store(pydicom.dcmread(path)).Status == 0
     assoc.abort()
     wait_for(lambda: len(queued) == 1, timeout=10)
+    with running.db.session() as session:
+        assert session.get(Study, study_uid).completion_trigger == "quiet-period"
+
+
+def test_a_release_after_a_refused_instance_leaves_the_study_to_the_quiet_period(
+    listener: tuple[Listener, list[Job]], settings: Settings, tmp_path: Path
+) -> None:
+    """The sender will send the refused instance again: completing the study at this release would route
+    it without that instance (and route it a second time when it comes)."""
+    running, queued = listener
+    study_uid, files = write_study(tmp_path / "ct", seed=7)
+    refused = pydicom.dcmread(files[0])
+    refused.SOPInstanceUID = "not-a-uid"  # refused 0xA900, as the disk's floor would refuse it 0xA700
+    ae = AE(ae_title="REFUSED")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", settings.listener.port, ae_title="HOUNSFIELD")
+    for path in files[1:]:
+        assert assoc.send_c_store(pydicom.dcmread(path)).Status == 0
+    assert assoc.send_c_store(refused).Status != 0
+    assoc.release()
+    running.flush()
+    released = time.monotonic()
+    wait_for(lambda: len(queued) == 1, timeout=settings.listener.quiet_period_s + 10)
+    assert time.monotonic() - released >= settings.listener.quiet_period_s * 0.8, "completed at the release"
     with running.db.session() as session:
         assert session.get(Study, study_uid).completion_trigger == "quiet-period"
 

@@ -3,10 +3,6 @@ from the database at scrape time, and the API's requests by route template, meth
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -15,7 +11,6 @@ from hounsfield.config import Settings
 from hounsfield.contracts import StudyComplete
 from hounsfield.db import Database, Job, JobState
 from hounsfield.db.jobs import set_job_state
-from hounsfield.demo.orthanc import free_port
 from hounsfield.queues import RUN_JOB_TASK, make_celery
 from hounsfield.registry.app import create_app
 from hounsfield.router.routing import Router
@@ -24,16 +19,6 @@ from tests.support import bearer, index_series
 
 STUDY = "1.2.826.0.1.3680043.10.1392.31"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[LocalRedis]:
-    server = LocalRedis(tmp_path, free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _samples(client: TestClient) -> Samples:

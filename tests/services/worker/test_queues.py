@@ -12,11 +12,12 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
@@ -26,8 +27,8 @@ from hounsfield.config import Settings, load_settings
 from hounsfield.contracts import StudyComplete
 from hounsfield.db import Database, Job
 from hounsfield.demo.orthanc import free_port
-from hounsfield.queues import Enqueuer
-from hounsfield.router.routing import Router
+from hounsfield.queues import Enqueuer, queue_depths
+from hounsfield.router.routing import Router, RouterThread
 from hounsfield.supervisor import LocalRedis
 from tests.support import index_series, wait_for
 
@@ -48,23 +49,18 @@ def _deployment(name: str, queue: str, pattern: str) -> dict[str, object]:
 
 
 @pytest.fixture
-def config(tmp_path: Path, default_database_url: str | None) -> Iterator[Path]:
-    redis = LocalRedis(tmp_path, free_port())
-    redis.start()
+def config(tmp_path: Path, default_database_url: str | None, redis_server: LocalRedis) -> Path:
     path = tmp_path / "hounsfield.yaml"
     body: dict[str, object] = {
         "data_dir": str(tmp_path / "data"),
-        "redis_url": redis.url,
+        "redis_url": redis_server.url,
         "worker": {"ready_file": str(tmp_path / "worker-ready"), "metrics_port": free_port()},
         "deployments": [_deployment("urgent", "stat", "^STAT"), _deployment("cohort", "batch", "^BATCH")],
     }
     if default_database_url:
         body["database_url"] = default_database_url
     path.write_text(yaml.safe_dump(body))
-    try:
-        yield path
-    finally:
-        redis.stop()
+    return path
 
 
 def _queue(settings: Settings, db: Database, router: Router, kind: str, index: int) -> str:
@@ -148,3 +144,29 @@ def test_stat_jumps_a_batch_backlog_and_batch_is_not_starved(config: Path) -> No
     with db.session() as session:
         failed = session.scalars(select(Job.error).where(Job.id == urgent)).one()
     assert failed is not None and "not readable DICOM" in failed  # each job ran (and failed at pre-flight)
+
+
+def test_a_job_routed_while_redis_is_down_is_queued_once_it_is_back(config: Path, redis_server: LocalRedis) -> None:
+    """The router commits the job, Redis refuses the message (stopped): the job is kept and sent again
+    by the router's thread when Redis is back, once, with nobody restarting the listener."""
+    settings = load_settings(config)
+    db = Database(settings.sqlalchemy_url)
+    prepare_database(db, settings)
+    router = Router(settings, db, Enqueuer(settings))
+    thread = RouterThread(router, resend_every_s=0.5)
+    thread.start()
+    redis_server.stop()
+    try:
+        study = f"{ROOT}.900"
+        index_series(db, study, f"{study}.1", 2, description="STAT 900", folder=settings.data_dir / "absent")
+        thread.submit(StudyComplete(study_instance_uid=study, trigger="manual"))
+        wait_for(lambda: router.unsent == 1, timeout=30)  # committed, not on Redis
+        with db.session() as session:
+            (job,) = session.scalars(select(Job).where(Job.study_instance_uid == study)).all()
+            assert job.state.value == "queued"
+        redis_server.start()
+        wait_for(lambda: router.unsent == 0, timeout=30)
+        depths = queue_depths(redis.Redis.from_url(settings.broker_url))
+        assert depths == {"stat": 1, "routine": 0, "batch": 0}, "sent again once, on its own queue"
+    finally:
+        thread.stop()
