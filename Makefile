@@ -5,7 +5,7 @@ VENV          := .venv
 PYTHON        ?= python3
 STAMP         := $(VENV)/.installed
 APT_PACKAGES  := redis-server orthanc orthanc-dicomweb dcmtk dicom3tools libpixelmed-java default-jre-headless \
-                 postgresql podman runc catatonit mmdebstrap chromium prometheus
+                 postgresql podman runc catatonit mmdebstrap chromium prometheus e2fsprogs
 SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test soak setup system-deps lint images base-image lock clean
@@ -34,7 +34,7 @@ system-deps:
 	    || ! [ -f /usr/share/java/pixelmed.jar ] || ! command -v java >/dev/null \
 	    || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 	    || ! command -v podman >/dev/null || ! command -v mmdebstrap >/dev/null || ! command -v catatonit >/dev/null \
-	    || ! command -v chromium >/dev/null || ! command -v promtool >/dev/null; then \
+	    || ! command -v chromium >/dev/null || ! command -v promtool >/dev/null || ! command -v mkfs.ext4 >/dev/null; then \
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
 	fi

@@ -476,8 +476,11 @@ class WorkerSettings(_Strict):
     time, up to ``export_retry_max_s``."""
     export_retry_max_s: float = Field(300.0, gt=0)
     database_retry_s: float = Field(5.0, gt=0, le=300)
-    """A job that meets an unreachable database (PostgreSQL restarting) is tried again after this long, as
-    often as it takes; it stays running meanwhile, and is never marked failed for it."""
+    """A job that meets an unreachable database (PostgreSQL restarting) is tried again after this long; it
+    stays running meanwhile, and is not marked failed for it ..."""
+    database_retry_max_s: float = Field(3600.0, gt=0)
+    """... until the database has been unreachable for this long in all: then the job is failed with that
+    reason (when the database takes the write; an operator retries it) and its task gives up."""
     app_max_jobs: int = Field(200, ge=1)
     """An in-process application's warm process serves this many jobs, then a fresh one is forked
     (memory an application leaks comes back). ``1``: a fresh process for every job, never warm."""

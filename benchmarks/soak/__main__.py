@@ -200,6 +200,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             faults=faults,
             fault_kinds=KINDS,
             fault_errors=errors,
+            modalities=[modality.name for modality in MODALITIES],
+            processes=list(cluster.pids()),
+            samples=len(monitor.samples),
+            http_probes=monitor.http_probes,
         )
     finally:
         stop_chaos.set()

@@ -10,6 +10,7 @@ Everything listens on loopback only.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pwd
 import shutil
@@ -143,13 +144,12 @@ class PostgreSQL:
         self._user = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-        def demote() -> None:
-            if self._user is not None:
-                os.setgid(self._user.pw_gid)
-                os.setuid(self._user.pw_uid)
-
         env = {**os.environ, "LC_ALL": "C"}
-        return subprocess.run(args, env=env, preexec_fn=demote, cwd=self.folder, capture_output=True, check=check)
+        # As root: run as the postgres user, with its group only (root's supplementary groups dropped).
+        user: dict[str, Any] = (
+            {} if self._user is None else {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
+        )
+        return subprocess.run(args, env=env, cwd=self.folder, capture_output=True, check=check, **user)
 
     def init(self) -> None:
         if self._user is not None:
@@ -258,8 +258,21 @@ class DataVolume:
         self.mounted = False
 
     @staticmethod
+    @functools.cache
     def possible() -> bool:
-        return os.geteuid() == 0 and shutil.which("mkfs.ext4") is not None and Path("/dev/loop-control").exists()
+        """Whether this machine can loop-mount an image: tried for real, with a small one (root, mkfs.ext4 from
+        e2fsprogs, loop devices: a container may have none)."""
+        if os.geteuid() != 0 or shutil.which("mkfs.ext4") is None:
+            return False
+        with tempfile.TemporaryDirectory(prefix="soak-volume-check-") as folder:
+            trial = DataVolume(Path(folder) / "trial.img", Path(folder) / "mnt", 8)
+            try:
+                trial.mount()
+            except (subprocess.CalledProcessError, OSError):
+                return False
+            finally:
+                trial.unmount()
+        return True
 
     def mount(self) -> None:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
@@ -322,7 +335,9 @@ class Cluster:
                     "retry_backoff_s": 1.0,
                 }
             },
-            "worker": {"export_retry_first_s": 2.0, "export_retry_max_s": 8.0, "visibility_timeout_s": 60.0},
+            # A killed worker's job is handed on after the visibility timeout: kept above the job's timeout
+            # with room for its export (the rule in docs/architecture.md), or a job still running runs twice.
+            "worker": {"export_retry_first_s": 2.0, "export_retry_max_s": 8.0, "visibility_timeout_s": 120.0},
             "deployments": [{**CT_LESION_DEPLOYMENT, "timeout_s": 45.0}],
         }
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("HOUNSFIELD_")}

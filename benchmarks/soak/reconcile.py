@@ -137,9 +137,15 @@ def reconcile(
     faults: Sequence[Mapping[str, Any]],
     fault_kinds: Sequence[str],
     fault_errors: Sequence[str],
+    modalities: Sequence[str],
+    processes: Sequence[str],
+    samples: int,
+    http_probes: int,
 ) -> Reconciliation:
     """Every check of the soak. ``patient_ids``: each sent study's Patient ID; ``memory``: each process's
-    peak resident memory (MiB); ``http_answers``: the registry's non-2xx answers (status, reason)."""
+    peak resident memory (MiB); ``http_answers``: the registry's non-2xx answers (status, reason);
+    ``modalities`` and ``processes``: what the run started (each must have done its part); ``samples``: the
+    monitor's samples, ``http_probes``: how many of them the registry answered (any status)."""
     checks: list[Check] = []
     acknowledged = dict(ledger.acknowledged)
 
@@ -284,6 +290,26 @@ def reconcile(
             "every kind of fault was injected and recovered from",
             missing_kinds + list(fault_errors),
             ", ".join(f"{kind} x{seen[kind]}" for kind in fault_kinds),
+        )
+    )
+
+    # 8. The load was real: a check above passes by itself when nothing happened, so the run must show work.
+    idle = [
+        f"{name}: no study acknowledged in full"
+        for name in modalities
+        if not any(r.modality == name and r.completed_at is not None for r in studies.values())
+    ]
+    if not result_sets:
+        idle.append("no result set reached the PACS")
+    idle += [f"{name}: its memory was never sampled" for name in processes if not memory.get(name)]
+    if http_probes < 0.9 * samples:
+        idle.append(f"the registry answered {http_probes} of {samples} probes")
+    checks.append(
+        _check(
+            "the load was real: every modality sent, results arrived, every process was watched",
+            idle,
+            f"{len(modalities)} modalities, {routed} routed studies, {len(processes)} processes, "
+            f"registry answered {http_probes} of {samples} probes",
         )
     )
 

@@ -38,6 +38,7 @@ __all__ = [
     "Session",
     "Study",
     "StudyState",
+    "database_unreachable",
     "ping",
     "utcnow",
 ]
@@ -45,8 +46,36 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DATABASE_UNREACHABLE: tuple[type[Exception], ...] = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
-"""What the driver raises while the database cannot be reached (restarting, failing over, a connection cut):
-work that meets it is tried again later, never recorded as failed (the record could not be written anyway)."""
+"""The driver's exception classes that may mean the database cannot be reached: catch these, then ask
+:func:`database_unreachable` whether this one does (an ``OperationalError`` can be a statement's own fault too)."""
+
+_UNREACHABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "55000"})
+"""PostgreSQL's answers while it cannot serve: shut down by an administrator, crashed, starting or stopping,
+and a database not accepting connections (``ALLOW_CONNECTIONS false``). Class ``08`` (connection
+exceptions) counts too."""
+_UNREACHABLE_SQLITE = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_FULL"})
+"""SQLite's: the file locked by another process, or not openable or writable now."""
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database could not be reached (restarting, failing over, a connection cut,
+    a file locked or its disk full): work that meets it is tried again later, never recorded as failed (the
+    record could not be written anyway). A statement's own error (a constraint, a cancelled query, bad SQL)
+    is not: that one is the work's failure."""
+    if isinstance(exc, sqlalchemy.exc.InterfaceError):
+        return True
+    if not isinstance(exc, sqlalchemy.exc.OperationalError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    sqlite_name = getattr(orig, "sqlite_errorname", None)
+    if sqlite_name is not None:
+        return any(str(sqlite_name) == n or str(sqlite_name).startswith(f"{n}_") for n in _UNREACHABLE_SQLITE)
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if state is None:  # no answer from the server at all: refused, reset, closed
+        return True
+    return str(state).startswith("08") or str(state) in _UNREACHABLE_SQLSTATES
 
 
 class Database:

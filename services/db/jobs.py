@@ -99,13 +99,22 @@ def _merge_timings(job: Job, timings: dict[str, float]) -> None:
     job.timings = {**job.timings, **{k: round(v, 3) for k, v in timings.items()}}
 
 
-def set_job_state(session: Session, job_id: str, state: JobState, timings: dict[str, float]) -> None:
-    job = session.get(Job, job_id)
+def set_job_state(session: Session, job_id: str, state: JobState, timings: dict[str, float]) -> bool:
+    """Move a job that has not ended to ``state``; False (nothing written) when it has ended already.
+
+    Two runs of one job can overlap (a message handed out again while its first worker still runs it, after
+    a Redis restart or a visibility timeout): the first to end the job wins, and the other run's later
+    writes leave it as it is, so a done job never goes back to exporting, waiting or failed.
+    """
+    job = session.get(Job, job_id, with_for_update=True)
     if job is None:
         raise KeyError(job_id)
+    if job.state.final:
+        return False
     job.state = state
     _merge_timings(job, timings)
     add_event(session, job.study_instance_uid, "worker", f"job-{state.value}", job_id=job_id)
+    return True
 
 
 def finish_job(
@@ -115,14 +124,18 @@ def finish_job(
     timings: dict[str, float],
     *,
     error: str | None = None,
-) -> None:
-    job = session.get(Job, job_id)
+) -> bool:
+    """End a job with ``state`` (and ``error``); False (nothing written) when another run ended it first."""
+    job = session.get(Job, job_id, with_for_update=True)
     if job is None:
         raise KeyError(job_id)
+    if job.state.final:
+        return False
     job.state, job.error, job.finished_at = state, error, utcnow()
     _merge_timings(job, timings)
     detail = {"error": error} if error else {}
     add_event(session, job.study_instance_uid, "worker", f"job-{state.value}", job_id=job_id, **detail)
+    return True
 
 
 RETRYABLE = (JobState.FAILED, JobState.TIMED_OUT)
@@ -149,15 +162,22 @@ def requeue_failed_job(session: Session, job_id: str, *, actor: str) -> Job | No
 
 
 def record_result(session: Session, **fields: Any) -> Result:
-    """Record one produced object; a re-run of the same job updates rather than duplicates."""
+    """Record one produced object; a re-run of the same job updates rather than duplicates (its results
+    have the same UIDs), and so does a run that overlaps another and records the same object at once."""
     existing = session.scalar(select(Result).where(Result.sop_instance_uid == fields["sop_instance_uid"]))
-    if existing is not None:
-        for key, value in fields.items():
-            setattr(existing, key, value)
-        return existing
-    result = Result(**fields)
-    session.add(result)
-    return result
+    if existing is None:
+        result = Result(**fields)
+        try:
+            with session.begin_nested():
+                session.add(result)
+            return result
+        except IntegrityError:  # the overlapping run recorded it between the look and the insert
+            existing = session.scalars(
+                select(Result).where(Result.sop_instance_uid == fields["sop_instance_uid"])
+            ).one()
+    for key, value in fields.items():
+        setattr(existing, key, value)
+    return existing
 
 
 def supersede_earlier_jobs(session: Session, job: Job) -> list[Job]:

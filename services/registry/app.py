@@ -26,7 +26,7 @@ from hounsfield import __version__
 from hounsfield.access import Role, ensure_sign_in_possible
 from hounsfield.catalog import DeploymentChecksFailed, ManifestInvalid, open_database
 from hounsfield.config import Settings
-from hounsfield.db import DATABASE_UNREACHABLE, Job, ping
+from hounsfield.db import DATABASE_UNREACHABLE, Job, database_unreachable, ping
 from hounsfield.drift import DriftCollector
 from hounsfield.errors import Invalid, NotFound, Refused
 from hounsfield.metrics import MetricsEndpoint
@@ -119,9 +119,11 @@ def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """503 with the reason and ``Retry-After`` while the database is not reachable (restarting, failing
     over), instead of a bare 500: the client may try again, and nothing it sent was half-done (the
     request's transaction was rolled back). The driver's message is not given: it can quote SQL."""
-    logger.warning(
-        "database unreachable while answering %s %s (%s)", request.method, request.url.path, type(exc).__name__
-    )
+    if not database_unreachable(exc):
+        raise exc  # a statement's own error: a 500, logged as such
+    route = request.scope.get("route")
+    where = getattr(route, "path_format", None) or "(no route)"  # the template: a path can carry study UIDs
+    logger.warning("database unreachable while answering %s %s (%s)", request.method, where, type(exc).__name__)
     return JSONResponse(
         status_code=503,
         content={"detail": DATABASE_UNREACHABLE_DETAIL},

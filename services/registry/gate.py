@@ -28,7 +28,7 @@ from typing import Any
 from fastapi import HTTPException
 from starlette.concurrency import run_in_threadpool
 
-from hounsfield.db import DATABASE_UNREACHABLE
+from hounsfield.db import DATABASE_UNREACHABLE, database_unreachable
 
 __all__ = [
     "DASHBOARD_OPEN_PATHS",
@@ -119,7 +119,9 @@ class RequestGate:
             except HTTPException as exc:
                 await _answer(send, exc.status_code, exc.detail, exc.headers)
                 return
-            except DATABASE_UNREACHABLE:  # the token is looked up in the database: it cannot be told now
+            except DATABASE_UNREACHABLE as exc:  # the token is looked up in the database: it cannot be told now
+                if not database_unreachable(exc):
+                    raise
                 await _answer(send, 503, DATABASE_UNREACHABLE_DETAIL, {"Retry-After": str(DATABASE_RETRY_AFTER_S)})
                 return
             scope.setdefault("state", {})["principal"] = principal
@@ -139,7 +141,9 @@ class RequestGate:
             except HTTPException as exc:
                 await _answer(send, exc.status_code, exc.detail, exc.headers)
                 return False
-            except DATABASE_UNREACHABLE:
+            except DATABASE_UNREACHABLE as exc:
+                if not database_unreachable(exc):
+                    raise
                 await _answer(send, 503, DATABASE_UNREACHABLE_DETAIL, {"Retry-After": str(DATABASE_RETRY_AFTER_S)})
                 return False
             state["principal"] = principal

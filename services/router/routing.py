@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from hounsfield.catalog.read_model import DeploymentSpec, load_deployments
 from hounsfield.config import Settings
 from hounsfield.contracts import Match, SeriesFacts, StudyComplete
-from hounsfield.db import DATABASE_UNREACHABLE, Database, Job, Study, StudyState
+from hounsfield.db import Database, Job, Study, StudyState, database_unreachable
 from hounsfield.db.index import add_event, complete_study, study_state
 from hounsfield.db.jobs import create_job, idempotency_key, supersede_earlier_jobs
 from hounsfield.feedback import recognise_corrections
@@ -233,12 +233,13 @@ class RouterThread:
                 with log_context(study_uid=event.study_instance_uid):
                     try:
                         self._router.on_study_complete(event)
-                    except DATABASE_UNREACHABLE as exc:  # routed again when it answers; nothing was half-done
+                    except Exception as exc:
+                        if not database_unreachable(exc):  # keep routing the next study; this one is logged
+                            logger.exception("routing failed for a study (trigger %s)", event.trigger)
+                            continue
                         logger.warning("routing waits for the database (%s); trying again in %.0f s",
                                        type(exc).__name__, self._resend_every_s)  # fmt: skip
-                        self._unrouted.append(event)
+                        self._unrouted.append(event)  # routed again when it answers; nothing was half-done
                         self._route_again_at = time.monotonic() + self._resend_every_s
-                    except Exception:  # keep routing the next study; this one is logged with its cause
-                        logger.exception("routing failed for a study (trigger %s)", event.trigger)
             finally:
                 self._queue.task_done()

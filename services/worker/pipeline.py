@@ -20,7 +20,7 @@ from typing import Any
 from hounsfield.catalog.read_model import DeploymentSpec, get_spec
 from hounsfield.catalog.schemas import as_utc
 from hounsfield.config import Settings
-from hounsfield.db import DATABASE_UNREACHABLE, Database, Job, JobState, Result, Series, Session, utcnow
+from hounsfield.db import Database, Job, JobState, Result, Series, Session, database_unreachable, utcnow
 from hounsfield.db.index import add_event, series_instance_paths
 from hounsfield.db.jobs import (
     claim_job,
@@ -103,7 +103,7 @@ def execute_job(ctx: WorkerContext, job_id: str, *, redelivered: bool = False) -
     """Run one job; returns its final state, or None when it was not ours to run.
 
     Anything unexpected is recorded as the job's failure reason before it propagates, so that no
-    job is left running without a worker; except the database going away (:data:`DATABASE_UNREACHABLE`),
+    job is left running without a worker; except the database going away (:func:`~hounsfield.db.database_unreachable`),
     which propagates as it is: the task runs the job again once the database answers
     (:func:`hounsfield.worker.tasks.run_job`).
     """
@@ -118,19 +118,22 @@ def execute_job(ctx: WorkerContext, job_id: str, *, redelivered: bool = False) -
         add_event(session, job.study_instance_uid, "worker", "job-running", job_id=job_id, worker=WORKER_ID)
     watch = _Stopwatch()
     run_id = uuid.uuid4().hex[:12]  # this run's own workspace: a second delivery of the job never shares it
+    state: JobState | None = None
     try:
-        return _run_claimed(ctx, job, watch, run_id)
-    except DATABASE_UNREACHABLE:
-        raise  # not the job's failure: it stays running, and runs again
+        state = _run_claimed(ctx, job, watch, run_id)
+        return state
     except Exception as exc:  # the task boundary: record, then let Celery log it
-        _fail(ctx, job, f"internal error: {type(exc).__name__}: {exc}", watch, kind=type(exc).__name__)
+        if not database_unreachable(exc):  # an unreachable database is not the job's failure: it runs again
+            state = _fail(ctx, job, f"internal error: {type(exc).__name__}: {exc}", watch, kind=type(exc).__name__)
         raise
     finally:
         if not ctx.settings.worker.keep_workspaces:
             ctx.store.remove_workspace(job_id, run_id)
+            if state is not None and state.final:  # this run ended the job: a killed run's leftovers go too
+                ctx.store.remove_workspace(job_id)
 
 
-def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch, run_id: str) -> JobState:
+def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch, run_id: str) -> JobState | None:
     settings, job_id = ctx.settings, job.id
     with ctx.db.session() as session:
         deployment = get_spec(session, job.deployment)
@@ -175,8 +178,17 @@ def _run_claimed(ctx: WorkerContext, job: Job, watch: _Stopwatch, run_id: str) -
 
     _keep_results(ctx, job_id, reports)
     with ctx.db.session() as session:
-        set_job_state(session, job_id, JobState.EXPORTING, watch.timings)
+        exporting = set_job_state(session, job_id, JobState.EXPORTING, watch.timings)
+    if not exporting:
+        _ended_elsewhere(job_id)
+        return None
     return _export_and_finish(ctx, job, deployment.destinations, watch)
+
+
+def _ended_elsewhere(job_id: str) -> None:
+    """Another run of the job (its message handed out again while this one ran) ended it first: this run
+    leaves it as it is and sends nothing."""
+    logger.info("job %s was ended by another run of it; this run stops", job_id)
 
 
 def write_result_context(
@@ -240,7 +252,7 @@ def _display_copies(
     return write_display_copies(seg, sources, wanted, identity, output / "display")
 
 
-def _export_and_finish(ctx: WorkerContext, job: Job, destinations: Sequence[str], watch: _Stopwatch) -> JobState:
+def _export_and_finish(ctx: WorkerContext, job: Job, destinations: Sequence[str], watch: _Stopwatch) -> JobState | None:
     """Send what is not sent yet; done, waiting for an unreachable destination, or failed."""
     mode = _export_mode(ctx, job)
     try:
@@ -257,7 +269,10 @@ def _export_and_finish(ctx: WorkerContext, job: Job, destinations: Sequence[str]
         watch.timings["export_wait"] = waited
     with ctx.db.session() as session:
         supersede_results(session, job.id)  # a re-evaluated study: this job's results are the new version
-        finish_job(session, job.id, JobState.DONE, watch.timings)
+        ended = finish_job(session, job.id, JobState.DONE, watch.timings)
+    if not ended:
+        _ended_elsewhere(job.id)
+        return None
     _count_finished(ctx, job, JobState.DONE, watch)
     logger.info("job %s done in %.2f s", job.id, sum(watch.timings.values()))
     _announce(ctx, job, mode)
@@ -306,10 +321,9 @@ def resume_export(ctx: WorkerContext, job_id: str, *, resumed: bool = False) -> 
         return _fail(ctx, job, f"deployment {job.deployment!r} is not in the registry", watch, kind="no deployment")
     try:
         return _export_and_finish(ctx, job, deployment.destinations, watch)
-    except DATABASE_UNREACHABLE:
-        raise  # not the job's failure: it stays exporting, and runs again
     except Exception as exc:  # the task boundary: record, then let Celery log it
-        _fail(ctx, job, f"internal error: {type(exc).__name__}: {exc}", watch, kind=type(exc).__name__)
+        if not database_unreachable(exc):  # not the job's failure: it stays exporting, and runs again
+            _fail(ctx, job, f"internal error: {type(exc).__name__}: {exc}", watch, kind=type(exc).__name__)
         raise
 
 
@@ -322,7 +336,7 @@ def _waited_s(ctx: WorkerContext, job: Job) -> float | None:
 
 def _wait_or_fail(
     ctx: WorkerContext, job: Job, destinations: Sequence[str], unreachable: DestinationUnreachable, watch: _Stopwatch
-) -> JobState:
+) -> JobState | None:
     configured = [ctx.settings.destinations[d] for d in destinations if d in ctx.settings.destinations]
     limit = min((d.wait_max_s for d in configured), default=86400.0)
     waited = _waited_s(ctx, job) or 0.0
@@ -332,8 +346,12 @@ def _wait_or_fail(
         return _fail(ctx, job, f"{reason}; gave up after waiting {waited:.0f} s", watch, kind="gave up waiting")
     logger.warning("job %s waits for its destination: %s", job.id, reason)
     with ctx.db.session() as session:
-        set_job_state(session, job.id, JobState.WAITING, watch.timings)
-        add_event(session, job.study_instance_uid, "worker", "export-waiting", job_id=job.id, reason=reason)
+        waiting = set_job_state(session, job.id, JobState.WAITING, watch.timings)
+        if waiting:
+            add_event(session, job.study_instance_uid, "worker", "export-waiting", job_id=job.id, reason=reason)
+    if not waiting:
+        _ended_elsewhere(job.id)
+        return None
     ctx.metrics.export_waits.inc()
     ctx.metrics.observe_stages(job.model_name, job.model_version, watch.timings)
     return JobState.WAITING
@@ -404,20 +422,25 @@ def _export(ctx: WorkerContext, job: Job, names: Sequence[str], mode: str) -> No
         ctx.metrics.export_retries.labels("delivery").inc(attempts - 1)
         with ctx.db.session() as session:
             for result in pending:
-                row = session.get(Result, result.id)
+                row = session.get(Result, result.id, with_for_update=True)
                 assert row is not None
-                row.exported_to = [*row.exported_to, name]
+                if name not in row.exported_to:  # an overlapping run of the job may have recorded it first
+                    row.exported_to = [*row.exported_to, name]
                 result.exported_to = row.exported_to
 
 
 def _fail(
     ctx: WorkerContext, job: Job, reason: str, watch: _Stopwatch, *, kind: str, state: JobState = JobState.FAILED
-) -> JobState:
+) -> JobState | None:
     """Record the job's end with ``reason`` (its error, shown by the registry); the log says only ``kind``:
-    a reason may quote an application's, a validator's or a library's words, and those may quote a patient."""
-    logger.warning("job %s %s (%s); the reason is the job's error", job.id, state.value, kind)
+    a reason may quote an application's, a validator's or a library's words, and those may quote a patient.
+    None when another run of the job ended it first (its end stands)."""
     with ctx.db.session() as session:
-        finish_job(session, job.id, state, watch.timings, error=reason)
+        ended = finish_job(session, job.id, state, watch.timings, error=reason)
+    if not ended:
+        _ended_elsewhere(job.id)
+        return None
+    logger.warning("job %s %s (%s); the reason is the job's error", job.id, state.value, kind)
     _count_finished(ctx, job, state, watch)
     return state
 

@@ -63,6 +63,10 @@ def run(tmp_path: Path) -> dict[str, Any]:
         "faults": [{"kind": kind} for kind in KINDS],
         "fault_kinds": KINDS,
         "fault_errors": [],
+        "modalities": ["ct-1"],
+        "processes": ["listener", "worker-1"],
+        "samples": 100,
+        "http_probes": 100,
     }
 
 
@@ -171,3 +175,23 @@ def test_a_fault_never_injected_or_not_recovered_fails(run: dict[str, Any]) -> N
     run["faults"] = [{"kind": kind} for kind in KINDS]
     run["fault_errors"] = ["listener exited without a fault and was started again"]
     assert _failed(_reconcile(run)) == ["every kind of fault was injected and recovered from"]
+
+
+IDLE = "the load was real: every modality sent, results arrived, every process was watched"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"modalities": ["ct-1", "mr-1"]},
+        {"pacs": {STUDY: {"sops": [], "patients": []}, OTHER: {"sops": [], "patients": []}}},
+        {"processes": ["listener", "worker-1", "postgres"]},
+        {"http_probes": 80},
+    ],
+    ids=["a modality sent nothing", "no result in the PACS", "a process never sampled", "registry mostly silent"],
+)
+def test_a_run_where_nothing_happened_fails(run: dict[str, Any], change: dict[str, Any]) -> None:
+    """The other checks pass by themselves on an idle run: a modality that sent nothing, no result in the
+    PACS, a process never sampled or a registry that mostly did not answer must each fail the run."""
+    assert IDLE not in _failed(_reconcile(run))
+    assert IDLE in _failed(_reconcile(run | change))

@@ -164,3 +164,18 @@ def _drop(admin: Engine, name: str) -> None:
                 if getattr(exc.orig, "sqlstate", None) != "55006" or time.monotonic() > deadline:
                     raise
         time.sleep(0.1)
+
+
+def allow_connections(server: str, name: str, allowed: bool) -> None:
+    """PostgreSQL as while it restarts: database ``name`` on ``server`` refuses new connections and its
+    sessions are ended (``allowed`` False); or it takes them again."""
+    admin = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {str(allowed).lower()}'))
+            if not allowed:
+                connection.execute(
+                    text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"), {"name": name}
+                )
+    finally:
+        admin.dispose()

@@ -150,3 +150,67 @@ def test_superseded_before_it_ran(db: Database) -> None:
         assert claim_job(session, old.id, redelivered=False) is None  # a worker will not run it
         earlier = session.get(Job, old.id)
         assert earlier is not None and earlier.state is JobState.SUPERSEDED and earlier.finished_at is not None
+
+
+def test_overlapping_runs_the_first_to_end_the_job_wins(db: Database) -> None:
+    """A message handed out again while its first worker still runs the job: two runs. Once one has ended
+    the job, the other's writes leave it as it is: a done job never goes back to exporting or to failed."""
+    _study(db)
+    with db.session() as session:
+        job_id = create_job(session, **_fields("1.1", ["1.1.1"]))[0].id
+    with db.session() as session:
+        assert claim_job(session, job_id, redelivered=False) is not None  # the first run
+    with db.session() as session:
+        assert claim_job(session, job_id, redelivered=True) is not None  # the second run takes it over
+    with db.session() as session:
+        assert set_job_state(session, job_id, JobState.EXPORTING, {"inference": 1.0})
+        assert finish_job(session, job_id, JobState.DONE, {"export": 0.5})  # one run ends it
+    with db.session() as session:
+        assert not set_job_state(session, job_id, JobState.EXPORTING, {"inference": 9.0})  # the other, later
+        assert not set_job_state(session, job_id, JobState.WAITING, {})
+        assert not finish_job(session, job_id, JobState.FAILED, {"export": 9.0}, error="seg.dcm missing")
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert (job.state, job.error, job.timings) == (JobState.DONE, None, {"inference": 1.0, "export": 0.5})
+        kinds = session.scalars(select(Event.kind).where(Event.job_id == job_id).order_by(Event.id)).all()
+        assert kinds == ["job-exporting", "job-done"]
+
+
+def test_two_runs_recording_the_same_result_at_once_make_one_row(db: Database) -> None:
+    """The overlapping run records the same object (same UID) between the other's look and its insert:
+    it updates that row instead of failing the job on the unique constraint."""
+    _study(db)
+    with db.session() as session:
+        job_id = create_job(session, **_fields("1.1", ["1.1.1"]))[0].id
+    fields: dict[str, Any] = {
+        "job_id": job_id,
+        "kind": "SR",
+        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.88.22",
+        "sop_instance_uid": "2.25.77",
+        "series_instance_uid": "2.25.78",
+        "summary": {},
+    }
+    inserted, errors = threading.Event(), []
+
+    def second_run() -> None:
+        inserted.wait(timeout=30)
+        try:
+            with db.session() as session:
+                record_result(session, **fields, path="/results/b.dcm")
+        except Exception as exc:  # pragma: no cover - what the test must not see
+            errors.append(exc)
+
+    thread = threading.Thread(target=second_run)
+    thread.start()
+    with db.session() as session:  # the first run has inserted, not committed, when the second one looks
+        record_result(session, **fields, path="/results/a.dcm")
+        session.flush()
+        inserted.set()
+        thread.join(timeout=2)  # the second run is blocked on the row (PostgreSQL) or the file (SQLite)
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert errors == []
+    with db.session() as session:
+        (row,) = session.scalars(select(Result).where(Result.sop_instance_uid == "2.25.77")).all()
+        assert row.path == "/results/b.dcm"

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, make_url, text
-from sqlalchemy.pool import NullPool
+from sqlalchemy import make_url
 
 from hounsfield.access import Role, create_token
 from hounsfield.config import Settings
@@ -22,19 +21,6 @@ from tests.services.db import postgres
 from tests.support import bearer
 
 pytestmark = pytest.mark.postgresql
-
-
-def _allow_connections(server: str, name: str, allowed: bool) -> None:
-    admin = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {str(allowed).lower()}'))
-            if not allowed:
-                connection.execute(
-                    text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"), {"name": name}
-                )
-    finally:
-        admin.dispose()
 
 
 def test_an_unreachable_database_is_a_503_with_its_reason_then_answers_again(
@@ -51,7 +37,7 @@ def test_an_unreachable_database_is_a_503_with_its_reason_then_answers_again(
         assert name is not None
         with TestClient(create_app(on_postgres), headers=bearer(token)) as client:
             assert client.get("/studies").status_code == 200
-            _allow_connections(postgres_server, name, allowed=False)
+            postgres.allow_connections(postgres_server, name, allowed=False)
             try:
                 for path in ("/studies", "/jobs", "/health"):
                     response = client.get(path)
@@ -59,5 +45,5 @@ def test_an_unreachable_database_is_a_503_with_its_reason_then_answers_again(
                     assert response.json() == {"detail": DATABASE_UNREACHABLE_DETAIL}
                     assert response.headers["Retry-After"] == str(DATABASE_RETRY_AFTER_S)
             finally:
-                _allow_connections(postgres_server, name, allowed=True)
+                postgres.allow_connections(postgres_server, name, allowed=True)
             assert client.get("/studies").status_code == 200, "it answers again once the database is back"

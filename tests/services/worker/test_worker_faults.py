@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from orthanc_api_client import OrthancApiClient
-from sqlalchemy import select
+from sqlalchemy import make_url, select
 
 from hounsfield.catalog import prepare_database
 from hounsfield.config import Settings, load_settings
@@ -29,6 +29,7 @@ from hounsfield.demo.stack import CT_LESION_DEPLOYMENT
 from hounsfield.queues import Enqueuer
 from hounsfield.router.routing import Router
 from hounsfield.supervisor import LocalRedis
+from tests.services.db import postgres
 from tests.support import index_files, write_study
 
 REPO = Path(__file__).resolve().parents[3]
@@ -235,3 +236,75 @@ def test_twenty_queued_studies_survive_a_redis_restart(
         worker.stop()
         db.dispose()
     assert sorted(str(j.state) for j in jobs) == ["done"] * 20, [j.error for j in jobs if j.error]
+
+
+def _database_away_mid_job(
+    tmp_path: Path, redis: LocalRedis, postgres_server: str, *, away_s: float, retry_max_s: float
+) -> tuple[Job, list[str], list[str]]:
+    """Run one CT lesion job on a real worker; while its application runs, the database goes away until the
+    worker has met it, and ``away_s`` longer. Returns the job as it ended, its events' kinds and its results' kinds."""
+    with postgres.scratch_database(postgres_server) as url:
+        worker_settings = {
+            "visibility_timeout_s": VISIBILITY_S,
+            "database_retry_s": 1.0,
+            "database_retry_max_s": retry_max_s,
+        }
+        deployment = {**CT_LESION_DEPLOYMENT, "destinations": []}
+        settings = _config(tmp_path, redis, url, worker=worker_settings, deployments=[deployment])
+        db = Database(settings.sqlalchemy_url)
+        prepare_database(db, settings)
+        name = make_url(url).database
+        assert name is not None
+        worker = Worker(tmp_path / "hounsfield.yaml", "worker")
+        try:
+            _, files = write_study(tmp_path / "study", seed=80, shape=(24, 64, 64))
+            job = _route(settings, db, files)
+            deadline = time.monotonic() + 120
+            while True:  # the worker has claimed the job: its application runs now (about 10 s here)
+                with db.session() as session:
+                    if session.scalars(
+                        select(Event).where(Event.job_id == job.id, Event.kind == "job-running")
+                    ).first():
+                        break
+                assert time.monotonic() < deadline, "the worker did not start the job"
+                time.sleep(0.05)
+            db.dispose()
+            postgres.allow_connections(postgres_server, name, allowed=False)
+            log = tmp_path / "worker.log"
+            while "the database is unreachable" not in log.read_text():  # the worker met it, after inference
+                assert time.monotonic() < deadline + 120, "the worker never met the database away"
+                time.sleep(0.2)
+            time.sleep(away_s)  # ... and it stays away a while longer
+            postgres.allow_connections(postgres_server, name, allowed=True)
+            (ended,) = _wait(db, [job.id], timeout=120)
+            with db.session() as session:
+                kinds = list(session.scalars(select(Event.kind).where(Event.job_id == job.id).order_by(Event.id)).all())
+                results = sorted(session.scalars(select(Result.kind).where(Result.job_id == job.id)).all())
+        finally:
+            worker.stop()
+            db.dispose()
+        return ended, kinds, results
+
+
+@pytest.mark.postgresql
+def test_a_job_that_meets_a_postgresql_restart_runs_again_and_is_done(
+    tmp_path: Path, redis: LocalRedis, postgres_server: str
+) -> None:
+    """Found by the soak: a job whose worker met PostgreSQL restarting was left running for ever. Its task
+    now runs again once the database answers, takes over the job it left running, and ends it done."""
+    ended, kinds, results = _database_away_mid_job(tmp_path, redis, postgres_server, away_s=3.0, retry_max_s=3600.0)
+    assert ended.state is JobState.DONE, ended.error
+    assert results == ["SEG", "SR"]
+    assert kinds.count("job-running") == 2 and kinds.count("job-done") == 1 and "job-failed" not in kinds
+
+
+@pytest.mark.postgresql
+def test_a_job_whose_postgresql_stays_away_past_the_limit_fails_with_that_reason(
+    tmp_path: Path, redis: LocalRedis, postgres_server: str
+) -> None:
+    """``worker.database_retry_max_s``: past it the job is failed with that reason (written as soon as the
+    database answers again), not run again."""
+    ended, kinds, results = _database_away_mid_job(tmp_path, redis, postgres_server, away_s=5.0, retry_max_s=2.0)
+    assert ended.state is JobState.FAILED
+    assert ended.error is not None and "worker.database_retry_max_s" in ended.error
+    assert kinds.count("job-running") == 1 and results == []
