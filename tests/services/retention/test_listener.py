@@ -110,15 +110,16 @@ def test_a_steady_inflow_beyond_the_disk_is_all_accepted_and_never_reaches_the_f
     finally:
         sampling.set()
         sampler.join()
-        metrics = listener.metrics.registry.get_sample_value
-        refused = metrics("hounsfield_listener_instances_total", {"transport": "dimse", "outcome": "out_of_resources"})
-        stored = metrics("hounsfield_listener_instances_total", {"transport": "dimse", "outcome": "stored"})
-        purged = metrics("hounsfield_retention_purged_studies_total", {"reason": "high_water"})
-        with listener.db.session() as session:
-            purged_events = session.scalar(select(func.count()).select_from(Event).where(Event.kind == "purged"))
-            indexed = session.scalar(select(func.count()).select_from(Instance))
-        listener.stop()
+        listener.stop()  # its retention thread too: no purge runs between the counts below
     elapsed = time.monotonic() - started
+    metrics = listener.metrics.registry.get_sample_value
+    refused = metrics("hounsfield_listener_instances_total", {"transport": "dimse", "outcome": "out_of_resources"})
+    stored = metrics("hounsfield_listener_instances_total", {"transport": "dimse", "outcome": "stored"})
+    purged = metrics("hounsfield_retention_purged_studies_total", {"reason": "high_water"})
+    with listener.db.session() as session:
+        purged_events = session.scalar(select(func.count()).select_from(Event).where(Event.kind == "purged"))
+        indexed = session.scalar(select(func.count()).select_from(Instance))
+    listener.db.dispose()
     sent = STUDIES * PER_STUDY
     assert not refused and not failed_sends, f"{refused:.0f} of {sent} instances refused with 0xA700"
     assert stored == sent, "every instance accepted and stored"
