@@ -268,8 +268,9 @@ def _export_and_finish(ctx: WorkerContext, job: Job, destinations: Sequence[str]
     if waited is not None:
         watch.timings["export_wait"] = waited
     with ctx.db.session() as session:
-        supersede_results(session, job.id)  # a re-evaluated study: this job's results are the new version
         ended = finish_job(session, job.id, JobState.DONE, watch.timings)
+        if ended:
+            supersede_results(session, job.id)  # a re-evaluated study: this job's results are the new version
     if not ended:
         _ended_elsewhere(job.id)
         return None

@@ -76,8 +76,9 @@ class _JobTask(Task):  # type: ignore[misc]
             return False
         reason = f"the database was unreachable for {worker.database_retry_max_s:.0f} s (worker.database_retry_max_s)"
         with self.context.db.session() as session:
-            finish_job(session, job_id, JobState.FAILED, {}, error=reason)
-        logger.error("job %s failed: the database was unreachable for too long", job_id)
+            failed = finish_job(session, job_id, JobState.FAILED, {}, error=reason)
+        if failed:  # not when another run of the job ended it meanwhile
+            logger.error("job %s failed: the database was unreachable for too long", job_id)
         return True
 
     def correlated(self, job_id: str) -> AbstractContextManager[LogContext]:

@@ -167,6 +167,7 @@ def test_a_worker_killed_mid_inference_hands_the_job_on_and_one_result_set_arriv
         orthanc = OrthancApiClient(pacs.url)
         stored = orthanc.studies.get_instances_ids(orthanc.studies.lookup(finished.study_instance_uid))
         assert len(stored) == 2, "exactly one result set reached the PACS"
+        assert not (settings.data_dir / "jobs" / job.id).exists(), "the killed run's workspace went with the job's end"
     finally:
         for worker in workers:
             worker.stop()
