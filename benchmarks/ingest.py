@@ -8,26 +8,34 @@ Every scenario is sent with dcmtk's ``storescu`` (``TCP_NODELAY=1``) to both rec
   associations, in its default single process otherwise (``Scenario.storescp_fork``;
   ``--storescp-both`` also measures the other configuration, to check the choice). It never fsyncs,
   and it writes each file before that instance's Success: the last Success is the end of its work.
-* ``hounsfield listener``, started through the CLI with a configuration in the benchmark's folder
-  (no deployments: nothing is queued), with its ingest journal (the default). Before each Success
-  the instance is durable in the journal (one ``fdatasync`` shared by concurrent associations;
-  datasets spooled above 2 MiB: their file fsynced and renamed into the store); the journal's
-  applier writes the files into the study store and commits their index rows right after.
-  Hounsfield is timed twice: until the last Success, and until every instance is indexed (all of
-  its work); the ratio against the peer uses the second.
+* ``hounsfield listener``, started through the CLI with a configuration in the benchmark's folder,
+  with its ingest journal (the default), one deployment that routes every study (CT) to a job on the
+  stat queue, and a redis-server of its own as the broker (no worker runs: the jobs wait there).
+  Before each Success the instance is durable in the journal (one ``fdatasync`` shared by concurrent
+  associations; datasets spooled above 2 MiB: their file fsynced and renamed into the store); the
+  journal's applier writes the files into the study store and commits their index rows right after;
+  each association's release completes its study, which the router turns into a job on the broker.
+  Hounsfield is timed three times: until the last Success, until every instance is indexed (all of
+  its ingest work; the ratio against the peer uses it), and until every study's job is on the broker.
+  The listener's own histogram (``hounsfield_router_queue_latency_seconds``) says how long each job
+  took from its study being complete and indexed to the broker: the target is 100 ms.
 
-Scenarios (targets are Hounsfield's throughput until indexed over storescp's, or a memory ceiling):
+Scenarios (targets are Hounsfield's throughput until indexed over storescp's, or a memory ceiling;
+every study's job on the broker within 100 ms of its study being complete and indexed):
 
 a. 300 CT slices of 512 x 512 x 16 bit, one association (target >= 0.8x)
 b. 2,000 instances of 64 x 64 x 16 bit, one association (>= 0.5x)
-c. 8 concurrent associations of 500 such small instances each, aggregate throughput (>= 1.0x)
+c. 8 concurrent associations, each its own study of 400 such small instances, aggregate (>= 1.0x)
 d. a 2 GiB study (8 multi-frame instances of 512 frames of 512 x 512 x 16 bit): the listener's
    resident memory stays under 300 MB while it receives
 
 Each scenario runs ``--runs`` times (receivers alternate which goes first); medians are reported,
 every run checks that each receiver stored every instance (the index's rows for Hounsfield; the
-output folder for storescp, counted once its children have exited). The table is printed and
-written to ``docs/benchmarks.md``.
+output folder for storescp, counted once its children have exited). No receiver's folder is removed
+until every timed run is over (but the memory scenario's, last): ext4 passes over inodes freed within
+the last minute when it allocates new ones, which made every receiver's file creations 2-4x slower
+right after a removal. The table is printed and written to ``docs/benchmarks.md``, with the CPU the
+senders, the receiver and idleness took in each run (where the time goes).
 
 Run it from the repository root::
 
@@ -43,6 +51,7 @@ import functools
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -56,17 +65,22 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import numpy as np
 import psutil
 import pydicom
+import redis
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import func, select
 
 from benchmarks.report import write_section
 from hounsfield.db import Database, Instance
+from hounsfield.queues import queue_depths
 from hounsfield.store import fsync_folder
+from hounsfield.supervisor import LocalRedis
 
 __all__ = ["QUICK", "SCENARIOS", "Scenario", "main"]
 
@@ -110,7 +124,7 @@ class Scenario:
 SCENARIOS = {
     "a": Scenario("a", "300 x 512x512 CT, 1 association", 1, 300, 512, 512, min_ratio=0.8),
     "b": Scenario("b", "2,000 x 64x64, 1 association", 1, 2000, 64, 64, min_ratio=0.5),
-    "c": Scenario("c", "8 associations x 500 x 64x64, concurrent", 8, 500, 64, 64, storescp_fork=True, min_ratio=1.0),
+    "c": Scenario("c", "8 associations x 400 x 64x64, concurrent", 8, 400, 64, 64, storescp_fork=True, min_ratio=1.0),
     "d": Scenario("d", "2 GiB study: 8 x 512 frames of 512x512", 1, 8, 512, 512, frames=512, max_rss_mb=300),
 }
 QUICK = {
@@ -140,6 +154,22 @@ class Measurement:
     storescp, until its folder had every file (written before each Success: at once)."""
     command: str = ""
     """How the receiver was started, with its folders and port as placeholders."""
+    routed_s: float = 0.0
+    """Hounsfield: from starting the senders until every study's job was on the broker (0: storescp)."""
+    jobs: int = 0
+    """Hounsfield: jobs on the broker for the scenario's studies (one per study)."""
+    queued_within_100ms: int = 0
+    """Hounsfield: of those, how many reached the broker within 100 ms of their study's last index row
+    (the listener's ``hounsfield_router_queue_latency_seconds`` histogram)."""
+    queue_latency_mean_s: float = 0.0
+    """Hounsfield: the mean of that histogram (study's last index row -> job on the broker)."""
+    sender_cpu_s: float = 0.0
+    """CPU seconds (user + system) the storescu senders used."""
+    machine_busy_s: float = 0.0
+    """CPU seconds the whole machine was busy (both cores) from starting the senders until the receiver
+    held every instance (Hounsfield: until routed); less the senders' own, what receiving cost."""
+    machine_idle_s: float = 0.0
+    """CPU seconds left idle (or waiting for the disk) in that time."""
 
     @property
     def done_s(self) -> float:
@@ -149,6 +179,11 @@ class Measurement:
     @property
     def complete(self) -> bool:
         return self.stored == self.expected and not self.sender_failures
+
+    @property
+    def all_queued_in_time(self) -> bool:
+        """Every study's job reached the broker within 100 ms of the study's last index row."""
+        return self.jobs > 0 and self.queued_within_100ms == self.jobs
 
 
 @dataclass
@@ -170,6 +205,16 @@ class ScenarioResult:
     def indexed_s(self) -> float:
         """Hounsfield's median time until every instance was indexed: all of its work."""
         return statistics.median(m.done_s for m in self.runs[HOUNSFIELD])
+
+    @property
+    def routed_s(self) -> float:
+        """Hounsfield's median time until every study's job was on the broker."""
+        return statistics.median(m.routed_s for m in self.runs[HOUNSFIELD])
+
+    @property
+    def queued_in_time(self) -> bool:
+        """In every run, every study's job reached the broker within 100 ms of its last index row."""
+        return all(m.all_queued_in_time for m in self.runs[HOUNSFIELD])
 
     @property
     def settle_s(self) -> float:
@@ -203,7 +248,7 @@ class ScenarioResult:
 
     @property
     def passed(self) -> bool:
-        if not self.all_stored:
+        if not self.all_stored or not self.queued_in_time:
             return False
         if self.scenario.min_ratio is not None:
             return self.ratio >= self.scenario.min_ratio
@@ -374,25 +419,46 @@ class StoreSCP(Receiver):
         raise RuntimeError(f"storescp's association children did not exit within {timeout:.0f} s")
 
 
+BENCH_DEPLOYMENT = {
+    "name": "ingest-bench",
+    "app": "hounsfield_operators.ct_lesion_seg.app:CTLesionSegApp",
+    "model_path": "/nonexistent/model.ts",  # no worker runs: the job is only queued
+    "model_name": "Ingest benchmark",
+    "model_version": "1.0.0",
+    "mode": "shadow",
+    "queue": "stat",
+    "rule": {"kind": "modality", "in": ["CT"]},
+}
+"""Routes every benchmark study (CT) to one job on the stat queue, as an emergency study would be."""
+
+
 class Hounsfield(Receiver):
-    """``hounsfield listener`` with a generated configuration: SQLite index, ingest journal, no deployments."""
+    """``hounsfield listener`` with a generated configuration: SQLite index, ingest journal, one deployment
+    that routes every study, and a redis-server of its own as the broker (no worker: jobs wait there)."""
 
     called_ae = "HOUNSFIELD"
     _db: Database | None = None
+    _redis: LocalRedis | None = None
 
     def start(self) -> None:
         self.data_dir = self.folder / "data"
+        self._redis = LocalRedis(self.folder, _free_port())
+        self._redis.start()
+        self.metrics_port = _free_port()
         config = {
             "data_dir": str(self.data_dir),
             "log_level": "WARNING",
+            "local_redis_port": self._redis.port,
             "listener": {
                 "host": "127.0.0.1",
                 "port": self.port,
                 "ae_title": self.called_ae,
                 "open_mode": True,
-                "quiet_period_s": 3600.0,
+                "quiet_period_s": 3600.0,  # an association's release completes its study
                 "min_free_disk_mb": 256,
+                "metrics_port": self.metrics_port,
             },
+            "deployments": [BENCH_DEPLOYMENT],
         }
         path = self.folder / "hounsfield.yaml"
         path.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -410,11 +476,40 @@ class Hounsfield(Receiver):
         with self._db.session() as session:
             return int(session.scalar(select(func.count()).select_from(Instance)) or 0)
 
+    def routed(self) -> int:
+        """Jobs waiting on the broker (every queue)."""
+        assert self._redis is not None
+        client = redis.Redis(port=self._redis.port)
+        try:
+            return sum(queue_depths(client).values())
+        finally:
+            client.close()
+
+    def queue_latency(self) -> tuple[int, int, float]:
+        """(jobs observed, of which within 100 ms, the mean in seconds): the listener's histogram of a
+        study's last index row to its job on the broker."""
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).text
+        count = within = total = 0.0
+        for family in text_string_to_metric_families(text):
+            if family.name != "hounsfield_router_queue_latency_seconds":
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_count"):
+                    count += sample.value
+                elif sample.name.endswith("_sum"):
+                    total += sample.value
+                elif sample.name.endswith("_bucket") and float(sample.labels["le"]) == 0.1:
+                    within += sample.value
+        return int(count), int(within), total / count if count else 0.0
+
     def stop(self) -> None:
         if self._db is not None:
             self._db.dispose()
             self._db = None
         super().stop()
+        if self._redis is not None:
+            self._redis.stop()
+            self._redis = None
 
 
 class RssSampler:
@@ -458,29 +553,64 @@ def send(folders: Sequence[Path], called_ae: str, port: int) -> tuple[float, int
 
 
 def measure(receiver: Receiver, folders: Sequence[Path], expected: int) -> Measurement:
-    """Send, then time until the receiver holds every instance; count them once it has finished."""
+    """Send, then time until the receiver holds every instance (Hounsfield: and until every study's job is
+    on the broker); count them once it has finished."""
     receiver.start()
     try:
         assert receiver.proc is not None
         with RssSampler(receiver.proc.pid) as rss:
+            cpu_before, senders_before = psutil.cpu_times(), resource.getrusage(resource.RUSAGE_CHILDREN)
+            started = time.perf_counter()
             seconds, failures = send(folders, receiver.called_ae, receiver.port)
             ended = time.perf_counter()
+            senders_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the senders, waited for in send()
             stored = receiver.stored()
             while stored < expected and time.perf_counter() - ended < SETTLE_TIMEOUT_S:
                 time.sleep(0.02)
                 stored = receiver.stored()
             settle = time.perf_counter() - ended
+            routed = 0.0
+            if isinstance(receiver, Hounsfield):  # one study per folder, one job per study
+                while receiver.routed() < len(folders) and time.perf_counter() - ended < SETTLE_TIMEOUT_S:
+                    time.sleep(0.005)
+                routed = time.perf_counter() - started
+            cpu_after = psutil.cpu_times()
         receiver.finish(SETTLE_TIMEOUT_S)
         stored = receiver.stored()
-        return Measurement(seconds, stored, expected, rss.peak / MB, failures, settle, receiver.command)
+        measurement = Measurement(seconds, stored, expected, rss.peak / MB, failures, settle, receiver.command)
+        measurement.machine_idle_s = sum(getattr(cpu_after, f) - getattr(cpu_before, f) for f in ("idle", "iowait"))
+        busy = ("user", "nice", "system", "irq", "softirq")  # guest time is in user; steal is no one's here
+        measurement.machine_busy_s = sum(getattr(cpu_after, f) - getattr(cpu_before, f) for f in busy)
+        measurement.sender_cpu_s = (senders_after.ru_utime - senders_before.ru_utime) + (
+            senders_after.ru_stime - senders_before.ru_stime
+        )
+        if isinstance(receiver, Hounsfield):
+            measurement.routed_s = routed
+            measurement.jobs, measurement.queued_within_100ms, measurement.queue_latency_mean_s = (
+                receiver.queue_latency()
+            )
+        return measurement
     finally:
         receiver.stop()
 
 
 def run_scenario(
-    scenario: Scenario, runs: int, workdir: Path, *, storescp_both: bool = False, progress: bool = True
+    scenario: Scenario,
+    runs: int,
+    workdir: Path,
+    *,
+    storescp_both: bool = False,
+    progress: bool = True,
+    trash: list[Path] | None = None,
 ) -> ScenarioResult:
-    """``runs`` runs of each receiver; with ``storescp_both``, storescp in its other configuration too."""
+    """``runs`` runs of each receiver; with ``storescp_both``, storescp in its other configuration too.
+
+    Each run's folder is removed after the run only for a memory scenario (few, large files); the others'
+    go to ``trash``, to be removed once every timed run is over (without ``trash``: after the run). A
+    removal slows the file creations that follow it: ext4 passes over inodes freed within the last
+    minute when it allocates new ones, which cost every receiver 2-4x in the runs after a removal
+    (storescp --fork: 0.6 s on a quiet disk, 2.4-3.0 s right after a run's folder was removed).
+    """
     folders = generate(scenario, workdir / "cache")
     result = ScenarioResult(scenario, _folder_bytes(folders))
     receivers: dict[str, Callable[[Path], Receiver]] = {
@@ -501,7 +631,10 @@ def run_scenario(
             try:
                 measurement = measure(receivers[name](folder), folders, scenario.total_instances)
             finally:
-                shutil.rmtree(folder, ignore_errors=True)
+                if trash is None or scenario.max_rss_mb is not None:
+                    shutil.rmtree(folder, ignore_errors=True)
+                else:
+                    trash.append(folder)
             result.runs[name].append(measurement)
             if progress:
                 print(
@@ -519,25 +652,73 @@ def run_scenario(
 
 TABLE_HEADER = (
     "| Scenario | Instances | MB sent | storescp | storescp s | Hounsfield s until last Success "
-    "| Hounsfield s until indexed | storescp MB/s | Hounsfield MB/s until indexed | Ratio until indexed "
-    "| Ratio until last Success | Hounsfield peak RSS | Target | Stored (both) | Result |"
+    "| Hounsfield s until indexed | Hounsfield s until routed | storescp MB/s | Hounsfield MB/s until indexed "
+    "| Ratio until indexed | Ratio until last Success | Jobs on the broker <= 100 ms after the last index row "
+    "| Hounsfield peak RSS | Target | Stored (both) | Result |"
 )
 
 
 def table(results: Sequence[ScenarioResult]) -> str:
-    """One row per scenario; the target is judged on the ratio until indexed."""
-    lines = [TABLE_HEADER, "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
+    """One row per scenario; the target is judged on the ratio until indexed (and every job queued in time)."""
+    lines = [TABLE_HEADER, "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|---|"]
     for r in results:
         s = r.scenario
         stored = "all" if r.all_stored else "MISSING"
+        runs = r.runs[HOUNSFIELD]
+        queued = f"{sum(m.queued_within_100ms for m in runs)}/{sum(m.jobs for m in runs)}"
+        mean_ms = statistics.mean(m.queue_latency_mean_s for m in runs) * 1000
         lines.append(
             f"| {s.key}. {s.title} | {s.total_instances} | {r.bytes_sent / MB:.1f} | {r.peer_mode} "
-            f"| {r.peer_s:.2f} | {r.median_s(HOUNSFIELD):.2f} | {r.indexed_s:.2f} "
+            f"| {r.peer_s:.2f} | {r.median_s(HOUNSFIELD):.2f} | {r.indexed_s:.2f} | {r.routed_s:.2f} "
             f"| {r.mb_per_s(r.peer_s):.1f} | {r.mb_per_s(r.indexed_s):.1f} | {r.ratio:.2f}x "
-            f"| {r.ratio_at_last_success:.2f}x | {r.peak_rss_mb:.0f} MB | {s.target} | {stored} "
-            f"| {'pass' if r.passed else 'FAIL'} |"
+            f"| {r.ratio_at_last_success:.2f}x | {queued} (mean {mean_ms:.0f} ms) | {r.peak_rss_mb:.0f} MB "
+            f"| {s.target} | {stored} | {'pass' if r.passed else 'FAIL'} |"
         )
     return "\n".join(lines)
+
+
+def _time_lines(results: Sequence[ScenarioResult]) -> list[str]:
+    """Where the time goes: the machine's CPU per receiver (medians), and Hounsfield's stages."""
+    lines = [
+        "### Where the time goes",
+        "",
+        "The machine's two cores from starting the senders until the receiver held every instance (Hounsfield:",
+        "until every study's job was on the broker), medians: CPU seconds the storescu senders used, CPU",
+        "seconds the rest of the machine used (the receiver, its database and broker, the kernel's work for",
+        "them), and CPU seconds left idle (or waiting for the disk).",
+        "",
+        "| Scenario | Receiver | Wall s | Senders CPU s | Receiving CPU s | Idle CPU s "
+        "| Receiving CPU ms per instance |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        for receiver, measurements in r.runs.items():
+            if not measurements or all(m.machine_busy_s == 0 for m in measurements):
+                continue
+            hounsfield = receiver == HOUNSFIELD
+            wall = statistics.median(m.routed_s if hounsfield and m.routed_s else m.done_s for m in measurements)
+            senders = statistics.median(m.sender_cpu_s for m in measurements)
+            receiving = statistics.median(max(0.0, m.machine_busy_s - m.sender_cpu_s) for m in measurements)
+            idle = statistics.median(m.machine_idle_s for m in measurements)
+            per_instance = receiving / r.scenario.total_instances * 1000
+            name = "hounsfield" if hounsfield else f"storescp {_storescp_mode(r.scenario.storescp_fork)}"
+            if receiver == PEER_OTHER:
+                name = f"storescp {_storescp_mode(not r.scenario.storescp_fork)}"
+            lines.append(
+                f"| {r.scenario.key} | {name} | {wall:.2f} | {senders:.2f} | {receiving:.2f} | {idle:.2f} "
+                f"| {per_instance:.2f} |"
+            )
+    lines += ["", "Hounsfield's stages (medians, seconds from starting the senders):", ""]
+    for r in results:
+        runs = r.runs[HOUNSFIELD]
+        latency = statistics.mean(m.queue_latency_mean_s for m in runs) * 1000
+        lines.append(
+            f"- ({r.scenario.key}) last Success {r.median_s(HOUNSFIELD):.2f}; every instance indexed "
+            f"{r.indexed_s:.2f} (the applier's lag after the last Success: {r.settle_s:.2f}); every study's job on "
+            f"the broker {r.routed_s:.2f} (each job {latency:.0f} ms on average after its study was complete and "
+            "indexed)."
+        )
+    return [*lines, ""]
 
 
 def _other_mode_lines(results: Sequence[ScenarioResult]) -> list[str]:
@@ -641,8 +822,10 @@ def markdown(results: Sequence[ScenarioResult], runs: int, quick: bool, info: di
     for r in results:
         for receiver, measurements in r.runs.items():
             if receiver == HOUNSFIELD:
-                times = ", ".join(f"{m.seconds:.2f} / {m.done_s:.2f}" for m in measurements)
-                per_run.append(f"- ({r.scenario.key}) hounsfield (until last Success / until indexed): {times} s")
+                times = ", ".join(f"{m.seconds:.2f} / {m.done_s:.2f} / {m.routed_s:.2f}" for m in measurements)
+                per_run.append(
+                    f"- ({r.scenario.key}) hounsfield (until last Success / until indexed / until routed): {times} s"
+                )
             else:
                 times = ", ".join(f"{m.seconds:.2f}" for m in measurements)
                 mode = _storescp_mode(r.scenario.storescp_fork != (receiver == PEER_OTHER))
@@ -669,6 +852,7 @@ def markdown(results: Sequence[ScenarioResult], runs: int, quick: bool, info: di
             "Every run of every scenario is checked: each receiver stored every instance (Hounsfield's index rows,",
             "storescp's output files, counted once its association processes have exited).",
             "",
+            *_time_lines(results),
             *_other_mode_lines(results),
             "### Every run (seconds)",
             "",
@@ -687,7 +871,8 @@ def markdown(results: Sequence[ScenarioResult], runs: int, quick: bool, info: di
             "  before that instance's Success, so its last Success ends its work; dcmtk has no option to fsync",
             "  the files it writes: its numbers do not include durable storage.",
             "- Hounsfield: `hounsfield listener` with a generated configuration (SQLite index, ingest journal on",
-            "  as by default, no deployments). Each Success is sent once the instance is durable in the",
+            "  as by default, one deployment routing every CT study to the stat queue, a redis-server of its own",
+            "  as the broker, no worker). Each Success is sent once the instance is durable in the",
             "  listener's ingest journal: a record holding its Part 10 file and what its index row needs, on",
             "  stable storage after one `fdatasync` of a preallocated segment, shared by concurrent associations",
             "  (datasets above 2 MiB, as in (d), are spooled: that file is fsynced and renamed into the store",
@@ -697,7 +882,15 @@ def markdown(results: Sequence[ScenarioResult], runs: int, quick: bool, info: di
             "  starting the senders until the index held every instance (polled every 20 ms after the last",
             "  sender exits; a row is committed only after its file is in the store, so the journal's drain into",
             "  the store is done too). Not counted: the applier's `syncfs` of the store and journal checkpoint",
-            "  after a second of quiet (the instances are already durable in the journal).",
+            "  after a second of quiet (the instances are already durable in the journal). *Until routed*: until",
+            "  the broker held one job per study (each association's release completes its study; polled every",
+            "  5 ms). *Jobs on the broker <= 100 ms*: from the listener's `hounsfield_router_queue_latency_seconds`",
+            "  histogram, per job, from its study being complete and indexed (the release's completion, which",
+            "  follows the study's last index row) to the broker taking the job.",
+            "- No receiver's folder is removed until every timed run is over (the memory scenario's excepted,",
+            "  which runs last): ext4 passes over inodes freed within the last minute when it allocates new",
+            "  ones, and every receiver's file creations were 2-4x slower right after a run's folder was",
+            "  removed (storescp `--fork` in (c): 0.6 s on a quiet file system, 2.4-3.0 s after a removal).",
             "- Peak RSS: the listener process's resident memory, sampled every 20 ms while it receives and",
             "  until it has indexed everything.",
             "",
@@ -755,10 +948,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys = args.scenario or sorted(catalogue)
     results = []
     info = machine()
+    trash: list[Path] = []
     with _workdir(args.workdir, args.keep) as workdir:
-        for key in keys:
+        # The memory scenario (d) last: its runs' folders are removed as it goes.
+        for key in sorted(keys, key=lambda k: (catalogue[k].max_rss_mb is not None, k)):
             print(f"scenario {key}: {catalogue[key].title}", file=sys.stderr, flush=True)
-            results.append(run_scenario(catalogue[key], args.runs, workdir, storescp_both=args.storescp_both))
+            results.append(
+                run_scenario(catalogue[key], args.runs, workdir, storescp_both=args.storescp_both, trash=trash)
+            )
         count = 20 if args.quick else 200
         info["durable file floor (8 KB new file: write, fsync, rename, fsync folder)"] = (
             f"{fsync_floor_ms(workdir / 'fsync-floor', count):.2f} ms per file"
@@ -770,6 +967,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{journal_floor_ms(workdir / 'journal-floor', count):.2f} ms per record"
         )
         info["load average at end (1 min)"] = f"{os.getloadavg()[0]:.2f}"
+        for folder in trash:
+            shutil.rmtree(folder, ignore_errors=True)
     report = table(results)
     print(report)
     write_section(args.out, "ingest", markdown(results, args.runs, args.quick, info))
@@ -782,6 +981,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "peer": {"mode": r.peer_mode, "command": r.runs[PEER][0].command, "seconds": r.peer_s},
                 "hounsfield_until_last_success_s": r.median_s(HOUNSFIELD),
                 "hounsfield_until_indexed_s": r.indexed_s,
+                "hounsfield_until_routed_s": r.routed_s,
+                "queued_in_time": r.queued_in_time,
                 "ratio": r.ratio,
                 "ratio_until_last_success": r.ratio_at_last_success,
                 "peak_rss_mb": r.peak_rss_mb,

@@ -28,9 +28,11 @@ def prepare_database(db: Database, settings: Settings) -> None:
     sync_declared(db, settings)
 
 
-def open_database(settings: Settings, *, synchronous: Literal["FULL", "NORMAL"] = "FULL") -> Database:
+def open_database(
+    settings: Settings, *, synchronous: Literal["FULL", "NORMAL"] = "FULL", autocheckpoint: bool = True
+) -> Database:
     """The settings' database, prepared (:func:`prepare_database`); disposed again when preparing fails."""
-    db = Database(settings.sqlalchemy_url, synchronous=synchronous)
+    db = Database(settings.sqlalchemy_url, synchronous=synchronous, autocheckpoint=autocheckpoint)
     try:
         prepare_database(db, settings)
     except BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -23,3 +24,5 @@ class StudyComplete(BaseModel):
     study_instance_uid: str
     trigger: CompletionTrigger
     calling_ae: str = ""
+    at: datetime | None = None
+    """When the trigger fired (UTC); none: not recorded (a study completed by hand)."""

@@ -40,6 +40,7 @@ __all__ = [
     "StudyState",
     "database_unreachable",
     "ping",
+    "take_write_lock",
     "utcnow",
 ]
 
@@ -55,6 +56,18 @@ and a database not accepting connections (``ALLOW_CONNECTIONS false``). Class ``
 exceptions) counts too."""
 _UNREACHABLE_SQLITE = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_FULL"})
 """SQLite's: the file locked by another process, or not openable or writable now."""
+
+
+def take_write_lock(session: Session) -> None:
+    """On SQLite, make ``session``'s transaction a writer now (an UPDATE of no row); elsewhere nothing.
+
+    A SQLite transaction that reads first and writes later fails at its first write, busy, when another
+    connection committed in between (its snapshot is stale: no busy timeout waits that out). One that
+    starts by writing waits for the lock instead (``busy_timeout``). For a short transaction that will
+    write anyway, such as routing a study.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("UPDATE studies SET state = state WHERE 0"))
 
 
 def database_unreachable(exc: BaseException) -> bool:
@@ -90,10 +103,19 @@ class Database:
     from it).
     """
 
-    def __init__(self, url: str, *, synchronous: Literal["FULL", "NORMAL"] = "FULL") -> None:
+    def __init__(
+        self, url: str, *, synchronous: Literal["FULL", "NORMAL"] = "FULL", autocheckpoint: bool = True
+    ) -> None:
         self.url = url
-        self.engine: Engine = make_engine(url, synchronous=synchronous)
+        self.engine: Engine = make_engine(url, synchronous=synchronous, autocheckpoint=autocheckpoint)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def checkpoint_wal(self) -> None:
+        """On SQLite, copy the write-ahead log into the database file as far as readers allow (a passive
+        checkpoint); elsewhere nothing. For a process whose commits do not (``autocheckpoint=False``)."""
+        if self.engine.dialect.name == "sqlite":
+            with self.engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     def create_schema(self) -> None:
         """Bring the schema to the newest migration (idempotent; concurrent callers are serialized).

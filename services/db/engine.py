@@ -11,18 +11,25 @@ from sqlalchemy import Engine, create_engine, event, make_url
 __all__ = ["make_engine", "shown_url"]
 
 
-def _sqlite_pragmas(dbapi_connection: Any, synchronous: str) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, synchronous: str, autocheckpoint: bool) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets the listener, worker and registry processes read while one writes.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA synchronous={synchronous}")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
+    if not autocheckpoint:
+        cursor.execute("PRAGMA wal_autocheckpoint=0")
     cursor.close()
 
 
-def make_engine(url: str, *, synchronous: Literal["FULL", "NORMAL"] = "FULL") -> Engine:
-    """An engine for ``url``; on SQLite its folder is made and every connection gets the pragmas."""
+def make_engine(url: str, *, synchronous: Literal["FULL", "NORMAL"] = "FULL", autocheckpoint: bool = True) -> Engine:
+    """An engine for ``url``; on SQLite its folder is made and every connection gets the pragmas.
+
+    ``autocheckpoint=False``: a commit never copies SQLite's write-ahead log into the database file (and
+    syncs it) on its way, which can hold a commit for a tenth of a second while the disk is busy; the
+    process checkpoints itself when it can wait (:meth:`~hounsfield.db.Database.checkpoint_wal`).
+    """
     kwargs: dict[str, Any] = {
         "pool_pre_ping": not url.startswith("sqlite"),  # a SQLite file never hangs up
         "hide_parameters": True,  # a database error's message must not carry the row's values (patient IDs)
@@ -34,7 +41,9 @@ def make_engine(url: str, *, synchronous: Literal["FULL", "NORMAL"] = "FULL") ->
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
-        event.listen(engine, "connect", lambda connection, _record: _sqlite_pragmas(connection, synchronous))
+        event.listen(
+            engine, "connect", lambda connection, _record: _sqlite_pragmas(connection, synchronous, autocheckpoint)
+        )
     return engine
 
 

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Hashable, Iterable
 
 from hounsfield.contracts import CompletionTrigger, StudyComplete
+from hounsfield.db import utcnow
 from hounsfield.listener.source_count import SourceCounter
 from hounsfield.logs import log_context
 
@@ -133,7 +134,8 @@ class CompletenessTracker:
             self._source_counts.forget(study_uid)
         with log_context(study_uid=study_uid):  # the timer's thread works for one study after another
             try:
-                self._on_complete(StudyComplete(study_instance_uid=study_uid, trigger=trigger, calling_ae=calling_ae))
+                event = StudyComplete(study_instance_uid=study_uid, trigger=trigger, calling_ae=calling_ae, at=utcnow())
+                self._on_complete(event)
             except Exception:  # the callback belongs to another room: never kill the tracker
                 logger.exception("study completion handler failed")
 

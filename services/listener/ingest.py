@@ -8,12 +8,15 @@ the listener runs with its journal (the default). For one instance it:
    SOP Instance UID never take the same path;
 2. appends a journal record holding the Part 10 file and its index row, and waits until the record
    is on stable storage (``fdatasync``, shared by concurrent associations); only then is Success sent.
+   The DICOM engine's own thread does the append without waiting (:meth:`JournaledStore.write_nowait`)
+   and answers when the journal's sync thread reports the record durable.
 
-A background thread (the *applier*) then, in journal order, writes each file into the study store
-(temporary name, rename; no fsync of its own), commits the index rows of everything waiting in one
-transaction, and tells the completeness tracker. Whatever a transport wants to happen after its
-instances are indexed (the association-release completion trigger) is queued behind them with
-:meth:`JournaledStore.then`, so the router never sees a study before its rows.
+A background thread (the *applier*) then, in journal order, writes each file of a durable record into
+the study store (in place: replay rewrites it after a crash; no fsync of its own), commits the index
+rows of everything waiting in one transaction, and tells the completeness tracker. Whatever a
+transport wants to happen after its instances are indexed (the association-release completion
+trigger) is queued behind them with :meth:`JournaledStore.then`, so the router never sees a study
+before its rows.
 
 The journal is the index's write-ahead log: an acknowledged instance is in the journal, and the
 journal is replayed into the store and index at start-up. Every second of quiet (and whenever a
@@ -45,7 +48,7 @@ from hounsfield.db import Database
 from hounsfield.db.group_commit import DatabaseUnavailable, GroupCommit
 from hounsfield.db.index import IndexedInstance, indexed_digests
 from hounsfield.listener.completeness import CompletenessTracker
-from hounsfield.listener.journal import Journal, JournalEntry, JournalLocation
+from hounsfield.listener.journal import Journal, JournalBusy, JournalEntry, JournalLocation
 from hounsfield.logs import log_context
 from hounsfield.store import StoredInstance, StoreFull, StudyStore, move_durably, sha256_file
 
@@ -274,34 +277,65 @@ class JournaledStore:
         Raises :class:`OSError` (:class:`StoreFull` below the disk floor, :class:`JournalRefused`)
         when it cannot: nothing was acknowledged then.
         """
+        stored, seq = self.write_nowait(item, parts, key)
+        if seq:
+            self.journal.wait_durable(seq)
+        return stored
+
+    def write_nowait(
+        self, item: IndexedInstance, parts: Sequence[Buffer], key: Hashable, *, block: bool = True
+    ) -> tuple[StoredInstance, int]:
+        """:meth:`write` without the wait for durability: the instance, and the journal record that must
+        be durable before its Success (0: none; ask with :meth:`Journal.sync_soon` or wait for it).
+
+        With ``block=False`` it never waits (an event loop's thread): where it would have to (no free
+        journal segment is ready, or the same instance is being moved into place from a spool file)
+        it raises :class:`JournalBusy` with nothing written or queued.
+        """
         incoming = _Digest(lambda: _sha256(parts))
+        deadline = time.monotonic() + self.journal.wait_s
         while True:
+            full, moved = False, None
             with self._place_lock:
                 path, revision, reservation, on_disk = self._place(item, incoming)
                 placed = dataclasses.replace(item, path=str(path), revision=revision)
                 if reservation is None and not on_disk:
                     self._check_floor(item.size)
-                    seq, location = self.journal.append(dataclasses.asdict(placed), parts)
-                    stored = _Digest(functools.partial(_sha256_at, self.journal, location))
-                    self._reserved[path] = _Reservation(item.size, stored, seq)
-                    self._enqueue(_Apply(placed, key, location, seq), item.size)
-                    duplicate = False
-                    if revision:
-                        logger.warning("instance stored again with different content; kept as revision %d", revision)
-                    break
-                if reservation is None or reservation.seq:
+                    try:
+                        # Never waits here: the applier needs this lock to free room in the journal.
+                        # vars(): the row as it is (json only reads it); dataclasses.asdict would deep-copy it.
+                        seq, location = self.journal.append(vars(placed), parts, block=False)
+                    except JournalBusy:
+                        if not block:
+                            raise
+                        full = True  # waited for below, outside the lock; then placed again
+                    else:
+                        stored = _Digest(functools.partial(_sha256_at, self.journal, location))
+                        self._reserved[path] = _Reservation(item.size, stored, seq)
+                        self._enqueue(_Apply(placed, key, location, seq), item.size)
+                        duplicate = False
+                        if revision:
+                            logger.warning(
+                                "instance stored again with different content; kept as revision %d", revision
+                            )
+                        break
+                elif reservation is None or reservation.seq:
                     # The same bytes are stored, or on their way in an earlier journal record.
                     seq = reservation.seq if reservation is not None else 0
                     placed = dataclasses.replace(placed, sha256=incoming())
                     self._enqueue(_Apply(placed, key), 0)
                     duplicate = True
                     break
-                moved = reservation.moved
+                else:
+                    moved = reservation.moved
+            if full:
+                self.journal.wait_for_room(until=deadline)
+                continue
             if moved is not None:
+                if not block:
+                    raise JournalBusy("the same instance is being moved into place")
                 moved.wait()  # the same bytes, being moved into place from a spool file: look again
-        if seq:
-            self.journal.wait_durable(seq)
-        return StoredInstance(path, placed.sha256, item.size, revision, duplicate=duplicate)
+        return StoredInstance(path, placed.sha256, item.size, revision, duplicate=duplicate), seq
 
     def adopt(self, item: IndexedInstance, spooled: Path, key: Hashable) -> StoredInstance:
         """Move a complete spool file into place durably (fsync, rename, fsync of the folder) and queue its row."""
@@ -489,6 +523,14 @@ class JournaledStore:
             self.journal.checkpoint(target)
         except OSError as exc:  # the records stay in the journal and are replayed at the next start
             logger.error("ingest journal checkpoint failed: %s", exc.strerror or exc)
+        self._checkpoint_index()
+
+    def _checkpoint_index(self) -> None:
+        """Checkpoint SQLite's write-ahead log, which the listener's commits leave to this thread."""
+        try:
+            self._db.checkpoint_wal()
+        except Exception as exc:  # busy, or the database away: the next checkpoint tries again
+            logger.warning("index checkpoint failed (%s)", type(exc).__name__)
 
     def _apply(self, work: list[_Apply | Callable[[], None]]) -> None:
         batch: list[_Apply] = []
@@ -509,7 +551,11 @@ class JournaledStore:
             return
         written = 0
         ready: list[_Apply] = []
+        durable = self._durable_up_to(max(entry.seq for entry in batch))
         for entry in batch:
+            if entry.seq > durable:  # never acknowledged (the journal failed): not applied, not checkpointed
+                self._hold(entry.seq)
+                continue
             if entry.location is not None:
                 path = Path(entry.item.path)
                 try:
@@ -549,6 +595,17 @@ class JournaledStore:
             self._applied_seq = max([self._applied_seq, *(entry.seq for entry in batch)])
             self._queued.notify_all()
 
+    def _durable_up_to(self, seq: int) -> int:
+        """Wait until journal record ``seq`` is durable (it is, as a rule, by the time the applier runs):
+        a file is written into the store only from a durable record, which replay would write again.
+        Returns the last durable record (below ``seq`` when the journal failed)."""
+        if seq:
+            try:
+                self.journal.wait_durable(seq)
+            except OSError:
+                return self.journal.durable
+        return seq
+
     def _hold(self, seq: int) -> None:
         """Keep journal record ``seq`` (and what follows) from being checkpointed away."""
         if seq and (not self._blocked_at or seq < self._blocked_at):
@@ -572,19 +629,24 @@ class JournaledStore:
             self._folders.add(folder)
 
     def _write_file(self, path: Path, parts: Sequence[Buffer], seq: int) -> None:
-        """Write ``parts`` at ``path`` (temporary name, rename); durability comes from the next syncfs."""
+        """Write ``parts`` at ``path``, in place; durability comes from the next syncfs.
+
+        No temporary name and rename: only a durable journal record after the last checkpoint is ever
+        written here (see :meth:`_apply_batch`), and every such record is written again by the replay
+        at the next start, so a crash that leaves this file partial leaves it to be rewritten. A failed
+        write removes what it left. ``seq`` names the record (0: none).
+        """
         self._folder(path.parent)
-        temporary = path.parent / f".incoming-j{seq}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(path, flags, 0o644)
         except FileNotFoundError:  # the folder was removed since it was made: make it again
             self._folders.discard(path.parent)
             self._folder(path.parent)
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(path, flags, 0o644)
         try:
-            data: Sequence[Buffer] = parts
             total = sum(len(part) for part in parts)
-            written = os.writev(fd, data)
+            written = os.writev(fd, parts)
             if written < total:  # a short write: the rest, from where it stopped
                 rest = memoryview(b"".join(parts))[written:]
                 while rest:
@@ -592,7 +654,6 @@ class JournaledStore:
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
-                temporary.unlink()
+                path.unlink()
             raise
         os.close(fd)
-        os.replace(temporary, path)

@@ -35,7 +35,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ import xxhash
 from hounsfield.errors import HounsfieldError
 from hounsfield.store import fsync_folder
 
-__all__ = ["Journal", "JournalEntry", "JournalLocation", "JournalRefused"]
+__all__ = ["Journal", "JournalBusy", "JournalEntry", "JournalLocation", "JournalRefused"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,13 @@ _CHECKPOINT = "checkpoint.json"
 
 class JournalRefused(HounsfieldError, OSError):
     """The journal refuses a record: it does not fit, no room came within the wait, or a write or sync failed."""
+
+
+class JournalBusy(HounsfieldError):
+    """An append that must not wait (``block=False``) would have to: no free segment is ready.
+
+    Nothing was written; append again from a thread that may wait.
+    """
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,12 @@ class Journal:
         self._spare_thread: threading.Thread | None = None
         self._creating = False
         self._numbers = itertools.count()
+        self._wanted = 0
+        """The highest record :meth:`sync_soon` was asked to make durable."""
+        self._announced = 0
+        self._watchers: list[Callable[[int, JournalRefused | None], None]] = []
+        self._sync_thread: threading.Thread | None = None
+        self._closing = False
         self.on_sealed: Any = None
         """Called (no arguments, from an appending thread) when the journal runs short of free
         segments: time to apply and checkpoint."""
@@ -253,12 +266,14 @@ class Journal:
         return _aligned(_HEADER.size + meta_length + data_length) <= self.segment_bytes
 
     def append(
-        self, meta: dict[str, Any], parts: Sequence[bytes | bytearray | memoryview]
+        self, meta: dict[str, Any], parts: Sequence[bytes | bytearray | memoryview], *, block: bool = True
     ) -> tuple[int, JournalLocation]:
         """Write one record: ``meta`` (JSON-able) and its data, ``parts`` joined.
 
         Returns its sequence number and where its data is; the record is durable once
-        :meth:`wait_durable` returns for it. Raises :class:`JournalRefused` when it cannot be written.
+        :meth:`wait_durable` returns for it (or :meth:`sync_soon`'s watchers hear of it). Raises
+        :class:`JournalRefused` when it cannot be written; with ``block=False``, :class:`JournalBusy`
+        instead of waiting for a free segment (an event loop's thread must not wait).
         """
         meta_bytes = json.dumps(meta, separators=(",", ":")).encode()
         data_length = sum(len(part) for part in parts)
@@ -272,7 +287,7 @@ class Journal:
         with self._lock:
             if self._failed:
                 raise JournalRefused(self._failed)
-            segment = self._room_for(length)
+            segment = self._room_for(length, block=block)
             seq = self._next_seq
             crc = _crc(seq, meta_bytes, data_length, data_hash)
             header = _HEADER.pack(MAGIC, seq, len(meta_bytes), data_length, data_hash, crc)
@@ -306,11 +321,13 @@ class Journal:
             raise OSError(f"short read from the journal ({len(data)} of {location.length} bytes)")
         return data
 
-    def _room_for(self, length: int) -> _Segment:
+    def _room_for(self, length: int, *, block: bool = True) -> _Segment:
         """The segment the next record goes to (called with the append lock held)."""
         active = self._active
         if active is not None and active.used + length <= self.segment_bytes:
             return active
+        if not block and not self._free:
+            raise JournalBusy("no free journal segment is ready")
         if active is not None:
             self._sealed.append(active)
             self._active = None
@@ -336,6 +353,26 @@ class Journal:
         if not self._free and self.on_sealed is not None:
             self.on_sealed()  # the last free segment is in use: time to checkpoint the full ones
         return segment
+
+    def wait_for_room(self, *, until: float | None = None) -> None:
+        """Wait until a free segment is ready (made here if the journal may grow), asking for a checkpoint
+        meanwhile (``on_sealed``); raises :class:`JournalRefused` when none came by ``until`` (a monotonic
+        time; default ``wait_s`` from now) or the journal failed. For a caller that must not wait while
+        it holds a lock of its own: it appends with ``block=False`` and, busy, waits here outside it."""
+        deadline = until if until is not None else time.monotonic() + self.wait_s
+        with self._lock:
+            while not self._free:
+                if self._failed:
+                    raise JournalRefused(self._failed)
+                if not self._creating and len(self._segments) < self.max_segments:
+                    self._free.append(self._create(next(self._numbers)))
+                    return
+                if self.on_sealed is not None:
+                    self.on_sealed()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise JournalRefused("the ingest journal is full: its records are not being applied")
+                self._space.wait(min(remaining, 1.0))
 
     def _prepare_spare(self) -> None:
         """Create the next segment in the background, so that an append seldom waits for a zero fill.
@@ -398,11 +435,65 @@ class Journal:
                 self._durable = max(self._durable, target)
                 self._sync.notify_all()
 
+    def watch(self, callback: Callable[[int, JournalRefused | None], None]) -> None:
+        """Have ``callback(durable, error)`` called from the journal's sync thread after each sync that
+        :meth:`sync_soon` asked for: every record up to ``durable`` is on stable storage; ``error``, when
+        the sync failed (the journal refuses every record from then on)."""
+        self._watchers.append(callback)
+
+    def unwatch(self, callback: Callable[[int, JournalRefused | None], None]) -> None:
+        """Stop calling ``callback`` (its loop is closing)."""
+        if callback in self._watchers:
+            self._watchers.remove(callback)
+
+    def sync_soon(self, seq: int) -> None:
+        """Make record ``seq`` durable in the background, without waiting here.
+
+        The journal's sync thread runs the same group commit as :meth:`wait_durable` (one ``fdatasync``
+        for everything written meanwhile) and then tells the :meth:`watch` callbacks.
+        """
+        with self._sync:
+            if seq <= self._wanted:
+                return
+            self._wanted = seq
+            if self._sync_thread is None:
+                self._sync_thread = threading.Thread(target=self._sync_loop, name="journal-sync", daemon=True)
+                self._sync_thread.start()
+            self._sync.notify_all()
+
+    def _sync_loop(self) -> None:
+        while True:
+            with self._sync:
+                while self._wanted <= self._announced and not self._closing:
+                    self._sync.wait()
+                if self._closing and self._wanted <= self._announced:
+                    return
+                target = self._wanted
+            error: JournalRefused | None = None
+            try:
+                self.wait_durable(target)
+            except JournalRefused as exc:
+                error = exc
+            with self._sync:
+                durable = self._durable
+                self._announced = max(self._announced, target if error is not None else durable)
+            for callback in list(self._watchers):
+                try:
+                    callback(durable, error)
+                except Exception:  # another room's callback: never stop the sync thread
+                    logger.exception("a journal durability callback failed")
+
     # -- checkpoints ------------------------------------------------------------------------------------
 
     @property
     def applied(self) -> int:
         return self._applied
+
+    @property
+    def durable(self) -> int:
+        """The last record known to be on stable storage."""
+        with self._sync:
+            return self._durable
 
     @property
     def last_seq(self) -> int:
@@ -439,6 +530,12 @@ class Journal:
                 self._space.notify_all()
 
     def close(self) -> None:
+        with self._sync:
+            self._closing = True
+            self._sync.notify_all()
+        if self._sync_thread is not None:
+            self._sync_thread.join(timeout=30)
+            self._sync_thread = None
         spare = self._spare_thread
         if spare is not None:
             spare.join(timeout=30)

@@ -41,7 +41,11 @@ class Listener:
 
     def __post_init__(self) -> None:
         # One commit per instance: NORMAL (see Database) keeps it cheap; the instance files are fsynced.
-        self.db = open_database(self.settings, synchronous="NORMAL")  # schema, taxonomy, declared deployments
+        # No commit checkpoints SQLite's log on its way (a routing commit would wait for the disk): the
+        # ingest journal's applier does, with its own checkpoint, when it can wait.
+        self.db = open_database(
+            self.settings, synchronous="NORMAL", autocheckpoint=self.settings.listener.journal is False
+        )
         cfg = self.settings.listener
         self.intake = Intake(
             self.settings,

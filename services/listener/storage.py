@@ -34,6 +34,7 @@ from hounsfield.dicom_status import Status
 from hounsfield.listener.completeness import CompletenessTracker
 from hounsfield.listener.header import DatasetMalformed, SyntaxNotStored, dataset_text, read_values
 from hounsfield.listener.ingest import JournaledStore
+from hounsfield.listener.journal import JournalBusy
 from hounsfield.listener.metrics import ListenerMetrics
 from hounsfield.logs import Throttle, log_context
 from hounsfield.store import InvalidUID, StudyStore, check_uid
@@ -112,6 +113,9 @@ class Received:
     study_instance_uid: str = ""
     duplicate: bool = False
     series_instance_uid: str = ""
+    durable_seq: int = 0
+    """With ``defer_durability``: the ingest journal record that must be durable before this Success is
+    sent (0: nothing to wait for)."""
 
     @property
     def ok(self) -> bool:
@@ -254,6 +258,7 @@ def receive_instance(
     expected_sop_instance_uid: str | None = None,
     expected_sop_class_uid: str | None = None,
     expected_study_instance_uid: str | None = None,
+    defer_durability: bool = False,
 ) -> Received:
     """Store one instance as it arrived (no transcoding) and index it.
 
@@ -262,6 +267,12 @@ def receive_instance(
     them). The ``expected_*`` UIDs are the ones the transport announced (a C-STORE request's
     Affected SOP Class/Instance UID, the study of a study-scoped STOW-RS URL); a dataset that
     disagrees with them is refused (0xA900) before anything is written.
+
+    ``defer_durability`` (the DICOM engine's own thread, with the ingest journal): return without
+    waiting for the journal record to be durable and without ever blocking; the Success carries the
+    record in ``durable_seq``, and the caller answers once the journal says it is durable. Where it
+    would have to wait, :class:`~hounsfield.listener.journal.JournalBusy` is raised with nothing stored:
+    call again without it, from a thread that may wait.
     """
     received, size = _receive(
         context,
@@ -271,6 +282,7 @@ def receive_instance(
         expected_sop_instance_uid=expected_sop_instance_uid,
         expected_sop_class_uid=expected_sop_class_uid,
         expected_study_instance_uid=expected_study_instance_uid,
+        defer_durability=defer_durability,
     )
     if context.metrics is not None:
         outcome = _outcome(received.status)
@@ -298,6 +310,7 @@ def _receive(
     expected_sop_instance_uid: str | None = None,
     expected_sop_class_uid: str | None = None,
     expected_study_instance_uid: str | None = None,
+    defer_durability: bool = False,
 ) -> tuple[Received, int]:
     """:func:`receive_instance`'s work; also returns the bytes written (0 when nothing was)."""
     if isinstance(dataset, SpooledDataset) and (expected_sop_instance_uid is None or expected_sop_class_uid is None):
@@ -321,7 +334,7 @@ def _receive(
         return _receive_valid(
             context, dataset, transfer_syntax, origin, header, uids, series_uid,
             expected_sop_instance_uid=expected_sop_instance_uid, expected_sop_class_uid=expected_sop_class_uid,
-            expected_study_instance_uid=expected_study_instance_uid,
+            expected_study_instance_uid=expected_study_instance_uid, defer_durability=defer_durability,
         )  # fmt: skip
 
 
@@ -337,6 +350,7 @@ def _receive_valid(
     expected_sop_instance_uid: str | None,
     expected_sop_class_uid: str | None,
     expected_study_instance_uid: str | None,
+    defer_durability: bool = False,
 ) -> tuple[Received, int]:
     """:func:`_receive`'s work once the header's UIDs are valid."""
     study_uid, sop_uid, sop_class = uids["study_instance_uid"], uids["sop_instance_uid"], uids["sop_class_uid"]
@@ -351,7 +365,9 @@ def _receive_valid(
         return _refuse(Status.DATASET_MISMATCH, "StudyInstanceUID is not the study the request names", **uids), 0
 
     if context.journal is not None:
-        return _receive_journaled(context, context.journal, dataset, transfer_syntax, origin, header, uids, series_uid)
+        return _receive_journaled(
+            context.journal, dataset, transfer_syntax, origin, header, uids, series_uid, defer=defer_durability
+        )
     try:
         if isinstance(dataset, SpooledDataset):
             stored = context.store.adopt_instance(
@@ -381,7 +397,19 @@ def _receive_valid(
             return _refuse(Status.OUT_OF_RESOURCES, "the index database is unavailable", **uids), 0
     context.tracker.instance_received(origin.key, study_uid, origin.calling_ae)
     written = 0 if stored.duplicate else stored.size
-    return Received(Status.SUCCESS, duplicate=stored.duplicate, series_instance_uid=series_uid, **uids), written
+    return _success(uids, series_uid, duplicate=stored.duplicate), written
+
+
+def _success(uids: Mapping[str, str], series_uid: str, *, duplicate: bool, durable_seq: int = 0) -> Received:
+    return Received(
+        Status.SUCCESS,
+        sop_class_uid=uids["sop_class_uid"],
+        sop_instance_uid=uids["sop_instance_uid"],
+        study_instance_uid=uids["study_instance_uid"],
+        duplicate=duplicate,
+        series_instance_uid=series_uid,
+        durable_seq=durable_seq,
+    )
 
 
 def _indexed(
@@ -411,7 +439,6 @@ def _indexed(
 
 
 def _receive_journaled(
-    context: StoreContext,
     journal: JournaledStore,
     dataset: bytes | bytearray | SpooledDataset,
     transfer_syntax: str,
@@ -419,10 +446,16 @@ def _receive_journaled(
     header: Mapping[str, str],
     uids: Mapping[str, str],
     series_uid: str,
+    *,
+    defer: bool = False,
 ) -> tuple[Received, int]:
-    """Through the ingest journal: Success once the journal record (or the moved spool file) is durable."""
+    """Through the ingest journal: Success once the journal record (or the moved spool file) is durable
+    (``defer``: the record to wait for is in the Success's ``durable_seq``)."""
+    seq = 0
     try:
         if isinstance(dataset, SpooledDataset):
+            if defer:
+                raise JournalBusy("a spooled dataset is moved into place by a thread that may wait")
             item = _indexed(header, uids, series_uid, transfer_syntax, origin, "", dataset.size, dataset.sha256)
             stored = journal.adopt(item, dataset.path, origin.key)
         else:
@@ -433,8 +466,11 @@ def _receive_journaled(
             )
             size = len(prefix) + len(dataset)
             item = _indexed(header, uids, series_uid, transfer_syntax, origin, "", size, "")  # hashed when applied
-            stored = journal.write(item, (prefix, dataset), origin.key)
+            if defer:
+                stored, seq = journal.write_nowait(item, (prefix, dataset), origin.key, block=False)
+            else:
+                stored = journal.write(item, (prefix, dataset), origin.key)
     except OSError as exc:  # StoreFull and JournalRefused included: nothing was acknowledged
         return _refuse(Status.OUT_OF_RESOURCES, f"the study store cannot take it: {exc.strerror or exc}", **uids), 0
     written = 0 if stored.duplicate else stored.size
-    return Received(Status.SUCCESS, duplicate=stored.duplicate, series_instance_uid=series_uid, **uids), written
+    return _success(uids, series_uid, duplicate=stored.duplicate, durable_seq=seq), written

@@ -28,11 +28,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from hounsfield.catalog.read_model import DeploymentSpec, load_deployments
 from hounsfield.config import Settings
 from hounsfield.contracts import Match, SeriesFacts, StudyComplete
-from hounsfield.db import Database, Job, Study, StudyState, database_unreachable
+from hounsfield.db import Database, Job, Session, Study, StudyState, database_unreachable, take_write_lock, utcnow
 from hounsfield.db.index import add_event, complete_study, study_state
 from hounsfield.db.jobs import create_job, idempotency_key, supersede_earlier_jobs
 from hounsfield.feedback import recognise_corrections
@@ -120,72 +121,145 @@ class Router:
         return sent
 
     def on_study_complete(self, event: StudyComplete) -> list[Job]:
-        """Route one study; returns the jobs created (none for no route or a repeat)."""
+        """Route one study and look for corrections among its segmentations; returns the jobs created
+        (none for no route or a repeat)."""
+        with log_context(study_uid=event.study_instance_uid):
+            jobs = self.route(event)
+            self.look_for_corrections(event.study_instance_uid)
+            return jobs
+
+    def route(self, event: StudyComplete) -> list[Job]:
+        """Route one study (its jobs committed and sent); the corrections are left to
+        :meth:`look_for_corrections`, which the router's thread runs once no other study waits."""
         with log_context(study_uid=event.study_instance_uid):
             return self._route(event)
 
-    def _route(self, event: StudyComplete) -> list[Job]:
-        uid = event.study_instance_uid
-        created: list[Job] = []
+    def look_for_corrections(self, study_uid: str) -> None:
+        """Record the study's segmentations that correct ours (:func:`recognise_corrections`); a failure
+        is logged, never raised: the study's routing stands."""
+        with log_context(study_uid=study_uid):
+            try:
+                recognise_corrections(self._settings, self._db, study_uid)
+            except Exception:  # the study is routed and its jobs queued: feedback never undoes that
+                logger.exception("looking for corrected segmentations failed; the study's routing stands")
+
+    def warm_up(self) -> None:
+        """Run the routing's reads once on no study, and connect to the broker (an enqueue with a
+        ``warm_up``), so that the first study routed does not pay for compiling the reads and
+        connecting (tens of milliseconds each on the reference machine)."""
         with self._db.session() as session:
-            earlier = study_state(session, uid)
-            if not complete_study(session, uid, event.trigger):
-                logger.info("study already routed or unknown; ignoring %s trigger", event.trigger)
-                return []
-            actor = "fetch" if event.trigger == "retrieve" else "listener"
-            if earlier is not None and earlier.completed_at is not None:
-                previous = earlier.completion_trigger
-                add_event(session, uid, actor, "re-evaluated", trigger=event.trigger, previous_trigger=previous)
-            else:
-                add_event(session, uid, actor, "study-complete", trigger=event.trigger)
-            study = session.get(Study, uid)
-            assert study is not None  # complete_study matched it
-            if self._metrics is not None and study.completed_at is not None:
-                completed = study.completed_at
-                self._metrics.study_completed(event.trigger, study.first_received_at, study.last_received_at, completed)
-            facts = study_facts(session, uid)
-            matched_any = False
-            for deployment in load_deployments(session):  # shadow, research and clinical ones
-                decision = evaluate_deployment(deployment, facts)
-                if not decision.matched:
-                    continue
-                matched_any = True
-                key = idempotency_key(uid, decision.series_instance_uids, deployment.name, deployment.model_version)
-                job, is_new = create_job(
-                    session,
-                    idempotency_key=key,
-                    study_instance_uid=uid,
-                    series_instance_uids=list(decision.series_instance_uids),
-                    deployment=deployment.name,
-                    model_name=deployment.model_name,
-                    model_version=deployment.model_version,
-                    mode=deployment.mode,
-                    queue=deployment.queue,
-                    timings={"completeness": (study.completed_at - study.first_received_at).total_seconds()}
-                    if study.completed_at
-                    else {},
-                )
-                if is_new:
-                    created.append(job)
-                    if self._metrics is not None:
-                        self._metrics.jobs_created.labels(job.queue).inc()
-                    add_event(session, uid, "router", "job-queued", job_id=job.id, deployment=deployment.name)
-                    supersede_earlier_jobs(session, job)
-                else:
-                    add_event(session, uid, "router", "job-exists", job_id=job.id, deployment=deployment.name)
-            study.state = StudyState.ROUTED if matched_any else StudyState.NO_ROUTE
-            if not matched_any:
-                add_event(session, uid, "router", "no-route", series=len(facts))
+            study_state(session, "0")
+            study_facts(session, "0")
+            load_deployments(session)
+        connect = getattr(self._enqueue, "warm_up", None)
+        if callable(connect):
+            connect()
+
+    def route_many(self, events: list[StudyComplete]) -> list[StudyComplete]:
+        """Route several completed studies in one transaction (each in a savepoint of its own), then send
+        their jobs: what the router's thread does when studies complete together. A study whose routing
+        fails is logged and left; returns the studies routed. Raises when the database is unreachable:
+        nothing was committed then, every study may be routed again."""
+        routed: list[tuple[StudyComplete, list[Job], datetime | None]] = []
+        with self._db.session() as session:
+            take_write_lock(session)
+            deployments = load_deployments(session)  # shadow, research and clinical ones
+            for event in events:
+                with log_context(study_uid=event.study_instance_uid):
+                    try:
+                        with session.begin_nested():
+                            jobs, last_indexed = self._route_in(session, event, deployments)
+                    except Exception as exc:
+                        if database_unreachable(exc):
+                            raise
+                        logger.exception("routing failed for a study (trigger %s)", event.trigger)
+                        continue
+                routed.append((event, jobs, last_indexed))
+        for event, jobs, last_indexed in routed:
+            with log_context(study_uid=event.study_instance_uid):
+                self._announce(event, jobs, last_indexed)
+        return [event for event, _, _ in routed]
+
+    def _route(self, event: StudyComplete) -> list[Job]:
+        with self._db.session() as session:
+            take_write_lock(session)
+            jobs, last_indexed = self._route_in(session, event, load_deployments(session))
+        self._announce(event, jobs, last_indexed)
+        return jobs
+
+    def _announce(self, event: StudyComplete, created: list[Job], last_indexed: datetime | None) -> None:
+        """Send the committed jobs of one routed study."""
         for job in created:
             if self._send(job):
+                if self._metrics is not None and last_indexed is not None:
+                    self._metrics.job_queued(job.queue, event.trigger, last_indexed, event.at, utcnow())
                 with log_context(job=job.id):
                     logger.info("job queued: %s on queue %s", job.deployment, job.queue)
-        logger.info("study routed (%s): %d new job(s)", event.trigger, len(created))
-        try:
-            recognise_corrections(self._settings, self._db, uid)
-        except Exception:  # the study is routed and its jobs queued: feedback never undoes that
-            logger.exception("looking for corrected segmentations failed; the study's routing stands")
-        return created
+        if last_indexed is not None:
+            logger.info("study routed (%s): %d new job(s)", event.trigger, len(created))
+
+    def _route_in(
+        self, session: Session, event: StudyComplete, deployments: list[DeploymentSpec]
+    ) -> tuple[list[Job], datetime | None]:
+        """One study's routing in ``session``: its jobs (not sent yet) and when its last instance was
+        indexed (None: already routed or unknown, nothing done)."""
+        uid = event.study_instance_uid
+        created: list[Job] = []
+        earlier = study_state(session, uid)
+        if not complete_study(session, uid, event.trigger):
+            logger.info("study already routed or unknown; ignoring %s trigger", event.trigger)
+            return [], None
+        actor = "fetch" if event.trigger == "retrieve" else "listener"
+        if earlier is not None and earlier.completed_at is not None:
+            previous = earlier.completion_trigger
+            add_event(session, uid, actor, "re-evaluated", trigger=event.trigger, previous_trigger=previous)
+        else:
+            add_event(session, uid, actor, "study-complete", trigger=event.trigger)
+        study = session.get(Study, uid)
+        assert study is not None  # complete_study matched it
+        if self._metrics is not None and study.completed_at is not None:
+            completed = study.completed_at
+            self._metrics.study_completed(event.trigger, study.first_received_at, study.last_received_at, completed)
+        facts = study_facts(session, uid)
+        matched_any = False
+        for deployment in deployments:
+            decision = evaluate_deployment(deployment, facts)
+            if not decision.matched:
+                continue
+            matched_any = True
+            key = idempotency_key(uid, decision.series_instance_uids, deployment.name, deployment.model_version)
+            job, is_new = create_job(
+                session,
+                idempotency_key=key,
+                study_instance_uid=uid,
+                series_instance_uids=list(decision.series_instance_uids),
+                deployment=deployment.name,
+                model_name=deployment.model_name,
+                model_version=deployment.model_version,
+                mode=deployment.mode,
+                queue=deployment.queue,
+                timings={"completeness": (study.completed_at - study.first_received_at).total_seconds()}
+                if study.completed_at
+                else {},
+            )
+            if is_new:
+                created.append(job)
+                if self._metrics is not None:
+                    self._metrics.jobs_created.labels(job.queue).inc()
+                add_event(session, uid, "router", "job-queued", job_id=job.id, deployment=deployment.name)
+                supersede_earlier_jobs(session, job)
+            else:
+                add_event(session, uid, "router", "job-exists", job_id=job.id, deployment=deployment.name)
+        study.state = StudyState.ROUTED if matched_any else StudyState.NO_ROUTE
+        if not matched_any:
+            add_event(session, uid, "router", "no-route", series=len(facts))
+        return created, study.last_received_at
+
+
+_BATCH = 64
+"""The most completed studies routed in one transaction."""
+_QUICK_RETRIES_S = (0.01, 0.05, 0.2)
+"""Pauses before routing again at once when the database was unreachable (a busy SQLite file, as a rule)."""
 
 
 class RouterThread:
@@ -211,8 +285,16 @@ class RouterThread:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        try:
+            self._router.warm_up()
+        except Exception as exc:  # the database may be away at start: the first study pays, nothing more
+            logger.warning("the router's warm-up failed (%s)", type(exc).__name__)
         last_resend = time.monotonic()
+        corrections: list[str] = []
+        """Studies routed whose corrections are looked for once no other study waits to be routed."""
         while True:
+            while corrections and self._queue.empty():
+                self._router.look_for_corrections(corrections.pop(0))
             if self._router.unsent and time.monotonic() - last_resend >= self._resend_every_s:
                 last_resend = time.monotonic()
                 try:
@@ -224,22 +306,49 @@ class RouterThread:
                     self._queue.put(waiting)
                 self._unrouted = []
             try:
-                event = self._queue.get(timeout=self._resend_every_s)
+                first = self._queue.get(timeout=self._resend_every_s)
             except queue.Empty:
                 continue
+            batch = [first]  # the studies that completed together are routed together: one transaction
+            while batch[-1] is not None and len(batch) < _BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stopping = batch[-1] is None
+            events = [event for event in batch if event is not None]
             try:
-                if event is None:
-                    return
-                with log_context(study_uid=event.study_instance_uid):
-                    try:
-                        self._router.on_study_complete(event)
-                    except Exception as exc:
-                        if not database_unreachable(exc):  # keep routing the next study; this one is logged
-                            logger.exception("routing failed for a study (trigger %s)", event.trigger)
-                            continue
-                        logger.warning("routing waits for the database (%s); trying again in %.0f s",
-                                       type(exc).__name__, self._resend_every_s)  # fmt: skip
-                        self._unrouted.append(event)  # routed again when it answers; nothing was half-done
-                        self._route_again_at = time.monotonic() + self._resend_every_s
+                if events:
+                    corrections += [event.study_instance_uid for event in self._route(events)]
             finally:
-                self._queue.task_done()
+                for _ in batch:
+                    self._queue.task_done()
+            if stopping:
+                for study_uid in corrections:
+                    self._router.look_for_corrections(study_uid)
+                return
+
+    def _route(self, events: list[StudyComplete]) -> list[StudyComplete]:
+        """Route ``events`` together; when the database is unreachable they wait for the next round.
+
+        A busy SQLite database (another process's commit between this transaction's first read and its
+        first write) counts as unreachable too, and is over in milliseconds: tried again at once, a few
+        times, before the wait.
+        """
+        for delay in (*_QUICK_RETRIES_S, None):
+            try:
+                return self._router.route_many(events)
+            except Exception as exc:
+                if not database_unreachable(exc):  # not a study's own failure (those are logged per study)
+                    logger.exception("routing failed for %d stud(ies)", len(events))
+                    return []
+                if delay is not None:
+                    time.sleep(delay)
+                    continue
+                logger.warning(
+                    "routing waits for the database (%s); trying again in %.0f s",
+                    type(exc).__name__, self._resend_every_s,
+                )  # fmt: skip
+        self._unrouted += events  # routed again when it answers; nothing was half-done
+        self._route_again_at = time.monotonic() + self._resend_every_s
+        return []

@@ -38,6 +38,15 @@ def test_quick_benchmark_stores_everything_and_reports_every_scenario(tmp_path: 
         until_success, until_indexed = result["hounsfield_until_last_success_s"], result["hounsfield_until_indexed_s"]
         assert 0 < until_success <= until_indexed
         assert result["ratio"] == pytest.approx(result["peer"]["seconds"] / until_indexed)
+        # Every study (one per association) was routed to one job on the broker, after it was indexed.
+        assert until_indexed <= result["hounsfield_until_routed_s"]
+        (hounsfield,) = result["runs"]["hounsfield"]
+        assert hounsfield["jobs"] == result["scenario"]["associations"]
+        assert 0 <= hounsfield["queued_within_100ms"] <= hounsfield["jobs"]
+        assert result["queued_in_time"] == (hounsfield["queued_within_100ms"] == hounsfield["jobs"])
+        for receiver in ("storescp", "hounsfield"):
+            (run,) = result["runs"][receiver]
+            assert run["sender_cpu_s"] > 0 and run["machine_busy_s"] > 0, receiver
         assert result["ratio_until_last_success"] == pytest.approx(result["peer"]["seconds"] / until_success)
 
     # The peer runs in its best configuration: storescp --fork for the concurrent associations of (c), and
@@ -57,10 +66,12 @@ def test_quick_benchmark_stores_everything_and_reports_every_scenario(tmp_path: 
     for key, row in zip("abcd", rows[1:], strict=True):
         cells = dict(zip(header, (cell.strip() for cell in row.strip("|").split("|")), strict=True))
         assert float(cells["Hounsfield s until last Success"]) <= float(cells["Hounsfield s until indexed"])
+        assert float(cells["Hounsfield s until indexed"]) <= float(cells["Hounsfield s until routed"])
         assert cells["Ratio until indexed"].endswith("x") and cells["Ratio until last Success"].endswith("x")
         assert cells["storescp"] == ("--fork" if key == "c" else "single process")
     text = report.read_text()
     assert "<!-- benchmark:ingest -->\n## Ingest benchmark" in text and rows[0] in text and "quick smoke sizes" in text
-    assert "hounsfield (until last Success / until indexed)" in text
+    assert "hounsfield (until last Success / until indexed / until routed)" in text
+    assert "### Where the time goes" in text and "| c | hounsfield |" in text
     assert "### storescp's two configurations" in text
     assert not (tmp_path / "work").exists(), "the work folder is removed unless --keep"

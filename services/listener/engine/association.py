@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import heapq
 import itertools
 import logging
 import ssl
@@ -60,6 +61,7 @@ from hounsfield.listener.engine.pdu import (
     iter_pdvs,
 )
 from hounsfield.listener.engine.spool import DatasetSink
+from hounsfield.listener.journal import JournalBusy, JournalRefused
 from hounsfield.listener.policy import AssociationPolicy
 from hounsfield.listener.storage import (
     Origin,
@@ -103,10 +105,28 @@ class EngineState:
     dropped_log: Throttle = field(default_factory=Throttle)
     """Connections closed at once by the limits: a flood of them logs a few lines a minute."""
     handshake_log: Throttle = field(default_factory=Throttle)
+    awaiting_durability: list[tuple[int, int, Callable[[JournalRefused | None], None]]] = field(default_factory=list)
+    """A heap of (journal record, order, answer): Successes to send once their record is durable."""
+    order: itertools.count[int] = field(default_factory=itertools.count)
 
     @property
     def spool_dir(self) -> Path:
         return self.store.store.spool_dir
+
+    def when_durable(self, seq: int, answer: Callable[[JournalRefused | None], None]) -> None:
+        """Call ``answer(None)`` on the loop once journal record ``seq`` is durable (``answer(error)`` if
+        the journal fails first); the journal's sync thread does the ``fdatasync``, shared by everyone."""
+        journal = self.store.journal
+        assert journal is not None
+        heapq.heappush(self.awaiting_durability, (seq, next(self.order), answer))
+        journal.journal.sync_soon(seq)
+
+    def durable(self, durable: int, error: JournalRefused | None) -> None:
+        """The journal's news (on the loop): answer everything durable now, or everything, on failure."""
+        waiting = self.awaiting_durability
+        while waiting and (error is not None or waiting[0][0] <= durable):
+            _, _, answer = heapq.heappop(waiting)
+            answer(error)
 
 
 def negotiate_contexts(
@@ -572,11 +592,23 @@ class Association(asyncio.Protocol):
             )
             return
         assert self._origin is not None
-        if self._state.established == 1 and self._state.store.journal is not None and not _spooled(message):
-            # The only association: nothing else needs the loop while this instance's journal record
-            # is synced, and two thread hand-offs would cost a tenth of the instance's time.
-            self._stored(message, _done(_receive, self._state.store, message, self._origin))
-            return
+        if self._state.store.journal is not None and not _spooled(message):
+            if self._state.established == 1:
+                # The only association: nothing else needs the loop while this instance's journal record
+                # is synced, and two thread hand-offs would cost a tenth of the instance's time.
+                self._stored(message, _done(_receive, self._state.store, message, self._origin))
+                return
+            # Several: the record is written here, on the loop (a thread hand-off would cost more than
+            # the write), and the Success goes once the journal's sync thread has made it durable.
+            outcome = _done(partial(_receive, defer=True), self._state.store, message, self._origin)
+            if not isinstance(outcome.exception(), JournalBusy):  # busy: it would wait; the thread pool may
+                self._busy = True
+                received = None if outcome.exception() else outcome.result()
+                if received is not None and received.ok and received.durable_seq:
+                    self._state.when_durable(received.durable_seq, partial(self._durable, message, received))
+                else:
+                    self._stored(message, outcome)
+                return
         self._busy = True
         job = partial(_receive, self._state.store, message, self._origin)
         future = self._loop.run_in_executor(self._state.executor, job)
@@ -599,6 +631,11 @@ class Association(asyncio.Protocol):
             return
         self._respond(message, received.status, received.reason)
         self._next()
+
+    def _durable(self, message: _Message, received: Received, error: JournalRefused | None) -> None:
+        if error is not None:  # never acknowledged: the sender keeps the instance and may send it again
+            received = Received(Status.OUT_OF_RESOURCES, f"the study store cannot take it: {error}")
+        self._stored(message, _finished(received))
 
     def _respond(self, message: _Message, status: int, reason: str = "") -> None:
         response = encode_response(message.command, status, error_comment=reason)
@@ -741,6 +778,12 @@ def _done(function: Callable[..., Received], *args: object) -> concurrent.future
     return future
 
 
+def _finished(received: Received) -> concurrent.futures.Future[Received]:
+    future: concurrent.futures.Future[Received] = concurrent.futures.Future()
+    future.set_result(received)
+    return future
+
+
 def _discard(message: _Message) -> None:
     if message.sink is not None:
         message.sink.discard()
@@ -748,8 +791,9 @@ def _discard(message: _Message) -> None:
         message.dataset.path.unlink(missing_ok=True)
 
 
-def _receive(context: StoreContext, message: _Message, origin: Origin) -> Received:
-    """The blocking part of a C-STORE, run in the thread pool."""
+def _receive(context: StoreContext, message: _Message, origin: Origin, *, defer: bool = False) -> Received:
+    """The blocking part of a C-STORE, run in the thread pool (``defer``: the part that never blocks,
+    run on the loop; see :func:`receive_instance`'s ``defer_durability``)."""
     dataset = message.dataset
     assert dataset is not None
     try:
@@ -760,6 +804,7 @@ def _receive(context: StoreContext, message: _Message, origin: Origin) -> Receiv
             origin,
             expected_sop_instance_uid=message.command.affected_sop_instance_uid,
             expected_sop_class_uid=message.command.affected_sop_class_uid,
+            defer_durability=defer,
         )
     finally:
         if isinstance(dataset, SpooledDataset):

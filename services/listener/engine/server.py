@@ -17,6 +17,7 @@ import concurrent.futures
 import logging
 import ssl
 import threading
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydicom._uid_dict import UID_dictionary
@@ -31,6 +32,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from hounsfield.dicom_syntaxes import preference_order
 from hounsfield.listener.engine.association import Association, EngineState
 from hounsfield.listener.engine.config import EngineConfig, tls_context
+from hounsfield.listener.journal import JournalRefused
 from hounsfield.listener.policy import AssociationPolicy
 from hounsfield.listener.storage import StoreContext
 
@@ -86,6 +88,7 @@ class DicomServer:
         self._servers: list[asyncio.Server] = []
         self._state: EngineState | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._watching: Callable[[int, JournalRefused | None], None] | None = None
 
     @property
     def ports(self) -> list[int]:
@@ -119,6 +122,13 @@ class DicomServer:
         )
         loop = asyncio.get_running_loop()
         state = self._state
+        if self._store.journal is not None:
+
+            def durable(seq: int, error: JournalRefused | None) -> None:  # on the journal's sync thread
+                loop.call_soon_threadsafe(state.durable, seq, error)
+
+            self._watching = durable
+            self._store.journal.journal.watch(durable)
 
         def plain() -> Association:
             return Association(state, "dimse")
@@ -147,6 +157,9 @@ class DicomServer:
 
     def stop(self) -> None:
         """Close the ports and connections, wait for running store jobs, stop the loop."""
+        if self._watching is not None and self._store.journal is not None:
+            self._store.journal.journal.unwatch(self._watching)
+            self._watching = None
         if self._loop is not None and self._thread is not None and self._thread.is_alive():
             try:
                 asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=30)

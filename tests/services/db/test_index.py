@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from hounsfield.db import Database, Instance, Series, Study, StudyState
 from hounsfield.db.index import (
@@ -12,6 +12,7 @@ from hounsfield.db.index import (
     complete_study,
     record_instance,
     record_instances,
+    series_facts_rows,
     series_instance_counts,
     study_instance_count,
 )
@@ -128,3 +129,29 @@ def test_complete_study_once_and_reopen(db: Database) -> None:
         assert study.first_received_at == first_received
         assert study.last_received_at >= first_received
         assert complete_study(session, "5.1", "instance-count") is True
+
+
+def test_series_facts_count_each_series_of_the_study_and_read_only_its_own_instances(db: Database) -> None:
+    items = [
+        *(replace(_item("6.1", "6.1.2", n), series_number=2) for n in range(3)),
+        *(_item("6.1", "6.1.1", n) for n in range(5)),
+        *(_item("7.1", "7.1.1", n) for n in range(7)),
+    ]
+    with db.transaction() as connection:
+        record_instances(connection, items)
+    sent: list[tuple[str, object]] = []
+    event.listen(db.engine, "before_cursor_execute", lambda *args: sent.append((args[2], args[3])))
+    with db.session() as session:
+        first = [(series.series_instance_uid, n) for series, n in series_facts_rows(session, "6.1")]
+        statement, parameters = sent[-1]
+        other = [(series.series_instance_uid, n) for series, n in series_facts_rows(session, "7.1")]
+        assert series_facts_rows(session, "8.1") == []
+        plan = []
+        if db.engine.dialect.name == "sqlite":  # the plan of a few rows on PostgreSQL is a scan whatever
+            explained = session.connection().exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            plan = [row[3] for row in explained]
+    assert first == [("6.1.1", 5), ("6.1.2", 3)], "in series number order"
+    assert other == [("7.1.1", 7)]
+    if db.engine.dialect.name == "sqlite":
+        assert any(step.startswith("SEARCH instances USING") for step in plan), plan
+        assert not any(step.startswith("SCAN instances") for step in plan), f"every instance read: {plan}"

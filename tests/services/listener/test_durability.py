@@ -20,13 +20,17 @@ import pydicom
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+from sqlalchemy import func, select
 
 from hounsfield.config import Settings
+from hounsfield.db import Instance
 from hounsfield.demo.stack import storescu
 from hounsfield.dicom_status import Status
+from hounsfield.listener import intake
 from hounsfield.listener.engine.association import Association
 from hounsfield.listener.engine.dimse import C_STORE_RQ
-from hounsfield.listener.journal import Journal
+from hounsfield.listener.ingest import JournaledStore
+from hounsfield.listener.journal import Journal, JournalBusy
 from hounsfield.listener.server import Listener
 from tests.support import Order, write_study
 
@@ -48,8 +52,8 @@ def order(monkeypatch: pytest.MonkeyPatch) -> Order:
     recorded = Order()
     append, fdatasync = Journal.append, os.fdatasync
 
-    def recording_append(self: Journal, meta: dict[str, Any], parts: Any) -> Any:
-        placed = append(self, meta, parts)
+    def recording_append(self: Journal, meta: dict[str, Any], parts: Any, **options: Any) -> Any:
+        placed = append(self, meta, parts, **options)
         recorded.add("journal-write", str(meta.get("sop_instance_uid", "")))
         return placed
 
@@ -124,3 +128,82 @@ def test_without_the_journal_the_file_and_its_folder_are_synced_before_success(
         running.stop()
     assert len([e for e in recorded.events if e[0] == "success"]) == len(files)
     recorded.assert_files_synced_before("success", running.store.studies)
+
+
+def test_with_the_journal_full_the_engine_stores_through_its_thread_pool(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With several associations, C-STOREs are journaled on the engine's loop, which must not wait: when
+    no journal segment is free (``JournalBusy``), the instance goes to the thread pool, which waits for the
+    applier's checkpoint to free one, and the sender still gets Success for every instance."""
+    monkeypatch.setattr(  # two segments of 1 MiB (the settings allow 8 MiB at least): 28 slices each
+        intake, "Journal", lambda folder, **_: Journal(folder, segment_bytes=1 << 20, max_segments=2)
+    )
+    appended: list[tuple[int, int]] = []  # (seq, segment fd)
+    stored_by: list[tuple[str, bool, bool]] = []  # (thread, block, after the journal was busy)
+    parked, busy = threading.Event(), threading.Event()
+    append, checkpoint, write_nowait = Journal.append, Journal.checkpoint, JournaledStore.write_nowait
+
+    def recording_append(self: Journal, meta: dict[str, Any], parts: Any, **options: Any) -> Any:
+        seq, location = append(self, meta, parts, **options)
+        appended.append((seq, location.fd))
+        return seq, location
+
+    def first_segment_applied(applied: int) -> bool:
+        later = [seq for seq, fd in appended if fd != appended[0][1]]
+        return bool(later) and applied >= min(later) - 1
+
+    def held_checkpoint(self: Journal, applied: int) -> None:
+        # The applier's checkpoint that frees the first segment waits until the journal was busy: the
+        # second segment fills meanwhile, so the loop finds no free segment.
+        if not busy.is_set() and threading.current_thread().name == "ingest-applier" and first_segment_applied(applied):
+            parked.set()
+            busy.wait(30)
+        checkpoint(self, applied)
+
+    def recording_write_nowait(self: JournaledStore, *args: Any, block: bool = True) -> Any:
+        try:
+            placed = write_nowait(self, *args, block=block)
+        except JournalBusy:
+            parked.wait(30)  # the placement lock is free here: the applier gets to its checkpoint first
+            busy.set()
+            raise
+        stored_by.append((threading.current_thread().name, block, busy.is_set()))
+        return placed
+
+    monkeypatch.setattr(Journal, "append", recording_append)
+    monkeypatch.setattr(Journal, "checkpoint", held_checkpoint)
+    monkeypatch.setattr(JournaledStore, "write_nowait", recording_write_nowait)
+    study_uid, files = write_study(tmp_path / "d", seed=74, shape=(90, 128, 128))
+
+    running = Listener(settings, lambda job: None)
+    running.start()
+    statuses: list[int] = []
+    try:
+        ae = AE(ae_title="PYNETDICOM")
+        ae.add_requested_context(CTImageStorage)
+        associations = [ae.associate("127.0.0.1", settings.listener.port, ae_title="HOUNSFIELD") for _ in range(2)]
+        try:
+            assert all(assoc.is_established for assoc in associations)
+            after_busy = 0
+            for index, path in enumerate(files):  # both associations stay established throughout
+                statuses.append(associations[index % 2].send_c_store(pydicom.dcmread(path)).Status)
+                after_busy += busy.is_set()
+                if after_busy > 6:
+                    break
+        finally:
+            for assoc in associations:
+                assoc.release()
+        running.flush()
+        with running.db.session() as session:
+            indexed = session.scalar(select(func.count()).select_from(Instance))
+    finally:
+        running.stop()
+
+    assert busy.is_set(), "the journal had no free segment while two associations were established"
+    assert statuses == [Status.SUCCESS] * len(statuses) and len(statuses) < len(files)
+    assert ("dicom-engine", False, False) in stored_by, "before that, instances were journaled on the loop"
+    fallback = [name for name, block, after in stored_by if block and after]
+    assert fallback and all(name.startswith("dicom-store") for name in fallback), "then in the thread pool"
+    assert indexed == len(statuses)
+    assert len(list(running.store.studies.joinpath(study_uid).rglob("*.dcm"))) == len(statuses)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
+import time
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,3 +251,119 @@ def test_a_record_that_cannot_say_where_it_goes_is_kept_aside(tmp_path: Path) ->
     finally:
         rig.journaled.stop()
         rig.db.dispose()
+
+
+def _instance_path(rig: Rig, ds: pydicom.Dataset) -> Path:
+    return rig.store.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+
+
+def test_the_applier_never_writes_a_file_from_a_record_that_is_not_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = _rig(tmp_path)
+    try:
+
+        def failing(fd: int) -> None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        monkeypatch.setattr(os, "fdatasync", failing)
+        ds, data = _dataset()
+        # The engine's own thread: journaled, not yet durable; its Success would wait for the sync.
+        received = receive_instance(rig.context, data, ExplicitVRLittleEndian, ORIGIN, defer_durability=True)
+        assert received.ok and received.durable_seq == 1
+        assert rig.journaled.drain(10)  # the applier ran: its wait for the record's sync failed
+
+        assert not _instance_path(rig, ds).exists() and not list(rig.store.root.rglob("*.dcm"))
+        assert rig.rows() == {}, "never acknowledged, so never indexed"
+        later = receive_instance(rig.context, _dataset()[1], ExplicitVRLittleEndian, ORIGIN)
+        assert later.status == Status.OUT_OF_RESOURCES, "the failed journal takes nothing more"
+    finally:
+        rig.journaled.stop()
+        rig.db.dispose()
+    assert rig.journaled.journal.applied == 0, "no checkpoint passed the record"
+
+
+def test_a_durable_record_is_written_into_the_store_in_place_after_its_sync(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[tuple[str, str]] = []
+    real_fdatasync, real_open, real_replace, real_rename = os.fdatasync, os.open, os.replace, os.rename
+
+    def fdatasync(fd: int) -> None:
+        real_fdatasync(fd)
+        events.append(("sync", ""))
+
+    def opening(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if flags & os.O_CREAT:
+            events.append(("create", str(path)))
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    def moving(real: object, source: object, target: object, *args: object, **kwargs: object) -> None:
+        events.append(("move", str(target)))
+        real(source, target, *args, **kwargs)  # type: ignore[operator]
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(os, "open", opening)
+    monkeypatch.setattr(os, "replace", lambda *a, **k: moving(real_replace, *a, **k))
+    monkeypatch.setattr(os, "rename", lambda *a, **k: moving(real_rename, *a, **k))
+
+    ds, data = _dataset()
+    received = receive_instance(rig.context, data, ExplicitVRLittleEndian, ORIGIN, defer_durability=True)
+    assert received.ok and received.durable_seq == 1
+    assert rig.journaled.drain(10)  # nobody asked for the sync: the applier waits for it itself
+
+    path = _instance_path(rig, ds)
+    assert path.read_bytes() == _expected_file(ds, data)
+    assert Path(rig.rows()[ds.SOPInstanceUID].path) == path
+    in_store = [(kind, what) for kind, what in events if Path(what).is_relative_to(rig.store.studies)]
+    assert in_store == [("create", str(path))], "written at its own name: no temporary file, no rename"
+    assert events.index(("sync", "")) < events.index(("create", str(path))), "the record was durable first"
+    assert not list(rig.store.root.rglob(".incoming-*"))
+
+
+def test_a_full_journal_is_freed_by_the_applier_while_a_writer_waits_for_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that finds every segment holding unapplied records waits for room outside the placement
+    lock, which the applier needs to apply them and checkpoint: the instance is stored within moments,
+    not refused after the journal's wait (it deadlocked until ``wait_s`` when the writer waited holding it)."""
+    db = Database(f"sqlite:///{tmp_path / 'index.db'}")
+    db.create_schema()
+    store = StudyStore(tmp_path / "store")
+    tracker = CompletenessTracker(lambda event: None, complete_on_release=True, quiet_period_s=60)
+    journal = Journal(tmp_path / "journal", segment_bytes=1 << 20, initial_segments=2, max_segments=2, wait_s=20)
+    # The applier runs only when asked (here: the journal short of segments).
+    journaled = JournaledStore(store, db, tracker, journal, quiet_s=600, apply_within_s=600)
+    journaled.replay()
+    # No checkpoint frees a segment before a writer has found the journal full and waits for room.
+    waiting = threading.Event()
+    wait_for_room, checkpoint = journal.wait_for_room, journal.checkpoint
+
+    def recording_wait(*, until: float | None = None) -> None:
+        waiting.set()
+        wait_for_room(until=until)
+
+    def held_checkpoint(applied: int) -> None:
+        waiting.wait(15)
+        checkpoint(applied)
+
+    monkeypatch.setattr(journal, "wait_for_room", recording_wait)
+    monkeypatch.setattr(journal, "checkpoint", held_checkpoint)
+    journaled.start()
+    context = StoreContext(store, db, tracker, journal=journaled)
+    try:
+        sent = []
+        for _ in range(700):  # a record takes 4 KiB: past the two 1 MiB segments, twice over
+            ds, data = _dataset()
+            sent.append(ds.SOPInstanceUID)
+            started = time.monotonic()
+            assert _receive(context, data) == Status.SUCCESS
+            assert time.monotonic() - started < 10, "a write waited for room as long as the journal allows"
+        assert waiting.is_set(), "the journal was never full"
+        assert journaled.drain(10)
+        with db.session() as session:
+            indexed = set(session.scalars(select(Instance.sop_instance_uid)))
+        assert indexed == set(sent)
+    finally:
+        journaled.stop()
+        db.dispose()

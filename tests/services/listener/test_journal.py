@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import threading
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hounsfield.listener.journal import Journal, JournalRefused
+from hounsfield.listener.journal import Journal, JournalBusy, JournalRefused
 
 MiB = 1 << 20
 
@@ -133,3 +134,130 @@ def test_concurrent_writers_share_fdatasyncs(tmp_path: Path, monkeypatch: pytest
     journal.close()
     entries = Journal(tmp_path, segment_bytes=8 * MiB, initial_segments=1).open()
     assert [entry.seq for entry in entries] == list(range(1, 201))
+
+
+class _Told:
+    """What a :meth:`Journal.watch` callback heard, and from which thread."""
+
+    def __init__(self, events: list[tuple[str, object]] | None = None) -> None:
+        self.calls: list[tuple[int, JournalRefused | None]] = []
+        self.threads: list[threading.Thread] = []
+        self.events = events
+        self.heard = threading.Event()
+
+    def __call__(self, durable: int, error: JournalRefused | None) -> None:
+        self.calls.append((durable, error))
+        self.threads.append(threading.current_thread())
+        if self.events is not None:
+            self.events.append(("told", durable))
+        self.heard.set()
+
+    def wait(self) -> None:
+        assert self.heard.wait(10), "the journal's sync thread never told its watcher"
+        self.heard.clear()
+
+
+def test_sync_soon_makes_records_durable_in_the_background_and_tells_the_watchers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = Journal(tmp_path, segment_bytes=MiB, initial_segments=2)  # one segment in use: one fd to sync
+    journal.open()
+    events: list[tuple[str, object]] = []
+    real = os.fdatasync
+
+    def recording(fd: int) -> None:
+        real(fd)
+        events.append(("fdatasync", fd))
+
+    monkeypatch.setattr(os, "fdatasync", recording)
+    told, other = _Told(events), _Told()
+    journal.watch(told)
+    journal.watch(other)
+
+    seqs = []
+    for index in range(5):
+        meta, data = _record(index)
+        seqs.append(journal.append(meta, (data,))[0])
+        events.append(("append", seqs[-1]))
+    assert journal.durable == 0 and events[-1] == ("append", 5), "appending alone syncs nothing"
+    journal.sync_soon(seqs[-1])
+    told.wait()
+    other.wait()
+    assert told.calls == [(5, None)] and journal.durable == 5
+    assert [kind for kind, _ in events] == ["append"] * 5 + ["fdatasync", "told"], (
+        "the five records shared one fdatasync, after they were written and before the watcher heard"
+    )
+    assert told.threads[0].name == "journal-sync" and told.threads[0] is not threading.current_thread()
+
+    journal.unwatch(other)
+    for index in range(5, 8):
+        meta, data = _record(index)
+        events.append(("append", journal.append(meta, (data,))[0]))
+    journal.sync_soon(8)
+    told.wait()
+    assert told.calls[-1] == (8, None)
+    assert [kind for kind, _ in events[7:]] == ["append"] * 3 + ["fdatasync", "told"]
+    assert len(other.calls) == 1, "an unwatched callback is not called again"
+
+    journal.sync_soon(6)  # already durable: no sync, no call
+    journal.close()
+    assert not told.threads[0].is_alive(), "close() stops the sync thread"
+    assert len(told.calls) == 2 and [kind for kind, _ in events].count("fdatasync") == 2
+    entries = Journal(tmp_path, segment_bytes=MiB, initial_segments=2).open()
+    assert [entry.seq for entry in entries] == list(range(1, 9))
+
+
+def test_a_failed_background_sync_is_reported_and_the_journal_refuses_from_then_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = Journal(tmp_path, segment_bytes=MiB, initial_segments=2)
+    journal.open()
+    told = _Told()
+    journal.watch(told)
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    meta, data = _record(1)
+    seq, _ = journal.append(meta, (data,))
+    journal.sync_soon(seq)
+    told.wait()
+    ((durable, error),) = told.calls
+    assert isinstance(error, JournalRefused) and "Input/output error" in str(error)
+    assert durable < seq and journal.durable < seq, "the record is not durable: never to be acknowledged"
+    monkeypatch.undo()  # the disk works again, but the page cache may have lost the data: still refused
+    meta, data = _record(2)
+    with pytest.raises(JournalRefused):
+        journal.append(meta, (data,))
+    with pytest.raises(JournalRefused):
+        journal.wait_durable(seq)
+    assert journal.last_seq == seq
+    journal.close()
+
+
+def test_an_append_that_must_not_wait_is_busy_when_no_segment_is_free(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, segment_bytes=MiB, initial_segments=2, max_segments=2, wait_s=0.2)
+    journal.open()
+    per_segment = MiB // 12288  # records of 10,000 bytes of data take 12 KiB each
+    for index in range(2 * per_segment):  # both segments filled with records not yet applied
+        meta, data = _record(index)
+        journal.append(meta, (data,), block=False)
+    last = journal.last_seq
+    assert last == 2 * per_segment
+
+    meta, data = _record(999)
+    with pytest.raises(JournalBusy) as busy:
+        journal.append(meta, (data,), block=False)
+    assert not isinstance(busy.value, OSError), "busy is not a refusal: the caller appends again where it may wait"
+    assert journal.last_seq == last, "nothing was written"
+    with pytest.raises(JournalRefused, match="full"):  # one that may wait still waits, then refuses
+        journal.append(meta, (data,))
+    assert journal.last_seq == last
+
+    journal.checkpoint(last)  # applied: both segments are free again
+    assert journal.append(meta, (data,), block=False)[0] == last + 1
+    journal.wait_durable(last + 1)
+    journal.close()
+    entries = Journal(tmp_path, segment_bytes=MiB, initial_segments=2, max_segments=2).open()
+    assert [(entry.seq, entry.meta) for entry in entries] == [(last + 1, meta)]

@@ -118,3 +118,9 @@ def test_completeness_and_routing_are_measured_by_trigger_and_queue(
     assert spread >= 0.3 and since_first - since_last == pytest.approx(spread), "from the first instance, and the last"
     assert samples[("hounsfield_router_jobs_created_total", (("queue", queued[0].queue),))] == 1
     assert samples[("hounsfield_router_jobs_enqueued_total", (("queue", queued[0].queue),))] == 1
+    latency = "hounsfield_router_queue_latency_seconds"
+    labels = (("queue", queued[0].queue), trigger)
+    assert samples[(f"{latency}_count", labels)] == 1
+    # From the study being complete (the quiet period's trigger, 1 s after its last instance) to the
+    # broker: routing alone, the quiet period not counted.
+    assert 0 < samples[(f"{latency}_sum", labels)] < since_last
