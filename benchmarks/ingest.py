@@ -156,8 +156,10 @@ class Measurement:
     """How the receiver was started, with its folders and port as placeholders."""
     routed_s: float = 0.0
     """Hounsfield: from starting the senders until every study's job was on the broker (0: storescp)."""
+    studies: int = 0
+    """Hounsfield: the studies sent (one per association), each to be routed to one job."""
     jobs: int = 0
-    """Hounsfield: jobs on the broker for the scenario's studies (one per study)."""
+    """Hounsfield: jobs the listener saw the broker take (its histogram's count; one per study)."""
     queued_within_100ms: int = 0
     """Hounsfield: of those, how many reached the broker within 100 ms of their study's last index row
     (the listener's ``hounsfield_router_queue_latency_seconds`` histogram)."""
@@ -182,8 +184,8 @@ class Measurement:
 
     @property
     def all_queued_in_time(self) -> bool:
-        """Every study's job reached the broker within 100 ms of the study's last index row."""
-        return self.jobs > 0 and self.queued_within_100ms == self.jobs
+        """Every study's job reached the broker, each within 100 ms of its study being complete and indexed."""
+        return self.jobs == self.studies > 0 and self.queued_within_100ms == self.jobs
 
 
 @dataclass
@@ -585,7 +587,7 @@ def measure(receiver: Receiver, folders: Sequence[Path], expected: int) -> Measu
             senders_after.ru_stime - senders_before.ru_stime
         )
         if isinstance(receiver, Hounsfield):
-            measurement.routed_s = routed
+            measurement.routed_s, measurement.studies = routed, len(folders)
             measurement.jobs, measurement.queued_within_100ms, measurement.queue_latency_mean_s = (
                 receiver.queue_latency()
             )

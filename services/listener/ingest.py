@@ -58,6 +58,9 @@ logger = logging.getLogger(__name__)
 
 Buffer = bytes | bytearray | memoryview
 _FLOOR_RECHECK_BYTES = 64 << 20
+_LOOP_LOCK_WAIT_S = 0.005
+"""How long the event loop's thread waits for the placement lock (held for long only by a retention
+purge) before it hands the instance to the thread pool."""
 
 
 @dataclass(eq=False)
@@ -193,13 +196,14 @@ class JournaledStore:
         self._replayed = True
         if not entries:
             return 0
-        items = []
+        items, rewritten = [], 0
         for entry in entries:
             item = self._replayed_item(entry)
             if item is None:
                 continue
-            self._write_file(Path(item.path), (entry.data,), entry.seq)
-            items.append(dataclasses.replace(item, sha256=hashlib.sha256(entry.data).hexdigest()))
+            digest = hashlib.sha256(entry.data).hexdigest()
+            rewritten += self._rewrite_file(Path(item.path), entry.data, digest, entry.seq)
+            items.append(dataclasses.replace(item, sha256=digest))
         indexed = self._indexed_digests([item.sop_instance_uid for item in items])
         missing = [item for item in items if indexed.get(item.sop_instance_uid) != item.sha256]
         errors = self._index.record_batch(missing) if missing else []
@@ -209,7 +213,7 @@ class JournaledStore:
         self._applied_seq = entries[-1].seq
         logger.warning(
             "ingest journal replayed: %d instance file(s) rewritten, %d index row(s) added, %d failed",
-            len(items), len(missing) - failed, failed,
+            rewritten, len(missing) - failed, failed,
         )  # fmt: skip
         return len(entries)
 
@@ -226,7 +230,7 @@ class JournaledStore:
             # Acknowledged once, so never dropped: kept beside the journal for a person to look at.
             aside = self.journal.folder / "unreplayable" / f"{entry.seq}.dcm"
             aside.parent.mkdir(exist_ok=True)
-            self._write_file(aside, (entry.data,), entry.seq)
+            self._rewrite_file(aside, entry.data, hashlib.sha256(entry.data).hexdigest(), entry.seq)
             logger.error(
                 "ingest journal: record %d cannot be replayed (%s); its file is kept at %s",
                 entry.seq, type(exc).__name__, aside,
@@ -296,7 +300,9 @@ class JournaledStore:
         deadline = time.monotonic() + self.journal.wait_s
         while True:
             full, moved = False, None
-            with self._place_lock:
+            if not self._place_lock.acquire(timeout=-1 if block else _LOOP_LOCK_WAIT_S):
+                raise JournalBusy("the placement is held elsewhere (a retention purge, as a rule)")
+            try:
                 path, revision, reservation, on_disk = self._place(item, incoming)
                 placed = dataclasses.replace(item, path=str(path), revision=revision)
                 if reservation is None and not on_disk:
@@ -320,14 +326,17 @@ class JournaledStore:
                             )
                         break
                 elif reservation is None or reservation.seq:
-                    # The same bytes are stored, or on their way in an earlier journal record.
+                    # The same bytes are stored, or on their way in an earlier journal record: indexed
+                    # only once that record is durable (its seq), as the record's own instance is.
                     seq = reservation.seq if reservation is not None else 0
                     placed = dataclasses.replace(placed, sha256=incoming())
-                    self._enqueue(_Apply(placed, key), 0)
+                    self._enqueue(_Apply(placed, key, seq=seq), 0)
                     duplicate = True
                     break
                 else:
                     moved = reservation.moved
+            finally:
+                self._place_lock.release()
             if full:
                 self.journal.wait_for_room(until=deadline)
                 continue
@@ -556,6 +565,10 @@ class JournaledStore:
             if entry.seq > durable:  # never acknowledged (the journal failed): not applied, not checkpointed
                 self._hold(entry.seq)
                 continue
+            if entry.location is None and self._blocked_at and entry.seq >= self._blocked_at:
+                # The same bytes as a record whose file may not be written: its row waits with it (replay).
+                self._hold(entry.seq)
+                continue
             if entry.location is not None:
                 path = Path(entry.item.path)
                 try:
@@ -628,13 +641,30 @@ class JournaledStore:
             folder.mkdir(parents=True, exist_ok=True)
             self._folders.add(folder)
 
+    def _rewrite_file(self, path: Path, data: bytes, digest: str, seq: int) -> bool:
+        """Replay's write: leave a file that already holds ``data`` alone, else write it under a temporary
+        name and rename it over the path. Never in place: an indexed file may be hard-linked into a
+        running job's workspace, which must not see it truncated, and a failed write must not remove it.
+        Returns whether it wrote."""
+        try:
+            if os.stat(path).st_size == len(data) and sha256_file(path) == digest:
+                return False
+        except FileNotFoundError:
+            pass
+        self._folder(path.parent)
+        temporary = path.parent / f".incoming-j{seq}"
+        self._write_file(temporary, (data,), seq)
+        os.replace(temporary, path)
+        return True
+
     def _write_file(self, path: Path, parts: Sequence[Buffer], seq: int) -> None:
         """Write ``parts`` at ``path``, in place; durability comes from the next syncfs.
 
-        No temporary name and rename: only a durable journal record after the last checkpoint is ever
-        written here (see :meth:`_apply_batch`), and every such record is written again by the replay
-        at the next start, so a crash that leaves this file partial leaves it to be rewritten. A failed
-        write removes what it left. ``seq`` names the record (0: none).
+        No temporary name and rename: the applier writes here only a new path (no file was there when
+        the instance was placed) from a durable journal record after the last checkpoint (see
+        :meth:`_apply_batch`), and the replay at the next start rewrites every such record, so a crash
+        that leaves this file partial leaves it to be rewritten. A failed write removes what it left.
+        ``seq`` names the record (0: none).
         """
         self._folder(path.parent)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC

@@ -148,6 +148,8 @@ class Journal:
         self._wanted = 0
         """The highest record :meth:`sync_soon` was asked to make durable."""
         self._announced = 0
+        self._again = False
+        """A caller asked for a record already reported: report again."""
         self._watchers: list[Callable[[int, JournalRefused | None], None]] = []
         self._sync_thread: threading.Thread | None = None
         self._closing = False
@@ -453,9 +455,13 @@ class Journal:
         for everything written meanwhile) and then tells the :meth:`watch` callbacks.
         """
         with self._sync:
-            if seq <= self._wanted:
-                return
-            self._wanted = seq
+            if seq <= self._announced:
+                # Already reported (durable, or the journal failed): report again for this caller,
+                # who may have asked after the report went out (the same bytes again, in an earlier record).
+                self._again = True
+            elif seq <= self._wanted:
+                return  # a sync on its way covers it
+            self._wanted = max(self._wanted, seq)
             if self._sync_thread is None:
                 self._sync_thread = threading.Thread(target=self._sync_loop, name="journal-sync", daemon=True)
                 self._sync_thread.start()
@@ -464,11 +470,11 @@ class Journal:
     def _sync_loop(self) -> None:
         while True:
             with self._sync:
-                while self._wanted <= self._announced and not self._closing:
+                while self._wanted <= self._announced and not self._again and not self._closing:
                     self._sync.wait()
                 if self._closing and self._wanted <= self._announced:
                     return
-                target = self._wanted
+                target, self._again = self._wanted, False
             error: JournalRefused | None = None
             try:
                 self.wait_durable(target)

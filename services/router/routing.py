@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 
 from hounsfield.catalog.read_model import DeploymentSpec, load_deployments
 from hounsfield.config import Settings
@@ -65,6 +64,14 @@ def evaluate_deployment(deployment: DeploymentSpec, facts: list[SeriesFacts]) ->
     explanations = {f.series_instance_uid: deployment.rule.evaluate(f) for f in facts}
     chosen = tuple(uid for uid, match in explanations.items() if match.matched)
     return Decision(deployment.name, chosen, explanations)
+
+
+@dataclass(frozen=True)
+class _Routed:
+    """One study's routing, committed or about to be: its new jobs, and its row (none: nothing done)."""
+
+    jobs: list[Job]
+    study: Study | None
 
 
 class Router:
@@ -160,7 +167,7 @@ class Router:
         their jobs: what the router's thread does when studies complete together. A study whose routing
         fails is logged and left; returns the studies routed. Raises when the database is unreachable:
         nothing was committed then, every study may be routed again."""
-        routed: list[tuple[StudyComplete, list[Job], datetime | None]] = []
+        routed: list[tuple[StudyComplete, _Routed]] = []
         with self._db.session() as session:
             take_write_lock(session)
             deployments = load_deployments(session)  # shadow, research and clinical ones
@@ -168,47 +175,55 @@ class Router:
                 with log_context(study_uid=event.study_instance_uid):
                     try:
                         with session.begin_nested():
-                            jobs, last_indexed = self._route_in(session, event, deployments)
+                            outcome = self._route_in(session, event, deployments)
                     except Exception as exc:
                         if database_unreachable(exc):
                             raise
                         logger.exception("routing failed for a study (trigger %s)", event.trigger)
                         continue
-                routed.append((event, jobs, last_indexed))
-        for event, jobs, last_indexed in routed:
+                routed.append((event, outcome))
+        for event, outcome in routed:  # committed: counted, sent and announced once each
             with log_context(study_uid=event.study_instance_uid):
-                self._announce(event, jobs, last_indexed)
-        return [event for event, _, _ in routed]
+                try:
+                    self._announce(event, outcome)
+                except Exception:  # its jobs stay queued in the database (re-sent at the next start)
+                    logger.exception("announcing a routed study failed")
+        return [event for event, _ in routed]
 
     def _route(self, event: StudyComplete) -> list[Job]:
         with self._db.session() as session:
             take_write_lock(session)
-            jobs, last_indexed = self._route_in(session, event, load_deployments(session))
-        self._announce(event, jobs, last_indexed)
-        return jobs
+            outcome = self._route_in(session, event, load_deployments(session))
+        self._announce(event, outcome)
+        return outcome.jobs
 
-    def _announce(self, event: StudyComplete, created: list[Job], last_indexed: datetime | None) -> None:
-        """Send the committed jobs of one routed study."""
-        for job in created:
+    def _announce(self, event: StudyComplete, outcome: _Routed) -> None:
+        """Count and send the committed jobs of one routed study."""
+        study = outcome.study
+        if study is None:
+            return
+        if self._metrics is not None and study.completed_at is not None:
+            completed = study.completed_at
+            self._metrics.study_completed(event.trigger, study.first_received_at, study.last_received_at, completed)
+        for job in outcome.jobs:
+            if self._metrics is not None:
+                self._metrics.jobs_created.labels(job.queue).inc()
             if self._send(job):
-                if self._metrics is not None and last_indexed is not None:
-                    self._metrics.job_queued(job.queue, event.trigger, last_indexed, event.at, utcnow())
+                if self._metrics is not None:
+                    self._metrics.job_queued(job.queue, event.trigger, study.last_received_at, event.at, utcnow())
                 with log_context(job=job.id):
                     logger.info("job queued: %s on queue %s", job.deployment, job.queue)
-        if last_indexed is not None:
-            logger.info("study routed (%s): %d new job(s)", event.trigger, len(created))
+        logger.info("study routed (%s): %d new job(s)", event.trigger, len(outcome.jobs))
 
-    def _route_in(
-        self, session: Session, event: StudyComplete, deployments: list[DeploymentSpec]
-    ) -> tuple[list[Job], datetime | None]:
-        """One study's routing in ``session``: its jobs (not sent yet) and when its last instance was
-        indexed (None: already routed or unknown, nothing done)."""
+    def _route_in(self, session: Session, event: StudyComplete, deployments: list[DeploymentSpec]) -> _Routed:
+        """One study's routing in ``session``: its new jobs (not sent yet) and the study's row (none:
+        already routed or unknown, nothing done)."""
         uid = event.study_instance_uid
         created: list[Job] = []
         earlier = study_state(session, uid)
         if not complete_study(session, uid, event.trigger):
             logger.info("study already routed or unknown; ignoring %s trigger", event.trigger)
-            return [], None
+            return _Routed([], None)
         actor = "fetch" if event.trigger == "retrieve" else "listener"
         if earlier is not None and earlier.completed_at is not None:
             previous = earlier.completion_trigger
@@ -217,9 +232,6 @@ class Router:
             add_event(session, uid, actor, "study-complete", trigger=event.trigger)
         study = session.get(Study, uid)
         assert study is not None  # complete_study matched it
-        if self._metrics is not None and study.completed_at is not None:
-            completed = study.completed_at
-            self._metrics.study_completed(event.trigger, study.first_received_at, study.last_received_at, completed)
         facts = study_facts(session, uid)
         matched_any = False
         for deployment in deployments:
@@ -244,8 +256,6 @@ class Router:
             )
             if is_new:
                 created.append(job)
-                if self._metrics is not None:
-                    self._metrics.jobs_created.labels(job.queue).inc()
                 add_event(session, uid, "router", "job-queued", job_id=job.id, deployment=deployment.name)
                 supersede_earlier_jobs(session, job)
             else:
@@ -253,7 +263,7 @@ class Router:
         study.state = StudyState.ROUTED if matched_any else StudyState.NO_ROUTE
         if not matched_any:
             add_event(session, uid, "router", "no-route", series=len(facts))
-        return created, study.last_received_at
+        return _Routed(created, study)
 
 
 _BATCH = 64

@@ -170,3 +170,17 @@ def test_with_autocheckpoint_commits_copy_the_log_into_the_database_file(tmp_pat
         assert wal.stat().st_size < 8_000_000
     finally:
         db.dispose()
+
+
+def test_without_autocheckpoint_a_commit_still_checkpoints_past_the_backstop(tmp_path: Path) -> None:
+    """A process that stops checkpointing itself (a listener that routes but receives nothing) does not
+    grow the log without bound: past 10,000 pages (40 MB) a commit checkpoints it."""
+    db, path, wal = _sqlite_file(tmp_path, "idle-listener.db", autocheckpoint=False)
+    try:
+        before = path.stat().st_size
+        for _ in range(6):  # 48 MB of commits
+            _write_8_mb(db)
+        assert path.stat().st_size > before + 40_000_000, "a commit past the backstop copied the log"
+        assert wal.stat().st_size < 48_000_000
+    finally:
+        db.dispose()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import pydicom
 import pytest
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 from sqlalchemy import func, select
 
 from hounsfield.config import Settings
@@ -207,3 +208,45 @@ def test_with_the_journal_full_the_engine_stores_through_its_thread_pool(
     assert fallback and all(name.startswith("dicom-store") for name in fallback), "then in the thread pool"
     assert indexed == len(statuses)
     assert len(list(running.store.studies.joinpath(study_uid).rglob("*.dcm"))) == len(statuses)
+
+
+def test_a_purge_holding_the_placement_does_not_stall_the_engine(
+    listener: Listener, settings: Settings, tmp_path: Path
+) -> None:
+    """Retention's purge holds the placement lock across a database transaction. Meanwhile a C-STORE of
+    one of several associations goes to the thread pool (which may wait) instead of the engine's loop
+    waiting, so every other association is still served: here a C-ECHO, answered at once."""
+    assert listener.journal is not None
+    _, files = write_study(tmp_path / "e", seed=75, shape=(2, 32, 32))
+    ae = AE(ae_title="PYNETDICOM")
+    ae.add_requested_context(CTImageStorage)
+    ae.add_requested_context(Verification)
+    first, second = (ae.associate("127.0.0.1", settings.listener.port, ae_title="HOUNSFIELD") for _ in range(2))
+    held, release = threading.Event(), threading.Event()
+
+    def purge() -> None:  # as retention's purge holds it (JournaledStore.holding_study)
+        with listener.journal._place_lock:
+            held.set()
+            release.wait(10)
+
+    purging = threading.Thread(target=purge)
+    statuses: list[int] = []
+    try:
+        assert first.is_established and second.is_established
+        purging.start()
+        assert held.wait(5)
+        storing = threading.Thread(target=lambda: statuses.append(first.send_c_store(pydicom.dcmread(files[0])).Status))
+        storing.start()
+        time.sleep(0.5)  # the C-STORE has reached the engine, whose loop met the held lock
+        started = time.monotonic()
+        echoed = second.send_c_echo()
+        echo_s = time.monotonic() - started
+        release.set()
+        storing.join(10)
+    finally:
+        release.set()
+        purging.join(10)
+        first.release()
+        second.release()
+    assert echoed.Status == Status.SUCCESS and echo_s < 1.0, f"the engine answered after {echo_s:.2f} s"
+    assert statuses == [Status.SUCCESS], "the instance was stored once the purge let go"

@@ -367,3 +367,39 @@ def test_a_full_journal_is_freed_by_the_applier_while_a_writer_waits_for_room(
     finally:
         journaled.stop()
         db.dispose()
+
+
+def test_replay_leaves_a_complete_file_alone_and_replaces_a_partial_one_whole(tmp_path: Path) -> None:
+    """A record after the checkpoint whose file is complete (applied, then a crash before the checkpoint)
+    keeps its file: the same inode, which a running job may have hard-linked into its workspace, never
+    truncated. One whose file a crash left partial gets a new file, renamed over it."""
+    first = _rig(tmp_path, checkpoint_after_s=3600)  # applied at once, checkpointed only after an hour
+    sent = [_dataset() for _ in range(2)]
+    for _, data in sent:
+        assert _receive(first.context, data) == Status.SUCCESS
+    assert first.journaled.drain(10)
+    rows = first.rows()
+    complete, partial = (Path(rows[ds.SOPInstanceUID].path) for ds, _ in sent)
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    linked = workspace / "input.dcm"
+    os.link(complete, linked)  # as a worker's workspace holds it
+    inode, written = complete.stat().st_ino, complete.stat().st_mtime_ns
+    partial.write_bytes(partial.read_bytes()[:100])  # as a crash in the middle of its write leaves it
+    partial_inode = partial.stat().st_ino
+    assert first.journaled.journal.applied == 0
+    first.journaled.journal.close()
+    first.db.dispose()
+
+    second = _rig(tmp_path)
+    try:
+        assert (complete.stat().st_ino, complete.stat().st_mtime_ns) == (inode, written), "left alone, not rewritten"
+        assert linked.stat().st_nlink == 2
+        assert linked.read_bytes() == _expected_file(*sent[0])
+        assert partial.read_bytes() == _expected_file(*sent[1])
+        assert partial.stat().st_ino != partial_inode, "the partial file was replaced, not written over"
+        assert not list(second.store.root.rglob(".incoming-*"))
+        assert second.journaled.journal.applied == 2
+    finally:
+        second.journaled.stop()
+        second.db.dispose()

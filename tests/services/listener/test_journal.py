@@ -199,10 +199,14 @@ def test_sync_soon_makes_records_durable_in_the_background_and_tells_the_watcher
     assert [kind for kind, _ in events[7:]] == ["append"] * 3 + ["fdatasync", "told"]
     assert len(other.calls) == 1, "an unwatched callback is not called again"
 
-    journal.sync_soon(6)  # already durable: no sync, no call
+    # Already durable and reported (the same bytes again, in an earlier record): reported again for
+    # whoever asks now, without another sync (the engine would otherwise wait for a report that never came).
+    journal.sync_soon(6)
+    told.wait()
+    assert told.calls[-1] == (8, None)
     journal.close()
     assert not told.threads[0].is_alive(), "close() stops the sync thread"
-    assert len(told.calls) == 2 and [kind for kind, _ in events].count("fdatasync") == 2
+    assert len(told.calls) == 3 and [kind for kind, _ in events].count("fdatasync") == 2
     entries = Journal(tmp_path, segment_bytes=MiB, initial_segments=2).open()
     assert [entry.seq for entry in entries] == list(range(1, 9))
 

@@ -305,7 +305,8 @@ def test_a_busy_database_is_tried_again_at_once_a_few_times(
     (study,) = _studies(db, 51)
     tries = _busy_for(monkeypatch, _busy(tmp_path), times=3)
     sent: list[Job] = []
-    thread = RouterThread(Router(settings, db, sent.append), resend_every_s=30)
+    registry = CollectorRegistry()
+    thread = RouterThread(Router(settings, db, sent.append, metrics=RoutingMetrics(registry)), resend_every_s=30)
     thread.start()
     submitted = time.monotonic()
     thread.submit(_complete(study))
@@ -316,6 +317,10 @@ def test_a_busy_database_is_tried_again_at_once_a_few_times(
     assert len(tries) == 4 and tries[-1] - submitted < 5
     assert [job.study_instance_uid for job in sent] == [study]
     assert _study(db, study)[:2] == (StudyState.ROUTED, 1)
+    # Counted after the commit: the tries rolled back counted nothing.
+    assert registry.get_sample_value("hounsfield_studies_completed_total", {"trigger": "manual"}) == 1
+    assert registry.get_sample_value("hounsfield_router_jobs_created_total", {"queue": "routine"}) == 1
+    assert registry.get_sample_value(f"{LATENCY}_count", {"queue": "routine", "trigger": "manual"}) == 1
 
 
 def test_a_database_busy_beyond_the_quick_tries_is_routed_after_the_wait(
@@ -405,3 +410,24 @@ def test_warming_the_router_up_connects_to_the_broker_and_declares_its_queues(
     redis_server.stop()
     with pytest.raises(redis.ConnectionError):
         Router(settings, db, Enqueuer(settings)).warm_up()
+
+
+def test_a_study_whose_announcement_fails_does_not_keep_the_others_jobs_from_the_broker(
+    prepared: tuple[Settings, Database], caplog: pytest.LogCaptureFixture
+) -> None:
+    settings, db = prepared
+    first, second = _studies(db, 72, 73)
+    sent: list[Job] = []
+
+    def enqueue(job: Job) -> None:
+        if job.study_instance_uid == first:
+            raise RuntimeError("a bug in the first study's announcement")  # not the broker's refusal
+        sent.append(job)
+
+    router = Router(settings, db, enqueue)
+    router._send = lambda job: (enqueue(job), True)[1]  # type: ignore[method-assign]  # a failure _send does not catch
+    with caplog.at_level(logging.ERROR):
+        assert len(router.route_many([_complete(first), _complete(second)])) == 2
+    assert [job.study_instance_uid for job in sent] == [second]
+    assert "announcing a routed study failed" in caplog.text
+    assert _study(db, first)[:2] == (StudyState.ROUTED, 1), "its job stays queued in the database"
