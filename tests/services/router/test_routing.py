@@ -298,22 +298,36 @@ def _busy_for(monkeypatch: pytest.MonkeyPatch, busy: OperationalError, times: in
     return tries
 
 
+def _route_on_thread(
+    prepared: tuple[Settings, Database],
+    study: str,
+    *,
+    resend_every_s: float,
+    timeout: float,
+    metrics: RoutingMetrics | None = None,
+) -> list[Job]:
+    """Route ``study`` on a router thread of its own; the jobs it sent, once it sent one."""
+    sent: list[Job] = []
+    settings, db = prepared
+    thread = RouterThread(Router(settings, db, sent.append, metrics=metrics), resend_every_s=resend_every_s)
+    thread.start()
+    thread.submit(_complete(study))
+    try:
+        wait_for(lambda: sent, timeout=timeout)
+    finally:
+        thread.stop()
+    return sent
+
+
 def test_a_busy_database_is_tried_again_at_once_a_few_times(
     prepared: tuple[Settings, Database], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    settings, db = prepared
+    _, db = prepared
     (study,) = _studies(db, 51)
     tries = _busy_for(monkeypatch, _busy(tmp_path), times=3)
-    sent: list[Job] = []
     registry = CollectorRegistry()
-    thread = RouterThread(Router(settings, db, sent.append, metrics=RoutingMetrics(registry)), resend_every_s=30)
-    thread.start()
     submitted = time.monotonic()
-    thread.submit(_complete(study))
-    try:
-        wait_for(lambda: sent, timeout=10)  # long before the 30 s wait
-    finally:
-        thread.stop()
+    sent = _route_on_thread(prepared, study, resend_every_s=30, timeout=10, metrics=RoutingMetrics(registry))
     assert len(tries) == 4 and tries[-1] - submitted < 5
     assert [job.study_instance_uid for job in sent] == [study]
     assert _study(db, study)[:2] == (StudyState.ROUTED, 1)
@@ -326,17 +340,10 @@ def test_a_busy_database_is_tried_again_at_once_a_few_times(
 def test_a_database_busy_beyond_the_quick_tries_is_routed_after_the_wait(
     prepared: tuple[Settings, Database], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    settings, db = prepared
+    _, db = prepared
     (study,) = _studies(db, 52)
     tries = _busy_for(monkeypatch, _busy(tmp_path), times=4)
-    sent: list[Job] = []
-    thread = RouterThread(Router(settings, db, sent.append), resend_every_s=1.0)
-    thread.start()
-    thread.submit(_complete(study))
-    try:
-        wait_for(lambda: sent, timeout=15)
-    finally:
-        thread.stop()
+    sent = _route_on_thread(prepared, study, resend_every_s=1.0, timeout=15)
     assert len(tries) == 5
     assert tries[3] - tries[0] < 0.9, "the quick tries"
     assert tries[4] - tries[3] >= 1.0, "then the wait of resend_every_s"
