@@ -723,6 +723,43 @@ def _time_lines(results: Sequence[ScenarioResult]) -> list[str]:
     return [*lines, ""]
 
 
+def _ceiling_lines(results: Sequence[ScenarioResult], cores: int) -> list[str]:
+    """What the machine's cores allow: Hounsfield's time with no CPU left idle, and the receiving CPU per
+    instance the target needs when the peer's senders use what they used beside the peer."""
+    rows = []
+    for r in results:
+        hounsfield, peer = r.runs[HOUNSFIELD], r.runs[PEER]
+        if r.scenario.min_ratio is None or not hounsfield or not peer or any(m.machine_busy_s == 0 for m in hounsfield):
+            continue
+        busy = statistics.median(m.machine_busy_s for m in hounsfield)
+        receiving = statistics.median(max(0.0, m.machine_busy_s - m.sender_cpu_s) for m in hounsfield)
+        best_s = busy / cores
+        allowed_s = r.peer_s / r.scenario.min_ratio
+        peer_senders = statistics.median(m.sender_cpu_s for m in peer)
+        needed_ms = max(0.0, cores * allowed_s - peer_senders) / r.scenario.total_instances * 1000
+        rows.append(
+            f"| {r.scenario.key} | {best_s:.2f} | {r.peer_s / best_s:.2f}x | {r.scenario.target} "
+            f"| {needed_ms:.2f} | {receiving / r.scenario.total_instances * 1000:.2f} |"
+        )
+    if not rows:
+        return []
+    return [
+        "### What the machine's cores allow",
+        "",
+        "With no CPU left idle, Hounsfield's work and its senders' (medians of its runs) would take their CPU",
+        f"seconds over the {cores} cores: that time is the least any arrangement of Hounsfield's work (threads,",
+        "processes) could take at its CPU per instance, and the ratio is the most it could reach. To reach",
+        "the target, Hounsfield would have to finish within storescp's time over the target ratio, with the",
+        "senders using what they used beside storescp: the receiving CPU per instance that leaves.",
+        "",
+        "| Scenario | Hounsfield s with no idle CPU | Ratio at most | Target | Receiving CPU ms per instance "
+        "the target leaves | Hounsfield's receiving CPU ms per instance |",
+        "|---|---:|---:|---|---:|---:|",
+        *rows,
+        "",
+    ]
+
+
 def _other_mode_lines(results: Sequence[ScenarioResult]) -> list[str]:
     """With ``--storescp-both``: storescp's two configurations side by side, per scenario."""
     checked = [r for r in results if r.runs.get(PEER_OTHER)]
@@ -855,6 +892,7 @@ def markdown(results: Sequence[ScenarioResult], runs: int, quick: bool, info: di
             "storescp's output files, counted once its association processes have exited).",
             "",
             *_time_lines(results),
+            *_ceiling_lines(results, os.cpu_count() or 1),
             *_other_mode_lines(results),
             "### Every run (seconds)",
             "",

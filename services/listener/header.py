@@ -61,9 +61,13 @@ _SHORT_VRS = frozenset(
      b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
 )  # fmt: skip
 _VRS = _LONG_VRS | _SHORT_VRS
-_PLAIN = frozenset(range(0x20, 0x7F))
-_TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UT"}
-_UID_CHARACTERS = frozenset(b"0123456789.")
+_PLAIN = bytes(range(0x20, 0x7F))
+_TEXT_VRS = {
+    vr: vr.encode("ascii")
+    for vr in ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UT")
+}
+"""The text VRs, each with its bytes in an explicit VR element header."""
+_UID_CHARACTERS = b"0123456789."
 
 
 class DatasetMalformed(HounsfieldError, ValueError):
@@ -261,7 +265,16 @@ class _Mode:
         self.u32 = struct.Struct(order + "I")
 
 
-_IMPLICIT_LE_MODE = _Mode(explicit=False, little=True)
+@functools.cache
+def _mode(explicit: bool, little: bool) -> _Mode:
+    return _Mode(explicit, little)
+
+
+_IMPLICIT_LE_MODE = _mode(explicit=False, little=True)
+_EXPLICIT_LE = struct.Struct("<HH2sH")
+"""An explicit VR little endian element header: group, element, VR, and a short VR's length."""
+_IMPLICIT_LE = struct.Struct("<HHI")
+_U32_LE = struct.Struct("<I")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -279,14 +292,62 @@ class _Walk:
         self._syntax = syntax
         self._wanted = wanted
         self.found: dict[int, tuple[bytes | None, bytes]] = {}
-        self.mode = _Mode(explicit=not syntax.implicit_vr, little=not syntax.big_endian)
+        self.mode = _mode(explicit=not syntax.implicit_vr, little=not syntax.big_endian)
         self._parts = 0
 
     def dataset(self) -> None:
         self._check_encoding()
         w, mode, previous = self._w, self.mode, -1
-        while not w.at_end():
+        plain = w.stream is None and mode.little
+        while True:
+            if plain:
+                previous = self._plain_top_level(previous)
+            if w.at_end():
+                return
             previous = self._element(mode, 0, None, previous, top=True)
+
+    def _plain_top_level(self, previous: int) -> int:
+        """Top-level elements of a little endian dataset held in memory, for as long as they are plain
+        (of defined length, not a sequence), after the tag ``previous``: the checks of :meth:`_element`,
+        with each header read in one step. An element that is not plain, or not right, is left at the
+        window's position for :meth:`_element` to walk or refuse. Returns the last tag walked."""
+        w = self._w
+        buf, pos, end = w.buf, w.pos, w.end
+        explicit = self.mode.explicit
+        wanted, found = self._wanted, self.found
+        encapsulated = self._syntax.encapsulated
+        short_vrs, long_vrs = _SHORT_VRS, _LONG_VRS
+        header, long_length, implicit_header = _EXPLICIT_LE.unpack_from, _U32_LE.unpack_from, _IMPLICIT_LE.unpack_from
+        parts = self._parts
+        while end - pos >= 12 and parts < _MAX_PARTS:
+            if explicit:
+                group, element, vr, length = header(buf, pos)
+                if vr in short_vrs:
+                    start = pos + 8
+                elif vr in long_vrs and vr != b"SQ":
+                    length = long_length(buf, pos + 8)[0]
+                    start = pos + 12
+                else:
+                    break
+            else:
+                group, element, length = implicit_header(buf, pos)
+                vr, start = None, pos + 8
+            tag = group << 16 | element
+            if (
+                group == 0xFFFE
+                or tag <= previous
+                or start + length > end  # undefined length (0xFFFFFFFF) included
+                or (tag == _PIXEL_DATA and encapsulated)
+                or (vr is None and _is_sequence(tag))
+            ):
+                break
+            if tag in wanted:
+                if length > _MAX_VALUE:
+                    break
+                found[tag] = (vr, buf[start : start + length].tobytes())
+            pos, previous, parts = start + length, tag, parts + 1
+        w.pos, self._parts = pos, parts
+        return previous
 
     def _check_encoding(self) -> None:
         """pydicom's own test: the first element's VR field names a VR exactly when VRs are explicit."""
@@ -476,7 +537,7 @@ def _wanted(keywords: tuple[str, ...]) -> dict[int, tuple[str, str]]:
 
 def _plain_text(vr: str, raw: bytes) -> str | None:
     """The value as pydicom's text when it is plain ASCII it would not judge otherwise; else None."""
-    if not _PLAIN.issuperset(raw.rstrip(b" \x00")):
+    if raw.rstrip(b" \x00").translate(None, _PLAIN):
         return None  # a character set, control characters: pydicom decodes those
     text = raw.decode("ascii").rstrip(" \x00")
     if vr in ("IS", "DS"):
@@ -499,7 +560,7 @@ def _uid_text(raw: bytes) -> str:
     the dataset does not hold)."""
     if raw[-1:] in (b"\x00", b" "):
         raw = raw[:-1]
-    if _UID_CHARACTERS.issuperset(raw):
+    if not raw.translate(None, _UID_CHARACTERS):
         return raw.decode("ascii")
     return "".join(chr(c) if c in _UID_CHARACTERS else f"\\x{c:02x}" for c in raw)
 
@@ -563,7 +624,8 @@ def _texts(walk: _Walk, wanted: dict[int, tuple[str, str]]) -> dict[str, str]:
             values[keyword] = _uid_text(raw)
             continue
         text = None
-        if expected in _TEXT_VRS and (vr is None or vr.decode("latin-1") == expected) and len(raw) <= 1024:
+        text_vr = _TEXT_VRS.get(expected)
+        if text_vr is not None and (vr is None or vr == text_vr) and len(raw) <= 1024:
             text = _plain_text(expected, raw)
         if text is None:
             unusual[tag] = (vr, raw)

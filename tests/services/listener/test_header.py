@@ -9,6 +9,7 @@ that claims 100,000 bytes and carries 8; and the structural faults around them.
 from __future__ import annotations
 
 import io
+import random
 import struct
 import zlib
 from pathlib import Path
@@ -148,6 +149,13 @@ def test_a_bad_integer_string_is_judged_by_pydicom() -> None:
         _values(data, ExplicitVRLittleEndian)["SeriesNumber"]
         == _pydicom_values(data, ExplicitVRLittleEndian)["SeriesNumber"]
     )
+
+
+def test_a_value_in_another_vr_is_read_by_pydicom() -> None:
+    """Modality sent as OB: plain ASCII, but not text in the VR it came with; the index says what pydicom says."""
+    data = _uids() + b"\x08\x00\x60\x00OB\x00\x00\x02\x00\x00\x00CT"
+    values = _values(data, ExplicitVRLittleEndian)
+    assert values["Modality"] == _pydicom_values(data, ExplicitVRLittleEndian)["Modality"] != "CT"
 
 
 def test_a_spooled_dataset_is_read_from_its_file_after_its_head() -> None:
@@ -367,8 +375,11 @@ def test_a_walk_counts_its_elements(monkeypatch: pytest.MonkeyPatch) -> None:
     items = b"\xfe\xff\x00\xe0\xff\xff\xff\xff\xfe\xff\x0d\xe0\x00\x00\x00\x00" * 1000
     data = _uids() + b"\x08\x00\x40\x11SQ\x00\x00\xff\xff\xff\xff" + items + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
     assert _values(data, ExplicitVRLittleEndian)["SOPInstanceUID"] == "1.2.3.4"
+    flat = _uids() + b"".join(struct.pack("<HH", 0x0009, 0x1000 + n) + b"LO\x04\x00ABC " for n in range(1000))
+    assert _values(flat, ExplicitVRLittleEndian)["SOPInstanceUID"] == "1.2.3.4"
     monkeypatch.setattr(header, "_MAX_PARTS", 500)
     _refused(data, ExplicitVRLittleEndian, "more than 500 elements and items")
+    _refused(flat, ExplicitVRLittleEndian, "more than 500 elements and items")  # top-level elements count too
 
 
 def test_zlib_holding_back_output_is_not_an_early_end() -> None:
@@ -380,3 +391,63 @@ def test_zlib_holding_back_output_is_not_an_early_end() -> None:
         deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
         deflated = deflater.compress(data) + deflater.flush()
         assert _values(deflated, DeflatedExplicitVRLittleEndian)["SOPInstanceUID"] == "1.2.333", size
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_a_dataset_in_memory_is_judged_as_one_read_from_a_file(syntax: str) -> None:
+    """The top level of a little endian dataset in memory is walked by a quicker loop than one read in
+    windows from a spool file: the same bytes get the same values or the same refusal, for a valid
+    dataset and over 1,500 broken copies of it (bytes changed, cut off, repeated, inserted; seeded; an item
+    tag where an element belongs; a value too long to index)."""
+    inner = _dataset(Modality="MR")
+    del inner.PixelData
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator = "X1", "99T"
+    ds = _dataset(
+        PatientID="P-17", AccessionNumber="A1", SeriesNumber="3", InstanceNumber="12", SliceThickness="1.25",
+        ProcedureCodeSequence=Sequence([code]), ReferencedImageSequence=Sequence([inner]),
+    )  # fmt: skip
+    ds["ReferencedImageSequence"].is_undefined_length = True  # the other sequence has a defined length
+    data = _encoded(ds, syntax)
+    elements = list(ds)
+    bounds = [len(_encoded(Dataset(dict((e.tag, e) for e in elements[:n])), syntax)) for n in range(len(elements))]
+    rng = random.Random(21)
+    long_value = ds.copy()
+    long_value.PatientID = "P" * 70_000 if syntax == ImplicitVRLittleEndian else "P" * 64
+    copies = [data, _encoded(long_value, syntax)]
+    for at in bounds:  # an item, its delimiter or a sequence's delimiter where an element belongs
+        for marker in (
+            b"\xfe\xff\x00\xe0\x00\x00\x00\x00",
+            b"\xfe\xff\x0d\xe0\x00\x00\x00\x00",
+            b"\xfe\xff\xdd\xe0\x00\x00\x00\x00",
+        ):
+            copies.append(data[:at] + marker + data[at:])
+    for _ in range(1500):
+        broken = bytearray(data)
+        how = rng.randrange(4)
+        at = rng.randrange(len(broken))
+        if how == 0:
+            for _ in range(rng.randint(1, 3)):
+                broken[rng.randrange(len(broken))] = rng.randrange(256)
+        elif how == 1:
+            del broken[at:]
+        elif how == 2:
+            size = rng.randint(1, 40)
+            broken[at:at] = broken[max(0, at - size) : at]
+        else:
+            broken[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 12)))
+        copies.append(bytes(broken))
+
+    def outcome(source: bytes | io.BufferedReader) -> object:
+        try:
+            return _values(source, syntax)  # type: ignore[arg-type]
+        except Exception as exc:  # the refusal itself is compared
+            return (type(exc).__name__, str(exc))
+
+    refused = 0
+    for copy in copies:
+        in_memory = outcome(copy)
+        assert in_memory == outcome(io.BufferedReader(io.BytesIO(copy))), copy.hex()
+        refused += isinstance(in_memory, tuple)
+    assert isinstance(outcome(data), dict)
+    assert 300 < refused < len(copies), "the broken copies are refused, and some are still read"
