@@ -542,6 +542,8 @@ def _plain_text(vr: str, raw: bytes) -> str | None:
     text = raw.decode("ascii").rstrip(" \x00")
     if vr in ("IS", "DS"):
         values = [value.strip() for value in text.split("\\")]
+        if len(values) > 1 and not all(values):
+            return None  # a blank value among several: pydicom reads those differently per VR
         for value in values:
             if value:
                 try:
@@ -551,6 +553,8 @@ def _plain_text(vr: str, raw: bytes) -> str | None:
         return "\\".join(values)
     if vr == "AE":
         return "\\".join(value.strip() for value in text.split("\\"))
+    if vr in ("SH", "LO", "UC"):  # pydicom trims each value of these
+        return "\\".join(value.rstrip(" \x00") for value in text.split("\\"))
     return text
 
 

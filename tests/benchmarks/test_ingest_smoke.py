@@ -74,8 +74,8 @@ def test_quick_benchmark_stores_everything_and_reports_every_scenario(tmp_path: 
     assert "hounsfield (until last Success / until indexed / until routed)" in text
     assert "### Where the time goes" in text and "| c | hounsfield |" in text
     assert "### storescp's two configurations" in text
-    # What the cores allow: Hounsfield's busy CPU over the cores, no longer than its own time (idle CPU is what
-    # it did not use), for each scenario with a ratio target.
+    # What the cores allow: Hounsfield's busy CPU over the cores, and the ratio that caps, for each scenario
+    # with a ratio target.
     section = text.split("### What the machine's cores allow", 1)[1].split("###", 1)[0]
     ceilings = {
         row.split("|")[1].strip(): [cell.strip() for cell in row.strip("|").split("|")]
@@ -83,11 +83,10 @@ def test_quick_benchmark_stores_everything_and_reports_every_scenario(tmp_path: 
         if row.startswith("| ") and not row.startswith("| Scenario")
     }
     assert sorted(ceilings) == ["a", "b", "c"]
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))
     for key, cells in ceilings.items():
         (run,) = peers[key]["runs"]["hounsfield"]
         assert float(cells[1]) == pytest.approx(run["machine_busy_s"] / cores, abs=0.006)
-        assert float(cells[1]) <= run["routed_s"] + 0.02 * cores, "CPU time counted beyond the cores"
         best = run["machine_busy_s"] / cores
         assert float(cells[2].rstrip("x")) == pytest.approx(peers[key]["peer"]["seconds"] / best, abs=0.006)
     assert not (tmp_path / "work").exists(), "the work folder is removed unless --keep"

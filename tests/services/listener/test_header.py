@@ -12,6 +12,7 @@ import io
 import random
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -156,6 +157,35 @@ def test_a_value_in_another_vr_is_read_by_pydicom() -> None:
     data = _uids() + b"\x08\x00\x60\x00OB\x00\x00\x02\x00\x00\x00CT"
     values = _values(data, ExplicitVRLittleEndian)
     assert values["Modality"] == _pydicom_values(data, ExplicitVRLittleEndian)["Modality"] != "CT"
+
+
+@pytest.mark.parametrize(
+    ("keyword", "vr"),
+    [("PatientID", "LO"), ("AccessionNumber", "SH"), ("Modality", "CS"), ("StudyDate", "DA"),
+     ("SeriesNumber", "IS"), ("SliceThickness", "DS"), ("ImageType", "CS")],
+)  # fmt: skip
+def test_plain_values_are_read_as_pydicom_reads_them(keyword: str, vr: str) -> None:
+    """Plain ASCII values are turned into text here, not by pydicom: 600 random ones per VR (several values,
+    blank ones, padding; seeded) give the index what pydicom reads. A Patient ID ``a \\z `` was indexed as
+    ``a \\z`` where pydicom reads ``a\\z`` (found by review)."""
+    rng = random.Random(keyword)
+    tag = pydicom.datadict.tag_for_keyword(keyword)
+    assert tag is not None
+    differ = []
+    for _ in range(600):
+        raw = "".join(rng.choice(" \\12.-+Az^e") for _ in range(rng.randint(0, 8))).encode()
+        element = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode() + struct.pack("<H", len(raw)) + raw
+        data = element + _uids() if tag < 0x00080016 else _uids() + element  # in ascending order
+
+        def outcome(read: Callable[[bytes, str], dict[str, str]], data: bytes = data) -> object:
+            try:
+                return read(data, ExplicitVRLittleEndian).get(keyword)
+            except Exception as exc:  # pydicom refusing a value: the same refusal both ways
+                return type(exc).__name__
+
+        if outcome(_values) != outcome(_pydicom_values):
+            differ.append(raw)
+    assert not differ, differ[:5]
 
 
 def test_a_spooled_dataset_is_read_from_its_file_after_its_head() -> None:
@@ -408,6 +438,12 @@ def test_a_dataset_in_memory_is_judged_as_one_read_from_a_file(syntax: str) -> N
         ProcedureCodeSequence=Sequence([code]), ReferencedImageSequence=Sequence([inner]),
     )  # fmt: skip
     ds["ReferencedImageSequence"].is_undefined_length = True  # the other sequence has a defined length
+    for dataset, root in ((ds, "1.2.3"), (inner, "1.2.4")):  # the same bytes every run
+        dataset.SOPInstanceUID, dataset.StudyInstanceUID, dataset.SeriesInstanceUID = (
+            f"{root}.1",
+            f"{root}.2",
+            f"{root}.3",
+        )
     data = _encoded(ds, syntax)
     elements = list(ds)
     bounds = [len(_encoded(Dataset(dict((e.tag, e) for e in elements[:n])), syntax)) for n in range(len(elements))]
