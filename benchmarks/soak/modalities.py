@@ -621,6 +621,7 @@ def send_pynetdicom(
         outcome.interruption = f"association to {host}:{port} failed (connection refused, aborted or timed out)"
         return outcome
     _no_delay(assoc)
+    _keep_responses(assoc)
     try:
         for path, uid in zip(files, sop_instance_uids, strict=True):
             if not assoc.is_established:
@@ -645,6 +646,27 @@ def send_pynetdicom(
     if len(outcome.acknowledged) + sum(1 for r in outcome.refusals if r[3]) < len(files):
         outcome.interruption = outcome.interruption or "the association ended before every file was answered"
     return outcome
+
+
+def _keep_responses(assoc: Any) -> None:
+    """Give a waiting ``send_c_store`` the response pynetdicom's own reactor thread took (pynetdicom 3.0.4).
+
+    ``send_c_store`` pauses the reactor, waits until it reads it as paused, sends and waits for the
+    response. The reactor marks itself unpaused only after it wakes, so a send that follows a response
+    at once can read the old mark, and the reactor then takes the next response off the queue as an
+    "unexpected C-STORE service message": the sender waits for it until the listener's timeout ends the
+    association. A response the reactor takes while a send is waiting (the reactor paused) is put back
+    for that send, as it would have reached it had the reactor stopped in time.
+    """
+    serve = assoc._serve_request
+
+    def serve_request(msg: Any, context_id: int) -> None:
+        if not msg.is_valid_request and not assoc._reactor_checkpoint.is_set():
+            assoc.dimse.msg_queue.put((context_id, msg))
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = serve_request
 
 
 def _no_delay(assoc: Any) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import pydicom
 import pytest
 import yaml
+from pynetdicom import AE
 from sqlalchemy import select
 
 from benchmarks.soak.modalities import (
@@ -32,6 +33,8 @@ from benchmarks.soak.modalities import (
     Ledger,
     Modality,
     ModalityThread,
+    _keep_responses,
+    _no_delay,
     make_study,
     send_pynetdicom,
     send_storescu,
@@ -339,3 +342,50 @@ def test_disk_floor_refusals_and_a_killed_listener_then_every_instance_is_acknow
         assert {sop: study for sop, (study, _) in _indexed(db, set(planned)).items()} == planned
     finally:
         db.engine.dispose()
+
+
+def test_pynetdicom_gets_every_response_its_reactor_takes(tmp_path: Path) -> None:
+    """pynetdicom 3.0.4's reactor thread can take a C-STORE response off the queue just before the waiting
+    ``send_c_store`` does (the soak's pynetdicom sender then hung until the listener's timeout; seen in CI).
+    Against a quick peer (dcmtk's storescp) with the CPUs busy, it took one in most associations of 150
+    sends; the sender puts such a response back for the waiting send, and every send is answered."""
+    port = free_port()
+    scp = subprocess.Popen(
+        ["/usr/bin/storescp", "--ignore", "-od", str(tmp_path), str(port)], env={**os.environ, "TCP_NODELAY": "1"}
+    )
+    stop = threading.Event()
+
+    def spin() -> None:  # widens the reactor's window, as a busy CI machine does
+        while not stop.is_set():
+            sum(range(1000))
+
+    spinners = [threading.Thread(target=spin, daemon=True) for _ in range(2)]
+    for spinner in spinners:
+        spinner.start()
+    try:
+        wait_for(lambda: echo("127.0.0.1", port, called_ae="ANY-SCP", calling_ae="SOAK-TEST").ok, timeout=10)
+        ds = pydicom.Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.PatientID = "1.2.840.10008.5.1.4.1.1.7", pydicom.uid.generate_uid(), "X"
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        ae = AE(ae_title="SOAK-TEST")
+        ae.dimse_timeout = 3  # a taken response: None after 3 s, not after the listener's timeout
+        ae.add_requested_context(ds.SOPClassUID, pydicom.uid.ExplicitVRLittleEndian)
+        unanswered = 0
+        for _ in range(4):
+            assoc = ae.associate("127.0.0.1", port)
+            assert assoc.is_established
+            _no_delay(assoc)
+            _keep_responses(assoc)
+            for _ in range(150):
+                status = assoc.send_c_store(ds)
+                if status is None or "Status" not in status:
+                    unanswered += 1
+                    break
+            if assoc.is_established:
+                assoc.release()
+        assert unanswered == 0
+    finally:
+        stop.set()
+        scp.terminate()
+        scp.wait(timeout=10)

@@ -266,14 +266,14 @@ class Association(asyncio.Protocol):
 
     def _handshake_failed(self, exc: BaseException) -> None:
         kind = _handshake_failure(exc)
-        metrics = self._state.store.metrics
-        if metrics is not None:
-            metrics.tls_handshake_failures.labels(kind).inc()
         allowed, held = self._state.handshake_log.allow()
         if allowed:
             more = f" ({held} more since the last such line)" if held else ""
             detail = getattr(exc, "reason", None) or type(exc).__name__
             logger.warning("TLS handshake from %s failed (%s: %s)%s", self._peer, kind, detail, more)
+        metrics = self._state.store.metrics
+        if metrics is not None:  # after the line: whoever sees the count finds the line written
+            metrics.tls_handshake_failures.labels(kind).inc()
 
     def data_received(self, data: bytes) -> None:
         if self._tls is not None:
